@@ -1,0 +1,442 @@
+//! Entitlements and roles: the built-in catalog of the platform (catalog.md) and the type that
+//! holds it together with custom additions.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::Scope;
+
+/// Every entitlement of the default platform API, `resource.action`.
+pub const BUILTIN_ENTITLEMENTS: &[&str] = &[
+    "accounts.read",
+    "accounts.update",
+    "users.read",
+    "users.create",
+    "users.update",
+    "keys.read",
+    "keys.create",
+    "keys.update",
+    "roles.read",
+    "roles.create",
+    "roles.update",
+    "features.manage",
+    "teams.read",
+    "teams.switch",
+    "profile.read",
+    "profile.update",
+    "projects.read",
+    "projects.create",
+    "projects.update",
+    "jobs.create",
+    "jobs.read",
+    "jobs.cancel",
+    "jobs.close",
+    "results.read",
+    "results.download",
+    "inputs.read",
+    "explanations.read",
+    "audit.read",
+    "statistics.read",
+    "dashboard.read",
+    "models.read",
+    "models.deploy",
+    "models.update",
+    "models.approve",
+    "models.deactivate",
+    "autoscaling.update",
+    "drift.read",
+    "drift.update",
+    "utilization.read",
+];
+
+/// The role every key carries implicitly.
+pub const TEAM_ROLE: &str = "TEAM_ROLE";
+/// The system role of project keys.
+pub const SYSTEM_KEY: &str = "SYSTEM_KEY";
+/// The other name the platform uses for [`SYSTEM_KEY`].
+pub const SYSTEM_KEY_ALIAS: &str = "PROJECT";
+
+/// The grants of the prebuilt roles: (role, type, [(scope, entitlements)]).
+const PREBUILT: &[(&str, RoleType, &[(Scope, &[&str])])] = &[
+    (
+        "SYSTEM_OWNER",
+        RoleType::User,
+        &[(
+            Scope::All,
+            &[
+                "accounts.read",
+                "accounts.update",
+                "users.read",
+                "users.create",
+                "users.update",
+                "keys.read",
+                "keys.create",
+                "keys.update",
+                "roles.read",
+                "roles.create",
+                "roles.update",
+                "features.manage",
+                "teams.read",
+                "projects.read",
+                "jobs.read",
+                "jobs.cancel",
+                "results.read",
+                "results.download",
+                "audit.read",
+                "statistics.read",
+                "dashboard.read",
+                "models.read",
+            ],
+        )],
+    ),
+    (
+        "ACCOUNT_ADMIN",
+        RoleType::User,
+        &[(
+            Scope::Team,
+            &[
+                "accounts.read",
+                "accounts.update",
+                "users.read",
+                "users.create",
+                "users.update",
+                "keys.read",
+                "keys.create",
+                "keys.update",
+                "projects.read",
+                "projects.create",
+                "projects.update",
+                "dashboard.read",
+                "audit.read",
+                "statistics.read",
+                "autoscaling.update",
+                "drift.read",
+                "drift.update",
+                "models.read",
+                "models.update",
+                "models.approve",
+                "models.deactivate",
+                "jobs.read",
+                "jobs.cancel",
+                "jobs.close",
+                "results.read",
+                "results.download",
+                "explanations.read",
+                "inputs.read",
+            ],
+        )],
+    ),
+    (
+        "DATA_SCIENTIST",
+        RoleType::User,
+        &[
+            (Scope::Team, &["models.read"]),
+            (
+                Scope::Own,
+                &[
+                    "models.deploy",
+                    "models.update",
+                    "projects.read",
+                    "projects.create",
+                    "jobs.create",
+                    "jobs.read",
+                    "jobs.cancel",
+                    "jobs.close",
+                    "results.read",
+                    "results.download",
+                    "inputs.read",
+                    "explanations.read",
+                    "drift.read",
+                    "drift.update",
+                    "utilization.read",
+                ],
+            ),
+        ],
+    ),
+    (
+        "DEVELOPER",
+        RoleType::User,
+        &[
+            (Scope::Team, &["models.read"]),
+            (
+                Scope::Own,
+                &[
+                    "projects.read",
+                    "projects.create",
+                    "jobs.create",
+                    "jobs.read",
+                    "jobs.cancel",
+                    "jobs.close",
+                    "results.read",
+                    "results.download",
+                    "inputs.read",
+                ],
+            ),
+        ],
+    ),
+    (
+        "AUDITOR",
+        RoleType::User,
+        &[(
+            Scope::All,
+            &[
+                "accounts.read",
+                "users.read",
+                "keys.read",
+                "roles.read",
+                "teams.read",
+                "projects.read",
+                "jobs.read",
+                "results.read",
+                "audit.read",
+                "statistics.read",
+                "dashboard.read",
+                "models.read",
+                "drift.read",
+            ],
+        )],
+    ),
+    (
+        SYSTEM_KEY,
+        RoleType::System,
+        &[
+            (Scope::Team, &["models.read"]),
+            (
+                Scope::Own,
+                &[
+                    "jobs.create",
+                    "jobs.read",
+                    "jobs.cancel",
+                    "jobs.close",
+                    "results.read",
+                    "results.download",
+                    "inputs.read",
+                ],
+            ),
+        ],
+    ),
+    (
+        TEAM_ROLE,
+        RoleType::Implicit,
+        &[(
+            Scope::Own,
+            &[
+                "profile.read",
+                "profile.update",
+                "keys.read",
+                "keys.update",
+                "teams.read",
+                "teams.switch",
+            ],
+        )],
+    ),
+];
+
+/// Which keys a role may be bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoleType {
+    /// Team keys only.
+    User,
+    /// Project keys only.
+    System,
+    /// TEAM_ROLE: on every key, never bound explicitly.
+    Implicit,
+}
+
+impl RoleType {
+    /// The lower-case name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleType::User => "user",
+            RoleType::System => "system",
+            RoleType::Implicit => "implicit",
+        }
+    }
+}
+
+/// One (entitlement, scope) pair of a role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Grant {
+    pub entitlement: Arc<str>,
+    pub scope: Scope,
+}
+
+/// A named set of grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub id: Arc<str>,
+    pub role_type: RoleType,
+    pub grants: Vec<Grant>,
+    /// One of the platform's prebuilt roles (kept unless a policy overrides it explicitly).
+    pub prebuilt: bool,
+}
+
+/// The entitlements and roles in force: the built-in ones plus custom additions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalog {
+    entitlements: HashSet<Arc<str>>,
+    roles: HashMap<Arc<str>, Arc<Role>>,
+    team_role: Arc<Role>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Catalog {
+    /// The platform's default catalog: its entitlements, six prebuilt roles and TEAM_ROLE.
+    pub fn builtin() -> Self {
+        let entitlements = BUILTIN_ENTITLEMENTS.iter().map(|e| Arc::from(*e)).collect();
+        let mut roles = HashMap::new();
+        for (id, role_type, sets) in PREBUILT {
+            let grants = sets
+                .iter()
+                .flat_map(|(scope, ents)| {
+                    ents.iter().map(|e| Grant {
+                        entitlement: Arc::from(*e),
+                        scope: *scope,
+                    })
+                })
+                .collect();
+            let role = Arc::new(Role {
+                id: Arc::from(*id),
+                role_type: *role_type,
+                grants,
+                prebuilt: true,
+            });
+            roles.insert(role.id.clone(), role);
+        }
+        let team_role = roles[TEAM_ROLE].clone();
+        Catalog {
+            entitlements,
+            roles,
+            team_role,
+        }
+    }
+
+    /// Whether `entitlement` is known (built in or added).
+    pub fn has_entitlement(&self, entitlement: &str) -> bool {
+        self.entitlements.contains(entitlement)
+    }
+
+    /// Adds an entitlement; returns false when it was already known.
+    pub fn add_entitlement(&mut self, entitlement: &str) -> bool {
+        if self.entitlements.contains(entitlement) {
+            return false;
+        }
+        self.entitlements.insert(Arc::from(entitlement))
+    }
+
+    /// Removes an added entitlement (built-in ones stay); returns whether it was removed.
+    pub fn remove_entitlement(&mut self, entitlement: &str) -> bool {
+        !BUILTIN_ENTITLEMENTS.contains(&entitlement) && self.entitlements.remove(entitlement)
+    }
+
+    /// The entitlements that are not built in, sorted.
+    pub fn added_entitlements(&self) -> Vec<Arc<str>> {
+        let mut added: Vec<_> = self
+            .entitlements
+            .iter()
+            .filter(|e| !BUILTIN_ENTITLEMENTS.contains(&&***e))
+            .cloned()
+            .collect();
+        added.sort();
+        added
+    }
+
+    /// The role named `id`; `PROJECT` is read as `SYSTEM_KEY`.
+    pub fn role(&self, id: &str) -> Option<&Arc<Role>> {
+        self.roles.get(canonical_role_id(id))
+    }
+
+    /// All roles, in no particular order.
+    pub fn roles(&self) -> impl Iterator<Item = &Arc<Role>> {
+        self.roles.values()
+    }
+
+    /// The implicit role every key carries.
+    pub fn team_role(&self) -> &Arc<Role> {
+        &self.team_role
+    }
+
+    /// Defines or replaces a role. Replacing TEAM_ROLE also replaces the implicit grants.
+    pub fn put_role(&mut self, role: Arc<Role>) {
+        if &*role.id == TEAM_ROLE {
+            self.team_role = role.clone();
+        }
+        self.roles.insert(role.id.clone(), role);
+    }
+
+    /// Removes a role; a prebuilt role goes back to its built-in definition.
+    pub fn remove_role(&mut self, id: &str) {
+        match Catalog::builtin().roles.remove(id) {
+            Some(builtin) => self.put_role(builtin),
+            None => {
+                self.roles.remove(id);
+            }
+        }
+    }
+
+    /// Whether `id` names one of the built-in roles (or the `PROJECT` alias).
+    pub fn is_prebuilt(id: &str) -> bool {
+        let id = canonical_role_id(id);
+        PREBUILT.iter().any(|(name, _, _)| *name == id)
+    }
+}
+
+/// Maps the `PROJECT` alias to `SYSTEM_KEY`; every other id is returned as is.
+pub fn canonical_role_id(id: &str) -> &str {
+    if id == SYSTEM_KEY_ALIAS { SYSTEM_KEY } else { id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_prebuilt_grant_names_a_known_entitlement() {
+        let catalog = Catalog::builtin();
+        for role in catalog.roles() {
+            for grant in &role.grants {
+                assert!(
+                    catalog.has_entitlement(&grant.entitlement),
+                    "{} grants unknown {}",
+                    role.id,
+                    grant.entitlement
+                );
+            }
+        }
+        assert_eq!(catalog.roles().count(), 7, "six prebuilt roles plus TEAM_ROLE");
+    }
+
+    #[test]
+    fn project_is_an_alias_of_system_key() {
+        let catalog = Catalog::builtin();
+        assert_eq!(catalog.role("PROJECT").unwrap().id.as_ref(), SYSTEM_KEY);
+        assert_eq!(catalog.role("PROJECT").unwrap().role_type, RoleType::System);
+        assert!(Catalog::is_prebuilt("PROJECT"));
+    }
+
+    #[test]
+    fn auditor_is_view_only() {
+        let catalog = Catalog::builtin();
+        let auditor = catalog.role("AUDITOR").unwrap();
+        assert!(auditor.grants.iter().all(|g| g.entitlement.ends_with(".read")));
+        assert!(auditor.grants.iter().all(|g| g.scope == Scope::All));
+    }
+
+    #[test]
+    fn added_entitlements_are_listed_and_removable_builtins_are_not() {
+        let mut catalog = Catalog::builtin();
+        assert!(catalog.add_entitlement("reports.export"));
+        assert!(!catalog.add_entitlement("reports.export"));
+        assert_eq!(catalog.added_entitlements(), vec![Arc::<str>::from("reports.export")]);
+        assert!(!catalog.remove_entitlement("jobs.read"));
+        assert!(catalog.remove_entitlement("reports.export"));
+        assert!(!catalog.has_entitlement("reports.export"));
+    }
+}

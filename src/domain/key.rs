@@ -1,0 +1,286 @@
+//! API keys: `<prefix>.<secret>`, split at the first dot. The prefix is the public id; only the
+//! SHA-256 of the secret is ever stored, and it is compared in constant time.
+
+use std::{fmt, str::FromStr};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The longest key accepted, prefix and secret together.
+pub const MAX_KEY_LEN: usize = 256;
+/// Shortest and longest prefix, as in the policy file format.
+pub const PREFIX_LEN: std::ops::RangeInclusive<usize> = 4..=64;
+
+/// A presented key, borrowed from the request: parsing never allocates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ApiKey<'a> {
+    pub prefix: &'a str,
+    secret: &'a str,
+}
+
+// A hand-written Debug so that a key can never reach a log through `{:?}`.
+impl fmt::Debug for ApiKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("prefix", &self.prefix)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a presented key is not of the form `<prefix>.<secret>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedKey {
+    #[error("the key is empty")]
+    Empty,
+    #[error("the key is longer than {MAX_KEY_LEN} bytes")]
+    TooLong,
+    #[error("the key has characters outside printable ASCII")]
+    NotAscii,
+    #[error("the key has no '.' between prefix and secret")]
+    NoDot,
+    #[error("the key's prefix is empty")]
+    EmptyPrefix,
+    #[error("the key's secret is empty")]
+    EmptySecret,
+    #[error("the key's prefix is not 4 to 64 characters of [A-Za-z0-9_-]")]
+    BadPrefix,
+}
+
+impl<'a> ApiKey<'a> {
+    /// Parses `<prefix>.<secret>`, splitting at the first dot.
+    pub fn parse(key: &'a str) -> Result<Self, MalformedKey> {
+        if key.is_empty() {
+            return Err(MalformedKey::Empty);
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(MalformedKey::TooLong);
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(MalformedKey::NotAscii);
+        }
+        let (prefix, secret) = key.split_once('.').ok_or(MalformedKey::NoDot)?;
+        if prefix.is_empty() {
+            return Err(MalformedKey::EmptyPrefix);
+        }
+        if secret.is_empty() {
+            return Err(MalformedKey::EmptySecret);
+        }
+        if !is_valid_prefix(prefix) {
+            return Err(MalformedKey::BadPrefix);
+        }
+        Ok(ApiKey { prefix, secret })
+    }
+
+    /// The SHA-256 of the secret part.
+    pub fn secret_hash(&self) -> SecretHash {
+        SecretHash::of_secret(self.secret)
+    }
+}
+
+/// Whether `prefix` is 4 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_prefix(prefix: &str) -> bool {
+    PREFIX_LEN.contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The SHA-256 of a key's secret: the only form in which a secret is kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl SecretHash {
+    /// Hashes the secret part of a key.
+    pub fn of_secret(secret: &str) -> Self {
+        SecretHash(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Compares in constant time, so the time taken does not tell how many bytes matched.
+    pub fn matches(&self, other: &SecretHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// Lower-case hex, as written in policy files.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretHash({})", self.to_hex())
+    }
+}
+
+/// The text is not 64 lower-case hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("secret_sha256 must be 64 lower-case hex digits (the SHA-256 of the part after the first dot)")]
+pub struct BadHash;
+
+impl FromStr for SecretHash {
+    type Err = BadHash;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(BadHash);
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadHash)?;
+        Ok(SecretHash(out))
+    }
+}
+
+/// A key's lifecycle status, as on the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    Pending,
+    Rejected,
+    Deleted,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Inactive => "inactive",
+            KeyStatus::Pending => "pending",
+            KeyStatus::Rejected => "rejected",
+            KeyStatus::Deleted => "deleted",
+        }
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "active" => KeyStatus::Active,
+            "inactive" => KeyStatus::Inactive,
+            "pending" => KeyStatus::Pending,
+            "rejected" => KeyStatus::Rejected,
+            "deleted" => KeyStatus::Deleted,
+            other => {
+                return Err(format!(
+                    "unknown key status {other:?} (expected active, inactive, pending, rejected or deleted)"
+                ));
+            }
+        })
+    }
+}
+
+/// Team keys belong to a user in a team; project keys to a project.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    Team,
+    Project,
+}
+
+impl KeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Team => "team",
+            KeyType::Project => "project",
+        }
+    }
+}
+
+/// A freshly generated key: printed once, then only its hash is kept.
+pub struct NewKey {
+    pub key: String,
+    pub hash: SecretHash,
+}
+
+/// Generates a key with the given prefix and a 32-character random secret
+/// (190 bits from the operating system's generator).
+pub fn generate_key(prefix: &str) -> Result<NewKey, MalformedKey> {
+    use rand::{Rng, distr::Alphanumeric};
+    if !is_valid_prefix(prefix) {
+        return Err(MalformedKey::BadPrefix);
+    }
+    let secret: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let hash = SecretHash::of_secret(&secret);
+    Ok(NewKey {
+        key: format!("{prefix}.{secret}"),
+        hash,
+    })
+}
+
+/// Generates a random prefix of 20 characters, the length the platform's SDKs use.
+pub fn generate_prefix() -> String {
+    use rand::{Rng, distr::Alphanumeric};
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_the_first_dot() {
+        let key = ApiKey::parse("Prefix01.sec.ret").unwrap();
+        assert_eq!(key.prefix, "Prefix01");
+        assert_eq!(key.secret_hash(), SecretHash::of_secret("sec.ret"));
+    }
+
+    #[test]
+    fn malformed_keys_are_told_apart() {
+        let long = format!("Prefix01.{}", "a".repeat(300));
+        let cases: &[(&str, MalformedKey)] = &[
+            ("", MalformedKey::Empty),
+            ("nodot", MalformedKey::NoDot),
+            (".secret", MalformedKey::EmptyPrefix),
+            ("Prefix01.", MalformedKey::EmptySecret),
+            ("Préfix01.secret", MalformedKey::NotAscii),
+            ("Prefix01.sec ret", MalformedKey::NotAscii),
+            ("Pr\u{0}x.secret", MalformedKey::NotAscii),
+            ("abc.secret", MalformedKey::BadPrefix),
+            ("Pre/fix.secret", MalformedKey::BadPrefix),
+            (&long, MalformedKey::TooLong),
+        ];
+        for (key, want) in cases {
+            assert_eq!(ApiKey::parse(key), Err(*want), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = ApiKey::parse("Prefix01.topsecret").unwrap();
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(shown.contains("Prefix01"));
+    }
+
+    #[test]
+    fn hashes_round_trip_through_hex_and_compare() {
+        let hash = SecretHash::of_secret("password");
+        assert_eq!(
+            hash.to_hex(),
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+        );
+        assert_eq!(hash.to_hex().parse::<SecretHash>(), Ok(hash));
+        assert!(hash.matches(&SecretHash::of_secret("password")));
+        assert!(!hash.matches(&SecretHash::of_secret("passwore")));
+        assert!("5E88".parse::<SecretHash>().is_err());
+        assert!(hash.to_hex().to_uppercase().parse::<SecretHash>().is_err());
+    }
+
+    #[test]
+    fn generated_keys_parse_and_match_their_hash() {
+        let new = generate_key("Generated01").unwrap();
+        let key = ApiKey::parse(&new.key).unwrap();
+        assert_eq!(key.prefix, "Generated01");
+        assert!(key.secret_hash().matches(&new.hash));
+        assert!(generate_key("x").is_err());
+        assert!(is_valid_prefix(&generate_prefix()));
+    }
+}

@@ -1,0 +1,23 @@
+//! The authorization model, as plain Rust: no gRPC, no async runtime, no I/O.
+//!
+//! - [`Scope`]: OWN < TEAM < ALL.
+//! - [`Catalog`]: the known entitlements and the roles that bundle them ([`catalog`] holds the
+//!   built-in default: the platform's six prebuilt roles and TEAM_ROLE).
+//! - [`ApiKey`]: `<prefix>.<secret>` parsing and SHA-256 hashing of secrets.
+//! - [`Model`]: teams, users, projects, keys and roles, with the validation rules of catalog.md.
+//! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
+//! - [`decide`]: the pure decision function.
+
+pub mod catalog;
+pub mod decide;
+pub mod entry;
+pub mod key;
+pub mod model;
+pub mod scope;
+
+pub use catalog::{Catalog, Grant, Role, RoleType};
+pub use decide::{Decision, Reason, ResourceRef, authenticate, decide};
+pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
+pub use key::{ApiKey, KeyStatus, KeyType, MalformedKey, SecretHash};
+pub use model::{KeySpec, Model, ModelViolation, Project, Team, User};
+pub use scope::Scope;

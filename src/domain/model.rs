@@ -1,0 +1,648 @@
+//! The whole authorization state as data: teams, users, projects, keys and the catalog; the rules
+//! a valid state obeys (catalog.md rules 1–2 and referential integrity); and [`Change`], the unit
+//! in which it evolves, with [`Model::diff`] to compute the changes between two states.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use super::{
+    Catalog, KeyStatus, KeyType, Role, RoleType, SecretHash,
+    catalog::{TEAM_ROLE, canonical_role_id},
+    key::is_valid_prefix,
+};
+
+/// A group of users (an "account" on the platform). Keys and data belong to a team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Team {
+    pub id: Arc<str>,
+    pub name: String,
+    /// An inactive team's keys are unauthenticated.
+    pub active: bool,
+}
+
+/// A person. May be in several teams and hold several keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: Arc<str>,
+    pub name: String,
+    /// An inactive user's keys are unauthenticated.
+    pub active: bool,
+    /// The teams the user belongs to. When not empty, the user's team keys must be in one of
+    /// them; when empty, membership is implied by the user's keys.
+    pub teams: Vec<Arc<str>>,
+}
+
+/// A project of a team; it owns project keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    pub id: Arc<str>,
+    pub team: Arc<str>,
+    pub name: String,
+}
+
+/// An API key's binding: who it belongs to, its roles and status. The secret itself is never
+/// here, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySpec {
+    pub prefix: Arc<str>,
+    pub secret_hash: SecretHash,
+    pub key_type: KeyType,
+    /// The user of a team key.
+    pub user: Option<Arc<str>>,
+    /// The team of a team key (a project key's team is its project's).
+    pub team: Option<Arc<str>>,
+    /// The project of a project key.
+    pub project: Option<Arc<str>>,
+    /// Bound roles, canonical ids (`PROJECT` is stored as `SYSTEM_KEY`), without TEAM_ROLE.
+    pub roles: Arc<[Arc<str>]>,
+    pub status: KeyStatus,
+    /// Unix seconds; the key is unauthenticated from this instant on.
+    pub expires_at: Option<i64>,
+}
+
+/// One object of the model, for error messages and change events.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectRef {
+    Entitlement(Arc<str>),
+    Role(Arc<str>),
+    Team(Arc<str>),
+    User(Arc<str>),
+    Project(Arc<str>),
+    Key(Arc<str>),
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::Entitlement(id) => write!(f, "entitlement {id}"),
+            ObjectRef::Role(id) => write!(f, "role {id}"),
+            ObjectRef::Team(id) => write!(f, "team {id}"),
+            ObjectRef::User(id) => write!(f, "user {id}"),
+            ObjectRef::Project(id) => write!(f, "project {id}"),
+            ObjectRef::Key(prefix) => write!(f, "key {prefix}"),
+        }
+    }
+}
+
+/// A rule of the model that a state breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelViolation {
+    pub object: ObjectRef,
+    /// The field at fault (`roles`, `user`, …), for locating it in a file or a request.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ModelViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.object, self.field, self.message)
+    }
+}
+
+/// One step of the state's evolution. A [`crate::state::ChangeSet`] is a list of these applied
+/// atomically under one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    PutEntitlement(Arc<str>),
+    RemoveEntitlement(Arc<str>),
+    PutRole(Arc<Role>),
+    RemoveRole(Arc<str>),
+    PutTeam(Team),
+    RemoveTeam(Arc<str>),
+    PutUser(User),
+    RemoveUser(Arc<str>),
+    PutProject(Project),
+    RemoveProject(Arc<str>),
+    PutKey(Arc<KeySpec>),
+    RemoveKey(Arc<str>),
+}
+
+impl Change {
+    /// The object this change is about.
+    pub fn object(&self) -> ObjectRef {
+        match self {
+            Change::PutEntitlement(id) | Change::RemoveEntitlement(id) => {
+                ObjectRef::Entitlement(id.clone())
+            }
+            Change::PutRole(role) => ObjectRef::Role(role.id.clone()),
+            Change::RemoveRole(id) => ObjectRef::Role(id.clone()),
+            Change::PutTeam(team) => ObjectRef::Team(team.id.clone()),
+            Change::RemoveTeam(id) => ObjectRef::Team(id.clone()),
+            Change::PutUser(user) => ObjectRef::User(user.id.clone()),
+            Change::RemoveUser(id) => ObjectRef::User(id.clone()),
+            Change::PutProject(project) => ObjectRef::Project(project.id.clone()),
+            Change::RemoveProject(id) => ObjectRef::Project(id.clone()),
+            Change::PutKey(key) => ObjectRef::Key(key.prefix.clone()),
+            Change::RemoveKey(prefix) => ObjectRef::Key(prefix.clone()),
+        }
+    }
+}
+
+/// The whole state: what an origin holds and what the cache is built from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub catalog: Catalog,
+    pub teams: HashMap<Arc<str>, Team>,
+    pub users: HashMap<Arc<str>, User>,
+    pub projects: HashMap<Arc<str>, Project>,
+    pub keys: HashMap<Arc<str>, Arc<KeySpec>>,
+}
+
+impl Model {
+    /// The team a key belongs to: its own for team keys, its project's for project keys.
+    pub fn key_team<'m>(&'m self, key: &'m KeySpec) -> Option<&'m Arc<str>> {
+        match key.key_type {
+            KeyType::Team => key.team.as_ref(),
+            KeyType::Project => key
+                .project
+                .as_ref()
+                .and_then(|p| self.projects.get(p))
+                .map(|p| &p.team),
+        }
+    }
+
+    /// Applies one change. The caller validates the result ([`Model::validate`]).
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PutEntitlement(id) => {
+                self.catalog.add_entitlement(id);
+            }
+            Change::RemoveEntitlement(id) => {
+                self.catalog.remove_entitlement(id);
+            }
+            Change::PutRole(role) => self.catalog.put_role(role.clone()),
+            Change::RemoveRole(id) => self.catalog.remove_role(id),
+            Change::PutTeam(team) => {
+                self.teams.insert(team.id.clone(), team.clone());
+            }
+            Change::RemoveTeam(id) => {
+                self.teams.remove(id);
+            }
+            Change::PutUser(user) => {
+                self.users.insert(user.id.clone(), user.clone());
+            }
+            Change::RemoveUser(id) => {
+                self.users.remove(id);
+            }
+            Change::PutProject(project) => {
+                self.projects.insert(project.id.clone(), project.clone());
+            }
+            Change::RemoveProject(id) => {
+                self.projects.remove(id);
+            }
+            Change::PutKey(key) => {
+                self.keys.insert(key.prefix.clone(), key.clone());
+            }
+            Change::RemoveKey(prefix) => {
+                self.keys.remove(prefix);
+            }
+        }
+    }
+
+    /// Every rule the state breaks, in a stable order (sorted by object).
+    pub fn validate(&self) -> Vec<ModelViolation> {
+        let mut out = Vec::new();
+        for role in self.catalog.roles() {
+            self.validate_role(role, &mut out);
+        }
+        for project in self.projects.values() {
+            if !self.teams.contains_key(&project.team) {
+                out.push(violation(
+                    ObjectRef::Project(project.id.clone()),
+                    "team",
+                    format!("team {} does not exist", project.team),
+                ));
+            }
+        }
+        for user in self.users.values() {
+            for team in &user.teams {
+                if !self.teams.contains_key(team) {
+                    out.push(violation(
+                        ObjectRef::User(user.id.clone()),
+                        "teams",
+                        format!("team {team} does not exist"),
+                    ));
+                }
+            }
+        }
+        for key in self.keys.values() {
+            self.validate_key(key, &mut out);
+        }
+        out.sort_by(|a, b| {
+            (format!("{}", a.object), a.field).cmp(&(format!("{}", b.object), b.field))
+        });
+        out
+    }
+
+    fn validate_role(&self, role: &Role, out: &mut Vec<ModelViolation>) {
+        let object = || ObjectRef::Role(role.id.clone());
+        if !is_valid_role_id(&role.id) {
+            out.push(violation(
+                object(),
+                "id",
+                "a role id is 1 to 64 characters of [A-Z0-9_]".into(),
+            ));
+        }
+        if role.role_type == RoleType::Implicit && &*role.id != TEAM_ROLE {
+            out.push(violation(
+                object(),
+                "type",
+                "only TEAM_ROLE is implicit; a role is of type user or system".into(),
+            ));
+        }
+        for grant in &role.grants {
+            if !self.catalog.has_entitlement(&grant.entitlement) {
+                out.push(violation(
+                    object(),
+                    "grants",
+                    format!(
+                        "entitlement {} is not in the catalog (add it under entitlements:)",
+                        grant.entitlement
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn validate_key(&self, key: &KeySpec, out: &mut Vec<ModelViolation>) {
+        let object = || ObjectRef::Key(key.prefix.clone());
+        if !is_valid_prefix(&key.prefix) {
+            out.push(violation(
+                object(),
+                "prefix",
+                "a prefix is 4 to 64 characters of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        match key.key_type {
+            KeyType::Team => {
+                match &key.user {
+                    None => out.push(violation(object(), "user", "a team key names its user".into())),
+                    Some(user) => match self.users.get(user) {
+                        None => out.push(violation(
+                            object(),
+                            "user",
+                            format!("user {user} does not exist"),
+                        )),
+                        Some(u) => {
+                            if let Some(team) = &key.team {
+                                if !u.teams.is_empty() && !u.teams.contains(team) {
+                                    out.push(violation(
+                                        object(),
+                                        "team",
+                                        format!("user {user} is not a member of team {team}"),
+                                    ));
+                                }
+                            }
+                        }
+                    },
+                }
+                match &key.team {
+                    None => out.push(violation(object(), "team", "a team key names its team".into())),
+                    Some(team) if !self.teams.contains_key(team) => out.push(violation(
+                        object(),
+                        "team",
+                        format!("team {team} does not exist"),
+                    )),
+                    Some(_) => {}
+                }
+                if key.project.is_some() {
+                    out.push(violation(
+                        object(),
+                        "project",
+                        "a team key has no project (use type: project)".into(),
+                    ));
+                }
+            }
+            KeyType::Project => {
+                match &key.project {
+                    None => out.push(violation(
+                        object(),
+                        "project",
+                        "a project key names its project".into(),
+                    )),
+                    Some(project) => match self.projects.get(project) {
+                        None => out.push(violation(
+                            object(),
+                            "project",
+                            format!("project {project} does not exist"),
+                        )),
+                        Some(p) => {
+                            if let Some(team) = &key.team {
+                                if *team != p.team {
+                                    out.push(violation(
+                                        object(),
+                                        "team",
+                                        format!(
+                                            "a project key's team is its project's ({}), not {team}",
+                                            p.team
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                    },
+                }
+                if key.user.is_some() {
+                    out.push(violation(
+                        object(),
+                        "user",
+                        "a project key has no user (use type: team)".into(),
+                    ));
+                }
+            }
+        }
+        for role_id in key.roles.iter() {
+            let Some(role) = self.catalog.role(role_id) else {
+                out.push(violation(
+                    object(),
+                    "roles",
+                    format!("role {role_id} does not exist"),
+                ));
+                continue;
+            };
+            match (key.key_type, role.role_type) {
+                (KeyType::Team, RoleType::System) => out.push(violation(
+                    object(),
+                    "roles",
+                    format!("role {role_id} is a system role and cannot be bound to a team key"),
+                )),
+                (KeyType::Project, RoleType::User) => out.push(violation(
+                    object(),
+                    "roles",
+                    format!("role {role_id} is a user role and cannot be bound to a project key"),
+                )),
+                (_, RoleType::Implicit) => out.push(violation(
+                    object(),
+                    "roles",
+                    "TEAM_ROLE is on every key and is not bound explicitly".into(),
+                )),
+                _ => {}
+            }
+        }
+    }
+
+    /// The changes that turn `self` into `new`: puts first (entitlements, roles, teams, users,
+    /// projects, keys), then removals in the reverse order, so that every prefix of the list
+    /// only refers to objects that exist.
+    pub fn diff(&self, new: &Model) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let old_ents = self.catalog.added_entitlements();
+        let new_ents = new.catalog.added_entitlements();
+        for ent in new_ents.iter().filter(|e| !old_ents.contains(e)) {
+            changes.push(Change::PutEntitlement(ent.clone()));
+        }
+        let mut roles: Vec<_> = new
+            .catalog
+            .roles()
+            .filter(|r| self.catalog.role(&r.id) != Some(*r))
+            .cloned()
+            .collect();
+        roles.sort_by(|a, b| a.id.cmp(&b.id));
+        changes.extend(roles.into_iter().map(Change::PutRole));
+        put_changed(&self.teams, &new.teams, Change::PutTeam, &mut changes);
+        put_changed(&self.users, &new.users, Change::PutUser, &mut changes);
+        put_changed(&self.projects, &new.projects, Change::PutProject, &mut changes);
+        put_changed(&self.keys, &new.keys, Change::PutKey, &mut changes);
+        removed(&self.keys, &new.keys, Change::RemoveKey, &mut changes);
+        removed(&self.projects, &new.projects, Change::RemoveProject, &mut changes);
+        removed(&self.users, &new.users, Change::RemoveUser, &mut changes);
+        removed(&self.teams, &new.teams, Change::RemoveTeam, &mut changes);
+        let mut gone_roles: Vec<_> = self
+            .catalog
+            .roles()
+            .filter(|r| new.catalog.role(&r.id).is_none())
+            .map(|r| r.id.clone())
+            .collect();
+        gone_roles.sort();
+        changes.extend(gone_roles.into_iter().map(Change::RemoveRole));
+        for ent in old_ents.iter().filter(|e| !new_ents.contains(e)) {
+            changes.push(Change::RemoveEntitlement(ent.clone()));
+        }
+        changes
+    }
+}
+
+fn put_changed<V: Clone + PartialEq>(
+    old: &HashMap<Arc<str>, V>,
+    new: &HashMap<Arc<str>, V>,
+    put: fn(V) -> Change,
+    out: &mut Vec<Change>,
+) {
+    let mut ids: Vec<_> = new
+        .iter()
+        .filter(|(id, v)| old.get(*id) != Some(*v))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    out.extend(ids.into_iter().map(|id| put(new[id].clone())));
+}
+
+fn removed<V>(
+    old: &HashMap<Arc<str>, V>,
+    new: &HashMap<Arc<str>, V>,
+    remove: fn(Arc<str>) -> Change,
+    out: &mut Vec<Change>,
+) {
+    let mut ids: Vec<_> = old.keys().filter(|id| !new.contains_key(*id)).collect();
+    ids.sort();
+    out.extend(ids.into_iter().map(|id| remove(id.clone())));
+}
+
+fn violation(object: ObjectRef, field: &'static str, message: String) -> ModelViolation {
+    ModelViolation {
+        object,
+        field,
+        message,
+    }
+}
+
+/// Whether `id` is a well-formed role id: 1 to 64 characters of `[A-Z0-9_]`.
+pub fn is_valid_role_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Canonical role ids for a key: aliases resolved, TEAM_ROLE left in (validation reports it).
+pub fn canonical_roles<'a>(roles: impl IntoIterator<Item = &'a str>) -> Arc<[Arc<str>]> {
+    let mut out: Vec<Arc<str>> = roles
+        .into_iter()
+        .map(|r| Arc::from(canonical_role_id(r)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.into()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::domain::key::SecretHash;
+
+    pub(crate) fn team(id: &str) -> Team {
+        Team {
+            id: id.into(),
+            name: id.to_uppercase(),
+            active: true,
+        }
+    }
+
+    pub(crate) fn user(id: &str) -> User {
+        User {
+            id: id.into(),
+            name: id.into(),
+            active: true,
+            teams: vec![],
+        }
+    }
+
+    pub(crate) fn team_key(prefix: &str, user: &str, team: &str, roles: &[&str]) -> KeySpec {
+        KeySpec {
+            prefix: prefix.into(),
+            secret_hash: SecretHash::of_secret(&format!("{prefix}-secret")),
+            key_type: KeyType::Team,
+            user: Some(user.into()),
+            team: Some(team.into()),
+            project: None,
+            roles: canonical_roles(roles.iter().copied()),
+            status: KeyStatus::Active,
+            expires_at: None,
+        }
+    }
+
+    pub(crate) fn project_key(prefix: &str, project: &str, roles: &[&str]) -> KeySpec {
+        KeySpec {
+            prefix: prefix.into(),
+            secret_hash: SecretHash::of_secret(&format!("{prefix}-secret")),
+            key_type: KeyType::Project,
+            user: None,
+            team: None,
+            project: Some(project.into()),
+            roles: canonical_roles(roles.iter().copied()),
+            status: KeyStatus::Active,
+            expires_at: None,
+        }
+    }
+
+    pub(crate) fn model(keys: Vec<KeySpec>) -> Model {
+        let mut m = Model::default();
+        for t in ["acme", "globex"] {
+            m.teams.insert(t.into(), team(t));
+        }
+        for u in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+            m.users.insert(u.into(), user(u));
+        }
+        m.projects.insert(
+            "fraud".into(),
+            Project {
+                id: "fraud".into(),
+                team: "acme".into(),
+                name: "Fraud".into(),
+            },
+        );
+        for k in keys {
+            m.keys.insert(k.prefix.clone(), Arc::new(k));
+        }
+        m
+    }
+
+    fn messages(m: &Model) -> Vec<String> {
+        m.validate().iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn a_valid_model_has_no_violations() {
+        let m = model(vec![
+            team_key("AliceKey01", "alice", "acme", &["DATA_SCIENTIST"]),
+            project_key("FraudKey01", "fraud", &["PROJECT"]),
+        ]);
+        assert_eq!(messages(&m), Vec::<String>::new());
+        assert_eq!(m.key_team(&m.keys["FraudKey01"]).map(|t| &**t), Some("acme"));
+    }
+
+    #[test]
+    fn role_types_must_match_key_types() {
+        let m = model(vec![
+            team_key("AliceKey01", "alice", "acme", &["SYSTEM_KEY"]),
+            project_key("FraudKey01", "fraud", &["DATA_SCIENTIST"]),
+        ]);
+        let got = messages(&m);
+        assert!(got.iter().any(|e| e.contains("key AliceKey01 (roles): role SYSTEM_KEY is a system role")), "{got:?}");
+        assert!(got.iter().any(|e| e.contains("key FraudKey01 (roles): role DATA_SCIENTIST is a user role")), "{got:?}");
+    }
+
+    #[test]
+    fn dangling_references_are_reported() {
+        let mut m = model(vec![
+            team_key("AliceKey01", "nobody", "acme", &["DEVELOPER"]),
+            team_key("BobKey0001", "bob", "nowhere", &["NO_SUCH_ROLE"]),
+            project_key("FraudKey01", "missing", &["SYSTEM_KEY"]),
+        ]);
+        m.users.get_mut("carol").unwrap().teams = vec!["ghost".into()];
+        let got = messages(&m);
+        for want in [
+            "key AliceKey01 (user): user nobody does not exist",
+            "key BobKey0001 (team): team nowhere does not exist",
+            "key BobKey0001 (roles): role NO_SUCH_ROLE does not exist",
+            "key FraudKey01 (project): project missing does not exist",
+            "user carol (teams): team ghost does not exist",
+        ] {
+            assert!(got.iter().any(|e| e == want), "missing {want:?} in {got:?}");
+        }
+    }
+
+    #[test]
+    fn keys_must_be_in_a_team_of_their_user() {
+        let mut m = model(vec![team_key("AliceKey01", "alice", "globex", &["DEVELOPER"])]);
+        m.users.get_mut("alice").unwrap().teams = vec!["acme".into()];
+        assert_eq!(
+            messages(&m),
+            vec!["key AliceKey01 (team): user alice is not a member of team globex"]
+        );
+    }
+
+    #[test]
+    fn custom_roles_must_use_known_entitlements() {
+        let mut m = model(vec![]);
+        m.catalog.put_role(Arc::new(Role {
+            id: "REVIEWER".into(),
+            role_type: RoleType::User,
+            grants: vec![crate::domain::Grant {
+                entitlement: "reports.export".into(),
+                scope: crate::domain::Scope::Team,
+            }],
+            prebuilt: false,
+        }));
+        assert_eq!(m.validate().len(), 1);
+        m.catalog.add_entitlement("reports.export");
+        assert!(m.validate().is_empty());
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_new_model() {
+        let old = model(vec![
+            team_key("AliceKey01", "alice", "acme", &["DEVELOPER"]),
+            team_key("BobKey0001", "bob", "acme", &["DEVELOPER"]),
+        ]);
+        let mut new = model(vec![
+            team_key("AliceKey01", "alice", "acme", &["ACCOUNT_ADMIN"]),
+            team_key("CarolKey01", "carol", "globex", &["AUDITOR"]),
+        ]);
+        new.teams.remove("globex");
+        new.teams.insert("initech".into(), team("initech"));
+        new.keys.remove("CarolKey01");
+        new.catalog.add_entitlement("reports.export");
+        let changes = old.diff(&new);
+        let mut applied = old.clone();
+        for c in &changes {
+            applied.apply(c);
+        }
+        assert_eq!(applied, new);
+        assert!(changes.contains(&Change::RemoveKey("BobKey0001".into())));
+        assert!(changes.contains(&Change::RemoveTeam("globex".into())));
+        assert!(old.diff(&old).is_empty(), "no change, no event");
+        // Only the edited key changes, not a reload of everything.
+        let one = changes.iter().filter(|c| matches!(c, Change::PutKey(_))).count();
+        assert_eq!(one, 1);
+    }
+}

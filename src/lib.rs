@@ -1,0 +1,3 @@
+//! rolegate: an authorization sidecar.
+pub mod domain;
+pub mod state;

@@ -1,0 +1,420 @@
+//! The cache: one `DashMap<prefix, Arc<KeyEntry>>` that every front end reads, changed only by
+//! applying an origin's [`ChangeSet`]s, each under a revision that only grows.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::domain::{
+    ApiKey, Catalog, Decision, KeyEntry, Model, Reason, RequestorId, ResourceRef, authenticate,
+    decide,
+    entry::{GrantInterner, build_requestor},
+    model::Change,
+};
+
+/// Changes committed by an origin under one revision, applied all together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Why a change set was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("revision {given} is not after the applied revision {applied}")]
+    StaleRevision { given: u64, applied: u64 },
+}
+
+/// The answer to one check, with what the front ends report besides the decision.
+#[derive(Clone, Debug)]
+pub struct CheckOutcome {
+    pub decision: Decision,
+    /// The presented key's entry, once the key is authenticated (also when forbidden).
+    pub entry: Option<Arc<KeyEntry>>,
+    /// The applied revision when the check started: the answer reflects at least this state.
+    pub revision: u64,
+}
+
+/// The writer's side: the model the cache is built from and the indexes that find which entries
+/// a change touches. Behind a std `Mutex`: writers are rare and never hold it across an await.
+struct Writer {
+    model: Model,
+    catalog: Arc<Catalog>,
+    keys_by_requestor: HashMap<RequestorId, Vec<Arc<str>>>,
+    interner: GrantInterner,
+}
+
+/// Counts of the objects in the state, for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub keys: usize,
+    pub teams: usize,
+    pub users: usize,
+    pub projects: usize,
+    pub roles: usize,
+}
+
+/// The in-memory authorization state.
+pub struct State {
+    keys: DashMap<Arc<str>, Arc<KeyEntry>>,
+    writer: Mutex<Writer>,
+    /// The applied revision; 0 until the first change set. Waiters (`min_revision`) subscribe.
+    revision: watch::Sender<u64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Unix seconds now; the clock every check uses.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl State {
+    pub fn new() -> Self {
+        let model = Model::default();
+        State {
+            keys: DashMap::new(),
+            writer: Mutex::new(Writer {
+                catalog: Arc::new(model.catalog.clone()),
+                model,
+                keys_by_requestor: HashMap::new(),
+                interner: GrantInterner::default(),
+            }),
+            revision: watch::Sender::new(0),
+        }
+    }
+
+    /// The applied revision (0: nothing applied yet).
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Whether a first change set has been applied.
+    pub fn is_loaded(&self) -> bool {
+        self.revision() > 0
+    }
+
+    /// The cache entry of a key prefix.
+    pub fn lookup(&self, prefix: &str) -> Option<Arc<KeyEntry>> {
+        self.keys.get(prefix).map(|e| e.value().clone())
+    }
+
+    /// Decides one request: parse the key, look it up, authenticate it, decide.
+    pub fn check(
+        &self,
+        api_key: &str,
+        entitlement: &str,
+        resource: ResourceRef<'_>,
+        now: i64,
+    ) -> CheckOutcome {
+        let revision = self.revision();
+        let denied = |reason| CheckOutcome {
+            decision: Decision::denied(reason),
+            entry: None,
+            revision,
+        };
+        let key = match ApiKey::parse(api_key) {
+            Ok(key) => key,
+            Err(malformed) => return denied(malformed.into()),
+        };
+        let entry = self.lookup(key.prefix);
+        if let Err(reason) = authenticate(entry.as_deref(), &key, now) {
+            return denied(reason);
+        }
+        let entry = entry.expect("authenticate accepts only a present entry");
+        CheckOutcome {
+            decision: decide(&entry, entitlement, resource, now),
+            entry: Some(entry),
+            revision,
+        }
+    }
+
+    /// Waits until `min` is applied, at most `timeout`. Returns the applied revision, or, past
+    /// the timeout, `Err` with the revision this instance has.
+    pub async fn wait_for_revision(&self, min: u64, timeout: Duration) -> Result<u64, u64> {
+        let mut rx = self.revision.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= min)).await;
+        match reached {
+            Ok(Ok(rev)) => Ok(*rev),
+            _ => Err(self.revision()),
+        }
+    }
+
+    /// A receiver of the applied revision, for whoever must follow it.
+    pub fn subscribe_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// A copy of the model the cache is built from.
+    pub fn model(&self) -> Model {
+        self.lock().model.clone()
+    }
+
+    /// How many objects the state holds.
+    pub fn counts(&self) -> Counts {
+        let w = self.lock();
+        Counts {
+            keys: w.model.keys.len(),
+            teams: w.model.teams.len(),
+            users: w.model.users.len(),
+            projects: w.model.projects.len(),
+            roles: w.model.catalog.roles().count(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A panic while holding the lock would leave the model half-applied; it cannot happen
+        // short of a bug, and serving the last entries is the best that can be done then.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies an origin's change set: updates the model, rebuilds the entries of every
+    /// requestor the changes touch, then publishes the revision. The origin has validated the
+    /// resulting model.
+    pub fn apply(&self, set: ChangeSet) -> Result<u64, StateError> {
+        let mut w = self.lock();
+        let applied = self.revision();
+        if set.revision <= applied {
+            return Err(StateError::StaleRevision {
+                given: set.revision,
+                applied,
+            });
+        }
+        let mut rebuild_all = false;
+        let mut requestors: HashSet<RequestorId> = HashSet::new();
+        let mut teams: HashSet<Arc<str>> = HashSet::new();
+        let mut removed_keys: Vec<Arc<str>> = Vec::new();
+        for change in &set.changes {
+            match change {
+                Change::PutEntitlement(_)
+                | Change::RemoveEntitlement(_)
+                | Change::PutRole(_)
+                | Change::RemoveRole(_) => rebuild_all = true,
+                Change::PutTeam(team) => {
+                    teams.insert(team.id.clone());
+                }
+                Change::RemoveTeam(id) => {
+                    teams.insert(id.clone());
+                }
+                Change::PutUser(user) => {
+                    requestors.insert(RequestorId::User(user.id.clone()));
+                }
+                Change::RemoveUser(id) => {
+                    requestors.insert(RequestorId::User(id.clone()));
+                }
+                Change::PutProject(project) => {
+                    requestors.insert(RequestorId::Project(project.id.clone()));
+                }
+                Change::RemoveProject(id) => {
+                    requestors.insert(RequestorId::Project(id.clone()));
+                }
+                Change::PutKey(spec) => {
+                    if let Some(old) = w.model.keys.get(&spec.prefix).cloned() {
+                        w.unindex(&old.prefix, RequestorId::of(&old), &mut requestors);
+                    }
+                    if let Some(id) = RequestorId::of(spec) {
+                        w.keys_by_requestor
+                            .entry(id.clone())
+                            .or_default()
+                            .push(spec.prefix.clone());
+                        requestors.insert(id);
+                    }
+                }
+                Change::RemoveKey(prefix) => {
+                    if let Some(old) = w.model.keys.get(prefix).cloned() {
+                        w.unindex(prefix, RequestorId::of(&old), &mut requestors);
+                    }
+                    removed_keys.push(prefix.clone());
+                }
+            }
+            w.model.apply(change);
+        }
+
+        let now = unix_now();
+        let w = &mut *w;
+        if rebuild_all {
+            w.catalog = Arc::new(w.model.catalog.clone());
+            w.interner = GrantInterner::default();
+            requestors = w.keys_by_requestor.keys().cloned().collect();
+        } else if !teams.is_empty() {
+            for spec in w.model.keys.values() {
+                if w.model.key_team(spec).is_some_and(|t| teams.contains(t)) {
+                    requestors.extend(RequestorId::of(spec));
+                }
+            }
+        }
+        for prefix in &removed_keys {
+            if !w.model.keys.contains_key(prefix) {
+                self.keys.remove(prefix);
+            }
+        }
+        for id in &requestors {
+            let prefixes = w.keys_by_requestor.get(id).map_or(&[][..], |p| &p[..]);
+            for entry in build_requestor(&w.model, &w.catalog, id, prefixes, now, &mut w.interner) {
+                self.keys.insert(entry.spec.prefix.clone(), entry);
+            }
+        }
+        if rebuild_all || !removed_keys.is_empty() {
+            w.interner.prune();
+        }
+        self.revision.send_replace(set.revision);
+        Ok(set.revision)
+    }
+
+    /// Rebuilds every entry: drops the contributions of keys that expired since the last build
+    /// (decisions already exclude them on the fly; this makes that the fast path again).
+    pub fn refresh_expired(&self) {
+        let mut w = self.lock();
+        let w = &mut *w;
+        let now = unix_now();
+        let stale: Vec<RequestorId> = self
+            .keys
+            .iter()
+            .filter(|e| e.requestor.valid_until.is_some_and(|u| now >= u))
+            .map(|e| e.requestor.id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for id in &stale {
+            let prefixes = w.keys_by_requestor.get(id).map_or(&[][..], |p| &p[..]);
+            for entry in build_requestor(&w.model, &w.catalog, id, prefixes, now, &mut w.interner) {
+                self.keys.insert(entry.spec.prefix.clone(), entry);
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn unindex(
+        &mut self,
+        prefix: &Arc<str>,
+        id: Option<RequestorId>,
+        touched: &mut HashSet<RequestorId>,
+    ) {
+        let Some(id) = id else { return };
+        if let Some(list) = self.keys_by_requestor.get_mut(&id) {
+            list.retain(|p| p != prefix);
+            if list.is_empty() {
+                self.keys_by_requestor.remove(&id);
+            }
+        }
+        touched.insert(id);
+    }
+}
+
+impl CheckOutcome {
+    /// The reason, for logs and metrics.
+    pub fn reason(&self) -> Reason {
+        self.decision.reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        KeyStatus,
+        model::tests::{model, team_key},
+    };
+
+    fn load(state: &State, m: &Model, revision: u64) {
+        let changes = state.model().diff(m);
+        state.apply(ChangeSet { revision, changes }).unwrap();
+    }
+
+    fn allowed(state: &State, prefix: &str, ent: &str, team: &str) -> Reason {
+        let key = format!("{prefix}.{prefix}-secret");
+        let res = ResourceRef { team_id: team, ..Default::default() };
+        state.check(&key, ent, res, unix_now()).decision.reason
+    }
+
+    #[test]
+    fn changes_reach_the_entries_of_every_key_of_the_requestor() {
+        let state = State::new();
+        assert!(!state.is_loaded());
+        let mut m = model(vec![
+            team_key("AliceAcme1", "alice", "acme", &["DEVELOPER"]),
+            team_key("AliceGlobex", "alice", "globex", &["DEVELOPER"]),
+        ]);
+        load(&state, &m, 1);
+        assert_eq!(state.revision(), 1);
+        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::OutOfScope);
+
+        // Promoting the globex key changes what the acme key may do.
+        m.keys.insert("AliceGlobex".into(), Arc::new(team_key("AliceGlobex", "alice", "globex", &["ACCOUNT_ADMIN"])));
+        load(&state, &m, 2);
+        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::Allowed);
+
+        // Deactivating the globex team takes it back.
+        m.teams.get_mut("globex").unwrap().active = false;
+        load(&state, &m, 3);
+        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::OutOfScope);
+        assert_eq!(allowed(&state, "AliceGlobex", "jobs.read", ""), Reason::TeamInactive);
+
+        // Removing a key removes it from the cache.
+        m.keys.remove("AliceGlobex");
+        load(&state, &m, 4);
+        assert_eq!(allowed(&state, "AliceGlobex", "jobs.read", ""), Reason::UnknownKey);
+        assert_eq!(state.counts().keys, 1);
+    }
+
+    #[test]
+    fn revisions_only_grow() {
+        let state = State::new();
+        let m = model(vec![]);
+        load(&state, &m, 5);
+        let err = state.apply(ChangeSet { revision: 5, changes: vec![] }).unwrap_err();
+        assert_eq!(err, StateError::StaleRevision { given: 5, applied: 5 });
+        assert_eq!(state.revision(), 5);
+    }
+
+    #[test]
+    fn role_changes_rebuild_every_holder() {
+        let state = State::new();
+        let mut m = model(vec![team_key("CarolKey01", "carol", "acme", &["DEVELOPER"])]);
+        load(&state, &m, 1);
+        assert_eq!(allowed(&state, "CarolKey01", "models.deploy", "acme"), Reason::NoGrant);
+        let mut dev = (**m.catalog.role("DEVELOPER").unwrap()).clone();
+        dev.grants.push(crate::domain::Grant { entitlement: "models.deploy".into(), scope: crate::domain::Scope::Team });
+        m.catalog.put_role(Arc::new(dev));
+        load(&state, &m, 2);
+        assert_eq!(allowed(&state, "CarolKey01", "models.deploy", "acme"), Reason::Allowed);
+    }
+
+    #[test]
+    fn status_changes_apply_at_once() {
+        let state = State::new();
+        let mut m = model(vec![team_key("CarolKey01", "carol", "acme", &["DEVELOPER"])]);
+        load(&state, &m, 1);
+        let mut revoked = team_key("CarolKey01", "carol", "acme", &["DEVELOPER"]);
+        revoked.status = KeyStatus::Inactive;
+        m.keys.insert("CarolKey01".into(), Arc::new(revoked));
+        load(&state, &m, 2);
+        assert_eq!(allowed(&state, "CarolKey01", "jobs.read", ""), Reason::KeyInactive);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_revision_ends_when_it_is_applied_or_at_the_timeout() {
+        let state = Arc::new(State::new());
+        let waiter = {
+            let state = state.clone();
+            tokio::spawn(async move { state.wait_for_revision(2, Duration::from_secs(30)).await })
+        };
+        load(&state, &model(vec![]), 1);
+        load(&state, &model(vec![team_key("CarolKey01", "carol", "acme", &[])]), 2);
+        assert_eq!(waiter.await.unwrap(), Ok(2));
+        assert_eq!(state.wait_for_revision(9, Duration::from_millis(10)).await, Err(2));
+    }
+}

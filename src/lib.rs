@@ -1,3 +1,4 @@
 //! rolegate: an authorization sidecar.
 pub mod domain;
+pub mod origin;
 pub mod state;

@@ -1,0 +1,795 @@
+//! The policy file origin: a declarative YAML description of the whole state
+//! (`../shared/design/policy-file.md`), parsed with locations so that every error names the
+//! file, line, column and object; watched while serving and reloaded into a new revision.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{
+    domain::{
+        Catalog, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
+        SecretHash, Team, User,
+        catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
+        model::{ObjectRef, canonical_roles, is_valid_role_id},
+    },
+    state::{ChangeSet, State},
+};
+
+/// One problem in a policy file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub line: u64,
+    pub column: u64,
+    /// The object at fault, e.g. `keys[3] (prefix FraudKey01)`; empty for syntax errors.
+    pub object: String,
+    pub message: String,
+}
+
+/// Why a policy file was refused: every problem found, each with its location.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    pub file: String,
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: ", self.file, p.line, p.column)?;
+            if !p.object.is_empty() {
+                write!(f, "{}: ", p.object)?;
+            }
+            write!(f, "{}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a route's resource team or owner comes from: `path.<param>`, `header.<name>` or
+/// `query.<name>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueSource {
+    Path(String),
+    Header(String),
+    Query(String),
+}
+
+impl ValueSource {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (kind, name) = text
+            .split_once('.')
+            .ok_or_else(|| format!("{text:?} is not path.<param>, header.<name> or query.<name>"))?;
+        if name.is_empty() {
+            return Err(format!("{text:?} names no parameter"));
+        }
+        match kind {
+            "path" => Ok(ValueSource::Path(name.to_owned())),
+            "header" => Ok(ValueSource::Header(name.to_ascii_lowercase())),
+            "query" => Ok(ValueSource::Query(name.to_owned())),
+            _ => Err(format!("{text:?} is not path.<param>, header.<name> or query.<name>")),
+        }
+    }
+}
+
+/// A route of the HTTP API: which entitlement a request needs and where its resource is named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: String,
+    pub path: String,
+    pub entitlement: String,
+    pub team: Option<ValueSource>,
+    pub owner_key: Option<ValueSource>,
+    pub owner_user: Option<ValueSource>,
+}
+
+/// A loaded policy: the model, and the routes when the file gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub model: Model,
+    pub routes: Option<Vec<RouteSpec>>,
+}
+
+// ---- the file format -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    version: Option<Spanned<u32>>,
+    #[serde(default)]
+    entitlements: Vec<Spanned<EntitlementDoc>>,
+    #[serde(default)]
+    roles: Vec<Spanned<RoleDoc>>,
+    #[serde(default)]
+    teams: Vec<Spanned<TeamDoc>>,
+    #[serde(default)]
+    users: Vec<Spanned<UserDoc>>,
+    #[serde(default)]
+    projects: Vec<Spanned<ProjectDoc>>,
+    #[serde(default)]
+    keys: Vec<Spanned<KeyDoc>>,
+    routes: Option<Vec<Spanned<RouteDoc>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntitlementDoc {
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleDoc {
+    id: String,
+    #[serde(rename = "type")]
+    role_type: Option<String>,
+    #[serde(default)]
+    grants: Vec<GrantDoc>,
+    #[serde(rename = "override", default)]
+    override_prebuilt: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantDoc {
+    entitlement: String,
+    scope: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamDoc {
+    id: String,
+    name: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserDoc {
+    id: String,
+    name: Option<String>,
+    status: Option<String>,
+    #[serde(default)]
+    teams: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectDoc {
+    id: String,
+    team: String,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyDoc {
+    prefix: String,
+    secret_sha256: String,
+    #[serde(rename = "type")]
+    key_type: String,
+    user: Option<String>,
+    team: Option<String>,
+    project: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    status: Option<String>,
+    expires_at: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDoc {
+    method: String,
+    path: String,
+    entitlement: String,
+    resource: Option<RouteResourceDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteResourceDoc {
+    team: Option<String>,
+    owner_key: Option<String>,
+    owner_user: Option<String>,
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+/// Reads and parses the policy file at `path`.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: file.clone(),
+        problems: vec![PolicyProblem {
+            line: 0,
+            column: 0,
+            object: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses a policy document; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let mut budget = serde_saphyr::Budget::default();
+    // Large policies (a million keys) are legitimate; the limits that remain guard against
+    // alias bombs and deep nesting.
+    budget.max_reader_input_bytes = None;
+    budget.max_events = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    budget.max_total_scalar_bytes = usize::MAX;
+    options.budget = Some(budget);
+    let doc: PolicyDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        PolicyError {
+            file: file.to_owned(),
+            problems: vec![PolicyProblem {
+                line,
+                column,
+                object: String::new(),
+                message: first_line(&e.to_string()),
+            }],
+        }
+    })?;
+    let mut builder = Builder::default();
+    let policy = builder.build(doc);
+    let mut problems = builder.problems;
+    for v in policy.model.validate() {
+        let (object, at) = builder
+            .objects
+            .get(&v.object)
+            .cloned()
+            .unwrap_or_else(|| (v.object.to_string(), Location::UNKNOWN));
+        problems.push(problem(at, object, format!("{}: {}", v.field, v.message)));
+    }
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(PolicyError {
+            file: file.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn problem(at: Location, object: String, message: String) -> PolicyProblem {
+    PolicyProblem {
+        line: at.line(),
+        column: at.column(),
+        object,
+        message,
+    }
+}
+
+/// Turns the document into a model, collecting problems with their locations.
+#[derive(Default)]
+struct Builder {
+    problems: Vec<PolicyProblem>,
+    /// Where each object is defined and how to name it in messages.
+    objects: HashMap<ObjectRef, (String, Location)>,
+}
+
+impl Builder {
+    fn fail(&mut self, at: Location, object: &str, message: impl Into<String>) {
+        self.problems
+            .push(problem(at, object.to_owned(), message.into()));
+    }
+
+    /// Records an object's location; a second definition of the same id is an error.
+    fn define(&mut self, object: ObjectRef, name: String, at: Location) -> bool {
+        if let Some((_, first)) = self.objects.get(&object) {
+            let message = format!("duplicate {object}; first defined at line {}", first.line());
+            self.fail(at, &name, message);
+            return false;
+        }
+        self.objects.insert(object, (name, at));
+        true
+    }
+
+    fn build(&mut self, doc: PolicyDoc) -> Policy {
+        if let Some(version) = &doc.version {
+            if version.value != 1 {
+                self.fail(version.referenced, "version", format!("unsupported version {} (expected 1)", version.value));
+            }
+        }
+        let mut model = Model::default();
+        let mut catalog = Catalog::builtin();
+        for (i, e) in doc.entitlements.iter().enumerate() {
+            let name = format!("entitlements[{i}] ({})", e.value.id);
+            if !is_valid_entitlement(&e.value.id) {
+                self.fail(e.referenced, &name, "an entitlement id is `resource.action`: lower-case letters, digits, '_' and '-', one dot");
+            } else if !catalog.add_entitlement(&e.value.id) {
+                self.fail(e.referenced, &name, "this entitlement is already in the catalog");
+            }
+            self.objects
+                .insert(ObjectRef::Entitlement(e.value.id.as_str().into()), (name, e.referenced));
+        }
+        for (i, r) in doc.roles.iter().enumerate() {
+            if let Some(role) = self.role(i, r, &catalog) {
+                catalog.put_role(Arc::new(role));
+            }
+        }
+        model.catalog = catalog;
+        for (i, t) in doc.teams.iter().enumerate() {
+            let name = format!("teams[{i}] ({})", t.value.id);
+            let active = self.active_status(t.value.status.as_deref(), t.referenced, &name);
+            let team = Team {
+                id: t.value.id.as_str().into(),
+                name: t.value.name.clone().unwrap_or_default(),
+                active,
+            };
+            self.check_id(&t.value.id, t.referenced, &name);
+            if self.define(ObjectRef::Team(team.id.clone()), name, t.referenced) {
+                model.teams.insert(team.id.clone(), team);
+            }
+        }
+        for (i, u) in doc.users.iter().enumerate() {
+            let name = format!("users[{i}] ({})", u.value.id);
+            let active = self.active_status(u.value.status.as_deref(), u.referenced, &name);
+            let user = User {
+                id: u.value.id.as_str().into(),
+                name: u.value.name.clone().unwrap_or_default(),
+                active,
+                teams: u.value.teams.iter().map(|t| t.as_str().into()).collect(),
+            };
+            self.check_id(&u.value.id, u.referenced, &name);
+            if self.define(ObjectRef::User(user.id.clone()), name, u.referenced) {
+                model.users.insert(user.id.clone(), user);
+            }
+        }
+        for (i, p) in doc.projects.iter().enumerate() {
+            let name = format!("projects[{i}] ({})", p.value.id);
+            let project = Project {
+                id: p.value.id.as_str().into(),
+                team: p.value.team.as_str().into(),
+                name: p.value.name.clone().unwrap_or_default(),
+            };
+            self.check_id(&p.value.id, p.referenced, &name);
+            if self.define(ObjectRef::Project(project.id.clone()), name, p.referenced) {
+                model.projects.insert(project.id.clone(), project);
+            }
+        }
+        // Ids repeat across keys (every key names a team and a user): share one allocation.
+        let mut interned: HashSet<Arc<str>> = HashSet::new();
+        let mut intern = |s: &str| -> Arc<str> {
+            if let Some(v) = interned.get(s) {
+                return v.clone();
+            }
+            let v: Arc<str> = s.into();
+            interned.insert(v.clone());
+            v
+        };
+        for (i, k) in doc.keys.iter().enumerate() {
+            let name = format!("keys[{i}] (prefix {})", k.value.prefix);
+            if let Some(key) = self.key(&name, k, &mut intern) {
+                if self.define(ObjectRef::Key(key.prefix.clone()), name, k.referenced) {
+                    model.keys.insert(key.prefix.clone(), Arc::new(key));
+                }
+            }
+        }
+        let routes = doc.routes.map(|routes| {
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| self.route(i, r, &model.catalog))
+                .collect()
+        });
+        Policy { model, routes }
+    }
+
+    fn check_id(&mut self, id: &str, at: Location, name: &str) {
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            self.fail(at, name, "an id is 1 to 128 printable ASCII characters without spaces");
+        }
+    }
+
+    fn active_status(&mut self, status: Option<&str>, at: Location, name: &str) -> bool {
+        match status {
+            None | Some("active") => true,
+            Some("inactive") => false,
+            Some(other) => {
+                self.fail(at, name, format!("unknown status {other:?} (expected active or inactive)"));
+                true
+            }
+        }
+    }
+
+    fn role(&mut self, i: usize, r: &Spanned<RoleDoc>, catalog: &Catalog) -> Option<Role> {
+        let doc = &r.value;
+        let name = format!("roles[{i}] ({})", doc.id);
+        let at = r.referenced;
+        if !is_valid_role_id(&doc.id) {
+            self.fail(at, &name, "a role id is 1 to 64 characters of [A-Z0-9_]");
+            return None;
+        }
+        let canonical = canonical_role_id(&doc.id);
+        let prebuilt = catalog.role(canonical).filter(|r| r.prebuilt).cloned();
+        let role_type = match (doc.role_type.as_deref(), &prebuilt) {
+            (Some("user"), _) => RoleType::User,
+            (Some("system"), _) => RoleType::System,
+            (Some("implicit"), _) if canonical == TEAM_ROLE => RoleType::Implicit,
+            (None, Some(p)) => p.role_type,
+            (None, None) => {
+                self.fail(at, &name, "a custom role needs `type: user` or `type: system`");
+                return None;
+            }
+            (Some(other), _) => {
+                self.fail(at, &name, format!("unknown role type {other:?} (expected user or system)"));
+                return None;
+            }
+        };
+        if let Some(p) = &prebuilt {
+            if !doc.override_prebuilt {
+                self.fail(at, &name, format!("{canonical} is a prebuilt role; add `override: true` to redefine its grants"));
+                return None;
+            }
+            if p.role_type != role_type {
+                self.fail(at, &name, format!("{canonical} is a {} role; an override cannot change its type", p.role_type.as_str()));
+                return None;
+            }
+        } else if doc.override_prebuilt {
+            self.fail(at, &name, format!("`override: true` is only for prebuilt roles; {canonical} is not one"));
+        }
+        if canonical == SYSTEM_KEY || canonical == TEAM_ROLE || prebuilt.is_some() {
+            // fine: an explicit override of a prebuilt role
+        }
+        let mut grants = Vec::new();
+        for g in &doc.grants {
+            match g.scope.parse::<Scope>() {
+                Ok(scope) => grants.push(Grant {
+                    entitlement: g.entitlement.as_str().into(),
+                    scope,
+                }),
+                Err(e) => self.fail(at, &name, format!("grant of {}: {e}", g.entitlement)),
+            }
+        }
+        let id: Arc<str> = canonical.into();
+        if !self.define(ObjectRef::Role(id.clone()), name, at) {
+            return None;
+        }
+        Some(Role {
+            id,
+            role_type,
+            grants,
+            prebuilt: prebuilt.is_some(),
+        })
+    }
+
+    fn key(
+        &mut self,
+        name: &str,
+        k: &Spanned<KeyDoc>,
+        intern: &mut impl FnMut(&str) -> Arc<str>,
+    ) -> Option<KeySpec> {
+        let doc = &k.value;
+        let at = k.referenced;
+        let secret_hash = match doc.secret_sha256.parse::<SecretHash>() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.fail(at, name, e.to_string());
+                None
+            }
+        };
+        let key_type = match doc.key_type.as_str() {
+            "team" => Some(KeyType::Team),
+            "project" => Some(KeyType::Project),
+            other => {
+                self.fail(at, name, format!("unknown key type {other:?} (expected team or project)"));
+                None
+            }
+        };
+        let status = match doc.status.as_deref().unwrap_or("active").parse::<KeyStatus>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.fail(at, name, e);
+                None
+            }
+        };
+        let expires_at = match &doc.expires_at {
+            None => Some(None),
+            Some(text) => match OffsetDateTime::parse(text, &Rfc3339) {
+                Ok(t) => Some(Some(t.unix_timestamp())),
+                Err(e) => {
+                    self.fail(at, name, format!("expires_at {text:?} is not an RFC 3339 time: {e}"));
+                    None
+                }
+            },
+        };
+        let roles = canonical_roles(doc.roles.iter().map(String::as_str));
+        if roles.len() != doc.roles.len() {
+            self.fail(at, name, "a role is listed twice");
+        }
+        Some(KeySpec {
+            prefix: doc.prefix.as_str().into(),
+            secret_hash: secret_hash?,
+            key_type: key_type?,
+            user: doc.user.as_deref().map(&mut *intern),
+            team: doc.team.as_deref().map(&mut *intern),
+            project: doc.project.as_deref().map(&mut *intern),
+            roles,
+            status: status?,
+            expires_at: expires_at?,
+        })
+    }
+
+    fn route(&mut self, i: usize, r: &Spanned<RouteDoc>, catalog: &Catalog) -> Option<RouteSpec> {
+        let doc = &r.value;
+        let name = format!("routes[{i}] ({} {})", doc.method, doc.path);
+        let at = r.referenced;
+        let before = self.problems.len();
+        if doc.method.is_empty() || !doc.method.bytes().all(|b| b.is_ascii_uppercase()) && doc.method != "*" {
+            self.fail(at, &name, "method is an upper-case HTTP method or *");
+        }
+        if !doc.path.starts_with('/') {
+            self.fail(at, &name, "path starts with /");
+        }
+        if !catalog.has_entitlement(&doc.entitlement) {
+            self.fail(at, &name, format!("entitlement {} is not in the catalog", doc.entitlement));
+        }
+        let params: Vec<&str> = doc
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        let mut source = |field: &str, text: &Option<String>| -> Option<ValueSource> {
+            let text = text.as_ref()?;
+            match ValueSource::parse(text) {
+                Ok(ValueSource::Path(p)) if !params.contains(&p.as_str()) => {
+                    self.fail(at, &name, format!("resource.{field}: the path has no {{{p}}}"));
+                    None
+                }
+                Ok(src) => Some(src),
+                Err(e) => {
+                    self.fail(at, &name, format!("resource.{field}: {e}"));
+                    None
+                }
+            }
+        };
+        let res = doc.resource.as_ref();
+        let team = res.and_then(|r| source("team", &r.team));
+        let owner_key = res.and_then(|r| source("owner_key", &r.owner_key));
+        let owner_user = res.and_then(|r| source("owner_user", &r.owner_user));
+        (self.problems.len() == before).then(|| RouteSpec {
+            method: doc.method.clone(),
+            path: doc.path.clone(),
+            entitlement: doc.entitlement.clone(),
+            team,
+            owner_key,
+            owner_user,
+        })
+    }
+}
+
+/// Whether `id` is `resource.action`: lower-case letters, digits, `_` and `-`, one dot.
+pub fn is_valid_entitlement(id: &str) -> bool {
+    let Some((resource, action)) = id.split_once('.') else {
+        return false;
+    };
+    let part = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    part(resource) && part(action)
+}
+
+// ---- watching --------------------------------------------------------------------------------
+
+/// What the last (re)load did, for `/status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub path: String,
+    /// Unix seconds of the last successful load.
+    pub last_reload_unix: Option<i64>,
+    pub last_error: Option<String>,
+    /// Unix seconds of the last failed load.
+    pub last_error_unix: Option<i64>,
+    pub reloads: u64,
+    pub failed_reloads: u64,
+}
+
+/// The policy file origin while serving: the path, what was last loaded, and the status.
+pub struct PolicyFileOrigin {
+    path: PathBuf,
+    state: Arc<State>,
+    current: Mutex<Loaded>,
+    status: Arc<Mutex<ReloadStatus>>,
+    routes: tokio::sync::watch::Sender<Option<Arc<Vec<RouteSpec>>>>,
+}
+
+/// What identifies the file's content on disk, cheaply: the symlink target's identity and
+/// times, so a Kubernetes ConfigMap's `..data` symlink swap is seen like an edit in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    fingerprint: Option<Fingerprint>,
+    /// SHA-256 of the bytes last loaded: a touch without a change is no new revision.
+    digest: [u8; 32],
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    // `metadata` follows symlinks, so a swapped link shows the new target's identity.
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+impl PolicyFileOrigin {
+    /// Loads the file into `state` as revision 1; a bad file is an error (the server does not
+    /// start on it).
+    pub fn start(path: PathBuf, state: Arc<State>) -> Result<Arc<Self>, PolicyError> {
+        let origin = Arc::new(PolicyFileOrigin {
+            status: Arc::new(Mutex::new(ReloadStatus {
+                path: path.display().to_string(),
+                ..Default::default()
+            })),
+            path,
+            state,
+            current: Mutex::new(Loaded::default()),
+            routes: tokio::sync::watch::Sender::new(None),
+        });
+        origin.reload()?;
+        Ok(origin)
+    }
+
+    /// The reload status, shared with the HTTP status endpoint.
+    pub fn status(&self) -> Arc<Mutex<ReloadStatus>> {
+        self.status.clone()
+    }
+
+    /// The routes of the file (None: the file gives none, use the default map).
+    pub fn routes(&self) -> tokio::sync::watch::Receiver<Option<Arc<Vec<RouteSpec>>>> {
+        self.routes.subscribe()
+    }
+
+    /// Re-reads the file if it changed on disk. Returns the new revision when the state changed.
+    pub fn reload_if_changed(&self) -> Result<Option<u64>, PolicyError> {
+        let now = fingerprint(&self.path);
+        let unchanged = self.current.lock().map(|c| c.fingerprint == now).unwrap_or(false);
+        if unchanged && now.is_some() {
+            return Ok(None);
+        }
+        self.reload()
+    }
+
+    /// Reads, parses and validates the file; applies the difference as one new revision.
+    /// A bad file changes nothing: the last good state keeps serving.
+    pub fn reload(&self) -> Result<Option<u64>, PolicyError> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let print = fingerprint(&self.path);
+        let result = std::fs::read(&self.path)
+            .map_err(|e| PolicyError {
+                file: self.path.display().to_string(),
+                problems: vec![PolicyProblem {
+                    line: 0,
+                    column: 0,
+                    object: String::new(),
+                    message: format!("cannot read the file: {e}"),
+                }],
+            })
+            .and_then(|bytes| {
+                use sha2::Digest;
+                let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+                if self.state.is_loaded() && digest == current.digest {
+                    return Ok(None);
+                }
+                let text = String::from_utf8(bytes).map_err(|_| PolicyError {
+                    file: self.path.display().to_string(),
+                    problems: vec![PolicyProblem {
+                        line: 0,
+                        column: 0,
+                        object: String::new(),
+                        message: "the file is not UTF-8".into(),
+                    }],
+                })?;
+                parse(&text, &self.path.display().to_string()).map(|p| Some((p, digest)))
+            });
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::state::unix_now();
+        match result {
+            Ok(None) => {
+                current.fingerprint = print;
+                Ok(None)
+            }
+            Ok(Some((policy, digest))) => {
+                let changes = self.state.model().diff(&policy.model);
+                let revision = self.state.revision() + 1;
+                let applied = if changes.is_empty() && self.state.is_loaded() {
+                    None
+                } else {
+                    let set = ChangeSet { revision, changes };
+                    // Only this origin writes to the state, so the next revision is free.
+                    Some(self.state.apply(set).expect("the policy origin is the only writer"))
+                };
+                self.routes.send_replace(policy.routes.map(Arc::new));
+                current.fingerprint = print;
+                current.digest = digest;
+                status.last_reload_unix = Some(now);
+                status.last_error = None;
+                status.reloads += 1;
+                if let Some(rev) = applied {
+                    tracing::info!(path = %self.path.display(), revision = rev, "policy loaded");
+                }
+                Ok(applied)
+            }
+            Err(err) => {
+                // Remember the fingerprint so a bad file is reported once, not on every poll.
+                current.fingerprint = print;
+                status.last_error = Some(err.to_string());
+                status.last_error_unix = Some(now);
+                status.failed_reloads += 1;
+                Err(err)
+            }
+        }
+    }
+
+    /// Polls the file every `interval` until `shutdown` resolves, reloading it when it changes.
+    /// Polling the resolved path's identity catches edits in place, editors that write a new file
+    /// and rename it, and the symlink swap of a Kubernetes ConfigMap.
+    pub async fn watch(self: Arc<Self>, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let origin = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || origin.reload_if_changed()).await;
+            match outcome {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::error!(
+                    path = %self.path.display(),
+                    error = %err,
+                    "policy reload failed; the last good state keeps serving"
+                ),
+                Err(join) => tracing::error!(error = %join, "policy reload task failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,427 @@
-fn main() {}
+//! The `rolegate` command: `serve` the sidecar, `check` a decision, `validate` a policy file,
+//! make and hash `keys`, and `bench` a server.
+
+use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rolegate::{
+    app::{self, AppError, Listeners},
+    bench::{self, LoadSpec},
+    config::{LogFormat, ServeConfig},
+    domain::key::{SecretHash, generate_key, generate_prefix},
+    grpc::pb::{self, authorizer_client::AuthorizerClient},
+    origin::policy_file,
+};
+
+/// rolegate: API-key authorization sidecar.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: serve the policy file over gRPC and HTTP, reloading it when it changes.
+    Serve(ServeConfig),
+    /// Ask a running sidecar for a decision. Exits 0 when allowed, 1 when denied, 2 on error.
+    Check(CheckArgs),
+    /// Check a policy file; print every problem with its location. Exits 1 when it is invalid.
+    Validate {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Make and hash API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Drive Check over gRPC and report requests/s and latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new key (once: store it now) and the secret_sha256 line for the policy file.
+    New {
+        /// The key's public prefix, 4 to 64 characters of [A-Za-z0-9_-]; random when omitted.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Print the secret_sha256 of an existing key (`-` reads the key from standard input).
+    Hash {
+        /// The whole key, `<prefix>.<secret>`.
+        key: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The sidecar's gRPC address.
+    #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The API key to check, `<prefix>.<secret>`.
+    #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
+    key: String,
+    /// The entitlement, e.g. jobs.cancel.
+    #[arg(long)]
+    entitlement: String,
+    /// The team the data belongs to.
+    #[arg(long, default_value = "")]
+    team: String,
+    /// The prefix of the key that owns the data.
+    #[arg(long, default_value = "")]
+    owner_key: String,
+    /// The user that owns the data.
+    #[arg(long, default_value = "")]
+    owner_user: String,
+    /// Answer only from a state at least this fresh.
+    #[arg(long, default_value_t = 0)]
+    min_revision: u64,
+    /// Give up after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The sidecar's gRPC address.
+    #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long to warm up before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// The API key to check.
+    #[arg(
+        long,
+        env = "ROLEGATE_API_KEY",
+        hide_env_values = true,
+        default_value = "DanaScienceKey000001.dev-only-danascience"
+    )]
+    key: String,
+    /// The entitlement to check.
+    #[arg(long, default_value = "jobs.cancel")]
+    entitlement: String,
+    /// The resource's team.
+    #[arg(long, default_value = "globex")]
+    team: String,
+    /// The resource's owner key.
+    #[arg(long, default_value = "GusDevKey00000000001")]
+    owner_key: String,
+    /// First run the same load against a no-op tonic service in this process, and print the ratio.
+    #[arg(long)]
+    baseline: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => serve(config),
+        Command::Check(args) => exit_on_error(runtime().and_then(|rt| rt.block_on(check(args)))),
+        Command::Validate { file } => validate(&file),
+        Command::Keys(cmd) => exit_on_error(keys(cmd).map(|()| ExitCode::SUCCESS)),
+        Command::Bench(args) => {
+            exit_on_error(runtime().and_then(|rt| rt.block_on(run_bench(args))))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn exit_on_error(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn serve(config: ServeConfig) -> ExitCode {
+    init_logs(config.log_format);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let listeners = Listeners::bind(&config).await.map_err(AppError::Http)?;
+        app::run(config, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AppError::Policy(err)) => {
+            tracing::error!("the policy file cannot be loaded:\n{err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("bad address {:?}", args.addr))?
+        .timeout(args.timeout)
+        .connect_timeout(args.timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.addr))?;
+    let mut client = AuthorizerClient::new(channel);
+    let resource = pb::Resource {
+        team_id: args.team,
+        owner_key_prefix: args.owner_key,
+        owner_user_id: args.owner_user,
+    };
+    let response = client
+        .check(pb::CheckRequest {
+            api_key: args.key,
+            entitlement: args.entitlement,
+            resource: Some(resource),
+            min_revision: args.min_revision,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    print_decision(&response, args.output);
+    Ok(if response.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn enum_name(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_owned()
+}
+
+fn print_decision(r: &pb::CheckResponse, output: Output) {
+    let scope = enum_name(r.scope().as_str_name(), "SCOPE_");
+    let reason = enum_name(r.reason().as_str_name(), "REASON_");
+    if output == Output::Json {
+        let principal = r.principal.as_ref().map(|p| {
+            serde_json::json!({
+                "key_prefix": p.key_prefix,
+                "key_type": enum_name(p.key_type().as_str_name(), "KEY_TYPE_"),
+                "user_id": p.user_id,
+                "project_id": p.project_id,
+                "team_id": p.team_id,
+                "roles": p.roles,
+            })
+        });
+        let json = serde_json::json!({
+            "allowed": r.allowed,
+            "scope": scope,
+            "reason": reason,
+            "message": r.message,
+            "principal": principal,
+            "filter_team_ids": r.filter_team_ids,
+            "filter_owner_key_prefixes": r.filter_owner_key_prefixes,
+            "filter_owner_user_id": r.filter_owner_user_id,
+            "revision": r.revision,
+        });
+        println!("{json}");
+        return;
+    }
+    println!("allowed:  {}", r.allowed);
+    println!("scope:    {scope}");
+    println!("reason:   {reason} ({})", r.message);
+    if let Some(p) = &r.principal {
+        let who = if p.project_id.is_empty() {
+            format!("user {}", p.user_id)
+        } else {
+            format!("project {}", p.project_id)
+        };
+        println!(
+            "key:      {} ({}, {who}, team {}, roles [{}])",
+            p.key_prefix,
+            enum_name(p.key_type().as_str_name(), "KEY_TYPE_").to_lowercase(),
+            p.team_id,
+            p.roles.join(", ")
+        );
+    }
+    let filtered = !(r.filter_team_ids.is_empty()
+        && r.filter_owner_key_prefixes.is_empty()
+        && r.filter_owner_user_id.is_empty());
+    if filtered {
+        let none = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!("filter:   teams [{}]", none(&r.filter_team_ids));
+        println!(
+            "          owner keys [{}]",
+            none(&r.filter_owner_key_prefixes)
+        );
+        if !r.filter_owner_user_id.is_empty() {
+            println!("          owner user {}", r.filter_owner_user_id);
+        }
+    }
+    println!("revision: {}", r.revision);
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match policy_file::load(file) {
+        Ok(policy) => {
+            let m = &policy.model;
+            println!(
+                "{}: ok ({} teams, {} users, {} projects, {} keys, {} roles{})",
+                file.display(),
+                m.teams.len(),
+                m.users.len(),
+                m.projects.len(),
+                m.keys.len(),
+                m.catalog.roles().count(),
+                policy
+                    .routes
+                    .as_ref()
+                    .map(|r| format!(", {} routes", r.len()))
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            eprintln!("{}: {} problem(s)", file.display(), err.problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::New { prefix } => {
+            let prefix = prefix.unwrap_or_else(generate_prefix);
+            let new =
+                generate_key(&prefix).map_err(|e| anyhow::anyhow!("--prefix {prefix:?}: {e}"))?;
+            println!("{}", new.key);
+            println!("secret_sha256: {}", new.hash.to_hex());
+            eprintln!(
+                "The key above is shown once and stored nowhere; keep it now. Put the secret_sha256 line in the policy file."
+            );
+        }
+        KeysCommand::Hash { key } => {
+            let key = if key == "-" {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .context("reading the key from standard input")?;
+                buf.trim().to_owned()
+            } else {
+                key
+            };
+            let parsed =
+                rolegate::domain::ApiKey::parse(&key).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hash: SecretHash = parsed.secret_hash();
+            println!("prefix: {}", parsed.prefix);
+            println!("secret_sha256: {}", hash.to_hex());
+        }
+    }
+    Ok(())
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let request = pb::CheckRequest {
+        api_key: args.key,
+        entitlement: args.entitlement,
+        resource: Some(pb::Resource {
+            team_id: args.team,
+            owner_key_prefix: args.owner_key,
+            owner_user_id: String::new(),
+        }),
+        min_revision: 0,
+    };
+    tonic::transport::Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("bad address {:?}", args.addr))?;
+    let spec = |endpoint: String| LoadSpec {
+        endpoint,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        request: request.clone(),
+    };
+    println!(
+        "load: {} callers on {} connections, {:?} warm-up, {:?} measured",
+        args.concurrency, args.connections, args.warmup, args.duration
+    );
+    let baseline = if args.baseline {
+        let addr = bench::start_noop_server()
+            .await
+            .context("starting the no-op service")?;
+        let report = bench::run_load(&spec(format!("http://{addr}"))).await?;
+        println!("no-op tonic  {report}");
+        Some(report)
+    } else {
+        None
+    };
+    let report = bench::run_load(&spec(args.addr.clone()))
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    println!("rolegate     {report}");
+    if report.errors > 0 {
+        eprintln!("warning: {} calls failed", report.errors);
+    }
+    if let Some(base) = baseline {
+        println!(
+            "ratio        {:.3} × the no-op baseline's requests/s",
+            report.requests_per_second() / base.requests_per_second()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -390,7 +390,11 @@ impl Catalog {
 
 /// Maps the `PROJECT` alias to `SYSTEM_KEY`; every other id is returned as is.
 pub fn canonical_role_id(id: &str) -> &str {
-    if id == SYSTEM_KEY_ALIAS { SYSTEM_KEY } else { id }
+    if id == SYSTEM_KEY_ALIAS {
+        SYSTEM_KEY
+    } else {
+        id
+    }
 }
 
 #[cfg(test)]
@@ -410,7 +414,11 @@ mod tests {
                 );
             }
         }
-        assert_eq!(catalog.roles().count(), 7, "six prebuilt roles plus TEAM_ROLE");
+        assert_eq!(
+            catalog.roles().count(),
+            7,
+            "six prebuilt roles plus TEAM_ROLE"
+        );
     }
 
     #[test]
@@ -425,7 +433,12 @@ mod tests {
     fn auditor_is_view_only() {
         let catalog = Catalog::builtin();
         let auditor = catalog.role("AUDITOR").unwrap();
-        assert!(auditor.grants.iter().all(|g| g.entitlement.ends_with(".read")));
+        assert!(
+            auditor
+                .grants
+                .iter()
+                .all(|g| g.entitlement.ends_with(".read"))
+        );
         assert!(auditor.grants.iter().all(|g| g.scope == Scope::All));
     }
 
@@ -434,7 +447,10 @@ mod tests {
         let mut catalog = Catalog::builtin();
         assert!(catalog.add_entitlement("reports.export"));
         assert!(!catalog.add_entitlement("reports.export"));
-        assert_eq!(catalog.added_entitlements(), vec![Arc::<str>::from("reports.export")]);
+        assert_eq!(
+            catalog.added_entitlements(),
+            vec![Arc::<str>::from("reports.export")]
+        );
         assert!(!catalog.remove_entitlement("jobs.read"));
         assert!(catalog.remove_entitlement("reports.export"));
         assert!(!catalog.has_entitlement("reports.export"));

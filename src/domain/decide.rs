@@ -142,7 +142,12 @@ pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Res
 
 /// Decides whether the (already authenticated) key of `entry` may use `entitlement` on
 /// `resource` at `now` (unix seconds).
-pub fn decide(entry: &KeyEntry, entitlement: &str, resource: ResourceRef<'_>, now: i64) -> Decision {
+pub fn decide(
+    entry: &KeyEntry,
+    entitlement: &str,
+    resource: ResourceRef<'_>,
+    now: i64,
+) -> Decision {
     let requestor = &*entry.requestor;
     let grants = requestor.grants_at(now);
     let Some(held) = grants.get(entitlement) else {
@@ -177,10 +182,13 @@ pub fn decide(entry: &KeyEntry, entitlement: &str, resource: ResourceRef<'_>, no
         return Decision::allowed(Scope::Team);
     }
     if held.own {
-        let owns_key = !resource.owner_key_prefix.is_empty()
-            && requestor.owns_key(resource.owner_key_prefix);
+        let owns_key =
+            !resource.owner_key_prefix.is_empty() && requestor.owns_key(resource.owner_key_prefix);
         let is_user = !resource.owner_user_id.is_empty()
-            && requestor.id.user().is_some_and(|u| **u == *resource.owner_user_id);
+            && requestor
+                .id
+                .user()
+                .is_some_and(|u| **u == *resource.owner_user_id);
         if owns_key || is_user {
             return Decision::allowed(Scope::Own);
         }
@@ -269,18 +277,31 @@ mod tests {
     }
 
     fn team(t: &str) -> ResourceRef<'_> {
-        ResourceRef { team_id: t, ..Default::default() }
+        ResourceRef {
+            team_id: t,
+            ..Default::default()
+        }
     }
 
     fn owned(t: &'static str, owner: &'static str) -> ResourceRef<'static> {
-        ResourceRef { team_id: t, owner_key_prefix: owner, owner_user_id: "" }
+        ResourceRef {
+            team_id: t,
+            owner_key_prefix: owner,
+            owner_user_id: "",
+        }
     }
 
     use Reason::*;
     use Scope::*;
 
     /// (key prefix, entitlement, resource, expected reason, expected scope)
-    type Case = (&'static str, &'static str, ResourceRef<'static>, Reason, Option<Scope>);
+    type Case = (
+        &'static str,
+        &'static str,
+        ResourceRef<'static>,
+        Reason,
+        Option<Scope>,
+    );
 
     #[test]
     fn every_rule_of_the_catalog() {
@@ -288,45 +309,180 @@ mod tests {
         let none = ResourceRef::default();
         let cases: Vec<Case> = vec![
             // SYSTEM_OWNER: ALL on its grants, everywhere.
-            ("ErinKey001", "jobs.cancel", owned("globex", "FrankKey01"), Allowed, Some(All)),
-            ("ErinKey001", "users.create", team("globex"), Allowed, Some(All)),
+            (
+                "ErinKey001",
+                "jobs.cancel",
+                owned("globex", "FrankKey01"),
+                Allowed,
+                Some(All),
+            ),
+            (
+                "ErinKey001",
+                "users.create",
+                team("globex"),
+                Allowed,
+                Some(All),
+            ),
             ("ErinKey001", "models.deploy", team("acme"), NoGrant, None),
             // ACCOUNT_ADMIN: TEAM over its own team only.
-            ("BobKey0001", "jobs.cancel", owned("acme", "CarolKey01"), Allowed, Some(Team)),
-            ("BobKey0001", "jobs.cancel", owned("globex", "FrankKey01"), OutOfScope, None),
-            ("BobKey0001", "keys.create", team("acme"), Allowed, Some(Team)),
+            (
+                "BobKey0001",
+                "jobs.cancel",
+                owned("acme", "CarolKey01"),
+                Allowed,
+                Some(Team),
+            ),
+            (
+                "BobKey0001",
+                "jobs.cancel",
+                owned("globex", "FrankKey01"),
+                OutOfScope,
+                None,
+            ),
+            (
+                "BobKey0001",
+                "keys.create",
+                team("acme"),
+                Allowed,
+                Some(Team),
+            ),
             ("BobKey0001", "features.manage", team("acme"), NoGrant, None),
             // DATA_SCIENTIST: OWN for jobs, TEAM for models.read.
-            ("AliceAcme1", "models.read", team("acme"), Allowed, Some(Team)),
-            ("AliceAcme1", "jobs.read", owned("acme", "AliceAcme1"), Allowed, Some(Own)),
-            ("CarolKey01", "jobs.read", owned("acme", "BobKey0001"), OutOfScope, None),
+            (
+                "AliceAcme1",
+                "models.read",
+                team("acme"),
+                Allowed,
+                Some(Team),
+            ),
+            (
+                "AliceAcme1",
+                "jobs.read",
+                owned("acme", "AliceAcme1"),
+                Allowed,
+                Some(Own),
+            ),
+            (
+                "CarolKey01",
+                "jobs.read",
+                owned("acme", "BobKey0001"),
+                OutOfScope,
+                None,
+            ),
             // DEVELOPER: own jobs, not another's; no model deployment.
-            ("CarolKey01", "jobs.cancel", owned("acme", "CarolKey01"), Allowed, Some(Own)),
+            (
+                "CarolKey01",
+                "jobs.cancel",
+                owned("acme", "CarolKey01"),
+                Allowed,
+                Some(Own),
+            ),
             ("CarolKey01", "models.deploy", team("acme"), NoGrant, None),
             ("FrankKey01", "models.read", team("acme"), OutOfScope, None),
             // An OWN grant is not a TEAM grant: naming only the team is not covered.
             ("CarolKey01", "jobs.read", team("acme"), OutOfScope, None),
             // AUDITOR: reads everywhere, never cancels.
-            ("DaveKey001", "jobs.read", owned("acme", "CarolKey01"), Allowed, Some(All)),
+            (
+                "DaveKey001",
+                "jobs.read",
+                owned("acme", "CarolKey01"),
+                Allowed,
+                Some(All),
+            ),
             ("DaveKey001", "audit.read", team("acme"), Allowed, Some(All)),
-            ("DaveKey001", "jobs.cancel", owned("globex", "DaveKey001"), NoGrant, None),
+            (
+                "DaveKey001",
+                "jobs.cancel",
+                owned("globex", "DaveKey001"),
+                NoGrant,
+                None,
+            ),
             ("DaveKey001", "users.update", team("globex"), NoGrant, None),
             // Project keys: own jobs yes, other keys' jobs no, users never.
-            ("FraudKey01", "jobs.create", owned("acme", "FraudKey01"), Allowed, Some(Own)),
-            ("FraudKey01", "jobs.read", owned("acme", "CarolKey01"), OutOfScope, None),
-            ("FraudKey01", "models.read", team("acme"), Allowed, Some(Team)),
+            (
+                "FraudKey01",
+                "jobs.create",
+                owned("acme", "FraudKey01"),
+                Allowed,
+                Some(Own),
+            ),
+            (
+                "FraudKey01",
+                "jobs.read",
+                owned("acme", "CarolKey01"),
+                OutOfScope,
+                None,
+            ),
+            (
+                "FraudKey01",
+                "models.read",
+                team("acme"),
+                Allowed,
+                Some(Team),
+            ),
             ("FraudKey01", "users.read", team("acme"), NoGrant, None),
             // TEAM_ROLE on every key: own profile and keys.
-            ("FraudKey01", "keys.read", owned("", "FraudKey01"), Allowed, Some(Own)),
-            ("FrankKey01", "profile.read", ResourceRef { owner_user_id: "frank", ..none }, Allowed, Some(Own)),
-            ("FrankKey01", "profile.update", ResourceRef { owner_user_id: "alice", ..none }, OutOfScope, None),
-            ("DaveKey001", "teams.switch", ResourceRef { owner_user_id: "dave", ..none }, Allowed, Some(Own)),
+            (
+                "FraudKey01",
+                "keys.read",
+                owned("", "FraudKey01"),
+                Allowed,
+                Some(Own),
+            ),
+            (
+                "FrankKey01",
+                "profile.read",
+                ResourceRef {
+                    owner_user_id: "frank",
+                    ..none
+                },
+                Allowed,
+                Some(Own),
+            ),
+            (
+                "FrankKey01",
+                "profile.update",
+                ResourceRef {
+                    owner_user_id: "alice",
+                    ..none
+                },
+                OutOfScope,
+                None,
+            ),
+            (
+                "DaveKey001",
+                "teams.switch",
+                ResourceRef {
+                    owner_user_id: "dave",
+                    ..none
+                },
+                Allowed,
+                Some(Own),
+            ),
             // The wider scope wins across the keys of one user, including a TEAM grant carried
             // by a key of another team: alice's acme key cancels globex jobs through her
             // globex ACCOUNT_ADMIN key.
-            ("AliceAcme1", "jobs.cancel", owned("globex", "FrankKey01"), Allowed, Some(Team)),
-            ("AliceGlobex", "jobs.cancel", owned("acme", "AliceAcme1"), Allowed, Some(Own)),
-            ("AliceGlobex", "jobs.cancel", owned("acme", "CarolKey01"), OutOfScope, None),
+            (
+                "AliceAcme1",
+                "jobs.cancel",
+                owned("globex", "FrankKey01"),
+                Allowed,
+                Some(Team),
+            ),
+            (
+                "AliceGlobex",
+                "jobs.cancel",
+                owned("acme", "AliceAcme1"),
+                Allowed,
+                Some(Own),
+            ),
+            (
+                "AliceGlobex",
+                "jobs.cancel",
+                owned("acme", "CarolKey01"),
+                OutOfScope,
+                None,
+            ),
             // Inactive and expired keys grant nothing to their user's other keys.
             ("CarolKey01", "users.read", team("acme"), NoGrant, None),
             ("CarolKey01", "roles.create", none, NoGrant, None),
@@ -339,7 +495,11 @@ mod tests {
         ];
         for (prefix, ent, res, reason, scope) in cases {
             let d = check(&e, &key(prefix), ent, res);
-            assert_eq!((d.reason, d.scope), (reason, scope), "{prefix} {ent} {res:?}");
+            assert_eq!(
+                (d.reason, d.scope),
+                (reason, scope),
+                "{prefix} {ent} {res:?}"
+            );
         }
     }
 
@@ -347,9 +507,18 @@ mod tests {
     fn bad_secrets_and_malformed_keys_are_unauthenticated() {
         let e = entries(&world());
         let none = ResourceRef::default();
-        assert_eq!(check(&e, "ErinKey001.wrong", "jobs.read", none).reason, WrongSecret);
-        assert_eq!(check(&e, "ErinKey001", "jobs.read", none).reason, MalformedKey);
-        assert_eq!(check(&e, "ErinKey001.", "jobs.read", none).reason, MalformedKey);
+        assert_eq!(
+            check(&e, "ErinKey001.wrong", "jobs.read", none).reason,
+            WrongSecret
+        );
+        assert_eq!(
+            check(&e, "ErinKey001", "jobs.read", none).reason,
+            MalformedKey
+        );
+        assert_eq!(
+            check(&e, "ErinKey001.", "jobs.read", none).reason,
+            MalformedKey
+        );
         assert!(WrongSecret.is_unauthenticated() && !OutOfScope.is_unauthenticated());
     }
 
@@ -360,10 +529,21 @@ mod tests {
         m.users.get_mut("carol").unwrap().active = false;
         let e = entries(&m);
         let none = ResourceRef::default();
-        assert_eq!(check(&e, &key("FrankKey01"), "jobs.read", none).reason, TeamInactive);
-        assert_eq!(check(&e, &key("CarolKey01"), "jobs.read", none).reason, UserInactive);
+        assert_eq!(
+            check(&e, &key("FrankKey01"), "jobs.read", none).reason,
+            TeamInactive
+        );
+        assert_eq!(
+            check(&e, &key("CarolKey01"), "jobs.read", none).reason,
+            UserInactive
+        );
         // alice's globex key no longer lends its TEAM grant to her acme key.
-        let d = check(&e, &key("AliceAcme1"), "jobs.cancel", owned("globex", "FrankKey01"));
+        let d = check(
+            &e,
+            &key("AliceAcme1"),
+            "jobs.cancel",
+            owned("globex", "FrankKey01"),
+        );
         assert_eq!(d.reason, OutOfScope);
     }
 
@@ -373,7 +553,10 @@ mod tests {
         let none = ResourceRef::default();
         // ALL: no filter.
         let d = check(&e, &key("DaveKey001"), "jobs.read", none);
-        assert_eq!((d.scope, d.filter_team_ids, d.filter_owner_key_prefixes), (Some(All), None, None));
+        assert_eq!(
+            (d.scope, d.filter_team_ids, d.filter_owner_key_prefixes),
+            (Some(All), None, None)
+        );
         // TEAM: the team ids.
         let d = check(&e, &key("BobKey0001"), "jobs.read", none);
         assert_eq!(d.scope, Some(Team));
@@ -383,17 +566,32 @@ mod tests {
         let d = check(&e, &key("CarolKey01"), "jobs.read", none);
         assert_eq!(d.scope, Some(Own));
         assert_eq!(d.filter_team_ids, None);
-        let owners: Vec<&str> = d.filter_owner_key_prefixes.as_deref().unwrap().iter().map(|p| &**p).collect();
+        let owners: Vec<&str> = d
+            .filter_owner_key_prefixes
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|p| &**p)
+            .collect();
         assert_eq!(owners, ["CarolExp01", "CarolKey01", "CarolOld01"]);
         assert_eq!(d.filter_owner_user_id.as_deref(), Some("carol"));
         // TEAM from one key and OWN from another: both filters, OR-ed by the backend.
         let d = check(&e, &key("AliceAcme1"), "jobs.read", none);
         assert_eq!(d.scope, Some(Team));
-        assert_eq!(d.filter_team_ids.as_deref(), Some(&[Arc::from("globex")][..]));
-        assert_eq!(d.filter_owner_key_prefixes.as_deref().map(|p| p.len()), Some(2));
+        assert_eq!(
+            d.filter_team_ids.as_deref(),
+            Some(&[Arc::from("globex")][..])
+        );
+        assert_eq!(
+            d.filter_owner_key_prefixes.as_deref().map(|p| p.len()),
+            Some(2)
+        );
         // Project keys: their own keys, no user.
         let d = check(&e, &key("FraudKey01"), "results.read", none);
-        assert_eq!(d.filter_owner_key_prefixes.as_deref(), Some(&[Arc::from("FraudKey01")][..]));
+        assert_eq!(
+            d.filter_owner_key_prefixes.as_deref(),
+            Some(&[Arc::from("FraudKey01")][..])
+        );
         assert_eq!(d.filter_owner_user_id, None);
     }
 
@@ -407,7 +605,10 @@ mod tests {
         let entry = &e["CarolKey01"];
         let target = owned("acme", "BobKey0001");
         assert_eq!(decide(entry, "jobs.cancel", target, NOW).scope, Some(Team));
-        assert_eq!(decide(entry, "jobs.cancel", target, NOW + 60).reason, OutOfScope);
+        assert_eq!(
+            decide(entry, "jobs.cancel", target, NOW + 60).reason,
+            OutOfScope
+        );
     }
 
     #[test]
@@ -417,10 +618,16 @@ mod tests {
         m.catalog.put_role(Arc::new(Role {
             id: "REPORTER".into(),
             role_type: RoleType::User,
-            grants: vec![Grant { entitlement: "reports.export".into(), scope: Scope::Team }],
+            grants: vec![Grant {
+                entitlement: "reports.export".into(),
+                scope: Scope::Team,
+            }],
             prebuilt: false,
         }));
-        m.keys.insert("FrankRep01".into(), Arc::new(team_key("FrankRep01", "frank", "globex", &["REPORTER"])));
+        m.keys.insert(
+            "FrankRep01".into(),
+            Arc::new(team_key("FrankRep01", "frank", "globex", &["REPORTER"])),
+        );
         let e = entries(&m);
         let d = check(&e, &key("FrankKey01"), "reports.export", team("globex"));
         assert_eq!((d.reason, d.scope), (Allowed, Some(Team)));
@@ -432,12 +639,25 @@ mod tests {
     fn requestors_with_the_same_roles_share_one_grant_set() {
         let e = entries(&world());
         // carol (acme) and frank (globex) are both DEVELOPERs but in different teams.
-        assert!(!Arc::ptr_eq(&e["CarolKey01"].requestor.grants, &e["FrankKey01"].requestor.grants));
+        assert!(!Arc::ptr_eq(
+            &e["CarolKey01"].requestor.grants,
+            &e["FrankKey01"].requestor.grants
+        ));
         let mut m = world();
-        m.users.insert("gina".into(), crate::domain::model::tests::user("gina"));
-        m.keys.insert("GinaKey001".into(), Arc::new(team_key("GinaKey001", "gina", "acme", &["ACCOUNT_ADMIN"])));
+        m.users
+            .insert("gina".into(), crate::domain::model::tests::user("gina"));
+        m.keys.insert(
+            "GinaKey001".into(),
+            Arc::new(team_key("GinaKey001", "gina", "acme", &["ACCOUNT_ADMIN"])),
+        );
         let e = entries(&m);
-        assert!(!Arc::ptr_eq(&e["GinaKey001"].requestor, &e["BobKey0001"].requestor));
-        assert!(Arc::ptr_eq(&e["GinaKey001"].requestor.grants, &e["BobKey0001"].requestor.grants));
+        assert!(!Arc::ptr_eq(
+            &e["GinaKey001"].requestor,
+            &e["BobKey0001"].requestor
+        ));
+        assert!(Arc::ptr_eq(
+            &e["GinaKey001"].requestor.grants,
+            &e["BobKey0001"].requestor.grants
+        ));
     }
 }

@@ -261,7 +261,10 @@ pub fn build_requestor(
             expires_at: spec.expires_at,
         })
         .collect();
-    let owned = keys.iter().map(|(spec, _, _)| spec.prefix.clone()).collect();
+    let owned = keys
+        .iter()
+        .map(|(spec, _, _)| spec.prefix.clone())
+        .collect();
     let requestor = Arc::new(Requestor::new(
         id.clone(),
         active,

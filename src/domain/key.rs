@@ -115,13 +115,19 @@ impl fmt::Debug for SecretHash {
 
 /// The text is not 64 lower-case hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("secret_sha256 must be 64 lower-case hex digits (the SHA-256 of the part after the first dot)")]
+#[error(
+    "secret_sha256 must be 64 lower-case hex digits (the SHA-256 of the part after the first dot)"
+)]
 pub struct BadHash;
 
 impl FromStr for SecretHash {
     type Err = BadHash;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(BadHash);
         }
         let mut out = [0u8; 32];

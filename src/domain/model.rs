@@ -275,7 +275,11 @@ impl Model {
         match key.key_type {
             KeyType::Team => {
                 match &key.user {
-                    None => out.push(violation(object(), "user", "a team key names its user".into())),
+                    None => out.push(violation(
+                        object(),
+                        "user",
+                        "a team key names its user".into(),
+                    )),
                     Some(user) => match self.users.get(user) {
                         None => out.push(violation(
                             object(),
@@ -296,7 +300,11 @@ impl Model {
                     },
                 }
                 match &key.team {
-                    None => out.push(violation(object(), "team", "a team key names its team".into())),
+                    None => out.push(violation(
+                        object(),
+                        "team",
+                        "a team key names its team".into(),
+                    )),
                     Some(team) if !self.teams.contains_key(team) => out.push(violation(
                         object(),
                         "team",
@@ -400,10 +408,20 @@ impl Model {
         changes.extend(roles.into_iter().map(Change::PutRole));
         put_changed(&self.teams, &new.teams, Change::PutTeam, &mut changes);
         put_changed(&self.users, &new.users, Change::PutUser, &mut changes);
-        put_changed(&self.projects, &new.projects, Change::PutProject, &mut changes);
+        put_changed(
+            &self.projects,
+            &new.projects,
+            Change::PutProject,
+            &mut changes,
+        );
         put_changed(&self.keys, &new.keys, Change::PutKey, &mut changes);
         removed(&self.keys, &new.keys, Change::RemoveKey, &mut changes);
-        removed(&self.projects, &new.projects, Change::RemoveProject, &mut changes);
+        removed(
+            &self.projects,
+            &new.projects,
+            Change::RemoveProject,
+            &mut changes,
+        );
         removed(&self.users, &new.users, Change::RemoveUser, &mut changes);
         removed(&self.teams, &new.teams, Change::RemoveTeam, &mut changes);
         let mut gone_roles: Vec<_> = self
@@ -557,7 +575,10 @@ pub(crate) mod tests {
             project_key("FraudKey01", "fraud", &["PROJECT"]),
         ]);
         assert_eq!(messages(&m), Vec::<String>::new());
-        assert_eq!(m.key_team(&m.keys["FraudKey01"]).map(|t| &**t), Some("acme"));
+        assert_eq!(
+            m.key_team(&m.keys["FraudKey01"]).map(|t| &**t),
+            Some("acme")
+        );
     }
 
     #[test]
@@ -567,8 +588,16 @@ pub(crate) mod tests {
             project_key("FraudKey01", "fraud", &["DATA_SCIENTIST"]),
         ]);
         let got = messages(&m);
-        assert!(got.iter().any(|e| e.contains("key AliceKey01 (roles): role SYSTEM_KEY is a system role")), "{got:?}");
-        assert!(got.iter().any(|e| e.contains("key FraudKey01 (roles): role DATA_SCIENTIST is a user role")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.contains("key AliceKey01 (roles): role SYSTEM_KEY is a system role")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.contains("key FraudKey01 (roles): role DATA_SCIENTIST is a user role")),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -593,7 +622,12 @@ pub(crate) mod tests {
 
     #[test]
     fn keys_must_be_in_a_team_of_their_user() {
-        let mut m = model(vec![team_key("AliceKey01", "alice", "globex", &["DEVELOPER"])]);
+        let mut m = model(vec![team_key(
+            "AliceKey01",
+            "alice",
+            "globex",
+            &["DEVELOPER"],
+        )]);
         m.users.get_mut("alice").unwrap().teams = vec!["acme".into()];
         assert_eq!(
             messages(&m),
@@ -642,7 +676,10 @@ pub(crate) mod tests {
         assert!(changes.contains(&Change::RemoveTeam("globex".into())));
         assert!(old.diff(&old).is_empty(), "no change, no event");
         // Only the edited key changes, not a reload of everything.
-        let one = changes.iter().filter(|c| matches!(c, Change::PutKey(_))).count();
+        let one = changes
+            .iter()
+            .filter(|c| matches!(c, Change::PutKey(_)))
+            .count();
         assert_eq!(one, 1);
     }
 }

@@ -68,9 +68,9 @@ pub enum ValueSource {
 
 impl ValueSource {
     fn parse(text: &str) -> Result<Self, String> {
-        let (kind, name) = text
-            .split_once('.')
-            .ok_or_else(|| format!("{text:?} is not path.<param>, header.<name> or query.<name>"))?;
+        let (kind, name) = text.split_once('.').ok_or_else(|| {
+            format!("{text:?} is not path.<param>, header.<name> or query.<name>")
+        })?;
         if name.is_empty() {
             return Err(format!("{text:?} names no parameter"));
         }
@@ -78,7 +78,9 @@ impl ValueSource {
             "path" => Ok(ValueSource::Path(name.to_owned())),
             "header" => Ok(ValueSource::Header(name.to_ascii_lowercase())),
             "query" => Ok(ValueSource::Query(name.to_owned())),
-            _ => Err(format!("{text:?} is not path.<param>, header.<name> or query.<name>")),
+            _ => Err(format!(
+                "{text:?} is not path.<param>, header.<name> or query.<name>"
+            )),
         }
     }
 }
@@ -319,7 +321,11 @@ impl Builder {
     fn build(&mut self, doc: PolicyDoc) -> Policy {
         if let Some(version) = &doc.version {
             if version.value != 1 {
-                self.fail(version.referenced, "version", format!("unsupported version {} (expected 1)", version.value));
+                self.fail(
+                    version.referenced,
+                    "version",
+                    format!("unsupported version {} (expected 1)", version.value),
+                );
             }
         }
         let mut model = Model::default();
@@ -329,10 +335,16 @@ impl Builder {
             if !is_valid_entitlement(&e.value.id) {
                 self.fail(e.referenced, &name, "an entitlement id is `resource.action`: lower-case letters, digits, '_' and '-', one dot");
             } else if !catalog.add_entitlement(&e.value.id) {
-                self.fail(e.referenced, &name, "this entitlement is already in the catalog");
+                self.fail(
+                    e.referenced,
+                    &name,
+                    "this entitlement is already in the catalog",
+                );
             }
-            self.objects
-                .insert(ObjectRef::Entitlement(e.value.id.as_str().into()), (name, e.referenced));
+            self.objects.insert(
+                ObjectRef::Entitlement(e.value.id.as_str().into()),
+                (name, e.referenced),
+            );
         }
         for (i, r) in doc.roles.iter().enumerate() {
             if let Some(role) = self.role(i, r, &catalog) {
@@ -409,7 +421,11 @@ impl Builder {
 
     fn check_id(&mut self, id: &str, at: Location, name: &str) {
         if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-            self.fail(at, name, "an id is 1 to 128 printable ASCII characters without spaces");
+            self.fail(
+                at,
+                name,
+                "an id is 1 to 128 printable ASCII characters without spaces",
+            );
         }
     }
 
@@ -418,7 +434,11 @@ impl Builder {
             None | Some("active") => true,
             Some("inactive") => false,
             Some(other) => {
-                self.fail(at, name, format!("unknown status {other:?} (expected active or inactive)"));
+                self.fail(
+                    at,
+                    name,
+                    format!("unknown status {other:?} (expected active or inactive)"),
+                );
                 true
             }
         }
@@ -440,11 +460,19 @@ impl Builder {
             (Some("implicit"), _) if canonical == TEAM_ROLE => RoleType::Implicit,
             (None, Some(p)) => p.role_type,
             (None, None) => {
-                self.fail(at, &name, "a custom role needs `type: user` or `type: system`");
+                self.fail(
+                    at,
+                    &name,
+                    "a custom role needs `type: user` or `type: system`",
+                );
                 return None;
             }
             (Some(other), _) => {
-                self.fail(at, &name, format!("unknown role type {other:?} (expected user or system)"));
+                self.fail(
+                    at,
+                    &name,
+                    format!("unknown role type {other:?} (expected user or system)"),
+                );
                 return None;
             }
         };
@@ -454,11 +482,22 @@ impl Builder {
                 return None;
             }
             if p.role_type != role_type {
-                self.fail(at, &name, format!("{canonical} is a {} role; an override cannot change its type", p.role_type.as_str()));
+                self.fail(
+                    at,
+                    &name,
+                    format!(
+                        "{canonical} is a {} role; an override cannot change its type",
+                        p.role_type.as_str()
+                    ),
+                );
                 return None;
             }
         } else if doc.override_prebuilt {
-            self.fail(at, &name, format!("`override: true` is only for prebuilt roles; {canonical} is not one"));
+            self.fail(
+                at,
+                &name,
+                format!("`override: true` is only for prebuilt roles; {canonical} is not one"),
+            );
         }
         if canonical == SYSTEM_KEY || canonical == TEAM_ROLE || prebuilt.is_some() {
             // fine: an explicit override of a prebuilt role
@@ -504,11 +543,20 @@ impl Builder {
             "team" => Some(KeyType::Team),
             "project" => Some(KeyType::Project),
             other => {
-                self.fail(at, name, format!("unknown key type {other:?} (expected team or project)"));
+                self.fail(
+                    at,
+                    name,
+                    format!("unknown key type {other:?} (expected team or project)"),
+                );
                 None
             }
         };
-        let status = match doc.status.as_deref().unwrap_or("active").parse::<KeyStatus>() {
+        let status = match doc
+            .status
+            .as_deref()
+            .unwrap_or("active")
+            .parse::<KeyStatus>()
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 self.fail(at, name, e);
@@ -520,7 +568,11 @@ impl Builder {
             Some(text) => match OffsetDateTime::parse(text, &Rfc3339) {
                 Ok(t) => Some(Some(t.unix_timestamp())),
                 Err(e) => {
-                    self.fail(at, name, format!("expires_at {text:?} is not an RFC 3339 time: {e}"));
+                    self.fail(
+                        at,
+                        name,
+                        format!("expires_at {text:?} is not an RFC 3339 time: {e}"),
+                    );
                     None
                 }
             },
@@ -547,14 +599,20 @@ impl Builder {
         let name = format!("routes[{i}] ({} {})", doc.method, doc.path);
         let at = r.referenced;
         let before = self.problems.len();
-        if doc.method.is_empty() || !doc.method.bytes().all(|b| b.is_ascii_uppercase()) && doc.method != "*" {
+        if doc.method.is_empty()
+            || !doc.method.bytes().all(|b| b.is_ascii_uppercase()) && doc.method != "*"
+        {
             self.fail(at, &name, "method is an upper-case HTTP method or *");
         }
         if !doc.path.starts_with('/') {
             self.fail(at, &name, "path starts with /");
         }
         if !catalog.has_entitlement(&doc.entitlement) {
-            self.fail(at, &name, format!("entitlement {} is not in the catalog", doc.entitlement));
+            self.fail(
+                at,
+                &name,
+                format!("entitlement {} is not in the catalog", doc.entitlement),
+            );
         }
         let params: Vec<&str> = doc
             .path
@@ -565,7 +623,11 @@ impl Builder {
             let text = text.as_ref()?;
             match ValueSource::parse(text) {
                 Ok(ValueSource::Path(p)) if !params.contains(&p.as_str()) => {
-                    self.fail(at, &name, format!("resource.{field}: the path has no {{{p}}}"));
+                    self.fail(
+                        at,
+                        &name,
+                        format!("resource.{field}: the path has no {{{p}}}"),
+                    );
                     None
                 }
                 Ok(src) => Some(src),
@@ -598,7 +660,8 @@ pub fn is_valid_entitlement(id: &str) -> bool {
     let part = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
     part(resource) && part(action)
 }
@@ -687,7 +750,11 @@ impl PolicyFileOrigin {
     /// Re-reads the file if it changed on disk. Returns the new revision when the state changed.
     pub fn reload_if_changed(&self) -> Result<Option<u64>, PolicyError> {
         let now = fingerprint(&self.path);
-        let unchanged = self.current.lock().map(|c| c.fingerprint == now).unwrap_or(false);
+        let unchanged = self
+            .current
+            .lock()
+            .map(|c| c.fingerprint == now)
+            .unwrap_or(false);
         if unchanged && now.is_some() {
             return Ok(None);
         }
@@ -741,7 +808,11 @@ impl PolicyFileOrigin {
                 } else {
                     let set = ChangeSet { revision, changes };
                     // Only this origin writes to the state, so the next revision is free.
-                    Some(self.state.apply(set).expect("the policy origin is the only writer"))
+                    Some(
+                        self.state
+                            .apply(set)
+                            .expect("the policy origin is the only writer"),
+                    )
                 };
                 self.routes.send_replace(policy.routes.map(Arc::new));
                 current.fingerprint = print;
@@ -768,7 +839,11 @@ impl PolicyFileOrigin {
     /// Polls the file every `interval` until `shutdown` resolves, reloading it when it changes.
     /// Polling the resolved path's identity catches edits in place, editors that write a new file
     /// and rename it, and the symlink swap of a Kubernetes ConfigMap.
-    pub async fn watch(self: Arc<Self>, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -177,7 +177,9 @@ impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic while holding the lock would leave the model half-applied; it cannot happen
         // short of a bug, and serving the last entries is the best that can be done then.
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies an origin's change set: updates the model, rebuilds the entries of every
@@ -336,7 +338,10 @@ mod tests {
 
     fn allowed(state: &State, prefix: &str, ent: &str, team: &str) -> Reason {
         let key = format!("{prefix}.{prefix}-secret");
-        let res = ResourceRef { team_id: team, ..Default::default() };
+        let res = ResourceRef {
+            team_id: team,
+            ..Default::default()
+        };
         state.check(&key, ent, res, unix_now()).decision.reason
     }
 
@@ -350,23 +355,46 @@ mod tests {
         ]);
         load(&state, &m, 1);
         assert_eq!(state.revision(), 1);
-        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::OutOfScope);
+        assert_eq!(
+            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
+            Reason::OutOfScope
+        );
 
         // Promoting the globex key changes what the acme key may do.
-        m.keys.insert("AliceGlobex".into(), Arc::new(team_key("AliceGlobex", "alice", "globex", &["ACCOUNT_ADMIN"])));
+        m.keys.insert(
+            "AliceGlobex".into(),
+            Arc::new(team_key(
+                "AliceGlobex",
+                "alice",
+                "globex",
+                &["ACCOUNT_ADMIN"],
+            )),
+        );
         load(&state, &m, 2);
-        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::Allowed);
+        assert_eq!(
+            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
+            Reason::Allowed
+        );
 
         // Deactivating the globex team takes it back.
         m.teams.get_mut("globex").unwrap().active = false;
         load(&state, &m, 3);
-        assert_eq!(allowed(&state, "AliceAcme1", "jobs.cancel", "globex"), Reason::OutOfScope);
-        assert_eq!(allowed(&state, "AliceGlobex", "jobs.read", ""), Reason::TeamInactive);
+        assert_eq!(
+            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
+            Reason::OutOfScope
+        );
+        assert_eq!(
+            allowed(&state, "AliceGlobex", "jobs.read", ""),
+            Reason::TeamInactive
+        );
 
         // Removing a key removes it from the cache.
         m.keys.remove("AliceGlobex");
         load(&state, &m, 4);
-        assert_eq!(allowed(&state, "AliceGlobex", "jobs.read", ""), Reason::UnknownKey);
+        assert_eq!(
+            allowed(&state, "AliceGlobex", "jobs.read", ""),
+            Reason::UnknownKey
+        );
         assert_eq!(state.counts().keys, 1);
     }
 
@@ -375,34 +403,67 @@ mod tests {
         let state = State::new();
         let m = model(vec![]);
         load(&state, &m, 5);
-        let err = state.apply(ChangeSet { revision: 5, changes: vec![] }).unwrap_err();
-        assert_eq!(err, StateError::StaleRevision { given: 5, applied: 5 });
+        let err = state
+            .apply(ChangeSet {
+                revision: 5,
+                changes: vec![],
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StateError::StaleRevision {
+                given: 5,
+                applied: 5
+            }
+        );
         assert_eq!(state.revision(), 5);
     }
 
     #[test]
     fn role_changes_rebuild_every_holder() {
         let state = State::new();
-        let mut m = model(vec![team_key("CarolKey01", "carol", "acme", &["DEVELOPER"])]);
+        let mut m = model(vec![team_key(
+            "CarolKey01",
+            "carol",
+            "acme",
+            &["DEVELOPER"],
+        )]);
         load(&state, &m, 1);
-        assert_eq!(allowed(&state, "CarolKey01", "models.deploy", "acme"), Reason::NoGrant);
+        assert_eq!(
+            allowed(&state, "CarolKey01", "models.deploy", "acme"),
+            Reason::NoGrant
+        );
         let mut dev = (**m.catalog.role("DEVELOPER").unwrap()).clone();
-        dev.grants.push(crate::domain::Grant { entitlement: "models.deploy".into(), scope: crate::domain::Scope::Team });
+        dev.grants.push(crate::domain::Grant {
+            entitlement: "models.deploy".into(),
+            scope: crate::domain::Scope::Team,
+        });
         m.catalog.put_role(Arc::new(dev));
         load(&state, &m, 2);
-        assert_eq!(allowed(&state, "CarolKey01", "models.deploy", "acme"), Reason::Allowed);
+        assert_eq!(
+            allowed(&state, "CarolKey01", "models.deploy", "acme"),
+            Reason::Allowed
+        );
     }
 
     #[test]
     fn status_changes_apply_at_once() {
         let state = State::new();
-        let mut m = model(vec![team_key("CarolKey01", "carol", "acme", &["DEVELOPER"])]);
+        let mut m = model(vec![team_key(
+            "CarolKey01",
+            "carol",
+            "acme",
+            &["DEVELOPER"],
+        )]);
         load(&state, &m, 1);
         let mut revoked = team_key("CarolKey01", "carol", "acme", &["DEVELOPER"]);
         revoked.status = KeyStatus::Inactive;
         m.keys.insert("CarolKey01".into(), Arc::new(revoked));
         load(&state, &m, 2);
-        assert_eq!(allowed(&state, "CarolKey01", "jobs.read", ""), Reason::KeyInactive);
+        assert_eq!(
+            allowed(&state, "CarolKey01", "jobs.read", ""),
+            Reason::KeyInactive
+        );
     }
 
     #[tokio::test]
@@ -413,8 +474,15 @@ mod tests {
             tokio::spawn(async move { state.wait_for_revision(2, Duration::from_secs(30)).await })
         };
         load(&state, &model(vec![]), 1);
-        load(&state, &model(vec![team_key("CarolKey01", "carol", "acme", &[])]), 2);
+        load(
+            &state,
+            &model(vec![team_key("CarolKey01", "carol", "acme", &[])]),
+            2,
+        );
         assert_eq!(waiter.await.unwrap(), Ok(2));
-        assert_eq!(state.wait_for_revision(9, Duration::from_millis(10)).await, Err(2));
+        assert_eq!(
+            state.wait_for_revision(9, Duration::from_millis(10)).await,
+            Err(2)
+        );
     }
 }

@@ -6,8 +6,11 @@ use crate::domain::{Reason, ResourceRef};
 const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
 
 fn example() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/policy.yaml"))
-        .unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/policy.yaml"
+    ))
+    .unwrap()
 }
 
 fn errors(text: &str) -> Vec<String> {
@@ -19,10 +22,14 @@ fn errors(text: &str) -> Vec<String> {
 
 fn assert_error(text: &str, want: &str) {
     let got = errors(text);
-    assert!(got.iter().any(|e| e == want), "wanted {want:?}, got {got:#?}");
+    assert!(
+        got.iter().any(|e| e == want),
+        "wanted {want:?}, got {got:#?}"
+    );
 }
 
-const BASE: &str = "teams:\n  - id: acme\nusers:\n  - id: alice\nprojects:\n  - id: fraud\n    team: acme\n";
+const BASE: &str =
+    "teams:\n  - id: acme\nusers:\n  - id: alice\nprojects:\n  - id: fraud\n    team: acme\n";
 
 #[test]
 fn the_example_policy_loads() {
@@ -52,7 +59,10 @@ fn syntax_errors_and_unknown_fields_have_locations() {
     assert!(got[0].contains("colour"), "{got:?}");
     let got = errors("teams: [\n");
     assert!(got[0].starts_with("p.yaml:"), "{got:?}");
-    assert_error("version: 2\n", "p.yaml:1:10: version: unsupported version 2 (expected 1)");
+    assert_error(
+        "version: 2\n",
+        "p.yaml:1:10: version: unsupported version 2 (expected 1)",
+    );
 }
 
 #[test]
@@ -72,7 +82,10 @@ fn dangling_references_and_role_types_name_the_key() {
          \x20 - {{ prefix: KeyThree01, secret_sha256: {HASH}, type: team, user: alice, team: acme, roles: [SYSTEM_KEY] }}\n\
          \x20 - {{ prefix: KeyFour001, secret_sha256: {HASH}, type: project, project: nope, roles: [PROJECT] }}\n"
     );
-    assert_error(&text, "p.yaml:9:5: keys[0] (prefix KeyOne0001): user: user bob does not exist");
+    assert_error(
+        &text,
+        "p.yaml:9:5: keys[0] (prefix KeyOne0001): user: user bob does not exist",
+    );
     assert_error(
         &text,
         "p.yaml:10:5: keys[1] (prefix KeyTwo0001): roles: role DATA_SCIENTIST is a user role and cannot be bound to a project key",
@@ -81,22 +94,36 @@ fn dangling_references_and_role_types_name_the_key() {
         &text,
         "p.yaml:11:5: keys[2] (prefix KeyThree01): roles: role SYSTEM_KEY is a system role and cannot be bound to a team key",
     );
-    assert_error(&text, "p.yaml:12:5: keys[3] (prefix KeyFour001): project: project nope does not exist");
+    assert_error(
+        &text,
+        "p.yaml:12:5: keys[3] (prefix KeyFour001): project: project nope does not exist",
+    );
 }
 
 #[test]
 fn bad_values_are_refused() {
-    let key = |fields: &str| format!("{BASE}keys:\n  - {{ prefix: KeyOne0001, type: team, user: alice, team: acme, {fields} }}\n");
+    let key = |fields: &str| {
+        format!(
+            "{BASE}keys:\n  - {{ prefix: KeyOne0001, type: team, user: alice, team: acme, {fields} }}\n"
+        )
+    };
     assert_error(
         &key("secret_sha256: abc"),
         "p.yaml:9:5: keys[0] (prefix KeyOne0001): secret_sha256 must be 64 lower-case hex digits (the SHA-256 of the part after the first dot)",
     );
     let got = errors(&key(&format!("secret_sha256: {HASH}, status: paused")));
     assert!(got[0].contains("unknown key status \"paused\""), "{got:?}");
-    let got = errors(&key(&format!("secret_sha256: {HASH}, expires_at: tomorrow")));
+    let got = errors(&key(&format!(
+        "secret_sha256: {HASH}, expires_at: tomorrow"
+    )));
     assert!(got[0].contains("is not an RFC 3339 time"), "{got:?}");
-    let got = errors(&format!("{BASE}keys:\n  - {{ prefix: 'a b', secret_sha256: {HASH}, type: team, user: alice, team: acme }}\n"));
-    assert!(got[0].contains("prefix: a prefix is 4 to 64 characters"), "{got:?}");
+    let got = errors(&format!(
+        "{BASE}keys:\n  - {{ prefix: 'a b', secret_sha256: {HASH}, type: team, user: alice, team: acme }}\n"
+    ));
+    assert!(
+        got[0].contains("prefix: a prefix is 4 to 64 characters"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -109,14 +136,19 @@ fn roles_are_checked() {
         "roles:\n  - id: NEW_ROLE\n    type: user\n    grants: [{ entitlement: reports.export, scope: TEAM }]\n",
         "p.yaml:2:5: roles[0] (NEW_ROLE): grants: entitlement reports.export is not in the catalog (add it under entitlements:)",
     );
-    let got = errors("roles:\n  - id: NEW_ROLE\n    type: user\n    grants: [{ entitlement: jobs.read, scope: EVERYTHING }]\n");
+    let got = errors(
+        "roles:\n  - id: NEW_ROLE\n    type: user\n    grants: [{ entitlement: jobs.read, scope: EVERYTHING }]\n",
+    );
     assert!(got[0].contains("unknown scope \"EVERYTHING\""), "{got:?}");
     let policy = parse(
         "roles:\n  - id: DEVELOPER\n    override: true\n    grants: [{ entitlement: jobs.read, scope: TEAM }]\n",
         "p.yaml",
     )
     .unwrap();
-    assert_eq!(policy.model.catalog.role("DEVELOPER").unwrap().grants.len(), 1);
+    assert_eq!(
+        policy.model.catalog.role("DEVELOPER").unwrap().grants.len(),
+        1
+    );
 }
 
 #[test]
@@ -128,7 +160,10 @@ fn routes_are_parsed_and_checked() {
     .unwrap();
     let routes = policy.routes.unwrap();
     assert_eq!(routes[0].team, Some(ValueSource::Path("teamId".into())));
-    assert_eq!(routes[0].owner_key, Some(ValueSource::Header("x-owner".into())));
+    assert_eq!(
+        routes[0].owner_key,
+        Some(ValueSource::Header("x-owner".into()))
+    );
     assert_error(
         "routes:\n  - method: GET\n    path: /api/jobs\n    entitlement: jobs.read\n    resource: { team: path.teamId }\n",
         "p.yaml:2:5: routes[0] (GET /api/jobs): resource.team: the path has no {teamId}",
@@ -181,7 +216,14 @@ fn reloads_follow_the_file_and_a_bad_file_keeps_the_last_good_state() {
     assert_eq!(state.revision(), 2);
     assert_eq!(check(&state, devin, "jobs.read"), Reason::KeyInactive);
     let status = origin.status().lock().unwrap().clone();
-    assert!(status.last_error.as_deref().unwrap().contains("policy.yaml:1:"), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("policy.yaml:1:"),
+        "{status:?}"
+    );
     assert_eq!(status.failed_reloads, 1);
 
     // Fixed again: the error clears.

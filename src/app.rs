@@ -1,0 +1,171 @@
+//! Wires a server together: `run(config, listeners, shutdown)` loads the origin, serves gRPC and
+//! HTTP on the given listeners, and drains gracefully when `shutdown` resolves.
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    config::ServeConfig,
+    grpc::{
+        AuthorizerService,
+        authorizer::AuthorizerLimits,
+        pb::{self, authorizer_server::AuthorizerServer},
+    },
+    http::{self, Health},
+    origin::policy_file::{PolicyError, PolicyFileOrigin},
+    state::{State, unix_now},
+};
+
+/// The two ports, bound before `run` so that tests can use port 0 and read the address back.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &ServeConfig) -> std::io::Result<Self> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(config.grpc_listen).await?,
+            http: TcpListener::bind(config.http_listen).await?,
+        })
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the policy file cannot be loaded:\n{0}")]
+    Policy(#[from] PolicyError),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains: health goes NOT_SERVING, the
+/// listeners stop accepting, in-flight calls finish (within the grace period), and it returns.
+pub async fn run(
+    config: ServeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let state = Arc::new(State::new());
+    let origin = {
+        let (path, state) = (config.policy.clone(), state.clone());
+        tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
+    };
+    tracing::info!(
+        policy = %config.policy.display(),
+        revision = state.revision(),
+        keys = state.counts().keys,
+        "state loaded"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(
+        origin
+            .clone()
+            .watch(config.reload_interval, stop_rx.clone()),
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<AuthorizerServer<AuthorizerService>>()
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let limits = AuthorizerLimits {
+        max_batch: config.max_batch,
+        max_revision_wait: config.max_revision_wait,
+    };
+    let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
+        .max_decoding_message_size(config.max_message_bytes);
+
+    let health = Arc::new(Health {
+        state: state.clone(),
+        serving: true.into(),
+        origin: origin.status(),
+        started_unix: unix_now(),
+    });
+
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let grpc = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authorizer)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(listeners.http, http::router(health.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future();
+    let mut grpc = tokio::spawn(grpc);
+    let mut http = tokio::spawn(http);
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut grpc => { result??; return Ok(()); }
+        result = &mut http => { result??; return Ok(()); }
+    }
+
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: NOT_SERVING, draining in-flight calls");
+    health.serving.store(false, Ordering::Release);
+    reporter
+        .set_not_serving::<AuthorizerServer<AuthorizerService>>()
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let g = (&mut grpc).await;
+        let h = (&mut http).await;
+        (g, h)
+    })
+    .await;
+    let _ = watcher.await;
+    match drained {
+        Ok((g, h)) => {
+            g??;
+            h??;
+            tracing::info!("shutdown complete: every in-flight call finished");
+        }
+        Err(_) => {
+            grpc.abort();
+            http.abort();
+            tracing::warn!("shutdown grace period over: remaining calls were cut off");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once the stop flag is raised.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,175 @@
+//! `rolegate bench`: drives Check over gRPC from many concurrent callers and reports
+//! requests/s and latency percentiles; optionally first against a no-op tonic service in this
+//! process, for the ratio "rolegate / bare tonic".
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Channel};
+
+use crate::grpc::pb::{
+    self,
+    authorizer_client::AuthorizerClient,
+    authorizer_server::{Authorizer, AuthorizerServer},
+};
+
+/// One load run's parameters.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// `http://host:port` of the server.
+    pub endpoint: String,
+    /// Callers issuing requests back to back.
+    pub concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    pub connections: usize,
+    pub duration: Duration,
+    /// Run this long first without recording.
+    pub warmup: Duration,
+    pub request: pb::CheckRequest,
+}
+
+/// What one load run measured.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub allowed: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
+}
+
+impl LoadReport {
+    pub fn requests_per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>10.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  max {:>8.1} µs  ({} requests, {} allowed, {} errors)",
+            self.requests_per_second(),
+            micros(self.p50),
+            micros(self.p99),
+            micros(self.p999),
+            micros(self.max),
+            self.requests,
+            self.allowed,
+            self.errors
+        )
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs the load of `spec` and reports on it.
+pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::Error> {
+    let mut channels = Vec::new();
+    for _ in 0..spec.connections.max(1) {
+        channels.push(
+            Channel::from_shared(spec.endpoint.clone())
+                .expect("endpoint was validated by the caller")
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let start = Instant::now();
+    let warm_until = start + spec.warmup;
+    let end = warm_until + spec.duration;
+    let mut tasks = Vec::new();
+    for i in 0..spec.concurrency.max(1) {
+        let mut client = AuthorizerClient::new(channels[i % channels.len()].clone());
+        let request = spec.request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("static histogram bounds are valid");
+            let (mut allowed, mut errors) = (0u64, 0u64);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let result = client.check(request.clone()).await;
+                if t0 < warm_until {
+                    continue;
+                }
+                hist.saturating_record(t0.elapsed().as_nanos() as u64);
+                match result {
+                    Ok(r) if r.get_ref().allowed => allowed += 1,
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+            }
+            (hist, allowed, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let (mut allowed, mut errors) = (0, 0);
+    for task in tasks {
+        if let Ok((h, a, e)) = task.await {
+            hist.add(h).expect("histograms share bounds");
+            allowed += a;
+            errors += e;
+        }
+    }
+    let elapsed = Instant::now()
+        .saturating_duration_since(warm_until)
+        .min(spec.duration)
+        .max(Duration::from_millis(1));
+    let q = |q: f64| Duration::from_nanos(hist.value_at_quantile(q));
+    Ok(LoadReport {
+        requests: hist.len(),
+        allowed,
+        errors,
+        elapsed,
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: Duration::from_nanos(hist.max()),
+    })
+}
+
+/// An Authorizer that answers every call with an empty response: the cost of tonic itself.
+#[derive(Clone, Copy, Default)]
+pub struct NoopAuthorizer;
+
+#[tonic::async_trait]
+impl Authorizer for NoopAuthorizer {
+    async fn check(
+        &self,
+        _: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        Ok(Response::new(pb::CheckResponse::default()))
+    }
+
+    async fn check_batch(
+        &self,
+        _: Request<pb::CheckBatchRequest>,
+    ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        Ok(Response::new(pb::CheckBatchResponse::default()))
+    }
+}
+
+/// Starts the no-op service on an ephemeral loopback port; returns its address.
+pub async fn start_noop_server() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(AuthorizerServer::new(NoopAuthorizer))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}

@@ -1,0 +1,72 @@
+//! The server's configuration, as given by `rolegate serve` flags (or their environment
+//! variables).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `rolegate serve`: run the sidecar.
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// The policy file to serve; it is watched and reloaded when it changes.
+    #[arg(long, env = "ROLEGATE_POLICY")]
+    pub policy: PathBuf,
+
+    /// Address of the gRPC port (Authorizer, health, reflection).
+    #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address of the HTTP port (/healthz, /readyz, /status).
+    #[arg(long, env = "ROLEGATE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
+    /// How often the policy file is checked for changes.
+    #[arg(long, env = "ROLEGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+
+    /// The largest gRPC request accepted, in bytes; larger ones are rejected.
+    #[arg(long, env = "ROLEGATE_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// The most checks one CheckBatch may hold.
+    #[arg(long, env = "ROLEGATE_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// The longest a check waits for its min_revision (also bounded by the call's deadline).
+    #[arg(long, env = "ROLEGATE_MAX_REVISION_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_revision_wait: Duration,
+
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "ROLEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "ROLEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// A configuration for `policy` with every other setting at its default (for tests and
+    /// embedding).
+    pub fn for_policy(policy: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            policy: policy.into(),
+            grpc_listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: ([127, 0, 0, 1], 0).into(),
+            reload_interval: Duration::from_secs(1),
+            max_message_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_revision_wait: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        }
+    }
+}

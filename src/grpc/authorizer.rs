@@ -1,0 +1,175 @@
+//! `rolegate.v1.Authorizer`: Check and CheckBatch over the in-memory state.
+
+use std::{sync::Arc, time::Duration};
+
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::{
+    grpc::{
+        convert,
+        pb::{self, authorizer_server::Authorizer},
+        status::{InvalidRequest, Unanswerable},
+    },
+    state::{State, unix_now},
+};
+
+/// Limits of the service, from the server's flags.
+#[derive(Clone, Debug)]
+pub struct AuthorizerLimits {
+    /// The most checks one CheckBatch may hold.
+    pub max_batch: usize,
+    /// The longest a check waits for its `min_revision` when the call sets no deadline.
+    pub max_revision_wait: Duration,
+}
+
+impl Default for AuthorizerLimits {
+    fn default() -> Self {
+        AuthorizerLimits {
+            max_batch: 1000,
+            max_revision_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Authorizer service.
+#[derive(Clone)]
+pub struct AuthorizerService {
+    state: Arc<State>,
+    limits: AuthorizerLimits,
+}
+
+impl AuthorizerService {
+    pub fn new(state: Arc<State>, limits: AuthorizerLimits) -> Self {
+        AuthorizerService { state, limits }
+    }
+
+    /// Fails when no state is loaded; waits for `min_revision`, bounded by the call's deadline
+    /// (`grpc-timeout`) and the server's cap.
+    async fn ready_at(&self, min_revision: u64, metadata: &MetadataMap) -> Result<(), Status> {
+        if !self.state.is_loaded() {
+            return Err(Unanswerable::NotReady.into());
+        }
+        if min_revision <= self.state.revision() {
+            return Ok(());
+        }
+        let wait = grpc_timeout(metadata).map_or(self.limits.max_revision_wait, |t| {
+            t.min(self.limits.max_revision_wait)
+        });
+        match self.state.wait_for_revision(min_revision, wait).await {
+            Ok(_) => Ok(()),
+            Err(have) => Err(Unanswerable::Lagging {
+                wanted: min_revision,
+                have,
+            }
+            .into()),
+        }
+    }
+
+    fn check_one(
+        &self,
+        req: &pb::CheckRequest,
+        default_key: &str,
+    ) -> Result<pb::CheckResponse, InvalidRequest> {
+        let resource = convert::resource(req)?;
+        let key = if req.api_key.is_empty() {
+            default_key
+        } else {
+            &req.api_key
+        };
+        let outcome = self
+            .state
+            .check(key, &req.entitlement, resource, unix_now());
+        let principal = outcome.entry.as_ref().map(|e| &*e.spec.prefix);
+        tracing::debug!(
+            key = principal.unwrap_or("-"),
+            entitlement = %req.entitlement,
+            decision = if outcome.decision.is_allowed() { "allow" } else { "deny" },
+            reason = ?outcome.decision.reason,
+            "check"
+        );
+        Ok(pb::CheckResponse::from(&outcome))
+    }
+}
+
+#[tonic::async_trait]
+impl Authorizer for AuthorizerService {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        self.ready_at(request.get_ref().min_revision, request.metadata())
+            .await?;
+        let response = self.check_one(request.get_ref(), "")?;
+        Ok(Response::new(response))
+    }
+
+    async fn check_batch(
+        &self,
+        request: Request<pb::CheckBatchRequest>,
+    ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        let batch = request.get_ref();
+        if batch.checks.len() > self.limits.max_batch {
+            return Err(InvalidRequest::BatchTooLarge {
+                max: self.limits.max_batch,
+                given: batch.checks.len(),
+            }
+            .into());
+        }
+        let min = batch
+            .checks
+            .iter()
+            .map(|c| c.min_revision)
+            .fold(batch.min_revision, u64::max);
+        self.ready_at(min, request.metadata()).await?;
+        let revision = self.state.revision();
+        let results = batch
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(index, check)| {
+                self.check_one(check, &batch.api_key)
+                    .map_err(|e| InvalidRequest::InBatch {
+                        index,
+                        source: Box::new(e),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::CheckBatchResponse { results, revision }))
+    }
+}
+
+/// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = MetadataMap::new();
+        assert_eq!(grpc_timeout(&m), None);
+        m.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_millis(250)));
+        m.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(3)));
+        m.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
+    }
+}

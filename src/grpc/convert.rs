@@ -1,0 +1,159 @@
+//! Conversions between the wire types of `rolegate.v1` and the domain.
+
+use crate::{
+    domain::{KeyType, Reason, ResourceRef, Scope},
+    grpc::{pb, status::InvalidRequest},
+    state::CheckOutcome,
+};
+
+/// The longest entitlement accepted.
+pub const MAX_ENTITLEMENT_LEN: usize = 128;
+/// The longest id accepted in a resource field.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Validates a check and borrows its resource. Keys are not validated here: a malformed key is a
+/// denial (`REASON_MALFORMED_KEY`), not an invalid request.
+pub fn resource(req: &pb::CheckRequest) -> Result<ResourceRef<'_>, InvalidRequest> {
+    if req.entitlement.is_empty() {
+        return Err(InvalidRequest::EmptyEntitlement);
+    }
+    if req.entitlement.len() > MAX_ENTITLEMENT_LEN {
+        return Err(InvalidRequest::TooLong {
+            field: "entitlement",
+            max: MAX_ENTITLEMENT_LEN,
+        });
+    }
+    let Some(res) = &req.resource else {
+        return Ok(ResourceRef::default());
+    };
+    for (field, value) in [
+        ("resource.team_id", &res.team_id),
+        ("resource.owner_key_prefix", &res.owner_key_prefix),
+        ("resource.owner_user_id", &res.owner_user_id),
+    ] {
+        if value.len() > MAX_ID_LEN {
+            return Err(InvalidRequest::TooLong {
+                field,
+                max: MAX_ID_LEN,
+            });
+        }
+    }
+    Ok(ResourceRef {
+        team_id: &res.team_id,
+        owner_key_prefix: &res.owner_key_prefix,
+        owner_user_id: &res.owner_user_id,
+    })
+}
+
+impl From<Scope> for pb::Scope {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::Own => pb::Scope::Own,
+            Scope::Team => pb::Scope::Team,
+            Scope::All => pb::Scope::All,
+        }
+    }
+}
+
+impl From<Reason> for pb::Reason {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::Allowed => pb::Reason::Allowed,
+            Reason::MalformedKey => pb::Reason::MalformedKey,
+            Reason::UnknownKey => pb::Reason::UnknownKey,
+            Reason::WrongSecret => pb::Reason::WrongSecret,
+            Reason::KeyInactive | Reason::UserInactive => pb::Reason::KeyInactive,
+            Reason::KeyExpired => pb::Reason::KeyExpired,
+            Reason::TeamInactive => pb::Reason::TeamInactive,
+            Reason::UnknownEntitlement => pb::Reason::UnknownEntitlement,
+            Reason::NoGrant => pb::Reason::NoGrant,
+            Reason::OutOfScope => pb::Reason::OutOfScope,
+        }
+    }
+}
+
+impl From<KeyType> for pb::KeyType {
+    fn from(t: KeyType) -> Self {
+        match t {
+            KeyType::Team => pb::KeyType::Team,
+            KeyType::Project => pb::KeyType::Project,
+        }
+    }
+}
+
+fn strings(list: Option<&std::sync::Arc<[std::sync::Arc<str>]>>) -> Vec<String> {
+    list.map(|l| l.iter().map(|s| s.to_string()).collect())
+        .unwrap_or_default()
+}
+
+impl From<&CheckOutcome> for pb::CheckResponse {
+    fn from(outcome: &CheckOutcome) -> Self {
+        let d = &outcome.decision;
+        let principal = outcome.entry.as_ref().map(|e| pb::Principal {
+            key_prefix: e.spec.prefix.to_string(),
+            key_type: pb::KeyType::from(e.spec.key_type).into(),
+            user_id: e.spec.user.as_deref().unwrap_or_default().to_owned(),
+            project_id: e.spec.project.as_deref().unwrap_or_default().to_owned(),
+            team_id: e.team.to_string(),
+            roles: e.spec.roles.iter().map(|r| r.to_string()).collect(),
+        });
+        pb::CheckResponse {
+            allowed: d.is_allowed(),
+            scope: d
+                .scope
+                .map_or(pb::Scope::Unspecified, pb::Scope::from)
+                .into(),
+            reason: pb::Reason::from(d.reason).into(),
+            principal,
+            filter_team_ids: strings(d.filter_team_ids.as_ref()),
+            filter_owner_key_prefixes: strings(d.filter_owner_key_prefixes.as_ref()),
+            filter_owner_user_id: d
+                .filter_owner_user_id
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
+            revision: outcome.revision,
+            message: d.reason.describe().to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(entitlement: &str, team: &str) -> pb::CheckRequest {
+        pb::CheckRequest {
+            api_key: "k.s".into(),
+            entitlement: entitlement.into(),
+            resource: Some(pb::Resource {
+                team_id: team.into(),
+                ..Default::default()
+            }),
+            min_revision: 0,
+        }
+    }
+
+    #[test]
+    fn empty_and_oversized_fields_are_invalid() {
+        assert_eq!(
+            resource(&req("", "")),
+            Err(InvalidRequest::EmptyEntitlement)
+        );
+        assert!(matches!(
+            resource(&req(&"x".repeat(129), "")),
+            Err(InvalidRequest::TooLong {
+                field: "entitlement",
+                ..
+            })
+        ));
+        assert!(matches!(
+            resource(&req("jobs.read", &"t".repeat(257))),
+            Err(InvalidRequest::TooLong {
+                field: "resource.team_id",
+                ..
+            })
+        ));
+        assert_eq!(resource(&req("jobs.read", "acme")).unwrap().team_id, "acme");
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"): installs the outside tools the tests need when they
+# are missing, then runs formatting, lints and every test. With ROLEGATE_REQUIRE_TOOLS=1 (set
+# here), a test whose tool is missing fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/install-tools.sh
+source scripts/install-tools.sh
+export ROLEGATE_REQUIRE_TOOLS=1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+echo "== cargo test"
+cargo test --all-features

@@ -1,0 +1,243 @@
+//! The `rolegate` binary as a user runs it: serve, check, validate, keys; SIGTERM drains and
+//! exits 0; no secret reaches the logs.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{http_get, keys, repo_path};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Serving {
+    child: Child,
+    grpc: String,
+    http: std::net::SocketAddr,
+}
+
+fn serve(policy: &std::path::Path, extra_env: &[(&str, &str)]) -> Serving {
+    let (g, h) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--policy"])
+        .arg(policy)
+        .env("ROLEGATE_GRPC_LISTEN", format!("127.0.0.1:{g}"))
+        .env("ROLEGATE_HTTP_LISTEN", format!("127.0.0.1:{h}"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    Serving {
+        child,
+        grpc: format!("http://127.0.0.1:{g}"),
+        http: ([127, 0, 0, 1], h).into(),
+    }
+}
+
+async fn wait_ready(s: &Serving) {
+    for _ in 0..400 {
+        if http_get(s.http, "/readyz")
+            .await
+            .is_ok_and(|(c, _)| c == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("rolegate serve did not become ready");
+}
+
+fn rolegate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_check_and_sigterm() {
+    let policy = repo_path("deploy/examples/policy.yaml");
+    let mut s = serve(&policy, &[("ROLEGATE_LOG_FORMAT", "json")]);
+    wait_ready(&s).await;
+
+    let (code, out, _) = rolegate(&[
+        "check",
+        "--addr",
+        &s.grpc,
+        "--key",
+        keys::DANA_SCIENTIST,
+        "--entitlement",
+        "jobs.cancel",
+        "--team",
+        "globex",
+        "--owner-key",
+        "GusDevKey00000000001",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("allowed:  true") && out.contains("scope:    TEAM"),
+        "{out}"
+    );
+
+    let (code, out, _) = rolegate(&[
+        "check",
+        "--addr",
+        &s.grpc,
+        "--key",
+        keys::ARIA_AUDITOR,
+        "--entitlement",
+        "jobs.cancel",
+        "--team",
+        "acme",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["reason"], "NO_GRANT");
+    assert_eq!(json["principal"]["user_id"], "aria");
+
+    let (code, out, _) = rolegate(&[
+        "check",
+        "--addr",
+        &s.grpc,
+        "--key",
+        keys::DEVIN_DEVELOPER,
+        "--entitlement",
+        "jobs.read",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("owner keys [DevinDevKey000000001, DevinOldKey000000001]"),
+        "{out}"
+    );
+
+    // An error (bad request) is exit 2, not "denied".
+    let (code, _, err) = rolegate(&[
+        "check",
+        "--addr",
+        &s.grpc,
+        "--key",
+        keys::DEVIN_DEVELOPER,
+        "--entitlement",
+        "",
+    ]);
+    assert_eq!(code, 2, "{err}");
+
+    // SIGTERM: drains and exits 0.
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    for line in BufReader::new(s.child.stderr.take().unwrap()).lines() {
+        logs.push_str(&line.unwrap());
+        logs.push('\n');
+    }
+    // JSON logs, with the decisions at debug level naming the key prefix only.
+    for line in logs.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(logs.contains("DanaScienceKey000001"), "{logs}");
+    assert!(logs.contains("shutdown complete"), "{logs}");
+    for secret_part in [
+        "dev-only-danascience",
+        "dev-only-ariaauditke",
+        "dev-only-devindevkey",
+    ] {
+        assert!(!logs.contains(secret_part), "a secret reached the logs");
+    }
+}
+
+#[test]
+fn a_bad_policy_stops_serve_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, "teams:\n  - id: acme\n    bogus: 1\n").unwrap();
+    let mut s = serve(&path, &[]);
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut s.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("p.yaml:3:"), "{logs}");
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_location() {
+    let (code, out, _) = rolegate(&[
+        "validate",
+        repo_path("deploy/examples/policy.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ok (2 teams, 7 users, 1 projects, 10 keys"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+    std::fs::write(
+        &path,
+        format!(
+            "teams:\n  - id: acme\nprojects:\n  - {{ id: p1, team: acme }}\nkeys:\n  - {{ prefix: ProjKey001, secret_sha256: {hash}, type: project, project: p1, roles: [DEVELOPER] }}\n  - {{ prefix: TeamKey001, secret_sha256: {hash}, type: team, user: ghost, team: acme, roles: [SYSTEM_KEY] }}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = rolegate(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("p.yaml:6:5: keys[0] (prefix ProjKey001): roles: role DEVELOPER is a user role and cannot be bound to a project key"), "{err}");
+    assert!(
+        err.contains(
+            "p.yaml:7:5: keys[1] (prefix TeamKey001): roles: role SYSTEM_KEY is a system role"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.yaml:7:5: keys[1] (prefix TeamKey001): user: user ghost does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("3 problem(s)"), "{err}");
+}
+
+#[test]
+fn keys_new_and_hash_agree() {
+    let (code, out, err) = rolegate(&["keys", "new", "--prefix", "MyNewKeyPrefix001"]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let key = lines.next().unwrap();
+    let hash_line = lines.next().unwrap();
+    assert!(key.starts_with("MyNewKeyPrefix001."));
+    assert!(hash_line.starts_with("secret_sha256: "));
+    let (code, out, _) = rolegate(&["keys", "hash", key]);
+    assert_eq!(code, 0);
+    assert!(out.contains(hash_line), "{out}");
+    assert!(out.contains("prefix: MyNewKeyPrefix001"));
+    let (code, _, err) = rolegate(&["keys", "new", "--prefix", "no"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = rolegate(&["keys", "hash", "nodot"]);
+    assert_eq!(code, 2);
+}

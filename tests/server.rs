@@ -1,0 +1,356 @@
+//! The server end to end: a real `app::run` on ephemeral loopback ports, called with the
+//! generated gRPC clients.
+
+mod common;
+
+use common::{TestServer, check, example_policy, http_get, keys};
+use rolegate::grpc::pb::{self, Reason, Scope};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn check_answers_from_the_example_policy() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+
+    // dana's acme DATA_SCIENTIST key cancels a globex job through her globex ACCOUNT_ADMIN key.
+    let r = client
+        .check(check(
+            keys::DANA_SCIENTIST,
+            "jobs.cancel",
+            "globex",
+            "GusDevKey00000000001",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed, "{r:?}");
+    assert_eq!(r.scope(), Scope::Team);
+    assert_eq!(r.reason(), Reason::Allowed);
+    assert_eq!(r.revision, 1);
+    let p = r.principal.unwrap();
+    assert_eq!(
+        (
+            p.key_prefix.as_str(),
+            p.user_id.as_str(),
+            p.team_id.as_str()
+        ),
+        ("DanaScienceKey000001", "dana", "acme")
+    );
+    assert_eq!(p.roles, ["DATA_SCIENTIST"]);
+    assert_eq!(p.key_type(), pb::KeyType::Team);
+
+    // The auditor reads everything and cancels nothing.
+    let r = client
+        .check(check(
+            keys::ARIA_AUDITOR,
+            "jobs.read",
+            "acme",
+            "DevinDevKey000000001",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.scope()), (true, Scope::All));
+    let r = client
+        .check(check(keys::ARIA_AUDITOR, "jobs.cancel", "acme", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.reason()), (false, Reason::NoGrant));
+
+    // A developer lists jobs: OWN, with the filter a backend applies.
+    let r = client
+        .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.scope()), (true, Scope::Own));
+    assert_eq!(
+        r.filter_owner_key_prefixes,
+        ["DevinDevKey000000001", "DevinOldKey000000001"]
+    );
+    assert_eq!(r.filter_owner_user_id, "devin");
+    assert!(r.filter_team_ids.is_empty());
+
+    // Project keys: own jobs yes, users no.
+    let r = client
+        .check(check(
+            keys::FRAUD_PROJECT,
+            "jobs.cancel",
+            "acme",
+            "FraudProjectKey00001",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.scope()), (true, Scope::Own));
+    let r = client
+        .check(check(keys::FRAUD_PROJECT, "users.read", "acme", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reason(), Reason::NoGrant);
+
+    // Custom roles and entitlements of the policy.
+    let r = client
+        .check(check(keys::RITA_REVIEWER, "reports.export", "globex", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.scope()), (true, Scope::Team));
+
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_keys_are_denied_with_their_reason_and_bad_requests_are_invalid() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+    let cases = [
+        ("no-dot-at-all", Reason::MalformedKey),
+        ("", Reason::MalformedKey),
+        ("OliviaOwnerKey000001.", Reason::MalformedKey),
+        ("Olivia\u{e9}Key000001.secret", Reason::MalformedKey),
+        ("NoSuchKeyPrefix00001.secret", Reason::UnknownKey),
+        ("OliviaOwnerKey000001.wrong-secret", Reason::WrongSecret),
+        (keys::DEVIN_OLD_INACTIVE, Reason::KeyInactive),
+    ];
+    for (key, reason) in cases {
+        let r = client
+            .check(check(key, "jobs.read", "acme", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.allowed, r.reason()), (false, reason), "{key:?}");
+        assert!(
+            r.principal.is_none(),
+            "an unauthenticated key reveals nothing: {r:?}"
+        );
+        assert!(!r.message.contains("wrong-secret"));
+    }
+    let long = format!("OliviaOwnerKey000001.{}", "s".repeat(300));
+    let r = client
+        .check(check(&long, "jobs.read", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reason(), Reason::MalformedKey);
+
+    // An unknown entitlement is denied with its own reason, even for the platform owner.
+    let r = client
+        .check(check(keys::OLIVIA_OWNER, "jobs.explode", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.allowed, r.reason()), (false, Reason::UnknownEntitlement));
+
+    // An empty entitlement is a bad request, not a denial.
+    let err = client
+        .check(check(keys::OLIVIA_OWNER, "", "", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("entitlement"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_over_the_maximum_size_are_rejected() {
+    let server = TestServer::start_with(&example_policy(), |c| c.max_message_bytes = 4096).await;
+    let mut client = server.client().await;
+    let mut req = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
+    req.resource.as_mut().unwrap().owner_user_id = "u".repeat(8192);
+    let err = client.check(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // The server keeps serving.
+    let r = client
+        .check(check(keys::OLIVIA_OWNER, "jobs.read", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_batch_answers_in_order() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+    let mut mixed = check(
+        keys::GUS_DEVELOPER,
+        "jobs.cancel",
+        "globex",
+        "GusDevKey00000000001",
+    );
+    mixed.api_key = keys::GUS_DEVELOPER.into();
+    let batch = pb::CheckBatchRequest {
+        api_key: keys::ADAM_ADMIN.into(),
+        checks: vec![
+            check("", "jobs.cancel", "acme", ""),
+            check("", "jobs.cancel", "globex", ""),
+            mixed,
+            check("", "nope.nope", "", ""),
+        ],
+        min_revision: 0,
+    };
+    let r = client.check_batch(batch).await.unwrap().into_inner();
+    let got: Vec<_> = r.results.iter().map(|c| (c.allowed, c.reason())).collect();
+    assert_eq!(
+        got,
+        [
+            (true, Reason::Allowed),
+            (false, Reason::OutOfScope),
+            (true, Reason::Allowed),
+            (false, Reason::UnknownEntitlement)
+        ]
+    );
+    assert_eq!(r.results[2].principal.as_ref().unwrap().user_id, "gus");
+    assert_eq!(r.revision, 1);
+
+    // Too many checks: refused as a whole.
+    let big = pb::CheckBatchRequest {
+        api_key: keys::ADAM_ADMIN.into(),
+        checks: vec![check("", "jobs.read", "", ""); 1001],
+        min_revision: 0,
+    };
+    assert_eq!(
+        client.check_batch(big).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // One bad check: the error names it.
+    let bad = pb::CheckBatchRequest {
+        api_key: keys::ADAM_ADMIN.into(),
+        checks: vec![check("", "jobs.read", "", ""), check("", "", "", "")],
+        min_revision: 0,
+    };
+    let err = client.check_batch(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("check 1:"), "{}", err.message());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn edits_of_the_policy_file_are_followed_and_broken_files_ignored() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+    let r = client
+        .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed);
+
+    // Revoke devin's key: the next check at revision 2 sees it.
+    let revoked = example_policy().replacen(
+        "    roles: [DEVELOPER]\n    status: active",
+        "    roles: [DEVELOPER]\n    status: inactive",
+        1,
+    );
+    server.write_policy(&revoked);
+    let mut req = check(keys::DEVIN_DEVELOPER, "jobs.read", "", "");
+    req.min_revision = 2;
+    let r = client.check(req.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        (r.allowed, r.reason(), r.revision),
+        (false, Reason::KeyInactive, 2)
+    );
+
+    // A broken file: the last good state keeps serving and /status shows the error.
+    server.write_policy("keys:\n  - prefix: [unclosed\n");
+    let mut status = String::new();
+    for _ in 0..200 {
+        let (_, body) = http_get(server.http_addr, "/status").await.unwrap();
+        if body.contains("\"last_error\":\"") {
+            status = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(status.contains("policy.yaml:2:"), "{status}");
+    assert!(status.contains("\"revision\":2"), "{status}");
+    let r = client.check(req).await.unwrap().into_inner();
+    assert_eq!((r.reason(), r.revision), (Reason::KeyInactive, 2));
+
+    // A future revision that never comes: bounded by the deadline, with a clear status.
+    let mut far = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
+    far.min_revision = 99;
+    let mut request = tonic::Request::new(far);
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let err = client.check(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("revision 99") && err.message().contains("revision 2"),
+        "{}",
+        err.message()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_reflection_and_http_endpoints() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", "rolegate.v1.Authorizer"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    // Reflection lists the services, so grpcurl works without the protos.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"rolegate.v1.Authorizer"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    assert_eq!(http_get(server.http_addr, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http_get(server.http_addr, "/readyz").await.unwrap().0, 200);
+    let (code, body) = http_get(server.http_addr, "/status").await.unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["revision"], 1);
+    assert_eq!(status["counts"]["keys"], 10);
+    assert_eq!(status["origin"]["last_error"], serde_json::Value::Null);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "teams:\n  - id: acme\n  - id: acme\n").unwrap();
+    let config = rolegate::config::ServeConfig::for_policy(&path);
+    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
+    let err = rolegate::app::run(config, listeners, std::future::pending())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("bad.yaml:3:5: teams[1] (acme): duplicate team acme"),
+        "{text}"
+    );
+}

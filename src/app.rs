@@ -12,10 +12,12 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
+    authz::Authz,
     config::ServeConfig,
     grpc::{
         AuthorizerService,
         authorizer::AuthorizerLimits,
+        ext_authz::ExtAuthzService,
         pb::{self, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
@@ -80,6 +82,22 @@ pub async fn run(
             .watch(config.reload_interval, stop_rx.clone()),
     );
 
+    // Envoy ext_authz and the HTTP auth endpoint share one decision path and route map, which
+    // follows the policy's `routes:` across reloads.
+    let authz = Arc::new(Authz::new(state.clone(), config.authz.clone()));
+    if let Err(err) = authz.set_routes(origin.routes().borrow().as_deref().map(|r| &r[..])) {
+        tracing::error!(error = %err, "the policy's routes do not compile; using the default map");
+    }
+    let route_follower = tokio::spawn(
+        authz
+            .clone()
+            .follow_routes(origin.routes(), stop_rx.clone()),
+    );
+    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzService::new(
+        authz.clone(),
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<AuthorizerServer<AuthorizerService>>()
@@ -117,11 +135,13 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
+        .add_service(ext_authz)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, http::router(health.clone()))
+    let http_router = http::router(health.clone()).merge(http::auth::router(authz.clone()));
+    let http = axum::serve(listeners.http, http_router)
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();
     let mut grpc = tokio::spawn(grpc);
@@ -150,6 +170,7 @@ pub async fn run(
     })
     .await;
     let _ = watcher.await;
+    let _ = route_follower.await;
     match drained {
         Ok((g, h)) => {
             g??;

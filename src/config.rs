@@ -51,6 +51,9 @@ pub struct ServeConfig {
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "ROLEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub authz: crate::authz::AuthzConfig,
 }
 
 impl ServeConfig {
@@ -67,6 +70,7 @@ impl ServeConfig {
             max_revision_wait: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            authz: crate::authz::AuthzConfig::default(),
         }
     }
 }

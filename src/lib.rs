@@ -6,6 +6,7 @@
 //! translate their wire formats into the same decision.
 
 pub mod app;
+pub mod authz;
 pub mod bench;
 pub mod config;
 pub mod domain;

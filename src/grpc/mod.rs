@@ -4,6 +4,7 @@
 
 pub mod authorizer;
 pub mod convert;
+pub mod ext_authz;
 pub mod status;
 
 /// Code generated from `proto/` by `build.rs`.

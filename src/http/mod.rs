@@ -1,5 +1,7 @@
 //! The HTTP front end: liveness (`/healthz`), readiness (`/readyz`) and `/status`.
 
+pub mod auth;
+
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, Ordering},

@@ -409,11 +409,22 @@ impl Builder {
                 }
             }
         }
+        let mut shapes: HashMap<String, usize> = HashMap::new();
         let routes = doc.routes.map(|routes| {
             routes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, r)| self.route(i, r, &model.catalog))
+                .filter_map(|(i, r)| {
+                    let spec = self.route(i, r, &model.catalog)?;
+                    let shape = crate::authz::routes::shape(&spec.method, &spec.path);
+                    if let Some(first) = shapes.insert(shape, i) {
+                        let name = format!("routes[{i}] ({} {})", spec.method, spec.path);
+                        let message = format!("matches the same requests as routes[{first}]");
+                        self.fail(r.referenced, &name, message);
+                        return None;
+                    }
+                    Some(spec)
+                })
                 .collect()
         });
         Policy { model, routes }
@@ -606,6 +617,8 @@ impl Builder {
         }
         if !doc.path.starts_with('/') {
             self.fail(at, &name, "path starts with /");
+        } else if let Err(e) = crate::authz::routes::check_pattern(&doc.path) {
+            self.fail(at, &name, format!("path: {e}"));
         }
         if !catalog.has_entitlement(&doc.entitlement) {
             self.fail(

@@ -1,0 +1,560 @@
+//! The proxy-facing decision path shared by Envoy's ext_authz (gRPC) and the HTTP auth endpoint
+//! (nginx `auth_request`, Envoy `http_service`): an HTTP request (method, path, headers, per-route
+//! context) becomes an entitlement and a resource through the route map, is judged by
+//! [`State::check`], and comes back as headers for the upstream or a status with the platform's
+//! JSON error body. The transports only convert their wire format to and from this module.
+
+pub mod routes;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use crate::{
+    domain::{Reason, ResourceRef, Scope},
+    grpc::status::Unanswerable,
+    origin::policy_file::{RouteSpec, ValueSource, is_valid_entitlement},
+    state::{State, unix_now},
+};
+use routes::{RouteError, RouteTable, normalize_path};
+
+/// The longest value accepted for a resource id taken from a request.
+pub const MAX_ID_LEN: usize = 256;
+/// The prefix of the headers rolegate sets; a client's own are always removed.
+pub const HEADER_PREFIX: &str = "x-rolegate-";
+
+/// How proxied requests carry their credential and what happens around the decision
+/// (`rolegate serve` flags for Envoy ext_authz and the HTTP auth endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct AuthzConfig {
+    /// The request header that carries the credential (ext_authz and the auth endpoint).
+    #[arg(
+        long = "authz-header",
+        env = "ROLEGATE_AUTHZ_HEADER",
+        default_value = "authorization",
+        value_parser = lower_case_header
+    )]
+    pub credential_header: String,
+    /// The scheme before the key in that header, compared case-insensitively.
+    #[arg(
+        long = "authz-scheme",
+        env = "ROLEGATE_AUTHZ_SCHEME",
+        default_value = "ApiKey"
+    )]
+    pub scheme: String,
+    /// Keep the credential header on allowed requests (by default it is removed before the
+    /// request goes upstream).
+    #[arg(long = "authz-keep-credential", env = "ROLEGATE_AUTHZ_KEEP_CREDENTIAL")]
+    pub keep_credential: bool,
+    /// Let requests that no route matches through, without identity headers (by default they
+    /// are denied with 403).
+    #[arg(long = "authz-allow-unmatched", env = "ROLEGATE_AUTHZ_ALLOW_UNMATCHED")]
+    pub allow_unmatched: bool,
+}
+
+fn lower_case_header(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("{name:?} is not a header name ([A-Za-z0-9-]+)"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            credential_header: "authorization".into(),
+            scheme: "ApiKey".into(),
+            keep_credential: false,
+            allow_unmatched: false,
+        }
+    }
+}
+
+/// One header of the request, as the transport sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header<'a> {
+    Absent,
+    One(&'a str),
+    /// Sent more than once.
+    Many,
+    /// Not visible ASCII/UTF-8 text.
+    NotText,
+}
+
+/// The request's headers, whatever the transport.
+pub trait RequestHeaders {
+    /// The header `name` (lower-case).
+    fn header(&self, name: &str) -> Header<'_>;
+    /// The names (lower-case) of every header starting with `x-rolegate-`.
+    fn rolegate_headers(&self) -> Vec<String>;
+}
+
+/// A request to judge.
+pub struct AuthzRequest<'a, H: ?Sized> {
+    pub method: &'a str,
+    /// The request target as received: path and query string, not decoded.
+    pub path: &'a str,
+    pub headers: &'a H,
+    /// Per-route settings from the proxy (Envoy `context_extensions`): `entitlement`, and
+    /// optionally `team`, `owner_key`, `owner_user` as `path.<p>` / `header.<h>` / `query.<q>`.
+    pub context: Option<&'a HashMap<String, String>>,
+}
+
+/// What to do with the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow(Allowed),
+    Deny(Denied),
+}
+
+/// An allowed request: headers to set upstream and headers to remove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// `x-rolegate-*` headers for the upstream, only those with a value (none when passed
+    /// unmatched); they replace any the client sent.
+    pub headers: Vec<(&'static str, String)>,
+    /// Headers to remove before the request goes upstream: the credential (unless kept) and
+    /// every `x-rolegate-*` header the client sent that is not set above.
+    pub remove: Vec<String>,
+    /// The entitlement checked (empty when passed unmatched).
+    pub entitlement: String,
+}
+
+/// A denied request: the HTTP answer for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub status: u16,
+    /// `www-authenticate` value for 401s.
+    pub www_authenticate: Option<String>,
+    /// The platform's error body: `{"statusCode", "status", "message"}`.
+    pub body: String,
+    /// Why, for logs and metrics.
+    pub reason: &'static str,
+}
+
+impl Denied {
+    /// A request that cannot be judged as sent (HTTP 400).
+    pub fn bad_request(message: &str) -> Self {
+        Denied::new(400, "bad_request", message)
+    }
+
+    fn new(status: u16, reason: &'static str, message: &str) -> Self {
+        let text = match status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            _ => "Error",
+        };
+        let body = serde_json::json!({ "statusCode": status, "status": text, "message": message });
+        Denied {
+            status,
+            www_authenticate: None,
+            body: body.to_string(),
+            reason,
+        }
+    }
+}
+
+/// The decision path for proxies: the state, the settings and the current route map.
+pub struct Authz {
+    state: Arc<State>,
+    config: AuthzConfig,
+    /// Swapped whole when the policy's routes change; readers clone the `Arc` and let go.
+    routes: RwLock<Arc<RouteTable>>,
+}
+
+impl Authz {
+    /// A decision path over `state` with the default route map.
+    pub fn new(state: Arc<State>, config: AuthzConfig) -> Self {
+        Authz {
+            state,
+            config,
+            routes: RwLock::new(routes::default_table()),
+        }
+    }
+
+    pub fn config(&self) -> &AuthzConfig {
+        &self.config
+    }
+
+    /// Installs a policy's routes (`None`: back to the default map). On error the map in
+    /// force stays.
+    pub fn set_routes(&self, specs: Option<&[RouteSpec]>) -> Result<usize, RouteError> {
+        let table = match specs {
+            Some(specs) => Arc::new(RouteTable::compile(specs)?),
+            None => routes::default_table(),
+        };
+        let n = table.len();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(n)
+    }
+
+    /// The route map in force.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Follows the policy's routes until `stop` is raised: every change replaces the map.
+    pub async fn follow_routes(
+        self: Arc<Self>,
+        mut routes: tokio::sync::watch::Receiver<Option<Arc<Vec<RouteSpec>>>>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let specs = routes.borrow_and_update().clone();
+            match self.set_routes(specs.as_deref().map(|v| &v[..])) {
+                Ok(n) => tracing::info!(
+                    routes = n,
+                    source = if specs.is_some() { "policy" } else { "default" },
+                    "route map installed"
+                ),
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "the policy's routes do not compile; the route map in force stays"
+                ),
+            }
+            tokio::select! {
+                changed = routes.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Judges one request. `Err` when rolegate cannot answer at all (not ready): the transport
+    /// reports it as a failure, so the proxy's failure mode decides.
+    pub fn authorize<H: RequestHeaders + ?Sized>(
+        &self,
+        req: &AuthzRequest<'_, H>,
+    ) -> Result<Verdict, Unanswerable> {
+        if !self.state.is_loaded() {
+            return Err(Unanswerable::NotReady);
+        }
+        Ok(self.judge(req).unwrap_or_else(Verdict::Deny))
+    }
+
+    fn judge<H: RequestHeaders + ?Sized>(
+        &self,
+        req: &AuthzRequest<'_, H>,
+    ) -> Result<Verdict, Denied> {
+        let bad = |reason, message: &str| Denied::new(400, reason, message);
+        let method = req.method;
+        if method.is_empty()
+            || method.len() > 32
+            || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-')
+        {
+            return Err(bad(
+                "bad_method",
+                "the request method is missing or invalid",
+            ));
+        }
+        let path = normalize_path(req.path).map_err(|e| bad("bad_path", &e.to_string()))?;
+        let table = self.routes();
+        let matched = table.find(method, &path.segments);
+        let context = |name: &str| req.context.and_then(|c| c.get(name)).map(String::as_str);
+
+        let entitlement = match (context("entitlement"), &matched) {
+            (Some(e), _) if is_valid_entitlement(e) => e,
+            (Some(_), _) => {
+                return Err(bad(
+                    "bad_context",
+                    "the route's context_extensions name an invalid entitlement",
+                ));
+            }
+            (None, Some(m)) => m.route.spec.entitlement.as_str(),
+            (None, None) if self.config.allow_unmatched => {
+                return Ok(Verdict::Allow(Allowed {
+                    headers: Vec::new(),
+                    remove: self.removals(req.headers, &[]),
+                    entitlement: String::new(),
+                }));
+            }
+            (None, None) => {
+                return Err(Denied::new(
+                    403,
+                    "no_route",
+                    "no route of rolegate's route map matches this method and path",
+                ));
+            }
+        };
+
+        // Where the resource's team and owner come from: the context's sources win.
+        let source = |field: &str, from_route: Option<&ValueSource>| -> Result<_, Denied> {
+            match context(field) {
+                Some(text) => parse_source(text)
+                    .map(Some)
+                    .ok_or_else(|| bad("bad_context", "a context_extensions source is invalid")),
+                None => Ok(from_route.cloned()),
+            }
+        };
+        let spec = matched.as_ref().map(|m| &m.route.spec);
+        let team_src = source("team", spec.and_then(|s| s.team.as_ref()))?;
+        let key_src = source("owner_key", spec.and_then(|s| s.owner_key.as_ref()))?;
+        let user_src = source("owner_user", spec.and_then(|s| s.owner_user.as_ref()))?;
+        let value = |src: Option<ValueSource>| -> Result<String, Denied> {
+            let Some(src) = src else {
+                return Ok(String::new());
+            };
+            let v = match &src {
+                ValueSource::Path(p) => matched
+                    .as_ref()
+                    .and_then(|m| m.route.param(p, &m.params))
+                    .map(str::to_owned),
+                ValueSource::Header(h) => match req.headers.header(h) {
+                    Header::Absent => None,
+                    Header::One(v) => Some(v.to_owned()),
+                    Header::Many | Header::NotText => {
+                        return Err(bad(
+                            "bad_resource",
+                            "a header naming the resource is repeated or not text",
+                        ));
+                    }
+                },
+                ValueSource::Query(q) => query_value(path.query, q).map_err(|()| {
+                    bad(
+                        "bad_resource",
+                        "a query parameter naming the resource is repeated or badly encoded",
+                    )
+                })?,
+            };
+            let v = v.unwrap_or_default();
+            if v.len() > MAX_ID_LEN || v.contains(',') || v.chars().any(char::is_control) {
+                return Err(bad(
+                    "bad_resource",
+                    "a resource id in the request is too long or has a ',' or control character",
+                ));
+            }
+            Ok(v)
+        };
+        let mut team = value(team_src)?;
+        let owner_key = value(key_src)?;
+        let owner_user = value(user_src)?;
+        if team.is_empty() && !owner_key.is_empty() {
+            // The data of a key belongs to that key's team: a TEAM grant can then cover it.
+            if let Some(owner) = self.state.lookup(&owner_key) {
+                team = owner.team.to_string();
+            }
+        }
+
+        let key = self.credential(req.headers)?;
+        let resource = ResourceRef {
+            team_id: &team,
+            owner_key_prefix: &owner_key,
+            owner_user_id: &owner_user,
+        };
+        let outcome = self.state.check(key, entitlement, resource, unix_now());
+        let d = &outcome.decision;
+        let prefix = outcome.entry.as_ref().map_or("-", |e| &*e.spec.prefix);
+        tracing::debug!(
+            key = prefix,
+            method,
+            entitlement,
+            decision = if d.is_allowed() { "allow" } else { "deny" },
+            reason = ?d.reason,
+            "ext_authz"
+        );
+        let (Some(entry), true) = (&outcome.entry, d.is_allowed()) else {
+            return Err(self.denial(d.reason, entitlement));
+        };
+        let join = |l: Option<&Arc<[Arc<str>]>>| {
+            l.map(|l| l.iter().map(|s| &**s).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        };
+        let headers = vec![
+            ("x-rolegate-key", entry.spec.prefix.to_string()),
+            (
+                "x-rolegate-user",
+                entry.spec.user.as_deref().unwrap_or_default().to_owned(),
+            ),
+            ("x-rolegate-team", entry.team.to_string()),
+            (
+                "x-rolegate-project",
+                entry.spec.project.as_deref().unwrap_or_default().to_owned(),
+            ),
+            (
+                "x-rolegate-scope",
+                d.scope.map(scope_name).unwrap_or("").into(),
+            ),
+            ("x-rolegate-filter-teams", join(d.filter_team_ids.as_ref())),
+            (
+                "x-rolegate-filter-owner-keys",
+                join(d.filter_owner_key_prefixes.as_ref()),
+            ),
+            ("x-rolegate-revision", outcome.revision.to_string()),
+        ];
+        // An empty value is no header at all (so also no forged one).
+        let headers: Vec<_> = headers.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let set: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        Ok(Verdict::Allow(Allowed {
+            remove: self.removals(req.headers, &set),
+            headers,
+            entitlement: entitlement.to_owned(),
+        }))
+    }
+
+    /// The key from the credential header: `<scheme> <prefix>.<secret>`, exactly one space.
+    fn credential<'h, H: RequestHeaders + ?Sized>(
+        &self,
+        headers: &'h H,
+    ) -> Result<&'h str, Denied> {
+        let unauthenticated = |reason, message: &str| self.unauthenticated(reason, message);
+        let value = match headers.header(&self.config.credential_header) {
+            Header::One(v) => v,
+            Header::Absent => {
+                return Err(unauthenticated(
+                    "missing_credential",
+                    &format!(
+                        "no credential: send {}: {} <prefix>.<secret>",
+                        self.config.credential_header, self.config.scheme
+                    ),
+                ));
+            }
+            Header::Many => {
+                return Err(unauthenticated(
+                    "duplicate_credential",
+                    "the credential header is sent more than once",
+                ));
+            }
+            Header::NotText => {
+                return Err(unauthenticated(
+                    "malformed_credential",
+                    "the credential header is not text",
+                ));
+            }
+        };
+        let malformed = || {
+            unauthenticated(
+                "malformed_credential",
+                &format!(
+                    "the credential is not '{} <prefix>.<secret>'",
+                    self.config.scheme
+                ),
+            )
+        };
+        // A comma means the header was sent twice and joined by the proxy.
+        if value.contains(',') {
+            return Err(unauthenticated(
+                "duplicate_credential",
+                "the credential header is sent more than once",
+            ));
+        }
+        let (scheme, key) = value.split_once(' ').ok_or_else(malformed)?;
+        if !scheme.eq_ignore_ascii_case(&self.config.scheme) || key.is_empty() || key.contains(' ')
+        {
+            return Err(malformed());
+        }
+        Ok(key)
+    }
+
+    fn unauthenticated(&self, reason: &'static str, message: &str) -> Denied {
+        let mut d = Denied::new(401, reason, message);
+        d.www_authenticate = Some(self.config.scheme.clone());
+        d
+    }
+
+    fn denial(&self, reason: Reason, entitlement: &str) -> Denied {
+        if reason.is_unauthenticated() {
+            return self.unauthenticated(reason_name(reason), reason.describe());
+        }
+        let message = match reason {
+            Reason::NoGrant => format!("the API key's roles do not grant {entitlement}"),
+            Reason::OutOfScope => {
+                format!("the API key's grants of {entitlement} do not cover this resource")
+            }
+            Reason::UnknownEntitlement => {
+                format!("the entitlement {entitlement} is not in the catalog")
+            }
+            other => other.describe().to_owned(),
+        };
+        Denied::new(403, reason_name(reason), &message)
+    }
+
+    /// The credential (unless kept) and the client's `x-rolegate-*` headers not in `set`.
+    fn removals<H: RequestHeaders + ?Sized>(&self, headers: &H, set: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.config.keep_credential {
+            out.push(self.config.credential_header.clone());
+        }
+        out.extend(
+            headers
+                .rolegate_headers()
+                .into_iter()
+                .filter(|h| !set.contains(&h.as_str())),
+        );
+        out
+    }
+}
+
+fn parse_source(text: &str) -> Option<ValueSource> {
+    let (kind, name) = text.split_once('.')?;
+    if name.is_empty() {
+        return None;
+    }
+    match kind {
+        "path" => Some(ValueSource::Path(name.to_owned())),
+        "header" => Some(ValueSource::Header(name.to_ascii_lowercase())),
+        "query" => Some(ValueSource::Query(name.to_owned())),
+        _ => None,
+    }
+}
+
+/// The decoded value of query parameter `name`; a repeated or undecodable one is an error.
+fn query_value(query: &str, name: &str) -> Result<Option<String>, ()> {
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = routes::decode_query_component(k).ok_or(())?;
+        if k == name {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(routes::decode_query_component(v).ok_or(())?);
+        }
+    }
+    Ok(found)
+}
+
+/// The scope as the `x-rolegate-scope` header spells it.
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Own => "OWN",
+        Scope::Team => "TEAM",
+        Scope::All => "ALL",
+    }
+}
+
+fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Allowed => "allowed",
+        Reason::MalformedKey => "malformed_key",
+        Reason::UnknownKey => "unknown_key",
+        Reason::WrongSecret => "wrong_secret",
+        Reason::KeyInactive => "key_inactive",
+        Reason::KeyExpired => "key_expired",
+        Reason::TeamInactive => "team_inactive",
+        Reason::UserInactive => "user_inactive",
+        Reason::UnknownEntitlement => "unknown_entitlement",
+        Reason::NoGrant => "no_grant",
+        Reason::OutOfScope => "out_of_scope",
+    }
+}
+
+/// Headers in a plain map with lower-case names, one value each (tests, benches).
+impl RequestHeaders for HashMap<String, String> {
+    fn header(&self, name: &str) -> Header<'_> {
+        self.get(name).map_or(Header::Absent, |v| Header::One(v))
+    }
+
+    fn rolegate_headers(&self) -> Vec<String> {
+        self.keys()
+            .filter(|k| k.starts_with(HEADER_PREFIX))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

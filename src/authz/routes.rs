@@ -1,0 +1,862 @@
+//! The route map: which entitlement an HTTP request needs and where its resource is named.
+//! Patterns compile into a segment trie, so matching costs O(path length), whatever the number
+//! of routes; request paths are normalized first (see [`normalize_path`]).
+
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
+
+use crate::origin::policy_file::{RouteSpec, ValueSource};
+
+/// The most segments a request path may have; deeper paths are rejected (400) rather than
+/// matched, which bounds the matcher's work.
+pub const MAX_SEGMENTS: usize = 32;
+/// The longest request path (with its query string) accepted.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Why a request path is refused before matching (HTTP 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request has no path")]
+    Missing,
+    #[error("the path does not start with '/'")]
+    NotAbsolute,
+    #[error("the path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("the path has more than {MAX_SEGMENTS} segments")]
+    TooDeep,
+    #[error("the path has an empty segment ('//')")]
+    EmptySegment,
+    #[error("the path has a '.' or '..' segment")]
+    DotSegment,
+    #[error("the path has an encoded '/' or '\\' (%2F, %5C) or a raw '\\'")]
+    EncodedSeparator,
+    #[error("the path has a bad percent-escape")]
+    BadEscape,
+    #[error("the path has a control character, a NUL, or bytes that are not UTF-8")]
+    BadCharacter,
+    #[error("the path has a fragment ('#')")]
+    Fragment,
+}
+
+/// A request path split into decoded segments, and its raw query string.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NormalizedPath<'a> {
+    pub segments: Vec<Cow<'a, str>>,
+    /// The raw query string (after the first `?`), not decoded.
+    pub query: &'a str,
+}
+
+/// Normalizes a request target before matching. The rules, chosen so that a path the backend
+/// might read differently from rolegate is refused rather than guessed at:
+///
+/// 1. The query string (from the first `?`) is cut off: it never takes part in matching.
+/// 2. The path must start with `/`; no fragment (`#`); at most [`MAX_PATH_LEN`] bytes.
+/// 3. It is split at `/`. A single trailing `/` is ignored (`/api/jobs/` is `/api/jobs`); any
+///    other empty segment (`//`) is refused.
+/// 4. Each segment is percent-decoded. An encoded separator (`%2F`, `%5C`), a raw `\`, a bad
+///    escape (`%4`, `%zz`), a control character or NUL (raw or encoded), or bytes that are not
+///    UTF-8 after decoding are refused.
+/// 5. A segment that is `.` or `..` after decoding (so `%2e%2e` too) is refused, never resolved.
+/// 6. At most [`MAX_SEGMENTS`] segments.
+pub fn normalize_path(target: &str) -> Result<NormalizedPath<'_>, PathError> {
+    if target.is_empty() {
+        return Err(PathError::Missing);
+    }
+    if target.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if target.contains('#') {
+        return Err(PathError::Fragment);
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute);
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments = Vec::new();
+    if !rest.is_empty() {
+        for raw in rest.split('/') {
+            if segments.len() == MAX_SEGMENTS {
+                return Err(PathError::TooDeep);
+            }
+            if raw.is_empty() {
+                return Err(PathError::EmptySegment);
+            }
+            let segment = decode_segment(raw)?;
+            if segment == "." || segment == ".." {
+                return Err(PathError::DotSegment);
+            }
+            segments.push(segment);
+        }
+    }
+    if query.bytes().any(|b| b.is_ascii_control()) {
+        return Err(PathError::BadCharacter);
+    }
+    Ok(NormalizedPath { segments, query })
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes one path segment (no `+` rule: that is for query strings).
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = raw.as_bytes();
+    for &b in bytes {
+        if b == b'\\' {
+            return Err(PathError::EncodedSeparator);
+        }
+        if b.is_ascii_control() {
+            return Err(PathError::BadCharacter);
+        }
+    }
+    if !bytes.contains(&b'%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let b = h << 4 | l;
+            if b == b'/' || b == b'\\' {
+                return Err(PathError::EncodedSeparator);
+            }
+            if b.is_ascii_control() {
+                return Err(PathError::BadCharacter);
+            }
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::BadCharacter)
+}
+
+/// Percent-decodes a query-string component (`+` is a space there).
+pub fn decode_query_component(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let h = bytes.get(i + 1).copied().and_then(hex)?;
+                let l = bytes.get(i + 2).copied().and_then(hex)?;
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Why a route pattern is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("the path does not start with '/'")]
+    NotAbsolute,
+    #[error("the path has an empty segment")]
+    EmptySegment,
+    #[error("'*' may only be the last segment")]
+    TailNotLast,
+    #[error("segment {0:?}: a parameter is a whole segment, {{name}}, with a name of [A-Za-z0-9_]")]
+    BadParam(String),
+    #[error("segment {0:?} has a character a normalized path never has (%, ?, #, \\, '.'-only)")]
+    BadLiteral(String),
+    #[error("parameter {{{0}}} appears twice")]
+    DuplicateParam(String),
+    #[error("more than {MAX_SEGMENTS} segments")]
+    TooDeep,
+}
+
+enum PatternSegment<'a> {
+    Literal(&'a str),
+    Param(&'a str),
+    Tail,
+}
+
+fn parse_pattern(path: &str) -> Result<Vec<PatternSegment<'_>>, PatternError> {
+    let rest = path.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut out = Vec::new();
+    if rest.is_empty() {
+        return Ok(out);
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() > MAX_SEGMENTS {
+        return Err(PatternError::TooDeep);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(PatternError::EmptySegment);
+        }
+        if *part == "*" {
+            if i + 1 != parts.len() {
+                return Err(PatternError::TailNotLast);
+            }
+            out.push(PatternSegment::Tail);
+        } else if let Some(inner) = part.strip_prefix('{') {
+            let name = inner
+                .strip_suffix('}')
+                .filter(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+                .ok_or_else(|| PatternError::BadParam((*part).to_owned()))?;
+            if names.contains(&name) {
+                return Err(PatternError::DuplicateParam(name.to_owned()));
+            }
+            names.push(name);
+            out.push(PatternSegment::Param(name));
+        } else {
+            let bad = part.contains(['%', '?', '#', '\\', '{', '}', '*'])
+                || *part == "."
+                || *part == ".."
+                || part.bytes().any(|b| b.is_ascii_control());
+            if bad {
+                return Err(PatternError::BadLiteral((*part).to_owned()));
+            }
+            out.push(PatternSegment::Literal(part));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a route pattern (for the policy file's validation).
+pub fn check_pattern(path: &str) -> Result<(), PatternError> {
+    parse_pattern(path).map(|_| ())
+}
+
+/// The method and the shape of a pattern (parameter names erased): two routes with the same
+/// shape would match the same requests.
+pub fn shape(method: &str, path: &str) -> String {
+    let mut out = format!("{method} ");
+    for part in path.trim_end_matches('/').split('/').skip(1) {
+        out.push('/');
+        out.push_str(if part.starts_with('{') { "{}" } else { part });
+    }
+    out
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub spec: RouteSpec,
+    /// The parameter names in path order: captured values come in the same order.
+    params: Box<[Box<str>]>,
+}
+
+impl Route {
+    /// The value of a path parameter among `captured` (the values in path order).
+    pub fn param<'v>(&self, name: &str, captured: &'v [Cow<'v, str>]) -> Option<&'v str> {
+        let i = self.params.iter().position(|p| &**p == name)?;
+        captured.get(i).map(|c| &**c)
+    }
+}
+
+/// The routes that end at one trie node, by method (`*` matches any).
+#[derive(Debug, Default)]
+struct Methods(Vec<(Box<str>, usize)>);
+
+impl Methods {
+    fn find(&self, method: &str) -> Option<usize> {
+        let exact = |m: &str| self.0.iter().find(|(k, _)| &**k == m).map(|(_, i)| *i);
+        exact(method)
+            .or_else(|| (method == "HEAD").then(|| exact("GET")).flatten())
+            .or_else(|| exact("*"))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literals: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    /// Routes whose pattern ends with `*` here: they match this node and anything below.
+    tail: Methods,
+    /// Routes whose pattern ends exactly here.
+    here: Methods,
+}
+
+/// Why a set of routes does not compile.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("route {index} ({method} {path}): {source}")]
+    Pattern {
+        index: usize,
+        method: String,
+        path: String,
+        #[source]
+        source: PatternError,
+    },
+    #[error("route {index} ({method} {path}) matches the same requests as route {first}")]
+    Duplicate {
+        index: usize,
+        first: usize,
+        method: String,
+        path: String,
+    },
+}
+
+/// A compiled route map.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    root: Node,
+    routes: Vec<Route>,
+}
+
+/// A request matched to a route: the route and the captured parameter values, in path order.
+#[derive(Debug)]
+pub struct RouteMatch<'t, 'p> {
+    pub route: &'t Route,
+    pub params: Vec<Cow<'p, str>>,
+}
+
+impl RouteTable {
+    /// Compiles `specs`; an unusable pattern or two routes matching the same requests is an
+    /// error.
+    pub fn compile(specs: &[RouteSpec]) -> Result<Self, RouteError> {
+        let mut table = RouteTable::default();
+        for (index, spec) in specs.iter().enumerate() {
+            let pattern = parse_pattern(&spec.path).map_err(|source| RouteError::Pattern {
+                index,
+                method: spec.method.clone(),
+                path: spec.path.clone(),
+                source,
+            })?;
+            let mut node = &mut table.root;
+            let mut params = Vec::new();
+            let mut tail = false;
+            for seg in &pattern {
+                match seg {
+                    PatternSegment::Literal(l) => {
+                        node = node.literals.entry((*l).into()).or_default();
+                    }
+                    PatternSegment::Param(p) => {
+                        params.push(Box::<str>::from(*p));
+                        node = node.param.get_or_insert_with(Box::default);
+                    }
+                    PatternSegment::Tail => tail = true,
+                }
+            }
+            let methods = if tail { &mut node.tail } else { &mut node.here };
+            if let Some(&(_, first)) = methods.0.iter().find(|(m, _)| **m == *spec.method) {
+                return Err(RouteError::Duplicate {
+                    index,
+                    first,
+                    method: spec.method.clone(),
+                    path: spec.path.clone(),
+                });
+            }
+            methods
+                .0
+                .push((spec.method.as_str().into(), table.routes.len()));
+            table.routes.push(Route {
+                spec: spec.clone(),
+                params: params.into(),
+            });
+        }
+        Ok(table)
+    }
+
+    /// The number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Finds the route of `method` on a normalized path. A literal segment beats a parameter,
+    /// which beats a `*` tail; the search backtracks only along the path, so its cost depends on
+    /// the path's length, never on the number of routes.
+    pub fn find<'t, 'p>(
+        &'t self,
+        method: &str,
+        segments: &[Cow<'p, str>],
+    ) -> Option<RouteMatch<'t, 'p>> {
+        let mut params = Vec::new();
+        let index = find_in(&self.root, method, segments, &mut params)?;
+        Some(RouteMatch {
+            route: &self.routes[index],
+            params,
+        })
+    }
+}
+
+fn find_in<'p>(
+    node: &Node,
+    method: &str,
+    segments: &[Cow<'p, str>],
+    params: &mut Vec<Cow<'p, str>>,
+) -> Option<usize> {
+    let Some((first, rest)) = segments.split_first() else {
+        return node.here.find(method).or_else(|| node.tail.find(method));
+    };
+    if let Some(child) = node.literals.get(&**first) {
+        if let Some(found) = find_in(child, method, rest, params) {
+            return Some(found);
+        }
+    }
+    if let Some(child) = &node.param {
+        params.push(first.clone());
+        if let Some(found) = find_in(child, method, rest, params) {
+            return Some(found);
+        }
+        params.pop();
+    }
+    if !node.tail.is_empty() {
+        return node.tail.find(method);
+    }
+    None
+}
+
+fn route(method: &str, path: &str, entitlement: &str) -> RouteSpec {
+    RouteSpec {
+        method: method.into(),
+        path: path.into(),
+        entitlement: entitlement.into(),
+        team: None,
+        owner_key: None,
+        owner_user: None,
+    }
+}
+
+fn owned_by_key(mut spec: RouteSpec, param: &str) -> RouteSpec {
+    spec.owner_key = Some(ValueSource::Path(param.into()));
+    spec
+}
+
+fn of_team(mut spec: RouteSpec, param: &str) -> RouteSpec {
+    spec.team = Some(ValueSource::Path(param.into()));
+    spec
+}
+
+/// The default route map: the platform API of modzy-api.md, plus paths rolegate names for the
+/// routes the platform does not publish (marked "invented" below and in docs/ext-authz.md).
+///
+/// Routes whose path names no owner or team (e.g. `/api/jobs/{id}`) are collection checks: the
+/// request passes at the widest scope held, and the `x-rolegate-filter-*` headers tell the
+/// backend which data the caller may touch.
+pub fn default_routes() -> Vec<RouteSpec> {
+    let mut r = vec![
+        // Jobs
+        route("POST", "/api/jobs", "jobs.create"),
+        route("GET", "/api/jobs", "jobs.read"),
+        route("GET", "/api/jobs/history", "jobs.read"),
+        route("GET", "/api/jobs/history/{id}", "jobs.read"),
+        route("GET", "/api/jobs/features", "jobs.read"),
+        route("GET", "/api/jobs/statistics", "statistics.read"),
+        owned_by_key(
+            route("GET", "/api/jobs/statistics/{keyPrefix}", "statistics.read"),
+            "keyPrefix",
+        ),
+        route("GET", "/api/jobs/{id}", "jobs.read"),
+        route("DELETE", "/api/jobs/{id}", "jobs.cancel"),
+        route("POST", "/api/jobs/{id}/close", "jobs.close"),
+        route("POST", "/api/jobs/{id}/{input}/{item}", "jobs.create"),
+        // Results
+        route("GET", "/api/results/{jobId}", "results.read"),
+        route(
+            "GET",
+            "/api/results/{jobId}/datasource/{input}",
+            "results.read",
+        ),
+        route(
+            "GET",
+            "/api/results/{jobId}/datasource/{input}/output/{output}",
+            "results.download",
+        ),
+        route(
+            "POST",
+            "/api/results/{jobId}/upvote/{input}",
+            "results.read",
+        ),
+        route(
+            "POST",
+            "/api/results/{jobId}/downvote/{input}",
+            "results.read",
+        ),
+        route("GET", "/api/results/{jobId}/vote/{input}", "results.read"),
+        route(
+            "DELETE",
+            "/api/results/{jobId}/vote/{input}",
+            "results.read",
+        ),
+        // Inferences
+        route("POST", "/api/inferences", "jobs.create"),
+        route("GET", "/api/inferences/{id}", "results.read"),
+        // Models
+        route("GET", "/api/models", "models.read"),
+        route("POST", "/api/models", "models.deploy"),
+        route("GET", "/api/models/latest", "models.read"),
+        route("GET", "/api/models/tags", "models.read"),
+        route("GET", "/api/models/tags/{ids}", "models.read"),
+        route("GET", "/api/models/processing-engines", "models.read"),
+        route("GET", "/api/models/{id}", "models.read"),
+        route("PATCH", "/api/models/{id}", "models.update"),
+        route("GET", "/api/models/{id}/versions", "models.read"),
+        route("POST", "/api/models/{id}/versions", "models.deploy"),
+        route("GET", "/api/models/{id}/versions/{v}", "models.read"),
+        route("PATCH", "/api/models/{id}/versions/{v}", "models.update"),
+        // CAN_PATCH_PROCESSING_MODEL_VERSION: only administrators change processing (scaling).
+        route(
+            "PATCH",
+            "/api/models/{id}/versions/{v}/processing",
+            "autoscaling.update",
+        ),
+        route(
+            "GET",
+            "/api/models/{id}/versions/{v}/sample-input",
+            "models.read",
+        ),
+        route(
+            "PUT",
+            "/api/models/{id}/versions/{v}/sample-input",
+            "models.update",
+        ),
+        route(
+            "GET",
+            "/api/models/{id}/versions/{v}/sample-output",
+            "models.read",
+        ),
+        route(
+            "PUT",
+            "/api/models/{id}/versions/{v}/sample-output",
+            "models.update",
+        ),
+        route(
+            "POST",
+            "/api/models/{id}/versions/{v}/load-process",
+            "models.deploy",
+        ),
+        route(
+            "POST",
+            "/api/models/{id}/versions/{v}/run-process",
+            "models.deploy",
+        ),
+        // Accounting
+        route("GET", "/api/accounting/users", "users.read"),
+        route("POST", "/api/accounting/users/search", "users.read"),
+        route("GET", "/api/accounting/accounts", "accounts.read"),
+        of_team(
+            route("GET", "/api/accounting/accounts/{acct}", "accounts.read"),
+            "acct",
+        ),
+        of_team(
+            route(
+                "POST",
+                "/api/accounting/accounts/{acct}/users",
+                "users.create",
+            ),
+            "acct",
+        ),
+        of_team(
+            route(
+                "PATCH",
+                "/api/accounting/accounts/{acct}/users/{user}",
+                "users.update",
+            ),
+            "acct",
+        ),
+        route("GET", "/api/accounting/teams", "teams.read"),
+        route("GET", "/api/accounting/projects", "projects.read"),
+        route("GET", "/api/accounting/projects/{id}", "projects.read"),
+        owned_by_key(
+            route("GET", "/api/accounting/access-keys/{prefix}", "keys.read"),
+            "prefix",
+        ),
+        owned_by_key(
+            route(
+                "PATCH",
+                "/api/accounting/access-keys/{prefix}",
+                "keys.update",
+            ),
+            "prefix",
+        ),
+        owned_by_key(
+            route(
+                "PUT",
+                "/api/accounting/access-keys/{prefix}/roles",
+                "keys.update",
+            ),
+            "prefix",
+        ),
+        // Dashboard
+        route("GET", "/api/notifications/alerts", "dashboard.read"),
+        route("GET", "/api/notifications/alerts/{type}", "dashboard.read"),
+        route("GET", "/api/metrics/{name}", "dashboard.read"),
+    ];
+    r.extend(invented_routes());
+    r
+}
+
+/// Routes the platform does not publish (key creation, roles, audit log, drift, explanations,
+/// ...): rolegate's own choice of paths, in the platform's style.
+fn invented_routes() -> Vec<RouteSpec> {
+    vec![
+        route("POST", "/api/accounting/access-keys", "keys.create"),
+        route("GET", "/api/accounting/roles", "roles.read"),
+        route("POST", "/api/accounting/roles", "roles.create"),
+        route("PATCH", "/api/accounting/roles/{roleId}", "roles.update"),
+        route("POST", "/api/accounting/projects", "projects.create"),
+        route("PATCH", "/api/accounting/projects/{id}", "projects.update"),
+        of_team(
+            route(
+                "PATCH",
+                "/api/accounting/accounts/{acct}",
+                "accounts.update",
+            ),
+            "acct",
+        ),
+        of_team(
+            route(
+                "PUT",
+                "/api/accounting/accounts/{acct}/features",
+                "features.manage",
+            ),
+            "acct",
+        ),
+        route(
+            "POST",
+            "/api/accounting/teams/{teamId}/switch",
+            "teams.switch",
+        ),
+        route("GET", "/api/profile", "profile.read"),
+        route("PATCH", "/api/profile", "profile.update"),
+        route("GET", "/api/audit-log", "audit.read"),
+        route("GET", "/api/dashboard", "dashboard.read"),
+        route("GET", "/api/utilization", "utilization.read"),
+        route("GET", "/api/models/{id}/versions/{v}/drift", "drift.read"),
+        route(
+            "PATCH",
+            "/api/models/{id}/versions/{v}/drift",
+            "drift.update",
+        ),
+        route(
+            "POST",
+            "/api/models/{id}/versions/{v}/approve",
+            "models.approve",
+        ),
+        route(
+            "POST",
+            "/api/models/{id}/versions/{v}/deactivate",
+            "models.deactivate",
+        ),
+        route(
+            "GET",
+            "/api/results/{jobId}/explanations/{input}",
+            "explanations.read",
+        ),
+        route("GET", "/api/results/{jobId}/inputs/{input}", "inputs.read"),
+    ]
+}
+
+/// The default map, compiled once.
+pub fn default_table() -> Arc<RouteTable> {
+    static DEFAULT: std::sync::OnceLock<Arc<RouteTable>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            Arc::new(RouteTable::compile(&default_routes()).expect("the default routes compile"))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(path: &str) -> Vec<String> {
+        normalize_path(path)
+            .unwrap()
+            .segments
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect()
+    }
+
+    #[test]
+    fn paths_normalize_or_are_refused() {
+        assert_eq!(segs("/api/jobs"), ["api", "jobs"]);
+        assert_eq!(segs("/api/jobs/"), ["api", "jobs"]);
+        assert_eq!(segs("/"), Vec::<String>::new());
+        assert_eq!(segs("/api/jobs?x=/api/models"), ["api", "jobs"]);
+        assert_eq!(segs("/api/a%20b/%41"), ["api", "a b", "A"]);
+        assert_eq!(normalize_path("/a?b=c").unwrap().query, "b=c");
+        let refused = [
+            ("", PathError::Missing),
+            ("api/jobs", PathError::NotAbsolute),
+            ("http://x/api", PathError::NotAbsolute),
+            ("/api//jobs", PathError::EmptySegment),
+            ("//api/jobs", PathError::EmptySegment),
+            ("/api/jobs//", PathError::EmptySegment),
+            ("/api/../jobs", PathError::DotSegment),
+            ("/api/./jobs", PathError::DotSegment),
+            ("/api/%2e%2E/jobs", PathError::DotSegment),
+            ("/api/jobs/..", PathError::DotSegment),
+            ("/api/jobs%2Fx", PathError::EncodedSeparator),
+            ("/api/jobs%2fx", PathError::EncodedSeparator),
+            ("/api/jobs%5cx", PathError::EncodedSeparator),
+            ("/api\\jobs", PathError::EncodedSeparator),
+            ("/api/jobs%4", PathError::BadEscape),
+            ("/api/jobs%zz", PathError::BadEscape),
+            ("/api/jobs%00", PathError::BadCharacter),
+            ("/api/jo\tbs", PathError::BadCharacter),
+            ("/api/%ff%fe", PathError::BadCharacter),
+            ("/api/jobs#frag", PathError::Fragment),
+        ];
+        for (path, want) in refused {
+            assert_eq!(normalize_path(path), Err(want), "{path:?}");
+        }
+        assert_eq!(
+            normalize_path(&"/a".repeat(MAX_SEGMENTS + 1)),
+            Err(PathError::TooDeep)
+        );
+        assert_eq!(
+            normalize_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))),
+            Err(PathError::TooLong)
+        );
+    }
+
+    fn find(table: &RouteTable, method: &str, path: &str) -> Option<(String, Vec<String>)> {
+        let p = normalize_path(path).unwrap();
+        table.find(method, &p.segments).map(|m| {
+            (
+                format!("{} {}", m.route.spec.method, m.route.spec.path),
+                m.params.into_iter().map(Cow::into_owned).collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn literals_beat_params_beat_tails_with_backtracking() {
+        let specs = vec![
+            route("GET", "/api/jobs/history", "jobs.read"),
+            route("GET", "/api/jobs/{id}", "jobs.read"),
+            route("POST", "/api/jobs/{id}/close", "jobs.close"),
+            route("GET", "/api/teams/{teamId}/reports/*", "jobs.read"),
+            route("*", "/api/any", "jobs.read"),
+        ];
+        let t = RouteTable::compile(&specs).unwrap();
+        let f = |m, p| find(&t, m, p);
+        assert_eq!(
+            f("GET", "/api/jobs/history").unwrap().0,
+            "GET /api/jobs/history"
+        );
+        assert_eq!(
+            f("GET", "/api/jobs/42").unwrap(),
+            ("GET /api/jobs/{id}".into(), vec!["42".into()])
+        );
+        // `history` is a literal child, but only the param route has `/close`.
+        assert_eq!(
+            f("POST", "/api/jobs/history/close").unwrap(),
+            ("POST /api/jobs/{id}/close".into(), vec!["history".into()])
+        );
+        assert_eq!(f("DELETE", "/api/jobs/42"), None);
+        assert_eq!(f("HEAD", "/api/jobs/42").unwrap().0, "GET /api/jobs/{id}");
+        assert_eq!(
+            f("GET", "/api/teams/acme/reports/2024/q1").unwrap(),
+            (
+                "GET /api/teams/{teamId}/reports/*".into(),
+                vec!["acme".into()]
+            )
+        );
+        assert_eq!(
+            f("GET", "/api/teams/acme/reports").unwrap().0,
+            "GET /api/teams/{teamId}/reports/*"
+        );
+        assert_eq!(f("PUT", "/api/any").unwrap().0, "* /api/any");
+        assert_eq!(f("GET", "/api"), None);
+        assert_eq!(f("GET", "/api/jobs/42/close/x"), None);
+    }
+
+    #[test]
+    fn bad_patterns_and_duplicates_do_not_compile() {
+        for (path, want) in [
+            ("api", PatternError::NotAbsolute),
+            ("/a//b", PatternError::EmptySegment),
+            ("/a/*/b", PatternError::TailNotLast),
+            ("/a/{x", PatternError::BadParam("{x".into())),
+            ("/a/{}", PatternError::BadParam("{}".into())),
+            ("/a/%2F", PatternError::BadLiteral("%2F".into())),
+            ("/a/..", PatternError::BadLiteral("..".into())),
+            ("/a/{x}/{x}", PatternError::DuplicateParam("x".into())),
+        ] {
+            assert_eq!(check_pattern(path), Err(want), "{path}");
+        }
+        let dup = RouteTable::compile(&[
+            route("GET", "/a/{x}", "jobs.read"),
+            route("GET", "/a/{y}/", "jobs.read"),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            dup,
+            RouteError::Duplicate {
+                index: 1,
+                first: 0,
+                ..
+            }
+        ));
+        assert_eq!(shape("GET", "/a/{x}/"), shape("GET", "/a/{y}"));
+    }
+
+    #[test]
+    fn the_default_map_compiles_and_names_every_platform_route() {
+        let t = default_table();
+        assert!(t.len() > 60);
+        for (method, path, want) in [
+            ("POST", "/api/jobs", "jobs.create"),
+            ("DELETE", "/api/jobs/j-1", "jobs.cancel"),
+            ("GET", "/api/jobs/history", "jobs.read"),
+            ("GET", "/api/models/latest", "models.read"),
+            (
+                "PATCH",
+                "/api/models/m/versions/1/processing",
+                "autoscaling.update",
+            ),
+            (
+                "PUT",
+                "/api/accounting/access-keys/K1234/roles",
+                "keys.update",
+            ),
+            (
+                "GET",
+                "/api/results/j/datasource/in/output/out",
+                "results.download",
+            ),
+        ] {
+            let p = normalize_path(path).unwrap();
+            let m = t.find(method, &p.segments).unwrap();
+            assert_eq!(m.route.spec.entitlement, want, "{method} {path}");
+        }
+        let p = normalize_path("/api/accounting/access-keys/K1234").unwrap();
+        let m = t.find("GET", &p.segments).unwrap();
+        assert_eq!(m.route.param("prefix", &m.params), Some("K1234"));
+    }
+}

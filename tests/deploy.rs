@@ -22,7 +22,10 @@ fn the_kubernetes_sidecar_uses_only_real_flags() {
         .collect();
     assert!(flags.len() >= 5, "{flags:?}");
     for flag in flags {
-        assert!(help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")), "serve has no --{flag}");
+        assert!(
+            help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+            "serve has no --{flag}"
+        );
     }
     // The probes point at endpoints the server has.
     assert!(manifest.contains("path: /readyz") && manifest.contains("path: /healthz"));
@@ -35,5 +38,9 @@ fn the_example_policy_is_valid() {
         .arg(repo_path("deploy/examples/policy.yaml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

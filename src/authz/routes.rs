@@ -419,10 +419,10 @@ fn find_in<'p>(
     let Some((first, rest)) = segments.split_first() else {
         return node.here.find(method).or_else(|| node.tail.find(method));
     };
-    if let Some(child) = node.literals.get(&**first) {
-        if let Some(found) = find_in(child, method, rest, params) {
-            return Some(found);
-        }
+    if let Some(child) = node.literals.get(&**first)
+        && let Some(found) = find_in(child, method, rest, params)
+    {
+        return Some(found);
     }
     if let Some(child) = &node.param {
         params.push(first.clone());

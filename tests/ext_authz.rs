@@ -1,0 +1,227 @@
+//! `envoy.service.auth.v3.Authorization/Check` and the HTTP auth endpoint called directly on a
+//! real server: the requests a proxy could send that a well-configured Envoy never does.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{TestServer, example_policy, http_get, keys};
+use envoy_types::{
+    ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderValue, HttpResponse},
+    pb::envoy::{
+        config::core::v3::HeaderMap,
+        service::auth::v3::{
+            AttributeContext, attribute_context::HttpRequest, attribute_context::Request,
+            authorization_client::AuthorizationClient,
+        },
+    },
+};
+
+fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let http = HttpRequest {
+        method: method.into(),
+        path: path.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// (gRPC status code, HTTP status of the denied response or 200, the response).
+fn outcome(r: &CheckResponse) -> (i32, u16) {
+    let code = r.status.as_ref().map_or(-1, |s| s.code);
+    let http = match &r.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code as u16),
+        _ => 0,
+    };
+    (code, http)
+}
+
+#[tokio::test]
+async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = AuthorizationClient::new(server.channel().await);
+    let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let mut call = async |req: CheckRequest| client.check(req).await.unwrap().into_inner();
+
+    // Allowed: OK status, headers for the upstream, the same facts as dynamic metadata.
+    let r = call(check(
+        "GET",
+        "/api/jobs",
+        &[("authorization", &devin), ("x-rolegate-x", "1")],
+    ))
+    .await;
+    assert_eq!(outcome(&r), (0, 200));
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!()
+    };
+    let set: HashMap<_, _> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(set["x-rolegate-key"], "DevinDevKey000000001");
+    assert_eq!(set["x-rolegate-scope"], "OWN");
+    assert_eq!(ok.headers_to_remove, ["authorization", "x-rolegate-x"]);
+    let meta = &r.dynamic_metadata.as_ref().unwrap().fields;
+    for field in [
+        "key",
+        "user",
+        "team",
+        "scope",
+        "filter_owner_keys",
+        "revision",
+        "entitlement",
+    ] {
+        assert!(meta.contains_key(field), "dynamic_metadata lacks {field}");
+    }
+
+    // The path may come only as the :path pseudo-header.
+    let r = call(check(
+        "",
+        "",
+        &[
+            (":method", "GET"),
+            (":path", "/api/jobs"),
+            ("authorization", &devin),
+        ],
+    ))
+    .await;
+    assert_eq!(outcome(&r), (0, 200));
+
+    // No HTTP attributes, no path at all: 400 with the JSON body, as an OK RPC.
+    let r = call(CheckRequest { attributes: None }).await;
+    assert_eq!(outcome(&r), (3, 400));
+    let r = call(check("GET", "", &[("authorization", &devin)])).await;
+    assert_eq!(outcome(&r), (3, 400));
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+        panic!()
+    };
+    let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+    assert_eq!(body["statusCode"], 400);
+    assert!(d.headers.iter().any(|h| {
+        h.header
+            .as_ref()
+            .is_some_and(|h| h.key == "content-type" && h.value == "application/json")
+    }));
+
+    // Raw headers (encode_raw_headers): a repeated credential is refused, not picked from.
+    let mut raw = check("GET", "/api/jobs", &[]);
+    let http = raw
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: [keys::DEVIN_DEVELOPER, keys::OLIVIA_OWNER]
+            .iter()
+            .map(|k| HeaderValue {
+                key: "authorization".into(),
+                value: String::new(),
+                raw_value: format!("ApiKey {k}").into_bytes(),
+            })
+            .collect(),
+    });
+    let r = call(raw).await;
+    assert_eq!(outcome(&r), (16, 401));
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+        panic!()
+    };
+    assert!(d.headers.iter().any(|h| {
+        h.header
+            .as_ref()
+            .is_some_and(|h| h.key == "www-authenticate" && h.value == "ApiKey")
+    }));
+    assert!(!d.body.contains("dev-only"), "the secret is never echoed");
+
+    // Suspicious paths: 400; unknown routes: 403; never allowed.
+    for (path, want) in [
+        ("/api/jobs/../models", 400),
+        ("/api/jobs%2fx", 400),
+        ("/api//jobs", 400),
+        ("/api/jobs/%00", 400),
+        ("/nothing/here", 403),
+    ] {
+        let r = call(check("GET", path, &[("authorization", &devin)])).await;
+        assert_eq!(outcome(&r).1, want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
+    let server = TestServer::start(&example_policy()).await;
+    let addr = server.http_addr;
+    let raw = async |req: String| {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        buf
+    };
+    let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let nginx = |method: &str, uri: &str| {
+        format!(
+            "GET /authz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Original-Method: {method}\r\nX-Original-URI: {uri}\r\nAuthorization: {devin}\r\n\r\n"
+        )
+    };
+    let r = raw(nginx("GET", "/api/jobs")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("x-rolegate-scope: own"),
+        "{r}"
+    );
+    // nginx passes on only 401/403: a malformed request is a 403 there.
+    let r = raw(nginx("GET", "/api/jobs%2Fx")).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = raw(nginx("DELETE", "/api/jobs/1")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = raw("GET /authz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+
+    // Envoy http_service: the original method and path follow the prefix.
+    let envoy = |method: &str, path: &str, auth: &str| {
+        format!(
+            "{method} /authz/ext{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {auth}\r\n\r\n"
+        )
+    };
+    let r = raw(envoy("DELETE", "/api/jobs/1", &devin)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-envoy-auth-headers-to-remove: authorization"),
+        "{r}"
+    );
+    let r = raw(envoy("GET", "/api/audit-log", &devin)).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains(r#""statusCode":403"#), "{r}");
+    let r = raw(envoy("GET", "/api/jobs", "ApiKey nope")).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("www-authenticate: apikey"),
+        "{r}"
+    );
+    let r = raw(envoy("GET", "/api/x/../jobs", &devin)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    // The endpoint does not shadow the status endpoints.
+    assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+}

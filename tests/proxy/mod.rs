@@ -1,0 +1,556 @@
+//! Helpers of the proxy tests (real Envoy, real nginx): an upstream app that echoes the headers
+//! it received, a raw HTTP/1.1 client (so that malformed requests can be sent as they are), the
+//! proxies started from the very files in deploy/ with their ports replaced, and the matrix of
+//! requests over the default route map with the example policy's keys.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{keys, repo_path};
+
+/// The upstream app: answers every request with `{"method", "path", "headers"}` as it saw them.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+}
+
+impl EchoApp {
+    pub async fn start() -> Self {
+        use axum::{Json, extract::Request};
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut headers = BTreeMap::<String, String>::new();
+                for (k, v) in req.headers() {
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    headers
+                        .entry(k.as_str().to_owned())
+                        .and_modify(|old| {
+                            old.push('\n');
+                            old.push_str(&v);
+                        })
+                        .or_insert(v);
+                }
+                Json(serde_json::json!({
+                    "method": req.method().as_str(),
+                    "path": req.uri().to_string(),
+                    "headers": headers,
+                }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        EchoApp { addr, hits }
+    }
+
+    /// How many requests reached the app.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {:?} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The headers the echo app received (for a request that reached it).
+    pub fn seen(&self) -> BTreeMap<String, String> {
+        serde_json::from_value(self.json()["headers"].clone()).unwrap()
+    }
+}
+
+/// Sends one request over a fresh connection, exactly as given (the target is not checked or
+/// encoded), and reads the reply.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &[u8])],
+) -> Reply {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n")
+        .into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(&req).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("the proxy answered within 10 s")
+        .expect("the proxy answered");
+    parse_reply(&buf)
+}
+
+fn parse_reply(buf: &[u8]) -> Reply {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&rest[..eol])
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim(),
+                16,
+            )
+            .unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Replaces each `from` in `text` with `to`; every `from` must occur (so a changed deploy file
+/// fails the test instead of silently running with the file's own ports).
+pub fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        assert!(out.contains(from), "the deploy file no longer has {from:?}");
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// A free loopback port (bound, then released for the proxy to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// The process's log (stderr), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+fn spawn(bin: &Path, args: &[&str], dir: tempfile::TempDir) -> Proc {
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    Proc { child, dir }
+}
+
+/// Waits until `addr` accepts connections (bounded).
+pub async fn wait_listening(addr: SocketAddr, proc: &mut Proc) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("the process exited ({status}):\n{}", proc.log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} did not start listening:\n{}", proc.log());
+}
+
+/// A running Envoy and its ports.
+pub struct Envoy {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts Envoy on `deploy/envoy/<file>` with its listener, admin and app ports replaced,
+    /// and the `rolegate` replacements (e.g. the sidecar's port) applied.
+    pub async fn start(bin: &Path, file: &str, app: u16, rolegate: &[(&str, String)]) -> Self {
+        let text = std::fs::read_to_string(repo_path(&format!("deploy/envoy/{file}"))).unwrap();
+        let (listen, admin) = (free_port(), free_port());
+        let mut pairs = vec![
+            ("port_value: 10000", format!("port_value: {listen}")),
+            ("port_value: 9901", format!("port_value: {admin}")),
+            ("port_value: 8000", format!("port_value: {app}")),
+        ];
+        pairs.extend(rolegate.iter().cloned());
+        let config = substitute(&text, &pairs);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let mut proc = spawn(
+            bin,
+            &[
+                "-c",
+                &path,
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warn",
+            ],
+            dir,
+        );
+        let listen: SocketAddr = ([127, 0, 0, 1], listen).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+        wait_listening(admin, &mut proc).await;
+        for _ in 0..100 {
+            let (code, _) = crate::common::http_get(admin, "/ready")
+                .await
+                .unwrap_or((0, String::new()));
+            if code == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_listening(listen, &mut proc).await;
+        Envoy {
+            proc,
+            listen,
+            admin,
+        }
+    }
+
+    /// The value of one counter from the admin port's `/stats`.
+    pub async fn counter(&self, name: &str) -> u64 {
+        let (_, body) = crate::common::http_get(self.admin, "/stats?filter=ext_authz")
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A running nginx on `deploy/nginx/nginx.conf`.
+pub struct Nginx {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+}
+
+impl Nginx {
+    pub async fn start(bin: &Path, app: u16, rolegate_http: u16) -> Self {
+        let conf = repo_path("deploy/nginx/nginx.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let listen = free_port();
+        let config = substitute(
+            &text,
+            &[
+                ("127.0.0.1:8088", format!("127.0.0.1:{listen}")),
+                ("127.0.0.1:8000", format!("127.0.0.1:{app}")),
+                ("127.0.0.1:8080", format!("127.0.0.1:{rolegate_http}")),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let path: PathBuf = dir.path().join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let prefix = format!("{}/", dir.path().display());
+        let path = path.to_str().unwrap().to_owned();
+        // -e: nginx opens its default error log before reading the config; keep it in the prefix.
+        let mut proc = spawn(bin, &["-p", &prefix, "-c", &path, "-e", "stderr"], dir);
+        let listen: SocketAddr = ([127, 0, 0, 1], listen).into();
+        wait_listening(listen, &mut proc).await;
+        Nginx { proc, listen }
+    }
+}
+
+/// A request that must be denied: method, target, headers, the statuses that count as denied.
+pub type BadRequest<'a> = (&'a str, &'a str, Vec<(&'a str, &'a [u8])>, &'a [u16]);
+
+/// One request of the matrix and what must come of it.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub key: Option<&'static str>,
+    pub method: &'static str,
+    pub path: String,
+    pub status: u16,
+    /// For 200: the scope and filters the app must see.
+    pub scope: &'static str,
+    pub filter_teams: &'static str,
+    pub filter_owner_keys: &'static str,
+}
+
+fn case(key: &'static str, method: &'static str, path: &str, status: u16) -> Case {
+    Case {
+        key: Some(key),
+        method,
+        path: path.to_owned(),
+        status,
+        scope: "",
+        filter_teams: "",
+        filter_owner_keys: "",
+    }
+}
+
+fn ok(key: &'static str, method: &'static str, path: &str, scope: &'static str) -> Case {
+    Case {
+        scope,
+        ..case(key, method, path, 200)
+    }
+}
+
+fn ok_filtered(
+    key: &'static str,
+    method: &'static str,
+    path: &str,
+    scope: &'static str,
+    filter_teams: &'static str,
+    filter_owner_keys: &'static str,
+) -> Case {
+    Case {
+        filter_teams,
+        filter_owner_keys,
+        ..ok(key, method, path, scope)
+    }
+}
+
+/// Roles × routes × own / same-team / other-team data over the default route map, with the
+/// example policy (acme: olivia owner, adam admin, dana scientist, devin developer, the
+/// fraud-detector project; globex: aria auditor, gus developer, dana admin).
+pub fn matrix() -> Vec<Case> {
+    use keys::*;
+    let key_path = |p: &str| format!("/api/accounting/access-keys/{}", prefix(p));
+    let (devin, adam, gus) = (
+        key_path(DEVIN_DEVELOPER),
+        key_path(ADAM_ADMIN),
+        key_path(GUS_DEVELOPER),
+    );
+    vec![
+        // keys.read on one key: the key's team is the data's team.
+        ok(OLIVIA_OWNER, "GET", &devin, "ALL"),
+        ok(OLIVIA_OWNER, "GET", &gus, "ALL"),
+        ok(ADAM_ADMIN, "GET", &adam, "TEAM"),
+        ok(ADAM_ADMIN, "GET", &devin, "TEAM"),
+        case(ADAM_ADMIN, "GET", &gus, 403),
+        ok(DEVIN_DEVELOPER, "GET", &devin, "OWN"),
+        case(DEVIN_DEVELOPER, "GET", &adam, 403),
+        case(DEVIN_DEVELOPER, "GET", &gus, 403),
+        ok(ARIA_AUDITOR, "GET", &devin, "ALL"),
+        ok(FRAUD_PROJECT, "GET", &key_path(FRAUD_PROJECT), "OWN"),
+        case(FRAUD_PROJECT, "GET", &devin, 403),
+        // dana's globex admin key widens what her acme key may do, in globex only.
+        ok(DANA_SCIENTIST, "GET", &gus, "TEAM"),
+        case(DANA_SCIENTIST, "GET", &adam, 403),
+        // keys.update on a key's roles.
+        ok(ADAM_ADMIN, "PUT", &format!("{devin}/roles"), "TEAM"),
+        case(ADAM_ADMIN, "PUT", &format!("{gus}/roles"), 403),
+        // accounts.read on a team.
+        ok(ADAM_ADMIN, "GET", "/api/accounting/accounts/acme", "TEAM"),
+        case(ADAM_ADMIN, "GET", "/api/accounting/accounts/globex", 403),
+        case(DEVIN_DEVELOPER, "GET", "/api/accounting/accounts/acme", 403),
+        ok(ARIA_AUDITOR, "GET", "/api/accounting/accounts/acme", "ALL"),
+        ok(
+            OLIVIA_OWNER,
+            "GET",
+            "/api/accounting/accounts/globex",
+            "ALL",
+        ),
+        // jobs.cancel names no owner in the path: allowed at the widest scope, with the filter.
+        ok(OLIVIA_OWNER, "DELETE", "/api/jobs/job-1", "ALL"),
+        ok_filtered(ADAM_ADMIN, "DELETE", "/api/jobs/job-1", "TEAM", "acme", ""),
+        ok_filtered(
+            DEVIN_DEVELOPER,
+            "DELETE",
+            "/api/jobs/job-1",
+            "OWN",
+            "",
+            "DevinDevKey000000001,DevinOldKey000000001",
+        ),
+        ok_filtered(
+            DANA_SCIENTIST,
+            "DELETE",
+            "/api/jobs/job-1",
+            "TEAM",
+            "globex",
+            "DanaGlobexAdmin00001,DanaScienceKey000001",
+        ),
+        ok_filtered(
+            FRAUD_PROJECT,
+            "DELETE",
+            "/api/jobs/job-1",
+            "OWN",
+            "",
+            "FraudProjectKey00001",
+        ),
+        case(ARIA_AUDITOR, "DELETE", "/api/jobs/job-1", 403),
+        // models.deploy: data scientists only.
+        ok_filtered(
+            DANA_SCIENTIST,
+            "POST",
+            "/api/models",
+            "OWN",
+            "",
+            "DanaGlobexAdmin00001,DanaScienceKey000001",
+        ),
+        case(DEVIN_DEVELOPER, "POST", "/api/models", 403),
+        case(ADAM_ADMIN, "POST", "/api/models", 403),
+        // audit.read (an invented path).
+        ok(ARIA_AUDITOR, "GET", "/api/audit-log", "ALL"),
+        case(DEVIN_DEVELOPER, "GET", "/api/audit-log", 403),
+        // No route: denied.
+        case(OLIVIA_OWNER, "GET", "/api/no-such-route", 403),
+        // Unauthenticated: inactive key, wrong secret, no key.
+        case(DEVIN_OLD_INACTIVE, "GET", "/api/jobs", 401),
+        case(
+            "DevinDevKey000000001.dev-only-wrongsecret",
+            "GET",
+            "/api/jobs",
+            401,
+        ),
+        Case {
+            key: None,
+            ..case("", "GET", "/api/jobs", 401)
+        },
+    ]
+}
+
+/// Sends every case of the matrix through the proxy at `addr` and checks what the client got and
+/// what the app saw. `json_message`: the denial body carries rolegate's own message (Envoy); nginx
+/// answers with the same JSON shape and a generic message.
+pub async fn run_matrix(addr: SocketAddr, app: &EchoApp, cases: &[Case]) {
+    for c in cases {
+        let auth = c.key.map(|k| format!("ApiKey {k}"));
+        let headers: Vec<(&str, &[u8])> = auth
+            .iter()
+            .map(|a| ("Authorization", a.as_bytes()))
+            .collect();
+        let before = app.hits();
+        let r = send(addr, c.method, &c.path, &headers).await;
+        let who = c.key.map_or("-", keys::prefix);
+        let label = format!("{who} {} {}", c.method, c.path);
+        assert_eq!(
+            r.status,
+            c.status,
+            "{label}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if c.status == 200 {
+            let seen = r.seen();
+            let get = |h: &str| seen.get(h).map_or("", String::as_str);
+            assert_eq!(get("x-rolegate-key"), who, "{label}");
+            assert_eq!(get("x-rolegate-scope"), c.scope, "{label}");
+            assert_eq!(get("x-rolegate-filter-teams"), c.filter_teams, "{label}");
+            assert_eq!(
+                get("x-rolegate-filter-owner-keys"),
+                c.filter_owner_keys,
+                "{label}"
+            );
+            assert!(!get("x-rolegate-team").is_empty(), "{label}");
+            assert!(!get("x-rolegate-revision").is_empty(), "{label}");
+            assert_eq!(
+                get("authorization"),
+                "",
+                "{label}: the credential reached the app"
+            );
+            assert_eq!(app.hits(), before + 1);
+        } else {
+            assert_eq!(
+                app.hits(),
+                before,
+                "{label}: a denied request reached the app"
+            );
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/json"),
+                "{label}"
+            );
+            assert_eq!(r.json()["statusCode"], c.status, "{label}");
+            if c.status == 401 {
+                assert_eq!(r.header("www-authenticate"), Some("ApiKey"), "{label}");
+            }
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! `rolegate bench`: drives Check over gRPC from many concurrent callers and reports
 //! requests/s and latency percentiles; optionally first against a no-op tonic service in this
-//! process, for the ratio "rolegate / bare tonic".
+//! process, for the ratio "rolegate / bare tonic". [`ext_authz`] does the same for Envoy's
+//! `Authorization/Check`.
+
+pub mod ext_authz;
 
 use std::{
     net::SocketAddr,

@@ -129,6 +129,24 @@ struct BenchArgs {
     /// First run the same load against a no-op tonic service in this process, and print the ratio.
     #[arg(long)]
     baseline: bool,
+    /// What to drive: rolegate's own Check, or Envoy's ext_authz Authorization/Check.
+    #[arg(long, value_enum, default_value_t = BenchMode::Check)]
+    mode: BenchMode,
+    /// ext-authz mode: the HTTP method of the proxied request.
+    #[arg(long, default_value = "DELETE")]
+    method: String,
+    /// ext-authz mode: the path of the proxied request (judged by the route map).
+    #[arg(long, default_value = "/api/jobs/job-1234")]
+    path: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum BenchMode {
+    /// rolegate.v1.Authorizer/Check.
+    #[default]
+    Check,
+    /// envoy.service.auth.v3.Authorization/Check with Envoy-shaped requests.
+    ExtAuthz,
 }
 
 fn main() -> ExitCode {
@@ -376,6 +394,9 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.mode == BenchMode::ExtAuthz {
+        return run_ext_authz_bench(args).await;
+    }
     let request = pb::CheckRequest {
         api_key: args.key,
         entitlement: args.entitlement,
@@ -420,6 +441,48 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(base) = baseline {
         println!(
             "ratio        {:.3} × the no-op baseline's requests/s",
+            report.requests_per_second() / base.requests_per_second()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_ext_authz_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use bench::ext_authz::{ExtAuthzLoad, envoy_like_request, run_load, start_noop_server};
+    tonic::transport::Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("bad address {:?}", args.addr))?;
+    let spec = |endpoint: String| ExtAuthzLoad {
+        endpoint,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        request: envoy_like_request(&args.key, &args.method, &args.path),
+    };
+    println!(
+        "ext_authz load: {} {} — {} callers on {} connections, {:?} warm-up, {:?} measured",
+        args.method, args.path, args.concurrency, args.connections, args.warmup, args.duration
+    );
+    let baseline = if args.baseline {
+        let addr = start_noop_server()
+            .await
+            .context("starting the no-op Authorization service")?;
+        let report = run_load(&spec(format!("http://{addr}"))).await?;
+        println!("no-op ext_authz  {report}");
+        Some(report)
+    } else {
+        None
+    };
+    let report = run_load(&spec(args.addr.clone()))
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    println!("rolegate         {report}");
+    if report.errors > 0 {
+        eprintln!("warning: {} calls failed", report.errors);
+    }
+    if let Some(base) = baseline {
+        println!(
+            "ratio            {:.3} × the no-op baseline's requests/s",
             report.requests_per_second() / base.requests_per_second()
         );
     }

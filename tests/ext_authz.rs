@@ -225,3 +225,51 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
     // The endpoint does not shadow the status endpoints.
     assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_ext_authz_against_the_server_and_the_baseline() {
+    let server = TestServer::start(&example_policy()).await;
+    let addr = format!("http://{}", server.grpc_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+            .args([
+                "bench",
+                "--mode",
+                "ext-authz",
+                "--baseline",
+                "--addr",
+                &addr,
+            ])
+            .args(["--duration", "300ms", "--warmup", "0s"])
+            .args(["--concurrency", "2", "--connections", "1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rolegate"))
+        .expect("a rolegate line");
+    // "(N requests, N allowed, 0 errors)": every Envoy-shaped request was judged and allowed.
+    let counts: Vec<u64> = line
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .split(',')
+        .map(|p| p.trim().split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counts[0] > 0, "{line}");
+    assert_eq!(counts[1], counts[0], "{line}");
+    assert_eq!(counts[2], 0, "{line}");
+    assert!(
+        text.contains("no-op ext_authz") && text.contains("ratio"),
+        "{text}"
+    );
+}

@@ -279,3 +279,22 @@ fn not_ready_is_an_error_not_a_denial() {
     });
     assert_eq!(r, Err(Unanswerable::NotReady));
 }
+
+#[test]
+fn the_policy_file_refuses_unusable_and_duplicate_routes() {
+    let text = r#"version: 1
+routes:
+  - { method: GET, path: "/a/{x}", entitlement: jobs.read }
+  - { method: GET, path: "/a/{y}", entitlement: jobs.read }
+  - { method: GET, path: "/b/*/c", entitlement: jobs.read }
+  - { method: GET, path: "/c/%2F", entitlement: jobs.read }
+"#;
+    let err = policy_file::parse(text, "p.yaml").unwrap_err();
+    let all = err.to_string();
+    assert_eq!(err.problems.len(), 3, "{all}");
+    assert!(all.contains("routes[1] (GET /a/{y})"), "{all}");
+    assert!(all.contains("same requests as routes[0]"), "{all}");
+    assert!(all.contains("'*' may only be the last segment"), "{all}");
+    assert!(all.contains("%2F"), "{all}");
+    assert!(err.problems.iter().all(|p| p.line > 0), "{all}");
+}

@@ -13,13 +13,16 @@ use tonic_health::ServingStatus;
 
 use crate::{
     config::ServeConfig,
+    grpc::admin::{AdminOrigin, AdminService},
+    grpc::pb::admin_server::AdminServer,
     grpc::{
         AuthorizerService,
         authorizer::AuthorizerLimits,
         pb::{self, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
-    origin::policy_file::{PolicyError, PolicyFileOrigin},
+    origin::embedded::{Bootstrap, EmbeddedOrigin, OriginError},
+    origin::policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
     state::{State, unix_now},
 };
 
@@ -44,6 +47,8 @@ impl Listeners {
 pub enum AppError {
     #[error("the policy file cannot be loaded:\n{0}")]
     Policy(#[from] PolicyError),
+    #[error("the embedded store cannot be opened: {0}")]
+    Store(#[from] OriginError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -62,23 +67,59 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let state = Arc::new(State::new());
-    let origin = {
-        let (path, state) = (config.policy.clone(), state.clone());
-        tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
-    };
-    tracing::info!(
-        policy = %config.policy.display(),
-        revision = state.revision(),
-        keys = state.counts().keys,
-        "state loaded"
-    );
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(
-        origin
-            .clone()
-            .watch(config.reload_interval, stop_rx.clone()),
-    );
+    let (origin_status, admin_origin, watcher) = match &config.policy {
+        Some(policy) => {
+            let origin = {
+                let (path, state) = (policy.clone(), state.clone());
+                tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
+            };
+            tracing::info!(
+                policy = %policy.display(),
+                revision = state.revision(),
+                keys = state.counts().keys,
+                "state loaded"
+            );
+            let watcher = tokio::spawn(
+                origin
+                    .clone()
+                    .watch(config.reload_interval, stop_rx.clone()),
+            );
+            let read_only = AdminOrigin::ReadOnly(format!(
+                "the policy file {} is the source of truth: edit it (or serve --data-dir) to change the state",
+                policy.display()
+            ));
+            (origin.status(), read_only, Some(watcher))
+        }
+        None => {
+            let dir = config.data_dir();
+            let bootstrap = Bootstrap {
+                prefix: config.bootstrap_key_prefix.clone(),
+                secret_sha256: config.bootstrap_key_sha256.clone(),
+            };
+            let started = {
+                let (dir, state) = (dir.clone(), state.clone());
+                tokio::task::spawn_blocking(move || EmbeddedOrigin::start(&dir, state, &bootstrap))
+                    .await??
+            };
+            if let Some(key) = &started.bootstrap_key {
+                // Printed once, to the terminal only (not through the log pipeline); only its
+                // SHA-256 is stored.
+                println!("bootstrap SYSTEM_OWNER key (shown once, store it now): {key}");
+            }
+            tracing::info!(
+                data_dir = %dir.display(),
+                revision = state.revision(),
+                keys = state.counts().keys,
+                "state loaded"
+            );
+            let status = Arc::new(std::sync::Mutex::new(ReloadStatus {
+                path: dir.display().to_string(),
+                ..Default::default()
+            }));
+            (status, AdminOrigin::Embedded(started.origin), None)
+        }
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -101,11 +142,13 @@ pub async fn run(
     };
     let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(AdminService::new(state.clone(), admin_origin))
+        .max_decoding_message_size(config.max_message_bytes);
 
     let health = Arc::new(Health {
         state: state.clone(),
         serving: true.into(),
-        origin: origin.status(),
+        origin: origin_status,
         started_unix: unix_now(),
     });
 
@@ -117,6 +160,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
@@ -149,7 +193,9 @@ pub async fn run(
         (g, h)
     })
     .await;
-    let _ = watcher.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     match drained {
         Ok((g, h)) => {
             g??;

@@ -798,7 +798,12 @@ impl Admin for AdminService {
         let put = spec.clone();
         let revision = Self::write(&origin, move |m| {
             if m.keys.contains_key(&put.prefix) {
-                return Err(WriteError::AlreadyExists(format!("key {}", put.prefix)));
+                // A field violation rather than AlreadyExists: the request's prefix is at fault.
+                return Err(WriteError::Invalid(vec![ModelViolation {
+                    object: ObjectRef::Key(put.prefix.clone()),
+                    field: "prefix",
+                    message: format!("prefix {} is already taken", put.prefix),
+                }]));
             }
             if put.project.is_some() && m.key_team(&put) != Some(&target_team) {
                 return Err(concurrent());

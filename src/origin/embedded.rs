@@ -229,9 +229,23 @@ impl Store {
 
 /// The embedded origin while serving: the queue to its writer thread.
 pub struct EmbeddedOrigin {
-    queue: mpsc::Sender<WriteRequest>,
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<WriteRequest>>,
     store: Arc<Store>,
     data_dir: PathBuf,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedOrigin {
+    /// Closes the queue and waits for the writer to finish the group it holds, so that the
+    /// store's file is released when the origin is gone (a restart in the same process can
+    /// reopen it at once).
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 /// What starting the origin produced besides the origin.
@@ -287,7 +301,7 @@ impl EmbeddedOrigin {
             model,
             revision,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| OriginError::Open {
@@ -296,9 +310,10 @@ impl EmbeddedOrigin {
             })?;
         Ok(Started {
             origin: Arc::new(EmbeddedOrigin {
-                queue,
+                queue: Some(queue),
                 store,
                 data_dir: dir.to_owned(),
+                writer: Some(writer),
             }),
             bootstrap_key,
         })
@@ -308,7 +323,11 @@ impl EmbeddedOrigin {
     /// returns its revision (the current one when the edit changed nothing).
     pub async fn write(&self, edit: Edit) -> Result<u64, WriteError> {
         let (ack, done) = oneshot::channel();
-        self.queue
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| WriteError::Unavailable("the store writer has stopped".into()))?;
+        queue
             .send(WriteRequest { edit, ack })
             .await
             .map_err(|_| WriteError::Unavailable("the store writer has stopped".into()))?;
@@ -625,15 +644,9 @@ mod tests {
             log.iter().map(|s| s.revision).collect::<Vec<_>>(),
             vec![1, 2]
         );
+        // Dropping the origin stops its writer and releases the file.
         drop(started);
-        // The writer thread still holds the file until its queue closes; give it a moment.
-        let reopened = loop {
-            match Store::open(dir.path()) {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
-        let (_, m, revision) = reopened;
+        let (_, m, revision) = Store::open(dir.path()).unwrap();
         assert_eq!(revision, 2);
         assert_eq!(m, state.model());
     }

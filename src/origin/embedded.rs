@@ -457,7 +457,7 @@ impl Writer {
                 continue;
             }
             let undo = apply_with_undo(&mut self.model, &changes);
-            let violations = self.model.validate();
+            let violations = validate(&self.model, &changes);
             if !violations.is_empty() {
                 for c in &undo {
                     self.model.apply(c);
@@ -513,6 +513,21 @@ impl Writer {
             let _ = p.ack.send(result);
         }
     }
+}
+
+/// The rules the model breaks after `changes`: only the keys put when the changes touch nothing
+/// but keys (the common write, and nothing refers to a key), else the whole model.
+fn validate(model: &Model, changes: &[Change]) -> Vec<ModelViolation> {
+    let only_keys = changes
+        .iter()
+        .all(|c| matches!(c, Change::PutKey(_) | Change::RemoveKey(_)));
+    if !only_keys {
+        return model.validate();
+    }
+    model.validate_keys(changes.iter().filter_map(|c| match c {
+        Change::PutKey(k) => Some(&**k),
+        _ => None,
+    }))
 }
 
 /// Applies `changes` to `model` and returns the changes that undo them, in the order to apply.

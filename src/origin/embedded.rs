@@ -96,25 +96,78 @@ pub struct Bootstrap {
     pub secret_sha256: Option<String>,
 }
 
+/// How the database file is opened (a function, so that it can be reopened after an I/O error).
+type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 /// The redb file and its tables.
 pub struct Store {
-    db: Database,
+    /// `None` between a failed close and a reopen. redb refuses every transaction after an I/O
+    /// error until the database is reopened, so the writer reopens it (see `Writer::recover`).
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
+    opener: Opener,
 }
 
 impl Store {
     /// Opens (creating when missing) `dir/rolegate.redb`; returns the stored model and revision.
     pub fn open(dir: &Path) -> Result<(Store, Model, u64), OriginError> {
+        Self::open_with(dir, Box::new(|path| Database::create(path)))
+    }
+
+    /// Like [`Store::open`], with the way the database file is opened given (tests put a
+    /// failing storage backend under it).
+    fn open_with(dir: &Path, opener: Opener) -> Result<(Store, Model, u64), OriginError> {
         std::fs::create_dir_all(dir).map_err(|source| OriginError::DataDir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join("rolegate.redb");
-        let open_err = |e: &dyn std::fmt::Display| OriginError::Open {
+        let db = opener(&path).map_err(|e| OriginError::Open {
             path: path.clone(),
             message: e.to_string(),
+        })?;
+        let (model, revision) = Self::load(&db, &path)?;
+        let store = Store {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            opener,
         };
-        let db = Database::create(&path).map_err(|e| open_err(&e))?;
+        Ok((store, model, revision))
+    }
+
+    /// Closes and reopens the database; returns what it holds.
+    fn reopen(&self) -> Result<(Model, u64), OriginError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must be gone before the file can be opened again.
+        slot.take();
+        let db = (self.opener)(&self.path).map_err(|e| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let loaded = Self::load(&db, &self.path)?;
+        *slot = Some(db);
+        Ok(loaded)
+    }
+
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, redb::Error>,
+    ) -> Result<R, redb::Error> {
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(db) => f(db),
+            None => Err(redb::Error::Io(std::io::Error::other(
+                "the store is closed after an I/O error and could not be reopened",
+            ))),
+        }
+    }
+
+    /// Creates the tables when missing and reads the model and revision.
+    fn load(db: &Database, path: &Path) -> Result<(Model, u64), OriginError> {
+        let open_err = |e: &dyn std::fmt::Display| OriginError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
         // Create the tables up front so that readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_err(&e))?;
         {
@@ -138,7 +191,7 @@ impl Store {
             let (k, v) = item.map_err(|e| open_err(&e))?;
             let change = record::decode_object(k.value(), v.value()).map_err(|source| {
                 OriginError::Corrupt {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     source,
                 }
             })?;
@@ -155,13 +208,17 @@ impl Store {
         }
         drop(objects);
         drop(read);
-        Ok((Store { db, path }, model, revision))
+        Ok((model, revision))
     }
 
     /// Commits several revisions in one transaction: the change log entries, the objects they
     /// put or remove, and the new last revision. All or nothing; durable when it returns Ok.
     fn commit(&self, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        self.with_db(|db| Self::commit_in(db, sets))
+    }
+
+    fn commit_in(db: &Database, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
             let mut objects = txn.open_table(OBJECTS)?;
@@ -204,7 +261,11 @@ impl Store {
             path: self.path.clone(),
             message: e.to_string(),
         };
-        let read = self.db.begin_read().map_err(|e| err(&e))?;
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = slot
+            .as_ref()
+            .ok_or_else(|| err(&"the store is closed after an I/O error"))?;
+        let read = db.begin_read().map_err(|e| err(&e))?;
         let log = read.open_table(LOG).map_err(|e| err(&e))?;
         let first = log.first().map_err(|e| err(&e))?.map(|(k, _)| k.value());
         if first.is_some_and(|f| revision + 1 < f) {
@@ -263,7 +324,15 @@ impl EmbeddedOrigin {
         state: Arc<State>,
         bootstrap: &Bootstrap,
     ) -> Result<Started, OriginError> {
-        let (store, mut model, mut revision) = Store::open(dir)?;
+        Self::start_on(Store::open(dir)?, dir, state, bootstrap)
+    }
+
+    fn start_on(
+        (store, mut model, mut revision): (Store, Model, u64),
+        dir: &Path,
+        state: Arc<State>,
+        bootstrap: &Bootstrap,
+    ) -> Result<Started, OriginError> {
         let violations = model.validate();
         if !violations.is_empty() {
             let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
@@ -300,6 +369,7 @@ impl EmbeddedOrigin {
             state,
             model,
             revision,
+            broken: false,
         };
         let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
@@ -407,6 +477,8 @@ struct Writer {
     state: Arc<State>,
     model: Model,
     revision: u64,
+    /// A commit failed: the database must be reopened before the next one.
+    broken: bool,
 }
 
 struct Pending {
@@ -431,7 +503,43 @@ impl Writer {
         }
     }
 
+    /// After a failed commit: reopens the database and makes the model, the revision and the
+    /// state agree with what is on disk (a commit reported as failed may still have reached
+    /// the disk, e.g. when only the final sync failed).
+    fn recover(&mut self) -> Result<(), String> {
+        let (disk, revision) = self.store.reopen().map_err(|e| e.to_string())?;
+        self.broken = false;
+        if revision != self.revision || disk != self.model {
+            tracing::warn!(
+                revision,
+                expected = self.revision,
+                "after an I/O error the store holds another state than expected; following the disk"
+            );
+            let changes = self.model.diff(&disk);
+            if revision > self.revision {
+                self.state
+                    .apply(ChangeSet { revision, changes })
+                    .map_err(|e| e.to_string())?;
+            }
+            self.model = disk;
+            self.revision = self.revision.max(revision);
+        }
+        tracing::info!(
+            revision = self.revision,
+            "store reopened after an I/O error"
+        );
+        Ok(())
+    }
+
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
+        let recovered = if self.broken { self.recover() } else { Ok(()) };
+        if let Err(err) = recovered {
+            tracing::error!(error = %err, "the store cannot be reopened; writes are refused");
+            for req in group {
+                let _ = req.ack.send(Err(WriteError::Unavailable(err.clone())));
+            }
+            return;
+        }
         let start_revision = self.revision;
         let mut pending: Vec<Pending> = Vec::with_capacity(group.len());
         for req in group {
@@ -485,6 +593,7 @@ impl Writer {
         };
         if let Err(err) = committed {
             tracing::error!(error = %err, writes = sets.len(), "store commit failed; the writes are refused");
+            self.broken = true;
             for p in pending.iter().rev() {
                 for c in &p.undo {
                     self.model.apply(c);
@@ -596,6 +705,102 @@ mod tests {
             prefix: "BootstrapKey01".into(),
             secret_sha256: None,
         }
+    }
+
+    /// The real file backend, with writes and syncs that fail while `failing` is set (a full or
+    /// failing disk).
+    #[derive(Debug)]
+    struct FailingDisk {
+        file: redb::backends::FileBackend,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FailingDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (injected)",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_refuses_the_write_with_nothing_half_done() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let disk = failing.clone();
+        let opened = Store::open_with(
+            dir.path(),
+            Box::new(move |path| {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+                redb::Builder::new().create_with_backend(FailingDisk {
+                    file: redb::backends::FileBackend::new(file)?,
+                    failing: disk.clone(),
+                })
+            }),
+        )
+        .unwrap();
+        let state = Arc::new(State::new());
+        let started =
+            EmbeddedOrigin::start_on(opened, dir.path(), state.clone(), &bootstrap()).unwrap();
+        let team = |id: &str| {
+            let id: Arc<str> = id.into();
+            Box::new(move |_m: &Model| {
+                Ok(vec![Change::PutTeam(Team {
+                    id,
+                    name: "T".into(),
+                    active: true,
+                })])
+            }) as Edit
+        };
+        failing.store(true, Ordering::SeqCst);
+        let err = started.origin.write(team("lost")).await.unwrap_err();
+        assert!(
+            matches!(err, WriteError::Unavailable(ref m) if m.contains("no space")),
+            "{err:?}"
+        );
+        assert_eq!(state.revision(), 1, "nothing applied");
+        assert!(!state.model().teams.contains_key("lost"));
+        // The disk recovers: the next write takes the next revision and nothing of the failed
+        // one appears.
+        failing.store(false, Ordering::SeqCst);
+        assert_eq!(started.origin.write(team("kept")).await.unwrap(), 2);
+        drop(started);
+        let (_, m, revision) = Store::open(dir.path()).unwrap();
+        assert_eq!(revision, 2);
+        assert!(m.teams.contains_key("kept") && !m.teams.contains_key("lost"));
     }
 
     #[test]

@@ -965,6 +965,34 @@ async fn concurrent_writers_lose_no_update_and_revisions_strictly_increase() {
         .count();
     assert_eq!(conc, WRITERS * EACH, "no lost update");
     assert_eq!(listed.revision, *all.iter().max().unwrap());
+
+    // Paging walks the same keys, each once, in prefix order.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_keys(call(
+                BOOTSTRAP,
+                pb::ListKeysRequest {
+                    page_size: 7,
+                    page_token: token,
+                    user: "devin".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.keys.len() <= 7);
+        paged.extend(page.keys.into_iter().map(|k| k.prefix));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut whole: Vec<String> = listed.keys.into_iter().map(|k| k.prefix).collect();
+    whole.sort();
+    assert_eq!(paged, whole);
 }
 
 #[tokio::test]

@@ -1154,22 +1154,21 @@ async fn bench_writes(args: BenchWritesArgs) -> anyhow::Result<()> {
         )?)
         .await
         .map_err(failed)?;
-    setup
-        .create_user(call(
-            conn,
-            pb::UserRequest {
-                user: Some(pb::User {
-                    id: user.clone(),
-                    name: "bench".into(),
-                    active: true,
-                    teams: vec![team.clone()],
-                }),
-            },
-        )?)
-        .await
-        .map_err(failed)?;
+    // One user per client: each write touches one key of one requestor, as a platform's
+    // writes do.
     let mut keys = Vec::new();
     for i in 0..args.clients {
+        let user = format!("{user}-{i}");
+        let member = pb::User {
+            id: user.clone(),
+            name: "bench".into(),
+            active: true,
+            teams: vec![team.clone()],
+        };
+        setup
+            .create_user(call(conn, pb::UserRequest { user: Some(member) })?)
+            .await
+            .map_err(failed)?;
         let r = setup
             .create_key(call(
                 conn,

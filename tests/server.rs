@@ -354,3 +354,27 @@ async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish() {
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+    // A call that is still waiting (for a revision that will not come) when shutdown starts.
+    let mut waiting = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
+    waiting.min_revision = 2;
+    let mut request = tonic::Request::new(waiting);
+    request.set_timeout(std::time::Duration::from_millis(1500));
+    let in_flight = tokio::spawn(async move { client.check(request).await });
+    // Let the call reach the server before stopping it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!in_flight.is_finished());
+    server.stop().await.expect("a clean shutdown");
+    // The call got its answer from the server (not a reset connection).
+    let err = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("this instance has revision 1"),
+        "{}",
+        err.message()
+    );
+}

@@ -58,8 +58,15 @@ pub const SYSTEM_KEY: &str = "SYSTEM_KEY";
 /// The other name the platform uses for [`SYSTEM_KEY`].
 pub const SYSTEM_KEY_ALIAS: &str = "PROJECT";
 
-/// The grants of the prebuilt roles: (role, type, [(scope, entitlements)]).
-const PREBUILT: &[(&str, RoleType, &[(Scope, &[&str])])] = &[
+/// A prebuilt role: its id, type and grants as (scope, entitlements) groups.
+type PrebuiltRole = (
+    &'static str,
+    RoleType,
+    &'static [(Scope, &'static [&'static str])],
+);
+
+/// The grants of the prebuilt roles.
+const PREBUILT: &[PrebuiltRole] = &[
     (
         "SYSTEM_OWNER",
         RoleType::User,

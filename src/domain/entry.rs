@@ -76,7 +76,9 @@ pub struct Member {
 impl GrantSet {
     /// The union of the grants of `members`, each with TEAM_ROLE added.
     pub fn build<'a>(catalog: &Catalog, members: impl IntoIterator<Item = &'a Member>) -> Self {
-        let mut acc: HashMap<Arc<str>, (bool, Vec<Arc<str>>, bool)> = HashMap::new();
+        // Per entitlement: (ALL held, teams of TEAM grants, OWN held).
+        type Acc = (bool, Vec<Arc<str>>, bool);
+        let mut acc: HashMap<Arc<str>, Acc> = HashMap::new();
         for member in members {
             let bound = member.roles.iter().filter_map(|r| catalog.role(r));
             for role in std::iter::once(catalog.team_role()).chain(bound) {
@@ -123,8 +125,11 @@ impl GrantSet {
 /// roles in the same team, so a handful of sets serve them all.
 #[derive(Default)]
 pub struct GrantInterner {
-    sets: HashMap<Vec<(Arc<str>, Arc<[Arc<str>]>)>, Arc<GrantSet>>,
+    sets: HashMap<Signature, Arc<GrantSet>>,
 }
+
+/// What a grant set depends on: the (team, roles) of each active key, sorted.
+type Signature = Vec<(Arc<str>, Arc<[Arc<str>]>)>;
 
 impl GrantInterner {
     /// The grant set of `members`, shared with every requestor whose active keys carry the same

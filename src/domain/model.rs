@@ -301,14 +301,15 @@ impl Model {
                             format!("user {user} does not exist"),
                         )),
                         Some(u) => {
-                            if let Some(team) = &key.team {
-                                if !u.teams.is_empty() && !u.teams.contains(team) {
-                                    out.push(violation(
-                                        object(),
-                                        "team",
-                                        format!("user {user} is not a member of team {team}"),
-                                    ));
-                                }
+                            if let Some(team) = &key.team
+                                && !u.teams.is_empty()
+                                && !u.teams.contains(team)
+                            {
+                                out.push(violation(
+                                    object(),
+                                    "team",
+                                    format!("user {user} is not a member of team {team}"),
+                                ));
                             }
                         }
                     },
@@ -348,17 +349,17 @@ impl Model {
                             format!("project {project} does not exist"),
                         )),
                         Some(p) => {
-                            if let Some(team) = &key.team {
-                                if *team != p.team {
-                                    out.push(violation(
-                                        object(),
-                                        "team",
-                                        format!(
-                                            "a project key's team is its project's ({}), not {team}",
-                                            p.team
-                                        ),
-                                    ));
-                                }
+                            if let Some(team) = &key.team
+                                && *team != p.team
+                            {
+                                out.push(violation(
+                                    object(),
+                                    "team",
+                                    format!(
+                                        "a project key's team is its project's ({}), not {team}",
+                                        p.team
+                                    ),
+                                ));
                             }
                         }
                     },

@@ -319,14 +319,14 @@ impl Builder {
     }
 
     fn build(&mut self, doc: PolicyDoc) -> Policy {
-        if let Some(version) = &doc.version {
-            if version.value != 1 {
-                self.fail(
-                    version.referenced,
-                    "version",
-                    format!("unsupported version {} (expected 1)", version.value),
-                );
-            }
+        if let Some(version) = &doc.version
+            && version.value != 1
+        {
+            self.fail(
+                version.referenced,
+                "version",
+                format!("unsupported version {} (expected 1)", version.value),
+            );
         }
         let mut model = Model::default();
         let mut catalog = Catalog::builtin();
@@ -403,10 +403,10 @@ impl Builder {
         };
         for (i, k) in doc.keys.iter().enumerate() {
             let name = format!("keys[{i}] (prefix {})", k.value.prefix);
-            if let Some(key) = self.key(&name, k, &mut intern) {
-                if self.define(ObjectRef::Key(key.prefix.clone()), name, k.referenced) {
-                    model.keys.insert(key.prefix.clone(), Arc::new(key));
-                }
+            if let Some(key) = self.key(&name, k, &mut intern)
+                && self.define(ObjectRef::Key(key.prefix.clone()), name, k.referenced)
+            {
+                model.keys.insert(key.prefix.clone(), Arc::new(key));
             }
         }
         let routes = doc.routes.map(|routes| {

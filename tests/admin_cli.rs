@@ -50,13 +50,11 @@ fn serve(dir: &Path) -> Server {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut logs = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            logs.push_str(&line);
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if let Some(a) = v.get("grpc").and_then(Value::as_str) {
-                    let _ = tx.send(a.to_owned());
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(a) = v.get("grpc").and_then(Value::as_str)
+            {
+                let _ = tx.send(a.to_owned());
             }
         }
     });

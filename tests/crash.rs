@@ -46,13 +46,12 @@ fn spawn(dir: &Path) -> (Child, String) {
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(addr) = v.get("grpc").and_then(|a| a.as_str()) {
-                        let _ = tx.send(addr.to_owned());
-                        sent = true;
-                    }
-                }
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(addr.to_owned());
+                sent = true;
             }
         }
     });

@@ -443,6 +443,51 @@ async fn authorization_matrix() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(n, 8 * 6 * 2);
+
+    // Lists are filtered to what the caller's grants cover.
+    let users: HashSet<String> = admin
+        .list_users(call(keys::ADAM_ADMIN, pb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    assert!(
+        users.contains("devin") && users.contains("dana"),
+        "{users:?}"
+    );
+    assert!(
+        !users.contains("gus") && !users.contains("aria"),
+        "{users:?}"
+    );
+    let visible = |key: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_keys(call(key, pb::ListKeysRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .keys
+                .into_iter()
+                .map(|k| (k.prefix, k.team, k.user))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        visible(keys::ADAM_ADMIN)
+            .await
+            .iter()
+            .all(|(_, t, _)| t == "acme")
+    );
+    // A developer sees its own keys only (TEAM_ROLE's keys.read at OWN).
+    let own = visible(keys::DEVIN_DEVELOPER).await;
+    assert!(own.iter().all(|(_, _, u)| u == "devin"), "{own:?}");
+    assert!(own.iter().any(|(p, _, _)| p == "DevinOldKey000000001"));
+    let all = visible(keys::ARIA_AUDITOR).await;
+    assert!(all.iter().any(|(_, t, _)| t == "acme") && all.iter().any(|(_, t, _)| t == "globex"));
 }
 
 #[tokio::test]

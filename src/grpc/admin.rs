@@ -296,6 +296,10 @@ fn project_pb(p: &Project) -> pb::Project {
 
 /// A key as the API shows it: never its secret or hash.
 pub fn key_pb(model: &Model, k: &KeySpec) -> pb::Key {
+    key_pb_in(k, model.key_team(k).map(|t| &**t))
+}
+
+fn key_pb_in(k: &KeySpec, team: Option<&str>) -> pb::Key {
     pb::Key {
         prefix: k.prefix.to_string(),
         key_type: match k.key_type {
@@ -303,7 +307,7 @@ pub fn key_pb(model: &Model, k: &KeySpec) -> pb::Key {
             KeyType::Project => pb::KeyType::Project,
         } as i32,
         user: k.user.as_deref().unwrap_or_default().to_owned(),
-        team: model.key_team(k).map(|t| t.to_string()).unwrap_or_default(),
+        team: team.unwrap_or_default().to_owned(),
         project: k.project.as_deref().unwrap_or_default().to_owned(),
         roles: k.roles.iter().map(|r| r.to_string()).collect(),
         status: k.status.as_str().to_owned(),
@@ -633,18 +637,32 @@ impl Admin for AdminService {
         let vis = Visible::of(&d);
         let revision = self.state.revision();
         let items = self.state.read_model(|m| {
+            // The users with a key in a visible team, in one pass over the keys (not one per
+            // user: the model lock is held meanwhile).
+            let mut via_keys: BTreeSet<&Arc<str>> = BTreeSet::new();
+            if !vis.all {
+                for k in m.keys.values() {
+                    if let (Some(u), Some(t)) = (&k.user, &k.team)
+                        && vis.teams.contains(t)
+                    {
+                        via_keys.insert(u);
+                    }
+                }
+            }
             m.users
                 .values()
                 .filter(|u| {
                     vis.all
                         || vis.owner_user.as_ref() == Some(&u.id)
-                        || user_teams(m, &u.id).iter().any(|t| vis.teams.contains(t))
+                        || u.teams.iter().any(|t| vis.teams.contains(t))
+                        || via_keys.contains(&u.id)
                 })
-                .map(|u| (u.id.clone(), user_pb(u)))
+                .map(|u| (u.id.clone(), u.clone()))
                 .collect()
         });
         let r = request.get_ref();
         let (users, next_page_token) = page(items, r.page_size, &r.page_token);
+        let users = users.iter().map(user_pb).collect();
         Ok(Response::new(pb::ListUsersResponse {
             users,
             next_page_token,
@@ -875,10 +893,15 @@ impl Admin for AdminService {
                         && status.is_none_or(|s| k.status == s)
                         && (role.is_empty() || k.roles.iter().any(|x| **x == *role))
                 })
-                .map(|k| (k.prefix.clone(), key_pb(m, k)))
+                .map(|k| (k.prefix.clone(), (k.clone(), m.key_team(k).cloned())))
                 .collect()
         });
+        // Only the page is converted, outside the model lock.
         let (keys, next_page_token) = page(items, r.page_size, &r.page_token);
+        let keys = keys
+            .iter()
+            .map(|(k, team)| key_pb_in(k, team.as_deref()))
+            .collect();
         Ok(Response::new(pb::ListKeysResponse {
             keys,
             next_page_token,

@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sidecar: serve the policy file over gRPC and HTTP, reloading it when it changes.
+    /// Run the sidecar: serve a policy file (reloaded when it changes) or the embedded store
+    /// (--data-dir, writable through the Admin API) over gRPC and HTTP.
     Serve(ServeConfig),
     /// Ask a running sidecar for a decision. Exits 0 when allowed, 1 when denied, 2 on error.
     Check(CheckArgs),

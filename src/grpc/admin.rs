@@ -4,8 +4,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     domain::{
@@ -16,7 +15,10 @@ use crate::{
         key::{generate_key, generate_prefix, is_valid_prefix},
         model::{Change, ObjectRef, canonical_roles},
     },
-    grpc::pb::{self, admin_server::Admin},
+    grpc::{
+        pb::{self, admin_server::Admin},
+        status::{bad_field, policy_invalid, write_status},
+    },
     origin::{
         embedded::{EmbeddedOrigin, WriteError},
         policy_file::{self, is_valid_entitlement},
@@ -194,54 +196,6 @@ fn describe(r: ResourceRef<'_>) -> String {
     } else {
         format!(" over {}", parts.join(", "))
     }
-}
-
-/// The one mapping of write failures to statuses; model violations become field violations.
-fn write_status(err: WriteError) -> Status {
-    match err {
-        WriteError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        WriteError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
-        WriteError::PermissionDenied(m) => Status::permission_denied(m),
-        WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
-        // Unavailable, so that clients retry and proxies fail over; nothing was written.
-        WriteError::Unavailable(m) => {
-            Status::unavailable(format!("the write was not committed: {m}"))
-        }
-        WriteError::Invalid(violations) => invalid(&violations),
-    }
-}
-
-fn field_name(v: &ModelViolation) -> String {
-    let object = match &v.object {
-        ObjectRef::Entitlement(id) => format!("entitlements[{id}]"),
-        ObjectRef::Role(id) => format!("roles[{id}]"),
-        ObjectRef::Team(id) => format!("teams[{id}]"),
-        ObjectRef::User(id) => format!("users[{id}]"),
-        ObjectRef::Project(id) => format!("projects[{id}]"),
-        ObjectRef::Key(id) => format!("keys[{id}]"),
-    };
-    format!("{object}.{}", v.field)
-}
-
-fn invalid(violations: &[ModelViolation]) -> Status {
-    let mut details = ErrorDetails::new();
-    for v in violations {
-        details.add_bad_request_violation(field_name(v), v.message.clone());
-    }
-    let summary: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-    Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
-}
-
-/// A request field that is wrong before the model is even consulted.
-fn bad_field(field: &str, message: impl Into<String>) -> Status {
-    let message = message.into();
-    let mut details = ErrorDetails::new();
-    details.add_bad_request_violation(field, message.clone());
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("{field}: {message}"),
-        details,
-    )
 }
 
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
@@ -1180,20 +1134,7 @@ impl Admin for AdminService {
         ] {
             self.global(&caller, ent)?;
         }
-        let policy = policy_file::parse(&r.document, "document").map_err(|e| {
-            let mut details = ErrorDetails::new();
-            for p in &e.problems {
-                details.add_bad_request_violation(
-                    format!("document:{}:{}", p.line, p.column),
-                    if p.object.is_empty() {
-                        p.message.clone()
-                    } else {
-                        format!("{}: {}", p.object, p.message)
-                    },
-                );
-            }
-            Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
-        })?;
+        let policy = policy_file::parse(&r.document, "document").map_err(|e| policy_invalid(&e))?;
         let target = policy.model;
         let caller_prefix = caller.entry.spec.prefix.clone();
         let keeps_caller = |m: &Model| {

@@ -142,6 +142,7 @@ pub async fn run(
     };
     let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
+    let embedded = matches!(admin_origin, AdminOrigin::Embedded(_));
     let admin = AdminServer::new(AdminService::new(state.clone(), admin_origin))
         .max_decoding_message_size(config.max_message_bytes);
 
@@ -150,6 +151,7 @@ pub async fn run(
         serving: true.into(),
         origin: origin_status,
         started_unix: unix_now(),
+        origin_kind: if embedded { "embedded" } else { "policy_file" },
     });
 
     let grpc_addr = listeners.grpc.local_addr()?;

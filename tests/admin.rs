@@ -1072,6 +1072,11 @@ async fn state_and_revisions_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(got.revision, created.revision, "the revision continues");
+    let (code, body) = common::http_get(server.http_addr, "/status").await.unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["origin"]["kind"], "embedded", "{body}");
+    assert_eq!(status["revision"], created.revision, "{body}");
     let mut authz = server.authorizer().await;
     let ok = authz
         .check(check_at(

@@ -21,6 +21,7 @@ pub const BOOTSTRAP: &str = "RolegateBootstrap01.test-only-bootstrap-secret";
 /// A rolegate server on the embedded store.
 pub struct StoreServer {
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
@@ -40,12 +41,14 @@ impl StoreServer {
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
         let grpc_addr = grpc.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app::run(config, Listeners { grpc, http }, async {
             let _ = rx.await;
         }));
         StoreServer {
             grpc_addr,
+            http_addr,
             data_dir,
             shutdown: Some(tx),
             handle: Some(handle),

@@ -280,28 +280,6 @@ impl State {
         self.revision.send_replace(set.revision);
         Ok(set.revision)
     }
-
-    /// Rebuilds every entry: drops the contributions of keys that expired since the last build
-    /// (decisions already exclude them on the fly; this makes that the fast path again).
-    pub fn refresh_expired(&self) {
-        let mut w = self.lock();
-        let w = &mut *w;
-        let now = unix_now();
-        let stale: Vec<RequestorId> = self
-            .keys
-            .iter()
-            .filter(|e| e.requestor.valid_until.is_some_and(|u| now >= u))
-            .map(|e| e.requestor.id.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        for id in &stale {
-            let prefixes = w.keys_by_requestor.get(id).map_or(&[][..], |p| &p[..]);
-            for entry in build_requestor(&w.model, &w.catalog, id, prefixes, now, &mut w.interner) {
-                self.keys.insert(entry.spec.prefix.clone(), entry);
-            }
-        }
-    }
 }
 
 impl Writer {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the latency Envoy's ext_authz filter with rolegate adds to a request, at a fixed rate:
 # the same Envoy config (deploy/envoy/envoy.yaml) with and without the ext_authz block, in front
-# of the same upstream (nginx answering 200 from memory), driven by h2load (HTTP/2, --rps) with
+# of the same upstream (nginx answering 200 from memory), driven by h2load (HTTP/1.1 keep-alive, --rps) with
 # a per-request log from which p50/p99/p99.9 are computed.
 #
 #   scripts/bench-envoy.sh [RATE_PER_CLIENT] [CLIENTS] [SECONDS]     (default 250 4 10)
@@ -60,8 +60,8 @@ sed -e "s/port_value: 10000/port_value: $A_LISTEN/" -e "s/port_value: 9901/port_
 sed -e "s/port_value: 10000/port_value: $B_LISTEN/" -e "s/port_value: 9901/port_value: $B_ADMIN/" \
     -e "s/port_value: 8000/port_value: $APP/" -e "s/port_value: 50051/port_value: $GRPC/" \
     -e '/# BEGIN ext_authz/,/# END ext_authz/d' deploy/envoy/envoy.yaml > "$WORK/without.yaml"
-grep -q 'ext_authz.v3.ExtAuthz"' "$WORK/with.yaml" || { echo "envoy.yaml has no ext_authz filter"; exit 1; }
-if grep -q 'ext_authz.v3.ExtAuthz"' "$WORK/without.yaml"; then
+grep -qE 'ext_authz[.]v3[.]ExtAuthz$' "$WORK/with.yaml" || { echo "envoy.yaml has no ext_authz filter"; exit 1; }
+if grep -qE 'ext_authz[.]v3[.]ExtAuthz$' "$WORK/without.yaml"; then
     echo "the '# BEGIN ext_authz' / '# END ext_authz' markers of envoy.yaml are gone"; exit 1
 fi
 "$ROLEGATE_ENVOY_BIN" -c "$WORK/with.yaml" --disable-hot-restart --concurrency 1 -l error --base-id 11 & PIDS+=($!)
@@ -74,7 +74,7 @@ N=$((RATE * CLIENTS * SECONDS_))
 
 run() { # name port
     local log="$WORK/$1.log"
-    h2load -c "$CLIENTS" -m 1 --rps "$RATE" -n "$N" -H "authorization: ApiKey $KEY" \
+    h2load --h1 -c "$CLIENTS" -m 1 --rps "$RATE" -n "$N" -H "authorization: ApiKey $KEY" \
         --log-file "$log" "http://127.0.0.1:$2$PATH_" > "$WORK/$1.out"
     python3 - "$1" "$log" <<'PY'
 import sys
@@ -88,7 +88,7 @@ t0 = min(int(r[0]) for r in rows)
 lat = sorted(int(r[2]) for r in rows if int(r[0]) - t0 > 1_000_000)
 q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
 print(f"{name:16} n={len(lat):6}  p50 {q(0.50):6} µs  p99 {q(0.99):6} µs  p99.9 {q(0.999):6} µs  status {codes}")
-with open(path + ".q", "w") as f: f.write(f"{q(0.5)} {q(0.99)} {q(0.999)}")
+with open(path + ".q", "w") as f: f.write(f"{q(0.5)} {q(0.99)} {q(0.999)}\n")
 PY
 }
 

@@ -4,7 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/rolegate/v1/authorizer.proto"];
+    let protos = [
+        "proto/rolegate/v1/authorizer.proto",
+        "proto/rolegate/v1/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -14,6 +14,8 @@ use tonic_health::ServingStatus;
 use crate::{
     authz::Authz,
     config::ServeConfig,
+    grpc::admin::{AdminOrigin, AdminService},
+    grpc::pb::admin_server::AdminServer,
     grpc::{
         AuthorizerService,
         authorizer::AuthorizerLimits,
@@ -21,7 +23,8 @@ use crate::{
         pb::{self, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
-    origin::policy_file::{PolicyError, PolicyFileOrigin},
+    origin::embedded::{Bootstrap, EmbeddedOrigin, OriginError},
+    origin::policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
     state::{State, unix_now},
 };
 
@@ -46,6 +49,8 @@ impl Listeners {
 pub enum AppError {
     #[error("the policy file cannot be loaded:\n{0}")]
     Policy(#[from] PolicyError),
+    #[error("the embedded store cannot be opened: {0}")]
+    Store(#[from] OriginError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -64,34 +69,72 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let state = Arc::new(State::new());
-    let origin = {
-        let (path, state) = (config.policy.clone(), state.clone());
-        tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
-    };
-    tracing::info!(
-        policy = %config.policy.display(),
-        revision = state.revision(),
-        keys = state.counts().keys,
-        "state loaded"
-    );
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(
-        origin
-            .clone()
-            .watch(config.reload_interval, stop_rx.clone()),
-    );
+    let (origin_status, admin_origin, watcher, routes) = match &config.policy {
+        Some(policy) => {
+            let origin = {
+                let (path, state) = (policy.clone(), state.clone());
+                tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
+            };
+            tracing::info!(
+                policy = %policy.display(),
+                revision = state.revision(),
+                keys = state.counts().keys,
+                "state loaded"
+            );
+            let watcher = tokio::spawn(
+                origin
+                    .clone()
+                    .watch(config.reload_interval, stop_rx.clone()),
+            );
+            let read_only = AdminOrigin::ReadOnly(format!(
+                "the policy file {} is the source of truth: edit it (or serve --data-dir) to change the state",
+                policy.display()
+            ));
+            (origin.status(), read_only, Some(watcher), origin.routes())
+        }
+        None => {
+            let dir = config.data_dir();
+            let bootstrap = Bootstrap {
+                prefix: config.bootstrap_key_prefix.clone(),
+                secret_sha256: config.bootstrap_key_sha256.clone(),
+            };
+            let started = {
+                let (dir, state) = (dir.clone(), state.clone());
+                tokio::task::spawn_blocking(move || EmbeddedOrigin::start(&dir, state, &bootstrap))
+                    .await??
+            };
+            if let Some(key) = &started.bootstrap_key {
+                // Printed once, to the terminal only (not through the log pipeline); only its
+                // SHA-256 is stored.
+                println!("bootstrap SYSTEM_OWNER key (shown once, store it now): {key}");
+            }
+            tracing::info!(
+                data_dir = %dir.display(),
+                revision = state.revision(),
+                keys = state.counts().keys,
+                "state loaded"
+            );
+            let status = Arc::new(std::sync::Mutex::new(ReloadStatus {
+                path: dir.display().to_string(),
+                ..Default::default()
+            }));
+            // The embedded store keeps no routes: the default route map serves.
+            let (_, no_routes) = tokio::sync::watch::channel(None);
+            (status, AdminOrigin::Embedded(started.origin), None, no_routes)
+        }
+    };
 
     // Envoy ext_authz and the HTTP auth endpoint share one decision path and route map, which
     // follows the policy's `routes:` across reloads.
     let authz = Arc::new(Authz::new(state.clone(), config.authz.clone()));
-    if let Err(err) = authz.set_routes(origin.routes().borrow().as_deref().map(|r| &r[..])) {
+    if let Err(err) = authz.set_routes(routes.borrow().as_deref().map(|r| &r[..])) {
         tracing::error!(error = %err, "the policy's routes do not compile; using the default map");
     }
     let route_follower = tokio::spawn(
         authz
             .clone()
-            .follow_routes(origin.routes(), stop_rx.clone()),
+            .follow_routes(routes, stop_rx.clone()),
     );
     let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzService::new(
         authz.clone(),
@@ -119,12 +162,16 @@ pub async fn run(
     };
     let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
+    let embedded = matches!(admin_origin, AdminOrigin::Embedded(_));
+    let admin = AdminServer::new(AdminService::new(state.clone(), admin_origin))
+        .max_decoding_message_size(config.max_message_bytes);
 
     let health = Arc::new(Health {
         state: state.clone(),
         serving: true.into(),
-        origin: origin.status(),
+        origin: origin_status,
         started_unix: unix_now(),
+        origin_kind: if embedded { "embedded" } else { "policy_file" },
     });
 
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -136,6 +183,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
         .add_service(ext_authz)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each
             // accepted connection, or a response written in two parts (ext_authz's) waits on
@@ -174,7 +222,9 @@ pub async fn run(
         (g, h)
     })
     .await;
-    let _ = watcher.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     let _ = route_follower.await;
     match drained {
         Ok((g, h)) => {

@@ -16,9 +16,28 @@ pub enum LogFormat {
 /// `rolegate serve`: run the sidecar.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
-    /// The policy file to serve; it is watched and reloaded when it changes.
-    #[arg(long, env = "ROLEGATE_POLICY")]
-    pub policy: PathBuf,
+    /// The policy file to serve; it is watched and reloaded when it changes. The file is then
+    /// the source of truth and Admin writes are refused.
+    #[arg(long, env = "ROLEGATE_POLICY", conflicts_with = "data_dir")]
+    pub policy: Option<PathBuf>,
+
+    /// The directory of the embedded durable store (writable through the Admin API). Used, with
+    /// the default directory, when no --policy is given.
+    #[arg(long, env = "ROLEGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// On the first start on an empty store: the SHA-256 (hex) of the bootstrap SYSTEM_OWNER
+    /// key's secret. Without it a key is generated and printed once.
+    #[arg(long, env = "ROLEGATE_BOOTSTRAP_KEY_SHA256")]
+    pub bootstrap_key_sha256: Option<String>,
+
+    /// The prefix of the bootstrap SYSTEM_OWNER key.
+    #[arg(
+        long,
+        env = "ROLEGATE_BOOTSTRAP_KEY_PREFIX",
+        default_value = "RolegateBootstrap01"
+    )]
+    pub bootstrap_key_prefix: String,
 
     /// Address of the gRPC port (Authorizer, health, reflection).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
@@ -61,7 +80,10 @@ impl ServeConfig {
     /// embedding).
     pub fn for_policy(policy: impl Into<PathBuf>) -> Self {
         ServeConfig {
-            policy: policy.into(),
+            policy: Some(policy.into()),
+            data_dir: None,
+            bootstrap_key_sha256: None,
+            bootstrap_key_prefix: "RolegateBootstrap01".into(),
             grpc_listen: ([127, 0, 0, 1], 0).into(),
             http_listen: ([127, 0, 0, 1], 0).into(),
             reload_interval: Duration::from_secs(1),
@@ -73,4 +95,24 @@ impl ServeConfig {
             authz: crate::authz::AuthzConfig::default(),
         }
     }
+
+    /// A configuration for the embedded store in `dir` with every other setting at its default.
+    pub fn for_data_dir(dir: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            policy: None,
+            data_dir: Some(dir.into()),
+            ..Self::for_policy("")
+        }
+    }
+
+    /// The data directory to use when serving the embedded store.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
 }
+
+/// The embedded store's directory when neither --policy nor --data-dir is given (relative to
+/// the working directory, so that a container's volume mount decides where it lives).
+pub const DEFAULT_DATA_DIR: &str = "rolegate-data";

@@ -1,6 +1,8 @@
 //! The `rolegate` command: `serve` the sidecar, `check` a decision, `validate` a policy file,
 //! make and hash `keys`, and `bench` a server.
 
+mod cli;
+
 use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
@@ -24,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sidecar: serve the policy file over gRPC and HTTP, reloading it when it changes.
+    /// Run the sidecar: serve a policy file (reloaded when it changes) or the embedded store
+    /// (--data-dir, writable through the Admin API) over gRPC and HTTP.
     Serve(ServeConfig),
     /// Ask a running sidecar for a decision. Exits 0 when allowed, 1 when denied, 2 on error.
     Check(CheckArgs),
@@ -38,6 +41,8 @@ enum Command {
     Keys(KeysCommand),
     /// Drive Check over gRPC and report requests/s and latency percentiles.
     Bench(BenchArgs),
+    #[command(flatten)]
+    Admin(cli::admin::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +58,8 @@ enum KeysCommand {
         /// The whole key, `<prefix>.<secret>`.
         key: String,
     },
+    #[command(flatten)]
+    Admin(cli::admin::KeysAdmin),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,6 +166,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             exit_on_error(runtime().and_then(|rt| rt.block_on(run_bench(args))))
         }
+        Command::Admin(cmd) => exit_on_error(cli::admin::run(cmd).map(|()| ExitCode::SUCCESS)),
     }
 }
 
@@ -363,6 +371,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
 
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
+        KeysCommand::Admin(cmd) => cli::admin::run_keys(cmd)?,
         KeysCommand::New { prefix } => {
             let prefix = prefix.unwrap_or_else(generate_prefix);
             let new =

@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod decide;
 pub mod entry;
+pub mod escalation;
 pub mod key;
 pub mod model;
 pub mod scope;

@@ -263,6 +263,20 @@ impl Model {
         }
     }
 
+    /// The rules that one key breaks. Nothing refers to a key, so after changes that only put or
+    /// remove keys, checking the keys put is as good as [`Model::validate`] (writers use this to
+    /// avoid a whole-model pass per write).
+    pub fn validate_keys<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k KeySpec>,
+    ) -> Vec<ModelViolation> {
+        let mut out = Vec::new();
+        for key in keys {
+            self.validate_key(key, &mut out);
+        }
+        out
+    }
+
     fn validate_key(&self, key: &KeySpec, out: &mut Vec<ModelViolation>) {
         let object = || ObjectRef::Key(key.prefix.clone());
         if !is_valid_prefix(&key.prefix) {

@@ -2,6 +2,7 @@
 //! `rolegate.v1.Authorizer` service ([`authorizer`]) and the one place errors become a
 //! [`tonic::Status`] ([`status`]).
 
+pub mod admin;
 pub mod authorizer;
 pub mod convert;
 pub mod ext_authz;

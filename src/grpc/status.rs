@@ -7,11 +7,21 @@
 //! | not ready (no state loaded yet)         | Unavailable      | 503  |
 //! | `min_revision` not reached in time      | Unavailable      | 503  |
 //! | bug                                     | Internal         | 500  |
+//! | Admin: bad key / not allowed            | Unauthenticated / PermissionDenied | 401 / 403 |
+//! | Admin: rule of the model broken         | InvalidArgument + field violations | 400 |
+//! | Admin: write against a policy file      | FailedPrecondition | 409 |
+//! | Admin: the store cannot commit          | Unavailable      | 503  |
 //!
 //! Unavailable, never Unknown or OK, for "cannot answer": Envoy's `failure_mode_allow` and
 //! `status_on_error` then decide, and a client may retry another instance.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    domain::{ModelViolation, model::ObjectRef},
+    origin::{embedded::WriteError, policy_file::PolicyError},
+};
 
 /// A request that cannot be judged as sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +61,70 @@ impl From<Unanswerable> for Status {
     fn from(err: Unanswerable) -> Self {
         Status::new(Code::Unavailable, err.to_string())
     }
+}
+
+/// Admin write failures. Model violations become `google.rpc.BadRequest` field violations
+/// (tonic-types), one per object field, named like `keys[PREFIX].roles`.
+pub fn write_status(err: WriteError) -> Status {
+    match err {
+        WriteError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        WriteError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        WriteError::PermissionDenied(m) => Status::permission_denied(m),
+        WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
+        // Unavailable, so that clients retry and proxies fail over; nothing was written.
+        WriteError::Unavailable(m) => {
+            Status::unavailable(format!("the write was not committed: {m}"))
+        }
+        WriteError::Invalid(violations) => invalid(&violations),
+    }
+}
+
+fn field_name(v: &ModelViolation) -> String {
+    let object = match &v.object {
+        ObjectRef::Entitlement(id) => format!("entitlements[{id}]"),
+        ObjectRef::Role(id) => format!("roles[{id}]"),
+        ObjectRef::Team(id) => format!("teams[{id}]"),
+        ObjectRef::User(id) => format!("users[{id}]"),
+        ObjectRef::Project(id) => format!("projects[{id}]"),
+        ObjectRef::Key(id) => format!("keys[{id}]"),
+    };
+    format!("{object}.{}", v.field)
+}
+
+pub fn invalid(violations: &[ModelViolation]) -> Status {
+    let mut details = ErrorDetails::new();
+    for v in violations {
+        details.add_bad_request_violation(field_name(v), v.message.clone());
+    }
+    let summary: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+    Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
+}
+
+/// A request field that is wrong before the model is even consulted.
+pub fn bad_field(field: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(field, message.clone());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {message}"),
+        details,
+    )
+}
+
+/// A policy document refused by `Apply`: one field violation per problem, located as
+/// `document:LINE:COLUMN`.
+pub fn policy_invalid(e: &PolicyError) -> Status {
+    let mut details = ErrorDetails::new();
+    for p in &e.problems {
+        let message = if p.object.is_empty() {
+            p.message.clone()
+        } else {
+            format!("{}: {}", p.object, p.message)
+        };
+        details.add_bad_request_violation(format!("document:{}:{}", p.line, p.column), message);
+    }
+    Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
 }
 
 /// The HTTP status that goes with a gRPC code, for the HTTP front ends.

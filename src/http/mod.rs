@@ -22,6 +22,8 @@ pub struct Health {
     pub serving: AtomicBool,
     pub origin: Arc<Mutex<ReloadStatus>>,
     pub started_unix: i64,
+    /// Which origin serves: `policy_file` or `embedded`.
+    pub origin_kind: &'static str,
 }
 
 #[derive(Serialize)]
@@ -77,7 +79,7 @@ async fn status(Extract(health): Extract<Arc<Health>>) -> Json<serde_json::Value
         started_unix: health.started_unix,
         counts: health.state.counts(),
         origin: OriginBody {
-            kind: "policy_file",
+            kind: health.origin_kind,
             reload,
         },
     };

@@ -1,5 +1,8 @@
 //! Origins of truth: each produces the model and, as it changes, revisioned change sets.
 //!
-//! Today: the policy file ([`policy_file`]), loaded at start and reloaded when it changes.
+//! The policy file ([`policy_file`]), loaded at start and reloaded when it changes; the embedded
+//! store ([`embedded`]), a writable origin on local disk.
 
+pub mod embedded;
 pub mod policy_file;
+pub(crate) mod record;

@@ -162,6 +162,12 @@ impl State {
         self.lock().model.clone()
     }
 
+    /// Reads the model without copying it (the Admin API's lookups). `f` must be quick: writers
+    /// wait while it runs.
+    pub fn read_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.lock().model)
+    }
+
     /// How many objects the state holds.
     pub fn counts(&self) -> Counts {
         let w = self.lock();

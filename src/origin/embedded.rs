@@ -1,0 +1,873 @@
+//! The embedded origin: the state and its change log kept on local disk in redb, written by one
+//! writer thread that groups concurrent writes into one durable transaction.
+//!
+//! A write is an edit of the current model. The writer applies it to its own copy of the model,
+//! validates the result (every rule of catalog.md), gives it the next revision, and, once the
+//! whole group is committed (fsync'd) in one redb transaction, applies each revision to
+//! [`State`] and acknowledges it. A write that fails validation is undone and refused alone; a
+//! failed commit undoes and refuses the whole group, and nothing of it is on disk.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    domain::{
+        KeySpec, KeyStatus, KeyType, Model, ModelViolation, SecretHash, Team, User,
+        key::generate_key, model::Change,
+    },
+    origin::record::{self, CorruptRecord},
+    state::{ChangeSet, State},
+};
+
+/// Singleton values: the last committed revision.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Every object of the model, `kind/id` → its record.
+const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
+/// The change log: revision → the changes committed under it.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog");
+
+/// How many revisions the change log keeps (for Watch resumption across restarts).
+pub const KEPT_REVISIONS: u64 = 100_000;
+/// The most writes grouped into one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// Why the embedded store cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store at {path} cannot be opened: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("the store at {path}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: CorruptRecord,
+    },
+    #[error("the stored state breaks the model's rules: {0}")]
+    Invalid(String),
+    #[error("--bootstrap-key-sha256: {0}")]
+    BadBootstrapHash(String),
+    #[error("--bootstrap-key-prefix: {0}")]
+    BadBootstrapPrefix(String),
+}
+
+/// Why a write was refused. The edit itself decides the first four; the writer adds the last two.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the change breaks {} rule(s) of the model", .0.len())]
+    Invalid(Vec<ModelViolation>),
+    /// The store could not commit (disk full, I/O error): nothing of the write is kept.
+    #[error("the store cannot commit: {0}")]
+    Unavailable(String),
+}
+
+/// An edit of the model: given the model as it is now (including writes queued before it),
+/// the changes to make. Runs on the writer thread; it must not block.
+pub type Edit = Box<dyn FnOnce(&Model) -> Result<Vec<Change>, WriteError> + Send>;
+
+struct WriteRequest {
+    edit: Edit,
+    ack: oneshot::Sender<Result<u64, WriteError>>,
+}
+
+/// How the first start on an empty store makes the bootstrap SYSTEM_OWNER key.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    /// The prefix of the bootstrap key.
+    pub prefix: String,
+    /// The SHA-256 (hex) of the key's secret, when the operator made the key; otherwise one is
+    /// generated and returned once.
+    pub secret_sha256: Option<String>,
+}
+
+/// How the database file is opened (a function, so that it can be reopened after an I/O error).
+type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// The redb file and its tables.
+pub struct Store {
+    /// `None` between a failed close and a reopen. redb refuses every transaction after an I/O
+    /// error until the database is reopened, so the writer reopens it (see `Writer::recover`).
+    db: std::sync::RwLock<Option<Database>>,
+    path: PathBuf,
+    opener: Opener,
+}
+
+impl Store {
+    /// Opens (creating when missing) `dir/rolegate.redb`; returns the stored model and revision.
+    pub fn open(dir: &Path) -> Result<(Store, Model, u64), OriginError> {
+        Self::open_with(dir, Box::new(|path| Database::create(path)))
+    }
+
+    /// Like [`Store::open`], with the way the database file is opened given (tests put a
+    /// failing storage backend under it).
+    fn open_with(dir: &Path, opener: Opener) -> Result<(Store, Model, u64), OriginError> {
+        std::fs::create_dir_all(dir).map_err(|source| OriginError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("rolegate.redb");
+        let db = opener(&path).map_err(|e| OriginError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let (model, revision) = Self::load(&db, &path)?;
+        let store = Store {
+            db: std::sync::RwLock::new(Some(db)),
+            path,
+            opener,
+        };
+        Ok((store, model, revision))
+    }
+
+    /// Closes and reopens the database; returns what it holds.
+    fn reopen(&self) -> Result<(Model, u64), OriginError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must be gone before the file can be opened again.
+        slot.take();
+        let db = (self.opener)(&self.path).map_err(|e| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let loaded = Self::load(&db, &self.path)?;
+        *slot = Some(db);
+        Ok(loaded)
+    }
+
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, redb::Error>,
+    ) -> Result<R, redb::Error> {
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(db) => f(db),
+            None => Err(redb::Error::Io(std::io::Error::other(
+                "the store is closed after an I/O error and could not be reopened",
+            ))),
+        }
+    }
+
+    /// Creates the tables when missing and reads the model and revision.
+    fn load(db: &Database, path: &Path) -> Result<(Model, u64), OriginError> {
+        let open_err = |e: &dyn std::fmt::Display| OriginError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        // Create the tables up front so that readers never meet a missing one.
+        let txn = db.begin_write().map_err(|e| open_err(&e))?;
+        {
+            txn.open_table(META).map_err(|e| open_err(&e))?;
+            txn.open_table(OBJECTS).map_err(|e| open_err(&e))?;
+            txn.open_table(LOG).map_err(|e| open_err(&e))?;
+        }
+        txn.commit().map_err(|e| open_err(&e))?;
+
+        let read = db.begin_read().map_err(|e| open_err(&e))?;
+        let revision = read
+            .open_table(META)
+            .map_err(|e| open_err(&e))?
+            .get("revision")
+            .map_err(|e| open_err(&e))?
+            .map_or(0, |v| v.value());
+        let mut model = Model::default();
+        let objects = read.open_table(OBJECTS).map_err(|e| open_err(&e))?;
+        let mut changes = Vec::new();
+        for item in objects.iter().map_err(|e| open_err(&e))? {
+            let (k, v) = item.map_err(|e| open_err(&e))?;
+            let change = record::decode_object(k.value(), v.value()).map_err(|source| {
+                OriginError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            changes.push(change);
+        }
+        // Entitlements and roles first, so that the order of the table does not matter.
+        changes.sort_by_key(|c| match c {
+            Change::PutEntitlement(_) => 0,
+            Change::PutRole(_) | Change::RemoveRole(_) => 1,
+            _ => 2,
+        });
+        for change in &changes {
+            model.apply(change);
+        }
+        drop(objects);
+        drop(read);
+        Ok((model, revision))
+    }
+
+    /// Commits several revisions in one transaction: the change log entries, the objects they
+    /// put or remove, and the new last revision. All or nothing; durable when it returns Ok.
+    fn commit(&self, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+        self.with_db(|db| Self::commit_in(db, sets))
+    }
+
+    fn commit_in(db: &Database, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut objects = txn.open_table(OBJECTS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut last = 0;
+            for (revision, changes) in sets {
+                log.insert(*revision, record::encode_changes(changes).as_slice())?;
+                for change in *changes {
+                    match record::object_entry(change) {
+                        (key, Some(value)) => {
+                            objects.insert(key.as_str(), value.as_slice())?;
+                        }
+                        (key, None) => {
+                            objects.remove(key.as_str())?;
+                        }
+                    }
+                }
+                last = *revision;
+            }
+            meta.insert("revision", last)?;
+            let cutoff = last.saturating_sub(KEPT_REVISIONS);
+            loop {
+                let first = log.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(rev) if rev <= cutoff => {
+                        log.remove(rev)?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The change sets after `revision` still kept in the log, oldest first (for Watch to
+    /// resume across a restart). `None` when `revision` is older than the kept history.
+    pub fn changes_since(&self, revision: u64) -> Result<Option<Vec<ChangeSet>>, OriginError> {
+        let err = |e: &dyn std::fmt::Display| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = slot
+            .as_ref()
+            .ok_or_else(|| err(&"the store is closed after an I/O error"))?;
+        let read = db.begin_read().map_err(|e| err(&e))?;
+        let log = read.open_table(LOG).map_err(|e| err(&e))?;
+        let first = log.first().map_err(|e| err(&e))?.map(|(k, _)| k.value());
+        if first.is_some_and(|f| revision + 1 < f) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for item in log.range(revision + 1..).map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
+            let changes =
+                record::decode_changes(v.value()).map_err(|source| OriginError::Corrupt {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            out.push(ChangeSet {
+                revision: k.value(),
+                changes,
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The embedded origin while serving: the queue to its writer thread.
+pub struct EmbeddedOrigin {
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<WriteRequest>>,
+    store: Arc<Store>,
+    data_dir: PathBuf,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedOrigin {
+    /// Closes the queue and waits for the writer to finish the group it holds, so that the
+    /// store's file is released when the origin is gone (a restart in the same process can
+    /// reopen it at once).
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// What starting the origin produced besides the origin.
+pub struct Started {
+    pub origin: Arc<EmbeddedOrigin>,
+    /// The bootstrap key, when this start created it with a generated secret: show it once.
+    pub bootstrap_key: Option<String>,
+}
+
+impl EmbeddedOrigin {
+    /// Opens the store in `dir`, loads it into `state` (its revision continues), makes the
+    /// bootstrap key on an empty store, and starts the writer thread.
+    pub fn start(
+        dir: &Path,
+        state: Arc<State>,
+        bootstrap: &Bootstrap,
+    ) -> Result<Started, OriginError> {
+        Self::start_on(Store::open(dir)?, dir, state, bootstrap)
+    }
+
+    fn start_on(
+        (store, mut model, mut revision): (Store, Model, u64),
+        dir: &Path,
+        state: Arc<State>,
+        bootstrap: &Bootstrap,
+    ) -> Result<Started, OriginError> {
+        let violations = model.validate();
+        if !violations.is_empty() {
+            let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+            return Err(OriginError::Invalid(text.join("; ")));
+        }
+        let mut bootstrap_key = None;
+        if revision == 0 {
+            let (changes, key) = bootstrap_changes(&model, bootstrap)?;
+            bootstrap_key = key;
+            store
+                .commit(&[(1, &changes)])
+                .map_err(|e| OriginError::Open {
+                    path: store.path.clone(),
+                    message: e.to_string(),
+                })?;
+            for c in &changes {
+                model.apply(c);
+            }
+            revision = 1;
+            tracing::warn!(
+                key = %bootstrap.prefix,
+                "empty store: created the bootstrap SYSTEM_OWNER key"
+            );
+        }
+        let changes = Model::default().diff(&model);
+        state
+            .apply(ChangeSet { revision, changes })
+            .map_err(|e| OriginError::Invalid(e.to_string()))?;
+
+        let store = Arc::new(store);
+        let (queue, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            store: store.clone(),
+            state,
+            model,
+            revision,
+            broken: false,
+        };
+        let writer = std::thread::Builder::new()
+            .name("rolegate-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OriginError::Open {
+                path: dir.to_owned(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Started {
+            origin: Arc::new(EmbeddedOrigin {
+                queue: Some(queue),
+                store,
+                data_dir: dir.to_owned(),
+                writer: Some(writer),
+            }),
+            bootstrap_key,
+        })
+    }
+
+    /// Queues an edit and waits until it is durably committed and applied to the state;
+    /// returns its revision (the current one when the edit changed nothing).
+    pub async fn write(&self, edit: Edit) -> Result<u64, WriteError> {
+        let (ack, done) = oneshot::channel();
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| WriteError::Unavailable("the store writer has stopped".into()))?;
+        queue
+            .send(WriteRequest { edit, ack })
+            .await
+            .map_err(|_| WriteError::Unavailable("the store writer has stopped".into()))?;
+        done.await
+            .map_err(|_| WriteError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    /// The store, for reading the change log.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// The team, user and SYSTEM_OWNER key of the first start.
+fn bootstrap_changes(
+    model: &Model,
+    bootstrap: &Bootstrap,
+) -> Result<(Vec<Change>, Option<String>), OriginError> {
+    let (hash, key) = match &bootstrap.secret_sha256 {
+        Some(hex) => (
+            hex.parse::<SecretHash>()
+                .map_err(|e| OriginError::BadBootstrapHash(e.to_string()))?,
+            None,
+        ),
+        None => {
+            let new = generate_key(&bootstrap.prefix)
+                .map_err(|e| OriginError::BadBootstrapPrefix(e.to_string()))?;
+            (new.hash, Some(new.key))
+        }
+    };
+    if !crate::domain::key::is_valid_prefix(&bootstrap.prefix) {
+        return Err(OriginError::BadBootstrapPrefix(
+            "a prefix is 4 to 64 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    let team: Arc<str> = "system".into();
+    let user: Arc<str> = "bootstrap".into();
+    let mut changes = Vec::new();
+    if !model.teams.contains_key(&team) {
+        changes.push(Change::PutTeam(Team {
+            id: team.clone(),
+            name: "System".into(),
+            active: true,
+        }));
+    }
+    if !model.users.contains_key(&user) {
+        changes.push(Change::PutUser(User {
+            id: user.clone(),
+            name: "Bootstrap operator".into(),
+            active: true,
+            teams: vec![],
+        }));
+    }
+    changes.push(Change::PutKey(Arc::new(KeySpec {
+        prefix: bootstrap.prefix.as_str().into(),
+        secret_hash: hash,
+        key_type: KeyType::Team,
+        user: Some(user),
+        team: Some(team),
+        project: None,
+        roles: vec![Arc::from("SYSTEM_OWNER")].into(),
+        status: KeyStatus::Active,
+        expires_at: None,
+    })));
+    Ok((changes, key))
+}
+
+/// The writer thread's own copy of the model: always what is committed plus the group being
+/// built.
+struct Writer {
+    store: Arc<Store>,
+    state: Arc<State>,
+    model: Model,
+    revision: u64,
+    /// A commit failed: the database must be reopened before the next one.
+    broken: bool,
+}
+
+struct Pending {
+    /// `None`: the edit changed nothing.
+    revision: Option<u64>,
+    changes: Vec<Change>,
+    undo: Vec<Change>,
+    ack: oneshot::Sender<Result<u64, WriteError>>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    /// After a failed commit: reopens the database and makes the model, the revision and the
+    /// state agree with what is on disk (a commit reported as failed may still have reached
+    /// the disk, e.g. when only the final sync failed).
+    fn recover(&mut self) -> Result<(), String> {
+        let (disk, revision) = self.store.reopen().map_err(|e| e.to_string())?;
+        self.broken = false;
+        if revision != self.revision || disk != self.model {
+            tracing::warn!(
+                revision,
+                expected = self.revision,
+                "after an I/O error the store holds another state than expected; following the disk"
+            );
+            let changes = self.model.diff(&disk);
+            if revision > self.revision {
+                self.state
+                    .apply(ChangeSet { revision, changes })
+                    .map_err(|e| e.to_string())?;
+            }
+            self.model = disk;
+            self.revision = self.revision.max(revision);
+        }
+        tracing::info!(
+            revision = self.revision,
+            "store reopened after an I/O error"
+        );
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: Vec<WriteRequest>) {
+        let recovered = if self.broken { self.recover() } else { Ok(()) };
+        if let Err(err) = recovered {
+            tracing::error!(error = %err, "the store cannot be reopened; writes are refused");
+            for req in group {
+                let _ = req.ack.send(Err(WriteError::Unavailable(err.clone())));
+            }
+            return;
+        }
+        let start_revision = self.revision;
+        let mut pending: Vec<Pending> = Vec::with_capacity(group.len());
+        for req in group {
+            // An edit that panics is a bug; refuse that write and keep the writer alive.
+            let edit = req.edit;
+            let model = &self.model;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| edit(model)))
+                .unwrap_or_else(|_| Err(WriteError::Unavailable("internal error".into())));
+            let changes = match outcome {
+                Ok(changes) => changes,
+                Err(e) => {
+                    let _ = req.ack.send(Err(e));
+                    continue;
+                }
+            };
+            if changes.is_empty() {
+                pending.push(Pending {
+                    revision: None,
+                    changes,
+                    undo: Vec::new(),
+                    ack: req.ack,
+                });
+                continue;
+            }
+            let undo = apply_with_undo(&mut self.model, &changes);
+            let violations = validate(&self.model, &changes);
+            if !violations.is_empty() {
+                for c in &undo {
+                    self.model.apply(c);
+                }
+                let _ = req.ack.send(Err(WriteError::Invalid(violations)));
+                continue;
+            }
+            self.revision += 1;
+            pending.push(Pending {
+                revision: Some(self.revision),
+                changes,
+                undo,
+                ack: req.ack,
+            });
+        }
+
+        let sets: Vec<(u64, &[Change])> = pending
+            .iter()
+            .filter_map(|p| p.revision.map(|r| (r, p.changes.as_slice())))
+            .collect();
+        let committed = if sets.is_empty() {
+            Ok(())
+        } else {
+            self.store.commit(&sets)
+        };
+        if let Err(err) = committed {
+            tracing::error!(error = %err, writes = sets.len(), "store commit failed; the writes are refused");
+            self.broken = true;
+            for p in pending.iter().rev() {
+                for c in &p.undo {
+                    self.model.apply(c);
+                }
+            }
+            self.revision = start_revision;
+            for p in pending {
+                let _ = p.ack.send(Err(WriteError::Unavailable(err.to_string())));
+            }
+            return;
+        }
+        for p in pending {
+            let result = match p.revision {
+                Some(revision) => {
+                    let set = ChangeSet {
+                        revision,
+                        changes: p.changes,
+                    };
+                    self.state.apply(set).map_err(|e| {
+                        tracing::error!(error = %e, "a committed revision could not be applied");
+                        WriteError::Unavailable(e.to_string())
+                    })
+                }
+                None => Ok(self.revision),
+            };
+            let _ = p.ack.send(result);
+        }
+    }
+}
+
+/// The rules the model breaks after `changes`: only the keys put when the changes touch nothing
+/// but keys (the common write, and nothing refers to a key), else the whole model.
+fn validate(model: &Model, changes: &[Change]) -> Vec<ModelViolation> {
+    let only_keys = changes
+        .iter()
+        .all(|c| matches!(c, Change::PutKey(_) | Change::RemoveKey(_)));
+    if !only_keys {
+        return model.validate();
+    }
+    model.validate_keys(changes.iter().filter_map(|c| match c {
+        Change::PutKey(k) => Some(&**k),
+        _ => None,
+    }))
+}
+
+/// Applies `changes` to `model` and returns the changes that undo them, in the order to apply.
+pub(crate) fn apply_with_undo(model: &mut Model, changes: &[Change]) -> Vec<Change> {
+    let mut undo = Vec::with_capacity(changes.len());
+    for change in changes {
+        let inverse = match change {
+            Change::PutEntitlement(id) | Change::RemoveEntitlement(id) => {
+                if model.catalog.has_entitlement(id) {
+                    Change::PutEntitlement(id.clone())
+                } else {
+                    Change::RemoveEntitlement(id.clone())
+                }
+            }
+            Change::PutRole(role) => role_inverse(model, &role.id),
+            Change::RemoveRole(id) => role_inverse(model, id),
+            Change::PutTeam(Team { id, .. }) | Change::RemoveTeam(id) => {
+                match model.teams.get(id) {
+                    Some(t) => Change::PutTeam(t.clone()),
+                    None => Change::RemoveTeam(id.clone()),
+                }
+            }
+            Change::PutUser(User { id, .. }) | Change::RemoveUser(id) => {
+                match model.users.get(id) {
+                    Some(u) => Change::PutUser(u.clone()),
+                    None => Change::RemoveUser(id.clone()),
+                }
+            }
+            Change::PutProject(crate::domain::Project { id, .. }) | Change::RemoveProject(id) => {
+                match model.projects.get(id) {
+                    Some(p) => Change::PutProject(p.clone()),
+                    None => Change::RemoveProject(id.clone()),
+                }
+            }
+            Change::PutKey(k) => key_inverse(model, &k.prefix),
+            Change::RemoveKey(prefix) => key_inverse(model, prefix),
+        };
+        undo.push(inverse);
+        model.apply(change);
+    }
+    undo.reverse();
+    undo
+}
+
+fn role_inverse(model: &Model, id: &Arc<str>) -> Change {
+    match model.catalog.role(id) {
+        Some(r) if r.id == *id => Change::PutRole(r.clone()),
+        _ => Change::RemoveRole(id.clone()),
+    }
+}
+
+fn key_inverse(model: &Model, prefix: &Arc<str>) -> Change {
+    match model.keys.get(prefix) {
+        Some(k) => Change::PutKey(k.clone()),
+        None => Change::RemoveKey(prefix.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::tests::{model, team_key};
+
+    fn bootstrap() -> Bootstrap {
+        Bootstrap {
+            prefix: "BootstrapKey01".into(),
+            secret_sha256: None,
+        }
+    }
+
+    /// The real file backend, with writes and syncs that fail while `failing` is set (a full or
+    /// failing disk).
+    #[derive(Debug)]
+    struct FailingDisk {
+        file: redb::backends::FileBackend,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FailingDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (injected)",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_refuses_the_write_with_nothing_half_done() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let disk = failing.clone();
+        let opened = Store::open_with(
+            dir.path(),
+            Box::new(move |path| {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+                redb::Builder::new().create_with_backend(FailingDisk {
+                    file: redb::backends::FileBackend::new(file)?,
+                    failing: disk.clone(),
+                })
+            }),
+        )
+        .unwrap();
+        let state = Arc::new(State::new());
+        let started =
+            EmbeddedOrigin::start_on(opened, dir.path(), state.clone(), &bootstrap()).unwrap();
+        let team = |id: &str| {
+            let id: Arc<str> = id.into();
+            Box::new(move |_m: &Model| {
+                Ok(vec![Change::PutTeam(Team {
+                    id,
+                    name: "T".into(),
+                    active: true,
+                })])
+            }) as Edit
+        };
+        failing.store(true, Ordering::SeqCst);
+        let err = started.origin.write(team("lost")).await.unwrap_err();
+        assert!(
+            matches!(err, WriteError::Unavailable(ref m) if m.contains("no space")),
+            "{err:?}"
+        );
+        assert_eq!(state.revision(), 1, "nothing applied");
+        assert!(!state.model().teams.contains_key("lost"));
+        // The disk recovers: the next write takes the next revision and nothing of the failed
+        // one appears.
+        failing.store(false, Ordering::SeqCst);
+        assert_eq!(started.origin.write(team("kept")).await.unwrap(), 2);
+        drop(started);
+        let (_, m, revision) = Store::open(dir.path()).unwrap();
+        assert_eq!(revision, 2);
+        assert!(m.teams.contains_key("kept") && !m.teams.contains_key("lost"));
+    }
+
+    #[test]
+    fn undo_restores_the_model() {
+        let original = model(vec![team_key(
+            "AliceKey01",
+            "alice",
+            "acme",
+            &["DEVELOPER"],
+        )]);
+        let mut m = original.clone();
+        let target = model(vec![team_key("BobKey0001", "bob", "globex", &["AUDITOR"])]);
+        let mut changes = original.diff(&target);
+        changes.push(Change::PutEntitlement("reports.export".into()));
+        changes.push(Change::RemoveRole("AUDITOR".into()));
+        let undo = apply_with_undo(&mut m, &changes);
+        assert_ne!(m, original);
+        for c in &undo {
+            m.apply(c);
+        }
+        assert_eq!(m, original);
+    }
+
+    #[tokio::test]
+    async fn writes_are_durable_and_revisions_continue_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        let key = started
+            .bootstrap_key
+            .clone()
+            .expect("a generated bootstrap key");
+        assert!(key.starts_with("BootstrapKey01."));
+        assert_eq!(state.revision(), 1);
+        let rev = started
+            .origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![Change::PutTeam(Team {
+                    id: "acme".into(),
+                    name: "Acme".into(),
+                    active: true,
+                })])
+            }))
+            .await
+            .unwrap();
+        assert_eq!(rev, 2);
+        let bad = started
+            .origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![Change::RemoveTeam("system".into())])
+            }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(bad, WriteError::Invalid(ref v) if !v.is_empty()),
+            "{bad:?}"
+        );
+        assert!(state.model().teams.contains_key("system"));
+        let log = started.origin.store().changes_since(0).unwrap().unwrap();
+        assert_eq!(
+            log.iter().map(|s| s.revision).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        // Dropping the origin stops its writer and releases the file.
+        drop(started);
+        let (_, m, revision) = Store::open(dir.path()).unwrap();
+        assert_eq!(revision, 2);
+        assert_eq!(m, state.model());
+    }
+}

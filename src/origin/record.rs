@@ -1,0 +1,348 @@
+//! The on-disk form of the model's objects and changes (JSON inside the embedded store): plain
+//! serde records, so that the domain types stay free of any storage format and the stored form
+//! can evolve with explicit versions.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Grant, KeySpec, KeyStatus, KeyType, Project, Role, RoleType, Scope, SecretHash, Team, User,
+    model::Change,
+};
+
+/// Why a stored record cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored record is corrupt: {0}")]
+pub struct CorruptRecord(pub String);
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct TeamRec {
+    id: String,
+    name: String,
+    active: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct UserRec {
+    id: String,
+    name: String,
+    active: bool,
+    teams: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ProjectRec {
+    id: String,
+    team: String,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GrantRec {
+    entitlement: String,
+    scope: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RoleRec {
+    id: String,
+    #[serde(rename = "type")]
+    role_type: String,
+    grants: Vec<GrantRec>,
+    prebuilt: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KeyRec {
+    prefix: String,
+    /// Hex SHA-256 of the secret; the secret itself is never stored.
+    secret_sha256: String,
+    #[serde(rename = "type")]
+    key_type: String,
+    user: Option<String>,
+    team: Option<String>,
+    project: Option<String>,
+    roles: Vec<String>,
+    status: String,
+    expires_at: Option<i64>,
+}
+
+/// One change as stored in the change log.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum ChangeRec {
+    PutEntitlement { id: String },
+    RemoveEntitlement { id: String },
+    PutRole { role: RoleRec },
+    RemoveRole { id: String },
+    PutTeam { team: TeamRec },
+    RemoveTeam { id: String },
+    PutUser { user: UserRec },
+    RemoveUser { id: String },
+    PutProject { project: ProjectRec },
+    RemoveProject { id: String },
+    PutKey { key: KeyRec },
+    RemoveKey { prefix: String },
+}
+
+fn arc(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+fn bad(what: impl Into<String>) -> CorruptRecord {
+    CorruptRecord(what.into())
+}
+
+impl From<&Role> for RoleRec {
+    fn from(r: &Role) -> Self {
+        RoleRec {
+            id: r.id.to_string(),
+            role_type: r.role_type.as_str().into(),
+            grants: r
+                .grants
+                .iter()
+                .map(|g| GrantRec {
+                    entitlement: g.entitlement.to_string(),
+                    scope: g.scope.as_str().into(),
+                })
+                .collect(),
+            prebuilt: r.prebuilt,
+        }
+    }
+}
+
+impl TryFrom<RoleRec> for Role {
+    type Error = CorruptRecord;
+    fn try_from(r: RoleRec) -> Result<Self, Self::Error> {
+        let role_type = match r.role_type.as_str() {
+            "user" => RoleType::User,
+            "system" => RoleType::System,
+            "implicit" => RoleType::Implicit,
+            other => return Err(bad(format!("role {}: type {other:?}", r.id))),
+        };
+        let grants = r
+            .grants
+            .into_iter()
+            .map(|g| {
+                let scope: Scope = g.scope.parse().map_err(|e| bad(format!("{e}")))?;
+                Ok(Grant {
+                    entitlement: arc(&g.entitlement),
+                    scope,
+                })
+            })
+            .collect::<Result<_, CorruptRecord>>()?;
+        Ok(Role {
+            id: arc(&r.id),
+            role_type,
+            grants,
+            prebuilt: r.prebuilt,
+        })
+    }
+}
+
+impl From<&KeySpec> for KeyRec {
+    fn from(k: &KeySpec) -> Self {
+        KeyRec {
+            prefix: k.prefix.to_string(),
+            secret_sha256: k.secret_hash.to_hex(),
+            key_type: k.key_type.as_str().into(),
+            user: k.user.as_deref().map(Into::into),
+            team: k.team.as_deref().map(Into::into),
+            project: k.project.as_deref().map(Into::into),
+            roles: k.roles.iter().map(|r| r.to_string()).collect(),
+            status: k.status.as_str().into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+impl TryFrom<KeyRec> for KeySpec {
+    type Error = CorruptRecord;
+    fn try_from(k: KeyRec) -> Result<Self, Self::Error> {
+        let secret_hash: SecretHash = k
+            .secret_sha256
+            .parse()
+            .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+        let key_type = match k.key_type.as_str() {
+            "team" => KeyType::Team,
+            "project" => KeyType::Project,
+            other => return Err(bad(format!("key {}: type {other:?}", k.prefix))),
+        };
+        let status: KeyStatus = k.status.parse().map_err(bad)?;
+        Ok(KeySpec {
+            prefix: arc(&k.prefix),
+            secret_hash,
+            key_type,
+            user: k.user.as_deref().map(arc),
+            team: k.team.as_deref().map(arc),
+            project: k.project.as_deref().map(arc),
+            roles: k.roles.iter().map(|r| arc(r)).collect(),
+            status,
+            expires_at: k.expires_at,
+        })
+    }
+}
+
+impl From<&Change> for ChangeRec {
+    fn from(c: &Change) -> Self {
+        match c {
+            Change::PutEntitlement(id) => ChangeRec::PutEntitlement { id: id.to_string() },
+            Change::RemoveEntitlement(id) => ChangeRec::RemoveEntitlement { id: id.to_string() },
+            Change::PutRole(r) => ChangeRec::PutRole {
+                role: RoleRec::from(&**r),
+            },
+            Change::RemoveRole(id) => ChangeRec::RemoveRole { id: id.to_string() },
+            Change::PutTeam(t) => ChangeRec::PutTeam {
+                team: TeamRec {
+                    id: t.id.to_string(),
+                    name: t.name.clone(),
+                    active: t.active,
+                },
+            },
+            Change::RemoveTeam(id) => ChangeRec::RemoveTeam { id: id.to_string() },
+            Change::PutUser(u) => ChangeRec::PutUser {
+                user: UserRec {
+                    id: u.id.to_string(),
+                    name: u.name.clone(),
+                    active: u.active,
+                    teams: u.teams.iter().map(|t| t.to_string()).collect(),
+                },
+            },
+            Change::RemoveUser(id) => ChangeRec::RemoveUser { id: id.to_string() },
+            Change::PutProject(p) => ChangeRec::PutProject {
+                project: ProjectRec {
+                    id: p.id.to_string(),
+                    team: p.team.to_string(),
+                    name: p.name.clone(),
+                },
+            },
+            Change::RemoveProject(id) => ChangeRec::RemoveProject { id: id.to_string() },
+            Change::PutKey(k) => ChangeRec::PutKey {
+                key: KeyRec::from(&**k),
+            },
+            Change::RemoveKey(p) => ChangeRec::RemoveKey {
+                prefix: p.to_string(),
+            },
+        }
+    }
+}
+
+impl TryFrom<ChangeRec> for Change {
+    type Error = CorruptRecord;
+    fn try_from(c: ChangeRec) -> Result<Self, Self::Error> {
+        Ok(match c {
+            ChangeRec::PutEntitlement { id } => Change::PutEntitlement(arc(&id)),
+            ChangeRec::RemoveEntitlement { id } => Change::RemoveEntitlement(arc(&id)),
+            ChangeRec::PutRole { role } => Change::PutRole(Arc::new(role.try_into()?)),
+            ChangeRec::RemoveRole { id } => Change::RemoveRole(arc(&id)),
+            ChangeRec::PutTeam { team } => Change::PutTeam(Team {
+                id: arc(&team.id),
+                name: team.name,
+                active: team.active,
+            }),
+            ChangeRec::RemoveTeam { id } => Change::RemoveTeam(arc(&id)),
+            ChangeRec::PutUser { user } => Change::PutUser(User {
+                id: arc(&user.id),
+                name: user.name,
+                active: user.active,
+                teams: user.teams.iter().map(|t| arc(t)).collect(),
+            }),
+            ChangeRec::RemoveUser { id } => Change::RemoveUser(arc(&id)),
+            ChangeRec::PutProject { project } => Change::PutProject(Project {
+                id: arc(&project.id),
+                team: arc(&project.team),
+                name: project.name,
+            }),
+            ChangeRec::RemoveProject { id } => Change::RemoveProject(arc(&id)),
+            ChangeRec::PutKey { key } => Change::PutKey(Arc::new(key.try_into()?)),
+            ChangeRec::RemoveKey { prefix } => Change::RemoveKey(arc(&prefix)),
+        })
+    }
+}
+
+/// Encodes a list of changes (one revision) for the change log.
+pub(crate) fn encode_changes(changes: &[Change]) -> Vec<u8> {
+    let recs: Vec<ChangeRec> = changes.iter().map(ChangeRec::from).collect();
+    serde_json::to_vec(&recs).expect("records always serialize")
+}
+
+/// Decodes a change log entry.
+pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, CorruptRecord> {
+    let recs: Vec<ChangeRec> = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    recs.into_iter().map(Change::try_from).collect()
+}
+
+/// The state-table key and value for the object a change puts or removes: `(key, Some(value))`
+/// to store, `(key, None)` to delete.
+pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
+    let key = match change {
+        Change::PutEntitlement(id) | Change::RemoveEntitlement(id) => format!("entitlement/{id}"),
+        Change::PutRole(r) => format!("role/{}", r.id),
+        Change::RemoveRole(id) => format!("role/{id}"),
+        Change::PutTeam(t) => format!("team/{}", t.id),
+        Change::RemoveTeam(id) => format!("team/{id}"),
+        Change::PutUser(u) => format!("user/{}", u.id),
+        Change::RemoveUser(id) => format!("user/{id}"),
+        Change::PutProject(p) => format!("project/{}", p.id),
+        Change::RemoveProject(id) => format!("project/{id}"),
+        Change::PutKey(k) => format!("key/{}", k.prefix),
+        Change::RemoveKey(p) => format!("key/{p}"),
+    };
+    let value = match change {
+        // A removed prebuilt role must stay removed after a restart, so its removal is stored
+        // as a tombstone rather than as a missing record.
+        Change::RemoveRole(_) => Some(b"null".to_vec()),
+        Change::RemoveEntitlement(_)
+        | Change::RemoveTeam(_)
+        | Change::RemoveUser(_)
+        | Change::RemoveProject(_)
+        | Change::RemoveKey(_) => None,
+        put => Some(encode_changes(std::slice::from_ref(put))),
+    };
+    (key, value)
+}
+
+/// Turns a stored object back into the change that puts it (or removes a tombstoned role).
+pub(crate) fn decode_object(key: &str, value: &[u8]) -> Result<Change, CorruptRecord> {
+    if value == b"null" {
+        let id = key
+            .strip_prefix("role/")
+            .ok_or_else(|| bad(format!("{key}: tombstone outside roles")))?;
+        return Ok(Change::RemoveRole(arc(id)));
+    }
+    let mut changes = decode_changes(value)?;
+    match (changes.pop(), changes.is_empty()) {
+        (Some(change), true) => Ok(change),
+        _ => Err(bad(format!("{key}: not exactly one object"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::tests::{model, project_key, team_key};
+
+    #[test]
+    fn every_kind_of_change_round_trips() {
+        let m = model(vec![
+            team_key("AliceKey01", "alice", "acme", &["DATA_SCIENTIST"]),
+            project_key("FraudKey01", "fraud", &["SYSTEM_KEY"]),
+        ]);
+        let mut changes = Model::default().diff(&m);
+        changes.push(Change::PutEntitlement("reports.export".into()));
+        changes.push(Change::RemoveRole("AUDITOR".into()));
+        changes.push(Change::RemoveKey("AliceKey01".into()));
+        let back = decode_changes(&encode_changes(&changes)).unwrap();
+        assert_eq!(back, changes);
+        for c in &changes {
+            let (key, value) = object_entry(c);
+            if let Some(v) = value {
+                assert_eq!(&decode_object(&key, &v).unwrap(), c, "{key}");
+            }
+        }
+        assert!(decode_changes(b"[{\"op\":\"put_nothing\"}]").is_err());
+    }
+
+    use crate::domain::Model;
+}

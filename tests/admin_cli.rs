@@ -1,0 +1,221 @@
+//! The Admin CLI against the real binary serving the embedded store: the bootstrap key printed
+//! once, `keys create|list|get|update|revoke|replace-secret`, `teams|users|projects`, `roles`,
+//! `apply -f`, JSON output and field violations on bad input.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    addr: String,
+    bootstrap: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `rolegate serve --data-dir` on ephemeral ports; reads the bootstrap key from stdout
+/// and the address from the JSON log.
+fn serve(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let bootstrap = line.rsplit(' ').next().unwrap().trim().to_owned();
+    assert!(bootstrap.starts_with("RolegateBootstrap01."), "{line}");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(a) = v.get("grpc").and_then(Value::as_str)
+            {
+                let _ = tx.send(a.to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("address");
+    Server {
+        child,
+        addr: format!("http://{addr}"),
+        bootstrap,
+    }
+}
+
+fn cli(server: &Server, key: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(args)
+        .env("ROLEGATE_ADDR", &server.addr)
+        .env("ROLEGATE_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_admin_cli_drives_a_key_through_its_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"));
+    let owner = server.bootstrap.clone();
+
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "create", "acme", "--name", "Acme"],
+    ));
+    ok(cli(
+        &server,
+        &owner,
+        &["users", "create", "alice", "--team", "acme"],
+    ));
+    ok(cli(&server, &owner, &["projects", "list"]));
+    let created: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--team",
+            "acme",
+            "--role",
+            "DEVELOPER",
+            "--prefix",
+            "AliceKey0001",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    let alice = created["api_key"].as_str().unwrap().to_owned();
+    assert!(alice.starts_with("AliceKey0001."));
+
+    // The table lists it; JSON too; neither shows a secret.
+    let table = ok(cli(&server, &owner, &["keys", "list"]));
+    assert!(
+        table.contains("AliceKey0001") && table.contains("DEVELOPER"),
+        "{table}"
+    );
+    assert!(!table.contains(alice.split_once('.').unwrap().1));
+    let listed: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["keys", "list", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // Alice reads her own key, and may not promote it.
+    ok(cli(&server, &alice, &["keys", "get", "AliceKey0001"]));
+    let denied = cli(
+        &server,
+        &alice,
+        &["keys", "update", "AliceKey0001", "--roles", "ACCOUNT_ADMIN"],
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+
+    // Bad input: the field violation is printed.
+    let bad = cli(
+        &server,
+        &owner,
+        &["keys", "update", "AliceKey0001", "--roles", "SYSTEM_KEY"],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("keys[AliceKey0001].roles"), "{err}");
+
+    // Replace the secret, then revoke.
+    let replaced: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["keys", "replace-secret", "AliceKey0001", "--output", "json"],
+    )))
+    .unwrap();
+    let new_key = replaced["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, alice);
+    let old_fails = cli(&server, &alice, &["keys", "get", "AliceKey0001"]);
+    assert!(String::from_utf8_lossy(&old_fails.stderr).contains("Unauthenticated"));
+    ok(cli(&server, &new_key, &["keys", "get", "AliceKey0001"]));
+    let revoked: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["keys", "revoke", "AliceKey0001", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(revoked["key"]["status"], "inactive");
+    let after = cli(&server, &new_key, &["keys", "get", "AliceKey0001"]);
+    assert!(String::from_utf8_lossy(&after.stderr).contains("Unauthenticated"));
+
+    // Roles.
+    ok(cli(
+        &server,
+        &owner,
+        &["roles", "create", "REVIEWER", "--grant", "models.read:TEAM"],
+    ));
+    let roles = ok(cli(&server, &owner, &["roles", "list"]));
+    assert!(roles.contains("REVIEWER"), "{roles}");
+
+    // Apply: a dry run shows the diff and writes nothing.
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nteams:\n  - {{ id: system }}\n  - {{ id: initech }}\nusers:\n  - {{ id: bootstrap }}\nkeys:\n  - {{ prefix: RolegateBootstrap01, secret_sha256: {}, type: team, user: bootstrap, team: system, roles: [SYSTEM_OWNER] }}\n",
+            rolegate::domain::ApiKey::parse(&owner)
+                .unwrap()
+                .secret_hash()
+                .to_hex()
+        ),
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let dry = ok(cli(&server, &owner, &["apply", "-f", policy, "--dry-run"]));
+    assert!(
+        dry.contains("put team initech") && dry.contains("dry run"),
+        "{dry}"
+    );
+    let teams = ok(cli(&server, &owner, &["teams", "list"]));
+    assert!(!teams.contains("initech"));
+    let applied = ok(cli(&server, &owner, &["apply", "-f", policy]));
+    assert!(applied.contains("remove key AliceKey0001"), "{applied}");
+    let teams = ok(cli(&server, &owner, &["teams", "list"]));
+    assert!(
+        teams.contains("initech") && !teams.contains("acme"),
+        "{teams}"
+    );
+}

@@ -1,0 +1,304 @@
+//! Crash safety of the embedded store with the real binary: writers issue writes against
+//! `rolegate serve --data-dir`, the process is killed with SIGKILL at a random moment, restarted
+//! on the same directory, and every acknowledged write must be there, no write half-present, and
+//! revisions must continue. Repeated, alternating two kinds of writes:
+//! - concurrent single-object writes (grouped into shared commits by the writer);
+//! - multi-object writes (`Apply` adding a team and a user in one revision), which must be all
+//!   or nothing.
+
+mod admin_support;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use admin_support::{BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap};
+use rand::Rng;
+use rolegate::grpc::pb::{self, admin_client::AdminClient};
+use tonic::transport::Channel;
+
+/// The real binary, serving `dir`; returns the child and its gRPC address.
+fn spawn(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--bootstrap-key-sha256",
+            &bootstrap_hash(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rolegate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(addr.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its gRPC address");
+    (child, format!("http://{addr}"))
+}
+
+async fn connect(addr: &str) -> AdminClient<Channel> {
+    AdminClient::new(
+        Channel::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect"),
+    )
+}
+
+/// Every user id (all pages) and the state's revision.
+async fn users(admin: &mut AdminClient<Channel>) -> (BTreeSet<String>, u64) {
+    let mut out = BTreeSet::new();
+    let mut token = String::new();
+    let mut revision = 0;
+    loop {
+        let page = admin
+            .list_users(call(
+                BOOTSTRAP,
+                pb::ListRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        revision = revision.max(page.revision);
+        out.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            return (out, revision);
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn teams(admin: &mut AdminClient<Channel>) -> BTreeSet<String> {
+    admin
+        .list_teams(call(
+            BOOTSTRAP,
+            pb::ListRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .teams
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
+}
+
+/// Concurrent single-object writes; returns the acknowledged (id, revision) pairs.
+async fn concurrent_writes(addr: &str, round: usize) -> Vec<(String, u64)> {
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut admin = connect(addr).await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let id = format!("r{round}-w{w}-{i}");
+                let result = admin
+                    .create_user(call(
+                        BOOTSTRAP,
+                        pb::UserRequest {
+                            user: Some(pb::User {
+                                id: id.clone(),
+                                name: "crash".into(),
+                                active: true,
+                                teams: vec![],
+                            }),
+                        },
+                    ))
+                    .await;
+                match result {
+                    Ok(r) => acked.push((id, r.into_inner().revision)),
+                    Err(_) => return acked,
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    acked
+}
+
+/// The document of step `n` of an Apply round: the example policy plus teams and users 0..=n.
+fn document(round: usize, n: usize) -> String {
+    let mut doc = example_with_bootstrap();
+    let mut teams = String::new();
+    let mut users = String::new();
+    for i in 0..=n {
+        teams.push_str(&format!("  - {{ id: a{round}-{i}, name: A }}\n"));
+        users.push_str(&format!(
+            "  - {{ id: b{round}-{i}, name: B, teams: [a{round}-{i}] }}\n"
+        ));
+    }
+    doc = doc.replacen("\nteams:\n", &format!("\nteams:\n{teams}"), 1);
+    doc.replacen("\nusers:\n", &format!("\nusers:\n{users}"), 1)
+}
+
+/// Sequential multi-object writes; returns the last acknowledged step and its revision.
+async fn apply_writes(addr: &str, round: usize) -> Option<(usize, u64)> {
+    let mut admin = connect(addr).await;
+    let mut last = None;
+    for n in 0.. {
+        let result = admin
+            .apply(call(
+                BOOTSTRAP,
+                pb::ApplyRequest {
+                    document: document(round, n),
+                    dry_run: false,
+                },
+            ))
+            .await;
+        match result {
+            Ok(r) => last = Some((n, r.into_inner().revision)),
+            Err(_) => return last,
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill_at_random_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut rng = rand::rng();
+    let mut max_acked_revision = 0;
+    const ROUNDS: usize = 20;
+    let mut total_acked = 0;
+
+    for round in 0..ROUNDS {
+        let (mut child, addr) = spawn(&data);
+        let kill_after = Duration::from_millis(rng.random_range(50..400));
+        let apply_round = round % 2 == 1;
+        let writer = {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                if apply_round {
+                    (Vec::new(), apply_writes(&addr, round).await)
+                } else {
+                    (concurrent_writes(&addr, round).await, None)
+                }
+            })
+        };
+        tokio::time::sleep(kill_after).await;
+        child.kill().expect("SIGKILL"); // std's kill sends SIGKILL on Unix
+        let _ = child.wait();
+        let (acked, applied) = writer.await.unwrap();
+
+        // Restart on the same directory and verify.
+        let (mut child, addr) = spawn(&data);
+        let mut admin = connect(&addr).await;
+        let (present, revision) = users(&mut admin).await;
+        let present_teams = teams(&mut admin).await;
+        for (_, rev) in &acked {
+            max_acked_revision = max_acked_revision.max(*rev);
+        }
+        total_acked += acked.len();
+        if !apply_round {
+            // Apply rounds replace the whole state, so each concurrent round checks its own.
+            for (id, _) in &acked {
+                assert!(
+                    present.contains(id),
+                    "round {round}: acknowledged {id} is missing"
+                );
+            }
+        } else {
+            // All or nothing: team a{round}-i and user b{round}-i exist for the same i, and
+            // every acknowledged step is there.
+            let steps = |prefix: &str, set: &BTreeSet<String>| -> BTreeSet<usize> {
+                set.iter()
+                    .filter_map(|s| s.strip_prefix(&format!("{prefix}{round}-"))?.parse().ok())
+                    .collect()
+            };
+            let team_steps = steps("a", &present_teams);
+            let user_steps = steps("b", &present);
+            assert_eq!(
+                team_steps, user_steps,
+                "round {round}: a half-applied document"
+            );
+            let expect_upto = team_steps.iter().max().copied();
+            if let Some((n, rev)) = applied {
+                max_acked_revision = max_acked_revision.max(rev);
+                total_acked += n + 1;
+                assert!(
+                    expect_upto.is_some_and(|k| k >= n),
+                    "round {round}: acknowledged step {n} lost (have {team_steps:?})"
+                );
+            }
+            // The steps present are exactly 0..=k: each document contains all the previous.
+            if let Some(k) = expect_upto {
+                assert_eq!(team_steps, (0..=k).collect(), "round {round}");
+            }
+        }
+        eprintln!(
+            "round {round}: killed after {kill_after:?}; {} acknowledged concurrent writes, last acknowledged Apply step {:?}; revision {revision} after restart",
+            acked.len(),
+            applied
+        );
+        assert!(
+            revision >= max_acked_revision,
+            "round {round}: revision {revision} is behind an acknowledged {max_acked_revision}"
+        );
+        // Revisions continue after the restart.
+        let next = admin
+            .create_team(call(
+                BOOTSTRAP,
+                pb::TeamRequest {
+                    team: Some(pb::Team {
+                        id: format!("after-{round}"),
+                        name: "after".into(),
+                        active: true,
+                    }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(next.team.unwrap().id, format!("after-{round}"));
+        let (_, after) = users(&mut admin).await;
+        assert_eq!(
+            after,
+            revision + 1,
+            "round {round}: the next write takes the next revision"
+        );
+        max_acked_revision = after;
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+    assert!(
+        total_acked > ROUNDS,
+        "the writers made progress before the kills ({total_acked} acknowledged writes)"
+    );
+}

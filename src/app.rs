@@ -121,7 +121,12 @@ pub async fn run(
             }));
             // The embedded store keeps no routes: the default route map serves.
             let (_, no_routes) = tokio::sync::watch::channel(None);
-            (status, AdminOrigin::Embedded(started.origin), None, no_routes)
+            (
+                status,
+                AdminOrigin::Embedded(started.origin),
+                None,
+                no_routes,
+            )
         }
     };
 
@@ -131,11 +136,7 @@ pub async fn run(
     if let Err(err) = authz.set_routes(routes.borrow().as_deref().map(|r| &r[..])) {
         tracing::error!(error = %err, "the policy's routes do not compile; using the default map");
     }
-    let route_follower = tokio::spawn(
-        authz
-            .clone()
-            .follow_routes(routes, stop_rx.clone()),
-    );
+    let route_follower = tokio::spawn(authz.clone().follow_routes(routes, stop_rx.clone()));
     let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzService::new(
         authz.clone(),
     ))

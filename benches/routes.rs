@@ -10,10 +10,16 @@
 //!
 //! Every probe is asserted to match (and to be allowed) once before measuring.
 //! Run: `cargo bench --bench routes` (quicker: `-- --warm-up-time 1 --measurement-time 3`).
+//!
+//! On a shared, noisy machine, count instructions instead: `ROLEGATE_FIXED=<group>/<N>:<iters>`
+//! runs exactly `iters` iterations in `measure_fixed`, which callgrind can count alone:
+//! `ROLEGATE_FIXED=route_match/10000:100000 valgrind --tool=callgrind
+//! --toggle-collect='*measure_fixed*' target/release/deps/routes-<hash>` (Ir / iters = the cost
+//! of one match).
 
 use std::{collections::HashMap, hint::black_box, sync::Arc};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use rolegate::{
     authz::{
         Authz, AuthzConfig, AuthzRequest, Verdict,
@@ -84,6 +90,58 @@ fn state() -> Arc<State> {
     state
 }
 
+/// Runs `f` on the probes, round robin, `iters` times (the only code callgrind counts).
+#[inline(never)]
+fn measure_fixed<T>(probes: &[String], iters: usize, mut f: impl FnMut(&str) -> T) {
+    for i in 0..iters {
+        black_box(f(black_box(&probes[i % probes.len()])));
+    }
+}
+
+fn fixed(spec: &str) {
+    let (what, iters) = spec.split_once(':').expect("<group>/<N>:<iters>");
+    let (group, n) = what.split_once('/').expect("<group>/<N>");
+    let (n, iters): (usize, usize) = (n.parse().unwrap(), iters.parse().unwrap());
+    let probes = probes(n);
+    match group {
+        "route_match" => {
+            let table = RouteTable::compile(&routes(n)).unwrap();
+            measure_fixed(&probes, iters, |p| {
+                let path = normalize_path(p).unwrap();
+                table.find("GET", &path.segments).map(|m| m.params.len())
+            });
+        }
+        "authz_decision" => {
+            let authz = Authz::new(state(), AuthzConfig::default());
+            authz.set_routes(Some(&routes(n))).unwrap();
+            let headers = headers();
+            measure_fixed(&probes, iters, |p| {
+                let v = authz
+                    .authorize(&AuthzRequest {
+                        method: "GET",
+                        path: p,
+                        headers: &headers,
+                        context: None,
+                    })
+                    .unwrap();
+                assert!(matches!(v, Verdict::Allow(_)));
+                v
+            });
+        }
+        other => panic!("unknown group {other}"),
+    }
+    println!("{what}: {iters} iterations");
+}
+
+fn headers() -> HashMap<String, String> {
+    [
+        ("authorization".to_owned(), format!("ApiKey {KEY}")),
+        (":authority".to_owned(), "app.internal".to_owned()),
+        ("user-agent".to_owned(), "bench".to_owned()),
+    ]
+    .into()
+}
+
 fn benches(c: &mut Criterion) {
     let state = state();
     let mut group = c.benchmark_group("route_match");
@@ -107,12 +165,7 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("authz_decision");
-    let headers: HashMap<String, String> = [
-        ("authorization".to_owned(), format!("ApiKey {KEY}")),
-        (":authority".to_owned(), "app.internal".to_owned()),
-        ("user-agent".to_owned(), "bench".to_owned()),
-    ]
-    .into();
+    let headers = headers();
     for n in SIZES {
         let authz = Authz::new(state.clone(), AuthzConfig::default());
         authz.set_routes(Some(&routes(n))).unwrap();
@@ -142,4 +195,12 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(route_benches, benches);
-criterion_main!(route_benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("ROLEGATE_FIXED") {
+        fixed(&spec);
+        return;
+    }
+    route_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

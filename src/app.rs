@@ -186,7 +186,12 @@ pub async fn run(
         .add_service(ext_authz)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each
+            // accepted connection, or a response written in two parts (ext_authz's) waits on
+            // Nagle and the peer's delayed ACK (~40 ms).
+            tokio_stream::StreamExt::map(TcpListenerStream::new(listeners.grpc), |conn| {
+                conn.and_then(|c| c.set_nodelay(true).map(|()| c))
+            }),
             stopped(stop_rx.clone()),
         );
     let http_router = http::router(health.clone()).merge(http::auth::router(authz.clone()));

@@ -165,17 +165,28 @@ fn string_value(s: &str) -> Value {
     }
 }
 
+/// The dynamic_metadata field of an `x-rolegate-*` header.
+fn metadata_field(header: &str) -> &str {
+    match header {
+        "x-rolegate-key" => "key",
+        "x-rolegate-user" => "user",
+        "x-rolegate-team" => "team",
+        "x-rolegate-project" => "project",
+        "x-rolegate-scope" => "scope",
+        "x-rolegate-filter-teams" => "filter_teams",
+        "x-rolegate-filter-owner-keys" => "filter_owner_keys",
+        "x-rolegate-revision" => "revision",
+        other => other,
+    }
+}
+
 fn allowed(ok: Allowed) -> CheckResponse {
     // The same facts as the headers, for later filters and access logs
     // (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:scope)%`).
-    let mut fields: HashMap<String, Value> = ok
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            let name = k.strip_prefix(HEADER_PREFIX).unwrap_or(k).replace('-', "_");
-            (name, string_value(v))
-        })
-        .collect();
+    let mut fields: HashMap<String, Value> = HashMap::with_capacity(ok.headers.len() + 1);
+    for (k, v) in &ok.headers {
+        fields.insert(metadata_field(k).to_owned(), string_value(v));
+    }
     if !ok.entitlement.is_empty() {
         fields.insert("entitlement".into(), string_value(&ok.entitlement));
     }

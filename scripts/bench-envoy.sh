@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Measures the latency Envoy's ext_authz filter with rolegate adds to a request, at a fixed rate:
+# the same Envoy config (deploy/envoy/envoy.yaml) with and without the ext_authz block, in front
+# of the same upstream (nginx answering 200 from memory), driven by h2load (HTTP/1.1 keep-alive, --rps) with
+# a per-request log from which p50/p99/p99.9 are computed.
+#
+#   scripts/bench-envoy.sh [RATE_PER_CLIENT] [CLIENTS] [SECONDS]     (default 250 4 10)
+#
+# Needs: a release build (cargo build --release), h2load (Debian nghttp2-client), nginx, Envoy
+# (scripts/install-tools.sh finds or installs the last two). Everything listens on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${1:-250}
+CLIENTS=${2:-4}
+SECONDS_=${3:-10}
+
+# shellcheck source=scripts/install-tools.sh
+source scripts/install-tools.sh
+command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+ROLEGATE=${ROLEGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/rolegate}
+[ -x "$ROLEGATE" ] || { echo "no release build at $ROLEGATE (cargo build --release)"; exit 2; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 did not open"; exit 1
+}
+
+APP=$(port); GRPC=$(port); HTTP=$(port)
+A_LISTEN=$(port); A_ADMIN=$(port); B_LISTEN=$(port); B_ADMIN=$(port)
+
+# Upstream: nginx answering from memory.
+mkdir -p "$WORK/app/tmp"
+cat > "$WORK/app/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid nginx.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+  server { listen 127.0.0.1:$APP; keepalive_requests 100000; location / { return 200 "ok\n"; } } }
+CONF
+"$ROLEGATE_NGINX_BIN" -p "$WORK/app/" -c "$WORK/app/nginx.conf" -e stderr & PIDS+=($!)
+
+RUST_LOG=warn "$ROLEGATE" serve --policy deploy/examples/policy.yaml \
+    --grpc-listen 127.0.0.1:"$GRPC" --http-listen 127.0.0.1:"$HTTP" & PIDS+=($!)
+
+sed -e "s/port_value: 10000/port_value: $A_LISTEN/" -e "s/port_value: 9901/port_value: $A_ADMIN/" \
+    -e "s/port_value: 8000/port_value: $APP/" -e "s/port_value: 50051/port_value: $GRPC/" \
+    deploy/envoy/envoy.yaml > "$WORK/with.yaml"
+sed -e "s/port_value: 10000/port_value: $B_LISTEN/" -e "s/port_value: 9901/port_value: $B_ADMIN/" \
+    -e "s/port_value: 8000/port_value: $APP/" -e "s/port_value: 50051/port_value: $GRPC/" \
+    -e '/# BEGIN ext_authz/,/# END ext_authz/d' deploy/envoy/envoy.yaml > "$WORK/without.yaml"
+grep -qE 'ext_authz[.]v3[.]ExtAuthz$' "$WORK/with.yaml" || { echo "envoy.yaml has no ext_authz filter"; exit 1; }
+if grep -qE 'ext_authz[.]v3[.]ExtAuthz$' "$WORK/without.yaml"; then
+    echo "the '# BEGIN ext_authz' / '# END ext_authz' markers of envoy.yaml are gone"; exit 1
+fi
+"$ROLEGATE_ENVOY_BIN" -c "$WORK/with.yaml" --disable-hot-restart --concurrency 1 -l error --base-id 11 & PIDS+=($!)
+"$ROLEGATE_ENVOY_BIN" -c "$WORK/without.yaml" --disable-hot-restart --concurrency 1 -l error --base-id 12 & PIDS+=($!)
+for p in $APP $GRPC $A_LISTEN $B_LISTEN; do wait_port "$p"; done
+
+KEY="DanaScienceKey000001.dev-only-danascience"
+PATH_="/api/jobs/job-1234"
+N=$((RATE * CLIENTS * SECONDS_))
+
+run() { # name port
+    local log="$WORK/$1.log"
+    h2load --h1 -c "$CLIENTS" -m 1 --rps "$RATE" -n "$N" -H "authorization: ApiKey $KEY" \
+        --log-file "$log" "http://127.0.0.1:$2$PATH_" > "$WORK/$1.out"
+    python3 - "$1" "$log" <<'PY'
+import sys
+name, path = sys.argv[1], sys.argv[2]
+rows = [l.split("\t") for l in open(path) if l.strip()]
+codes = {}
+for r in rows: codes[r[1]] = codes.get(r[1], 0) + 1
+lat = sorted(int(r[2]) for r in rows)
+# drop the first second (connection set-up, warm-up)
+t0 = min(int(r[0]) for r in rows)
+lat = sorted(int(r[2]) for r in rows if int(r[0]) - t0 > 1_000_000)
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"{name:16} n={len(lat):6}  p50 {q(0.50):6} µs  p99 {q(0.99):6} µs  p99.9 {q(0.999):6} µs  status {codes}")
+with open(path + ".q", "w") as f: f.write(f"{q(0.5)} {q(0.99)} {q(0.999)}\n")
+PY
+}
+
+echo "fixed rate: $CLIENTS clients × $RATE req/s = $((RATE * CLIENTS)) req/s for ${SECONDS_}s, GET $PATH_ (allowed, DATA_SCIENTIST key)"
+run upstream-direct "$APP"
+run envoy-no-filter "$B_LISTEN"
+run envoy-ext_authz "$A_LISTEN"
+read -r b50 b99 b999 < "$WORK/envoy-no-filter.log.q"
+read -r a50 a99 a999 < "$WORK/envoy-ext_authz.log.q"
+echo "added by ext_authz + rolegate: p50 $((a50 - b50)) µs, p99 $((a99 - b99)) µs, p99.9 $((a999 - b999)) µs"
+curl -s "http://127.0.0.1:$A_ADMIN/stats?filter=ext_authz" 2>/dev/null | grep -E "ext_authz\.(ok|denied|error)" || true

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use tokio::net::TcpListener;
@@ -19,7 +19,10 @@ use crate::{
         pb::{self, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
-    origin::policy_file::{PolicyError, PolicyFileOrigin},
+    origin::{
+        policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
+        upstream::{UpstreamError, UpstreamOrigin},
+    },
     state::{State, unix_now},
 };
 
@@ -44,6 +47,8 @@ impl Listeners {
 pub enum AppError {
     #[error("the policy file cannot be loaded:\n{0}")]
     Policy(#[from] PolicyError),
+    #[error("follow mode: {0}")]
+    Upstream(#[from] UpstreamError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -62,23 +67,38 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let state = Arc::new(State::new());
-    let origin = {
-        let (path, state) = (config.policy.clone(), state.clone());
-        tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
-    };
-    tracing::info!(
-        policy = %config.policy.display(),
-        revision = state.revision(),
-        keys = state.counts().keys,
-        "state loaded"
-    );
-
+    state.change_log().set_limits(config.log_limits());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(
-        origin
-            .clone()
-            .watch(config.reload_interval, stop_rx.clone()),
-    );
+    let (origin_status, upstream_status, watcher) = if let Some(hub) = &config.upstream {
+        let key = config.upstream_key.clone().unwrap_or_default();
+        let follower = UpstreamOrigin::new(hub, key, state.clone())?;
+        let status = follower.status();
+        tracing::info!(hub = %hub, "follow mode: the state comes from the hub's Watch");
+        let task = tokio::spawn(follower.run(stop_rx.clone()));
+        (
+            Arc::new(Mutex::new(ReloadStatus::default())),
+            Some(status),
+            task,
+        )
+    } else {
+        let origin = {
+            let (path, state) = (config.policy.clone().unwrap_or_default(), state.clone());
+            tokio::task::spawn_blocking(move || PolicyFileOrigin::start(path, state)).await??
+        };
+        tracing::info!(
+            policy = %config.policy.clone().unwrap_or_default().display(),
+            revision = state.revision(),
+            keys = state.counts().keys,
+            "state loaded"
+        );
+
+        let watcher = tokio::spawn(
+            origin
+                .clone()
+                .watch(config.reload_interval, stop_rx.clone()),
+        );
+        (origin.status(), None, watcher)
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -105,8 +125,9 @@ pub async fn run(
     let health = Arc::new(Health {
         state: state.clone(),
         serving: true.into(),
-        origin: origin.status(),
+        origin: origin_status,
         started_unix: unix_now(),
+        upstream: upstream_status,
     });
 
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -143,6 +164,7 @@ pub async fn run(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(true);
+    state.change_log().close_streams();
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let g = (&mut grpc).await;
         let h = (&mut http).await;

@@ -17,8 +17,35 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
     /// The policy file to serve; it is watched and reloaded when it changes.
-    #[arg(long, env = "ROLEGATE_POLICY")]
-    pub policy: PathBuf,
+    #[arg(
+        long,
+        env = "ROLEGATE_POLICY",
+        required_unless_present = "upstream",
+        conflicts_with = "upstream"
+    )]
+    pub policy: Option<PathBuf>,
+
+    /// Follow mode: serve what the rolegate hub at this URL (http://HOST:PORT) serves, taken
+    /// from its Watch; no origin of its own.
+    #[arg(long, env = "ROLEGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// The key presented to the hub in follow mode; it must hold keys.read at ALL scope (the
+    /// secret hashes travel only to such keys). Never logged.
+    #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
+    pub upstream_key: Option<String>,
+
+    /// How many revisions the Watch change log keeps.
+    #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
+    pub watch_log_revisions: usize,
+
+    /// How many bytes (estimated) the Watch change log keeps.
+    #[arg(long, env = "ROLEGATE_WATCH_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub watch_log_bytes: usize,
+
+    /// Events one Watch stream may queue towards a client that is not reading.
+    #[arg(long, env = "ROLEGATE_WATCH_BUFFER", default_value_t = 1024)]
+    pub watch_buffer: usize,
 
     /// Address of the gRPC port (Authorizer, health, reflection).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
@@ -58,7 +85,12 @@ impl ServeConfig {
     /// embedding).
     pub fn for_policy(policy: impl Into<PathBuf>) -> Self {
         ServeConfig {
-            policy: policy.into(),
+            policy: Some(policy.into()),
+            upstream: None,
+            upstream_key: None,
+            watch_log_revisions: 10_000,
+            watch_log_bytes: 64 * 1024 * 1024,
+            watch_buffer: 1024,
             grpc_listen: ([127, 0, 0, 1], 0).into(),
             http_listen: ([127, 0, 0, 1], 0).into(),
             reload_interval: Duration::from_secs(1),
@@ -67,6 +99,25 @@ impl ServeConfig {
             max_revision_wait: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+        }
+    }
+
+    /// A follower of the hub at `upstream` (an `http://` URL), presenting `key`.
+    pub fn for_upstream(upstream: impl Into<String>, key: impl Into<String>) -> Self {
+        ServeConfig {
+            policy: None,
+            upstream: Some(upstream.into()),
+            upstream_key: Some(key.into()),
+            ..Self::for_policy("")
+        }
+    }
+
+    /// The Watch change log's bounds.
+    pub fn log_limits(&self) -> crate::state::changelog::LogLimits {
+        crate::state::changelog::LogLimits {
+            max_revisions: self.watch_log_revisions.max(1),
+            max_bytes: self.watch_log_bytes,
+            subscriber_buffer: self.watch_buffer.max(1),
         }
     }
 }

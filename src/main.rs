@@ -14,6 +14,8 @@ use rolegate::{
     origin::policy_file,
 };
 
+mod watch_cli;
+
 /// rolegate: API-key authorization sidecar.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -38,6 +40,8 @@ enum Command {
     Keys(KeysCommand),
     /// Drive Check over gRPC and report requests/s and latency percentiles.
     Bench(BenchArgs),
+    /// Follow a sidecar's change feed: print one event per line. Exits 3 after a reset.
+    Watch(watch_cli::WatchArgs),
 }
 
 #[derive(Subcommand)]
@@ -137,6 +141,9 @@ fn main() -> ExitCode {
         Command::Serve(config) => serve(config),
         Command::Check(args) => exit_on_error(runtime().and_then(|rt| rt.block_on(check(args)))),
         Command::Validate { file } => validate(&file),
+        Command::Watch(args) => {
+            exit_on_error(runtime().and_then(|rt| rt.block_on(watch_cli::watch(args))))
+        }
         Command::Keys(cmd) => exit_on_error(keys(cmd).map(|()| ExitCode::SUCCESS)),
         Command::Bench(args) => {
             exit_on_error(runtime().and_then(|rt| rt.block_on(run_bench(args))))

@@ -209,7 +209,12 @@ impl UpstreamOrigin {
             snapshot: !resume,
             include_secret_hashes: true,
             api_key: self.key.clone(),
-            history: pos.history.clone().unwrap_or_default(),
+            // A snapshot starts a history afresh; only a resume names the one it continues.
+            history: if resume {
+                pos.history.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             bookmark_interval_ms: 1000,
             ..Default::default()
         };

@@ -441,7 +441,7 @@ async fn a_slow_subscriber_blocks_nobody_and_gets_a_reset() {
         max_bytes: 1 << 20,
         subscriber_buffer: 4,
     });
-    let mut model = base_model();
+    let model = base_model();
     commit(&state, &model).unwrap();
     let url = serve_state(state.clone()).await;
 

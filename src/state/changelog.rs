@@ -17,7 +17,8 @@ use crate::domain::{Model, Requestor, RequestorId, model::Change};
 pub struct LogLimits {
     /// The most revisions kept.
     pub max_revisions: usize,
-    /// The most bytes (estimated) kept; the newest revision is always kept, whatever its size.
+    /// The most bytes (estimated) kept. A single revision larger than this is not kept at all:
+    /// streams that reach it are reset (and take a snapshot).
     pub max_bytes: usize,
     /// Events one stream may have queued towards its client before it stops reading the log.
     pub subscriber_buffer: usize,
@@ -244,6 +245,14 @@ impl ChangeLog {
             bytes,
         });
         let mut inner = self.lock();
+        if bytes > inner.limits.max_bytes {
+            // Too large to keep (e.g. the first load of a million keys): readers at or before
+            // it get a reset and take a snapshot instead of replaying it.
+            inner.entries.clear();
+            inner.bytes = 0;
+            inner.compacted = revision;
+            return;
+        }
         inner.entries.push_back(entry);
         inner.bytes += bytes;
         while inner.entries.len() > 1
@@ -342,15 +351,25 @@ mod tests {
     }
 
     #[test]
-    fn the_byte_bound_drops_old_revisions_but_keeps_the_newest() {
+    fn the_byte_bound_drops_old_revisions_and_never_keeps_an_oversized_one() {
         let log = ChangeLog::new(LogLimits {
-            max_bytes: 1,
+            max_bytes: 100,
             ..Default::default()
         });
         entry(&log, 1);
         entry(&log, 2);
         assert_eq!(log.oldest_kept(), 2);
         assert_eq!(log.status().kept_revisions, 1);
+        let big = LoggedChange {
+            change: Change::RemoveKey("SomeKey01".into()),
+            team: None,
+            user: None,
+            existed: true,
+        };
+        log.append(3, vec![big.clone(), big], vec![]);
+        assert!(matches!(log.read(3, 3), Read::Compacted { oldest_kept: 4 }));
+        entry(&log, 4);
+        assert!(matches!(log.read(4, 4), Read::Entries(e) if e.len() == 1));
     }
 
     #[test]

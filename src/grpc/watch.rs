@@ -27,7 +27,7 @@ use crate::{
     },
 };
 
-/// The longest bookmark interval accepted is an hour; shorter than 10 ms is raised to 10 ms.
+/// Bookmark intervals shorter than this are raised to it.
 const MIN_BOOKMARK: Duration = Duration::from_millis(10);
 
 type Item = Result<pb::WatchEvent, Status>;
@@ -412,7 +412,9 @@ impl Subscriber {
     async fn snapshot(&mut self) -> Option<u64> {
         let (revision, model) = self.state.snapshot();
         for change in Model::default().diff(&model) {
-            let logged = LoggedChange::describe(&model, &change);
+            let mut logged = LoggedChange::describe(&model, &change);
+            // Everything in a snapshot is "defined", not "changed".
+            logged.existed = false;
             if let Some(event) = change_event(&logged, &self.filter, self.secrets) {
                 let ev = pb::WatchEvent {
                     revision,

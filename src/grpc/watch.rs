@@ -272,7 +272,8 @@ pub fn start(state: Arc<State>, req: pb::WatchRequest) -> Result<WatchStream, St
         state: state.clone(),
     };
     log.stats.streams_started.fetch_add(1, Ordering::Relaxed);
-    if !req.history.is_empty() && *req.history != *history {
+    // A snapshot starts the client's view afresh, so only a replay is bound to a history.
+    if !req.snapshot && !req.history.is_empty() && *req.history != *history {
         log.stats.start_resets.fetch_add(1, Ordering::Relaxed);
         let reset = control(
             head,

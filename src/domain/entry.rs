@@ -217,8 +217,11 @@ impl Requestor {
     ) -> Self {
         owned_key_prefixes.sort();
         owned_key_prefixes.dedup();
-        // Sorted by team, so a team filter lists each team once without a set.
-        members.sort_by(|a, b| a.team.cmp(&b.team));
+        // Sorted by team, so a team filter lists each team once without a set (and the rest,
+        // so that equal requestors have equal member lists).
+        members.sort_by(|a, b| {
+            (&a.team, &a.roles, a.expires_at).cmp(&(&b.team, &b.roles, b.expires_at))
+        });
         Requestor {
             id,
             active,

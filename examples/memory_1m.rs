@@ -3,9 +3,8 @@
 //! Loads the synthetic world of `benches/support/world.rs` into a `State` in one change set and
 //! prints the resident set size (VmRSS of /proc/self/status) before generating, after
 //! generating, after loading, and after dropping the generator's data; then times 1,000,000
-//! allowed `State::check` calls on one thread. RSS counts what the allocator holds, so memory
-//! freed into glibc's heap but not returned to the system still counts: the last figures are
-//! an upper bound of what the state itself uses.
+//! allowed `State::check` calls on one thread. RSS counts what the allocator holds; like the
+//! `rolegate` binary, this example uses mimalloc, which returns freed memory to the system.
 //!
 //! `cargo run --release --example memory_1m`
 
@@ -15,6 +14,10 @@ use std::{
 };
 
 use rolegate::state::{ChangeSet, State, unix_now};
+
+// The allocator of the `rolegate` binary, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../benches/support/world.rs"]
 mod world;

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use tokio::net::TcpListener;
@@ -23,8 +23,11 @@ use crate::{
         pb::{self, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
-    origin::embedded::{Bootstrap, EmbeddedOrigin, OriginError},
-    origin::policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
+    origin::{
+        embedded::{Bootstrap, EmbeddedOrigin, OriginError},
+        policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
+        upstream::{UpstreamError, UpstreamOrigin},
+    },
     state::{State, unix_now},
 };
 
@@ -51,6 +54,8 @@ pub enum AppError {
     Policy(#[from] PolicyError),
     #[error("the embedded store cannot be opened: {0}")]
     Store(#[from] OriginError),
+    #[error("follow mode: {0}")]
+    Upstream(#[from] UpstreamError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -69,8 +74,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let state = Arc::new(State::new());
+    state.change_log().set_limits(config.log_limits());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut upstream_status = None;
     let (origin_status, admin_origin, watcher, routes) = match &config.policy {
+        _ if config.upstream.is_some() => {
+            let hub = config.upstream.clone().unwrap_or_default();
+            let key = config.upstream_key.clone().unwrap_or_default();
+            let follower = UpstreamOrigin::new(&hub, key, state.clone())?;
+            upstream_status = Some(follower.status());
+            tracing::info!(hub = %hub, "follow mode: the state comes from the hub's Watch");
+            let task = tokio::spawn(follower.run(stop_rx.clone()));
+            let read_only = AdminOrigin::ReadOnly(format!(
+                "this instance follows the hub {hub}: write to the hub"
+            ));
+            // A follower serves the default route map.
+            let (_, no_routes) = tokio::sync::watch::channel(None);
+            (
+                Arc::new(Mutex::new(ReloadStatus::default())),
+                read_only,
+                Some(task),
+                no_routes,
+            )
+        }
         Some(policy) => {
             let origin = {
                 let (path, state) = (policy.clone(), state.clone());
@@ -173,6 +199,7 @@ pub async fn run(
         origin: origin_status,
         started_unix: unix_now(),
         origin_kind: if embedded { "embedded" } else { "policy_file" },
+        upstream: upstream_status,
     });
 
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -215,6 +242,7 @@ pub async fn run(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = stop_tx.send(true);
+    state.change_log().close_streams();
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let g = (&mut grpc).await;
         let h = (&mut http).await;

@@ -149,6 +149,15 @@ pub struct NoopAuthorizer;
 
 #[tonic::async_trait]
 impl Authorizer for NoopAuthorizer {
+    type WatchStream = crate::grpc::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the no-op server has no Watch"))
+    }
+
     async fn check(
         &self,
         _: Request<pb::CheckRequest>,

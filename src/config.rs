@@ -18,12 +18,12 @@ pub enum LogFormat {
 pub struct ServeConfig {
     /// The policy file to serve; it is watched and reloaded when it changes. The file is then
     /// the source of truth and Admin writes are refused.
-    #[arg(long, env = "ROLEGATE_POLICY", conflicts_with = "data_dir")]
+    #[arg(long, env = "ROLEGATE_POLICY", conflicts_with_all = ["data_dir", "upstream"])]
     pub policy: Option<PathBuf>,
 
     /// The directory of the embedded durable store (writable through the Admin API). Used, with
-    /// the default directory, when no --policy is given.
-    #[arg(long, env = "ROLEGATE_DATA_DIR")]
+    /// the default directory, when neither --policy nor --upstream is given.
+    #[arg(long, env = "ROLEGATE_DATA_DIR", conflicts_with = "upstream")]
     pub data_dir: Option<PathBuf>,
 
     /// On the first start on an empty store: the SHA-256 (hex) of the bootstrap SYSTEM_OWNER
@@ -38,6 +38,28 @@ pub struct ServeConfig {
         default_value = "RolegateBootstrap01"
     )]
     pub bootstrap_key_prefix: String,
+
+    /// Follow mode: serve what the rolegate hub at this URL (http://HOST:PORT) serves, taken
+    /// from its Watch; no origin of its own.
+    #[arg(long, env = "ROLEGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// The key presented to the hub in follow mode; it must hold keys.read at ALL scope (the
+    /// secret hashes travel only to such keys). Never logged.
+    #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
+    pub upstream_key: Option<String>,
+
+    /// How many revisions the Watch change log keeps.
+    #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
+    pub watch_log_revisions: usize,
+
+    /// How many bytes (estimated) the Watch change log keeps.
+    #[arg(long, env = "ROLEGATE_WATCH_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub watch_log_bytes: usize,
+
+    /// Events one Watch stream may queue towards a client that is not reading.
+    #[arg(long, env = "ROLEGATE_WATCH_BUFFER", default_value_t = 1024)]
+    pub watch_buffer: usize,
 
     /// Address of the gRPC port (Authorizer, health, reflection).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
@@ -84,6 +106,11 @@ impl ServeConfig {
             data_dir: None,
             bootstrap_key_sha256: None,
             bootstrap_key_prefix: "RolegateBootstrap01".into(),
+            upstream: None,
+            upstream_key: None,
+            watch_log_revisions: 10_000,
+            watch_log_bytes: 64 * 1024 * 1024,
+            watch_buffer: 1024,
             grpc_listen: ([127, 0, 0, 1], 0).into(),
             http_listen: ([127, 0, 0, 1], 0).into(),
             reload_interval: Duration::from_secs(1),
@@ -105,11 +132,30 @@ impl ServeConfig {
         }
     }
 
+    /// A follower of the hub at `upstream` (an `http://` URL), presenting `key`.
+    pub fn for_upstream(upstream: impl Into<String>, key: impl Into<String>) -> Self {
+        ServeConfig {
+            policy: None,
+            upstream: Some(upstream.into()),
+            upstream_key: Some(key.into()),
+            ..Self::for_policy("")
+        }
+    }
+
     /// The data directory to use when serving the embedded store.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// The Watch change log's bounds.
+    pub fn log_limits(&self) -> crate::state::changelog::LogLimits {
+        crate::state::changelog::LogLimits {
+            max_revisions: self.watch_log_revisions.max(1),
+            max_bytes: self.watch_log_bytes,
+            subscriber_buffer: self.watch_buffer.max(1),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rolegate::domain::{
     KeySpec, KeyStatus, KeyType, Project, ResourceRef, SecretHash, Team, User,
-    model::{Change, canonical_roles},
+    model::{Change, RoleLists},
 };
 use rolegate::state::{ChangeSet, State};
 
@@ -159,6 +159,7 @@ fn new_key(
 pub(crate) fn generate(keys: usize, seed: u64) -> World {
     let mut rng = Rng::new(seed);
     let team_count = (keys / 10).clamp(1, 1_000);
+    let mut role_lists = RoleLists::default();
     let mut changes = Vec::with_capacity(keys + keys / 2 + team_count);
     let mut probes = Vec::with_capacity(keys);
 
@@ -198,7 +199,7 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
                     user: None,
                     team: None,
                     project: Some(id.clone()),
-                    roles: canonical_roles(["SYSTEM_KEY"]),
+                    roles: role_lists.canonical(["SYSTEM_KEY"]),
                     status,
                     expires_at: None,
                 }));
@@ -218,9 +219,9 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
             for _ in 0..n {
                 let (prefix, secret_hash, status) = new_key(&mut rng, &mut probes, team);
                 let roles = if rng.percent(10) {
-                    canonical_roles([rng.user_role(), rng.user_role()])
+                    role_lists.canonical([rng.user_role(), rng.user_role()])
                 } else {
-                    canonical_roles([rng.user_role()])
+                    role_lists.canonical([rng.user_role()])
                 };
                 key_specs.push(Arc::new(KeySpec {
                     prefix,

@@ -378,7 +378,15 @@ impl Authz {
                 "x-rolegate-scope",
                 d.scope.map(scope_name).unwrap_or("").into(),
             ),
-            ("x-rolegate-filter-teams", join(d.filter_team_ids.as_ref())),
+            (
+                "x-rolegate-filter-teams",
+                d.filter_team_ids
+                    .iter()
+                    .flat_map(|f| f.iter())
+                    .map(|t| &**t)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             (
                 "x-rolegate-filter-owner-keys",
                 join(d.filter_owner_key_prefixes.as_ref()),

@@ -1,10 +1,7 @@
 //! Entitlements and roles: the built-in catalog of the platform (catalog.md) and the type that
 //! holds it together with custom additions.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use super::Scope;
 
@@ -281,9 +278,12 @@ pub struct Role {
 }
 
 /// The entitlements and roles in force: the built-in ones plus custom additions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Catalog {
-    entitlements: HashSet<Arc<str>>,
+    /// Each entitlement with a small id, so that per-role grants are a dense array indexed by it
+    /// (ids of removed entitlements are not reused).
+    entitlements: HashMap<Arc<str>, u16>,
+    next_id: u16,
     roles: HashMap<Arc<str>, Arc<Role>>,
     team_role: Arc<Role>,
 }
@@ -297,7 +297,12 @@ impl Default for Catalog {
 impl Catalog {
     /// The platform's default catalog: its entitlements, six prebuilt roles and TEAM_ROLE.
     pub fn builtin() -> Self {
-        let entitlements = BUILTIN_ENTITLEMENTS.iter().map(|e| Arc::from(*e)).collect();
+        let entitlements: HashMap<Arc<str>, u16> = BUILTIN_ENTITLEMENTS
+            .iter()
+            .zip(0u16..)
+            .map(|(e, id)| (Arc::from(*e), id))
+            .collect();
+        let next_id = entitlements.len() as u16;
         let mut roles = HashMap::new();
         for (id, role_type, sets) in PREBUILT {
             let grants = sets
@@ -320,6 +325,7 @@ impl Catalog {
         let team_role = roles[TEAM_ROLE].clone();
         Catalog {
             entitlements,
+            next_id,
             roles,
             team_role,
         }
@@ -327,27 +333,41 @@ impl Catalog {
 
     /// Whether `entitlement` is known (built in or added).
     pub fn has_entitlement(&self, entitlement: &str) -> bool {
-        self.entitlements.contains(entitlement)
+        self.entitlements.contains_key(entitlement)
+    }
+
+    /// The id of a known entitlement.
+    pub fn entitlement_id(&self, entitlement: &str) -> Option<u16> {
+        self.entitlements.get(entitlement).copied()
+    }
+
+    /// One more than the largest entitlement id: the length of a dense per-entitlement array.
+    pub fn id_bound(&self) -> usize {
+        self.next_id as usize
     }
 
     /// Adds an entitlement; returns false when it was already known.
     pub fn add_entitlement(&mut self, entitlement: &str) -> bool {
-        if self.entitlements.contains(entitlement) {
+        if self.entitlements.contains_key(entitlement) || self.next_id == u16::MAX {
             return false;
         }
-        self.entitlements.insert(Arc::from(entitlement))
+        self.entitlements
+            .insert(Arc::from(entitlement), self.next_id);
+        self.next_id += 1;
+        true
     }
 
     /// Removes an added entitlement (built-in ones stay); returns whether it was removed.
     pub fn remove_entitlement(&mut self, entitlement: &str) -> bool {
-        !BUILTIN_ENTITLEMENTS.contains(&entitlement) && self.entitlements.remove(entitlement)
+        !BUILTIN_ENTITLEMENTS.contains(&entitlement)
+            && self.entitlements.remove(entitlement).is_some()
     }
 
     /// The entitlements that are not built in, sorted.
     pub fn added_entitlements(&self) -> Vec<Arc<str>> {
         let mut added: Vec<_> = self
             .entitlements
-            .iter()
+            .keys()
             .filter(|e| !BUILTIN_ENTITLEMENTS.contains(&&***e))
             .cloned()
             .collect();
@@ -394,6 +414,20 @@ impl Catalog {
         PREBUILT.iter().any(|(name, _, _)| *name == id)
     }
 }
+
+// Equal when they know the same entitlements and roles, whatever ids the entitlements got.
+impl PartialEq for Catalog {
+    fn eq(&self, other: &Self) -> bool {
+        self.entitlements.len() == other.entitlements.len()
+            && self
+                .entitlements
+                .keys()
+                .all(|e| other.entitlements.contains_key(e))
+            && self.roles == other.roles
+    }
+}
+
+impl Eq for Catalog {}
 
 /// Maps the `PROJECT` alias to `SYSTEM_KEY`; every other id is returned as is.
 pub fn canonical_role_id(id: &str) -> &str {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Scope};
+use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope, entry::bits};
 
 /// Why a request was allowed or denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,7 +84,7 @@ pub struct Decision {
     /// The widest scope that granted; `None` when denied.
     pub scope: Option<Scope>,
     /// For collection calls below ALL: the visible data is that of these teams…
-    pub filter_team_ids: Option<Arc<[Arc<str>]>>,
+    pub filter_team_ids: Option<TeamFilter>,
     /// …or owned by these keys…
     pub filter_owner_key_prefixes: Option<Arc<[Arc<str>]>>,
     /// …or owned by this user.
@@ -149,24 +149,46 @@ pub fn decide(
     now: i64,
 ) -> Decision {
     let requestor = &*entry.requestor;
-    let grants = requestor.grants_at(now);
-    let Some(held) = grants.get(entitlement) else {
-        // Only on the deny path: tell an unknown entitlement from one not granted (rule 7).
-        return Decision::denied(if requestor.catalog.has_entitlement(entitlement) {
-            Reason::NoGrant
-        } else {
-            Reason::UnknownEntitlement
-        });
+    // Rule 7: an entitlement outside the catalog is never allowed.
+    let Some(id) = requestor.catalog.entitlement_id(entitlement) else {
+        return Decision::denied(Reason::UnknownEntitlement);
     };
+
+    // Rule 3: unite the grants of every live member (active key) of the requestor.
+    let (mut all, mut own) = (false, false);
+    let (mut team_grants, mut team_covers) = (0usize, false);
+    for member in requestor.members.iter().filter(|m| m.is_live(now)) {
+        let scopes = member.grants.scopes(id);
+        all |= scopes & bits::ALL != 0;
+        own |= scopes & bits::OWN != 0;
+        if scopes & bits::TEAM != 0 {
+            team_grants += 1;
+            team_covers |= !resource.team_id.is_empty() && *member.team == *resource.team_id;
+        }
+    }
+    if !all && !own && team_grants == 0 {
+        return Decision::denied(Reason::NoGrant);
+    }
 
     if resource.is_collection() {
         // Rule 6: allowed at the widest scope held, with the filter the backend applies.
-        let mut decision = Decision::allowed(held.widest());
-        if !held.all {
-            if !held.teams.is_empty() {
-                decision.filter_team_ids = Some(held.teams.clone());
+        let widest = if all {
+            Scope::All
+        } else if team_grants > 0 {
+            Scope::Team
+        } else {
+            Scope::Own
+        };
+        let mut decision = Decision::allowed(widest);
+        if !all {
+            if team_grants > 0 {
+                decision.filter_team_ids = Some(TeamFilter {
+                    requestor: entry.requestor.clone(),
+                    entitlement: id,
+                    now,
+                });
             }
-            if held.own {
+            if own {
                 decision.filter_owner_key_prefixes = Some(requestor.owned_key_prefixes.clone());
                 decision.filter_owner_user_id = requestor.id.user().cloned();
             }
@@ -175,13 +197,13 @@ pub fn decide(
     }
 
     // Rule 5: the grant must cover the named resource; report the widest that does.
-    if held.all {
+    if all {
         return Decision::allowed(Scope::All);
     }
-    if !resource.team_id.is_empty() && held.covers_team(resource.team_id) {
+    if team_covers {
         return Decision::allowed(Scope::Team);
     }
-    if held.own {
+    if own {
         let owns_key =
             !resource.owner_key_prefix.is_empty() && requestor.owns_key(resource.owner_key_prefix);
         let is_user = !resource.owner_user_id.is_empty()
@@ -195,6 +217,41 @@ pub fn decide(
     }
     Decision::denied(Reason::OutOfScope)
 }
+
+/// The teams whose data a TEAM grant shows: the teams of the live members that hold the grant
+/// at TEAM scope. Read from the shared requestor when iterated, so a decision never copies it.
+#[derive(Clone, Debug)]
+pub struct TeamFilter {
+    requestor: Arc<Requestor>,
+    entitlement: u16,
+    now: i64,
+}
+
+impl TeamFilter {
+    /// The team ids, sorted, each once.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        // Members are sorted by team, so repeats are neighbours.
+        let mut previous: Option<&Arc<str>> = None;
+        self.requestor
+            .members
+            .iter()
+            .filter(|m| m.is_live(self.now) && m.grants.scopes(self.entitlement) & bits::TEAM != 0)
+            .map(|m| &m.team)
+            .filter(move |team| {
+                let repeat = previous.is_some_and(|p| p == *team);
+                previous = Some(team);
+                !repeat
+            })
+    }
+}
+
+impl PartialEq for TeamFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for TeamFilter {}
 
 #[cfg(test)]
 mod tests {
@@ -270,6 +327,14 @@ mod tests {
             return Decision::denied(reason);
         }
         decide(entry.unwrap(), entitlement, resource, NOW)
+    }
+
+    fn teams(d: &Decision) -> Vec<String> {
+        d.filter_team_ids
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|t| t.to_string())
+            .collect()
     }
 
     fn key(prefix: &str) -> String {
@@ -560,7 +625,7 @@ mod tests {
         // TEAM: the team ids.
         let d = check(&e, &key("BobKey0001"), "jobs.read", none);
         assert_eq!(d.scope, Some(Team));
-        assert_eq!(d.filter_team_ids.as_deref(), Some(&[Arc::from("acme")][..]));
+        assert_eq!(teams(&d), ["acme"]);
         assert_eq!(d.filter_owner_key_prefixes, None);
         // OWN: every key of the requestor, inactive ones included, and the user id.
         let d = check(&e, &key("CarolKey01"), "jobs.read", none);
@@ -578,14 +643,14 @@ mod tests {
         // TEAM from one key and OWN from another: both filters, OR-ed by the backend.
         let d = check(&e, &key("AliceAcme1"), "jobs.read", none);
         assert_eq!(d.scope, Some(Team));
-        assert_eq!(
-            d.filter_team_ids.as_deref(),
-            Some(&[Arc::from("globex")][..])
-        );
+        assert_eq!(teams(&d), ["globex"]);
         assert_eq!(
             d.filter_owner_key_prefixes.as_deref().map(|p| p.len()),
             Some(2)
         );
+        // TEAM from keys in two teams: both teams, sorted, each once.
+        let d = check(&e, &key("AliceAcme1"), "models.read", none);
+        assert_eq!(teams(&d), ["acme", "globex"]);
         // Project keys: their own keys, no user.
         let d = check(&e, &key("FraudKey01"), "results.read", none);
         assert_eq!(
@@ -636,28 +701,20 @@ mod tests {
     }
 
     #[test]
-    fn requestors_with_the_same_roles_share_one_grant_set() {
+    fn keys_with_the_same_roles_share_one_grant_table() {
         let e = entries(&world());
-        // carol (acme) and frank (globex) are both DEVELOPERs but in different teams.
-        assert!(!Arc::ptr_eq(
-            &e["CarolKey01"].requestor.grants,
-            &e["FrankKey01"].requestor.grants
-        ));
-        let mut m = world();
-        m.users
-            .insert("gina".into(), crate::domain::model::tests::user("gina"));
-        m.keys.insert(
-            "GinaKey001".into(),
-            Arc::new(team_key("GinaKey001", "gina", "acme", &["ACCOUNT_ADMIN"])),
-        );
-        let e = entries(&m);
-        assert!(!Arc::ptr_eq(
-            &e["GinaKey001"].requestor,
-            &e["BobKey0001"].requestor
-        ));
-        assert!(Arc::ptr_eq(
-            &e["GinaKey001"].requestor.grants,
-            &e["BobKey0001"].requestor.grants
-        ));
+        // carol (acme) and frank (globex) are both DEVELOPERs, in different teams: one table.
+        let carol = &e["CarolKey01"].requestor.members;
+        let frank = &e["FrankKey01"].requestor.members;
+        let dev = |m: &[crate::domain::entry::Member]| {
+            m.iter()
+                .find(|m| *m.roles == [Arc::from("DEVELOPER")][..])
+                .unwrap()
+                .grants
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&dev(carol), &dev(frank)));
+        let bob = &e["BobKey0001"].requestor.members[0].grants;
+        assert!(!Arc::ptr_eq(bob, &dev(frank)));
     }
 }

@@ -1,8 +1,8 @@
 //! What one decision needs, precomputed when bindings change: a [`KeyEntry`] per key, pointing at
-//! the [`Requestor`] shared by all keys of one user or project, whose [`GrantSet`] is the union of
-//! the grants of every active key (rule 3 of catalog.md: the wider scope wins).
+//! the [`Requestor`] shared by all keys of one user or project, whose active keys' grants are
+//! united at decision time (rule 3 of catalog.md: the wider scope wins).
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use super::{Catalog, KeySpec, Scope};
 
@@ -59,34 +59,30 @@ impl EntitlementGrants {
     }
 }
 
-/// The effective grants of a requestor, by entitlement.
+/// The effective grants of a requestor, by entitlement: a merged view built on demand (the
+/// Admin API's no-escalation check uses it; decisions read [`Requestor::members`] directly).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GrantSet {
     by_entitlement: HashMap<Arc<str>, EntitlementGrants>,
 }
 
-/// One active key's contribution to its requestor's grants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub team: Arc<str>,
-    pub roles: Arc<[Arc<str>]>,
-    pub expires_at: Option<i64>,
-}
-
 impl GrantSet {
-    /// The union of the grants of `members`, each with TEAM_ROLE added.
-    pub fn build<'a>(catalog: &Catalog, members: impl IntoIterator<Item = &'a Member>) -> Self {
+    /// The union of the grants of `members` (each with TEAM_ROLE) as `(team, roles)` pairs.
+    pub fn build<'a>(
+        catalog: &Catalog,
+        members: impl IntoIterator<Item = (&'a Arc<str>, &'a [Arc<str>])>,
+    ) -> Self {
         // Per entitlement: (ALL held, teams of TEAM grants, OWN held).
         type Acc = (bool, Vec<Arc<str>>, bool);
         let mut acc: HashMap<Arc<str>, Acc> = HashMap::new();
-        for member in members {
-            let bound = member.roles.iter().filter_map(|r| catalog.role(r));
+        for (team, roles) in members {
+            let bound = roles.iter().filter_map(|r| catalog.role(r));
             for role in std::iter::once(catalog.team_role()).chain(bound) {
                 for grant in &role.grants {
                     let slot = acc.entry(grant.entitlement.clone()).or_default();
                     match grant.scope {
                         Scope::All => slot.0 = true,
-                        Scope::Team => slot.1.push(member.team.clone()),
+                        Scope::Team => slot.1.push(team.clone()),
                         Scope::Own => slot.2 = true,
                     }
                 }
@@ -97,14 +93,8 @@ impl GrantSet {
             .map(|(ent, (all, mut teams, own))| {
                 teams.sort();
                 teams.dedup();
-                (
-                    ent,
-                    EntitlementGrants {
-                        all,
-                        teams: teams.into(),
-                        own,
-                    },
-                )
+                let teams = teams.into();
+                (ent, EntitlementGrants { all, teams, own })
             })
             .collect();
         GrantSet { by_entitlement }
@@ -121,51 +111,95 @@ impl GrantSet {
     }
 }
 
-/// Shares identical grant sets between requestors: with a million keys, most users hold the same
-/// roles in the same team, so a handful of sets serve them all.
-#[derive(Default)]
-pub struct GrantInterner {
-    sets: HashMap<Signature, Arc<GrantSet>>,
+/// Scope bits of one entitlement in [`RoleGrants`].
+pub mod bits {
+    pub const OWN: u8 = 1;
+    pub const TEAM: u8 = 2;
+    pub const ALL: u8 = 4;
 }
 
-/// What a grant set depends on: the (team, roles) of each active key, sorted.
-type Signature = Vec<(Arc<str>, Arc<[Arc<str>]>)>;
+/// What one combination of roles (plus TEAM_ROLE) grants, as scope bits indexed by entitlement
+/// id. Independent of teams, so a handful of these serve a million keys.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoleGrants {
+    scopes: Box<[u8]>,
+}
 
-impl GrantInterner {
-    /// The grant set of `members`, shared with every requestor whose active keys carry the same
-    /// roles in the same teams.
-    pub fn intern(&mut self, catalog: &Catalog, members: &[Member]) -> Arc<GrantSet> {
-        let mut signature: Vec<_> = members
-            .iter()
-            .map(|m| (m.team.clone(), m.roles.clone()))
-            .collect();
-        signature.sort();
-        signature.dedup();
-        self.sets
-            .entry(signature)
-            .or_insert_with(|| Arc::new(GrantSet::build(catalog, members)))
-            .clone()
+impl RoleGrants {
+    fn build(catalog: &Catalog, roles: &[Arc<str>]) -> Self {
+        let mut scopes = vec![0u8; catalog.id_bound()].into_boxed_slice();
+        let bound = roles.iter().filter_map(|r| catalog.role(r));
+        for role in std::iter::once(catalog.team_role()).chain(bound) {
+            for grant in &role.grants {
+                if let Some(id) = catalog.entitlement_id(&grant.entitlement) {
+                    scopes[id as usize] |= match grant.scope {
+                        Scope::Own => bits::OWN,
+                        Scope::Team => bits::TEAM,
+                        Scope::All => bits::ALL,
+                    };
+                }
+            }
+        }
+        RoleGrants { scopes }
     }
 
-    /// Drops the sets no requestor uses any more.
+    /// The scope bits held for entitlement `id`.
+    pub fn scopes(&self, id: u16) -> u8 {
+        self.scopes.get(id as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Shares [`RoleGrants`] between every key bound to the same roles.
+#[derive(Default)]
+pub struct GrantInterner {
+    sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>>,
+}
+
+impl GrantInterner {
+    /// The grants of `roles` (sorted, as in [`KeySpec::roles`]).
+    pub fn intern(&mut self, catalog: &Catalog, roles: &Arc<[Arc<str>]>) -> Arc<RoleGrants> {
+        if let Some(set) = self.sets.get(roles) {
+            return set.clone();
+        }
+        let set = Arc::new(RoleGrants::build(catalog, roles));
+        self.sets.insert(roles.clone(), set.clone());
+        set
+    }
+
+    /// Drops the sets no key uses any more.
     pub fn prune(&mut self) {
         self.sets.retain(|_, set| Arc::strong_count(set) > 1);
     }
 }
 
-/// A user or project, with the grants of all its active keys merged.
+/// One active key's contribution to its requestor's grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The team its TEAM grants cover.
+    pub team: Arc<str>,
+    pub roles: Arc<[Arc<str>]>,
+    pub grants: Arc<RoleGrants>,
+    /// From this instant on, the member no longer contributes.
+    pub expires_at: Option<i64>,
+}
+
+impl Member {
+    /// Whether the member still contributes at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// A user or project, with the active keys whose grants it unites (rule 3).
 #[derive(Debug)]
 pub struct Requestor {
     pub id: RequestorId,
     /// False when the user is inactive: every key of the requestor is then unauthenticated.
     pub active: bool,
-    /// The union over `members`, valid until `valid_until`.
-    pub grants: Arc<GrantSet>,
-    /// The active keys that contributed to `grants`.
+    /// The active keys (active, in an active team, unexpired when built). A decision looks at
+    /// each live member: a user has a few keys, so this beats a merged per-user map in both
+    /// speed and memory.
     pub members: Box<[Member]>,
-    /// The earliest expiry among `members`: from then on the union is recomputed on the fly
-    /// without the expired keys (until the next rebuild drops them).
-    pub valid_until: Option<i64>,
     /// Every key of the requestor, whatever its status: the owners that an OWN grant covers.
     /// Sorted.
     pub owned_key_prefixes: Arc<[Arc<str>]>,
@@ -177,38 +211,35 @@ impl Requestor {
     pub fn new(
         id: RequestorId,
         active: bool,
-        members: Vec<Member>,
+        mut members: Vec<Member>,
         mut owned_key_prefixes: Vec<Arc<str>>,
         catalog: Arc<Catalog>,
-        interner: &mut GrantInterner,
     ) -> Self {
         owned_key_prefixes.sort();
         owned_key_prefixes.dedup();
-        let grants = interner.intern(&catalog, &members);
-        let valid_until = members.iter().filter_map(|m| m.expires_at).min();
+        // Sorted by team, so a team filter lists each team once without a set (and the rest,
+        // so that equal requestors have equal member lists).
+        members.sort_by(|a, b| {
+            (&a.team, &a.roles, a.expires_at).cmp(&(&b.team, &b.roles, b.expires_at))
+        });
         Requestor {
             id,
             active,
-            grants,
             members: members.into_boxed_slice(),
-            valid_until,
             owned_key_prefixes: owned_key_prefixes.into(),
             catalog,
         }
     }
 
-    /// The grants in force at `now` (unix seconds): the precomputed union, or, once a member has
-    /// expired, the union of the members still valid.
-    pub fn grants_at(&self, now: i64) -> Cow<'_, GrantSet> {
-        match self.valid_until {
-            Some(until) if now >= until => Cow::Owned(GrantSet::build(
-                &self.catalog,
-                self.members
-                    .iter()
-                    .filter(|m| m.expires_at.is_none_or(|e| now < e)),
-            )),
-            _ => Cow::Borrowed(&self.grants),
-        }
+    /// The merged grants of the members live at `now` (built on demand; allocates).
+    pub fn grants_at(&self, now: i64) -> GrantSet {
+        GrantSet::build(
+            &self.catalog,
+            self.members
+                .iter()
+                .filter(|m| m.is_live(now))
+                .map(|m| (&m.team, &m.roles[..])),
+        )
     }
 
     /// Whether `prefix` is one of the requestor's keys.
@@ -263,6 +294,7 @@ pub fn build_requestor(
         .map(|(spec, team, _)| Member {
             team: team.clone(),
             roles: spec.roles.clone(),
+            grants: interner.intern(catalog, &spec.roles),
             expires_at: spec.expires_at,
         })
         .collect();
@@ -276,7 +308,6 @@ pub fn build_requestor(
         members,
         owned,
         catalog.clone(),
-        interner,
     ));
     keys.into_iter()
         .map(|(spec, team, team_active)| {

@@ -62,22 +62,20 @@ pub fn check_no_escalation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        Catalog, Grant, RoleType,
-        entry::{GrantSet, Member},
-    };
+    use crate::domain::{Catalog, Grant, RoleType, entry::GrantSet};
 
     fn grants(members: &[(&str, &[&str])]) -> GrantSet {
         let catalog = Catalog::builtin();
-        let members: Vec<Member> = members
+        let members: Vec<(Arc<str>, Vec<Arc<str>>)> = members
             .iter()
-            .map(|(team, roles)| Member {
-                team: Arc::from(*team),
-                roles: roles.iter().map(|r| Arc::from(*r)).collect(),
-                expires_at: None,
+            .map(|(team, roles)| {
+                (
+                    Arc::from(*team),
+                    roles.iter().map(|r| Arc::from(*r)).collect(),
+                )
             })
             .collect();
-        GrantSet::build(&catalog, &members)
+        GrantSet::build(&catalog, members.iter().map(|(t, r)| (t, &r[..])))
     }
 
     fn role(id: &str) -> Arc<Role> {

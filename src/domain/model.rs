@@ -496,6 +496,25 @@ pub fn is_valid_role_id(id: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Hands out one shared copy of each distinct role list, so a million keys bound to a few role
+/// combinations hold a few lists.
+#[derive(Default)]
+pub struct RoleLists {
+    lists: std::collections::HashSet<Arc<[Arc<str>]>>,
+}
+
+impl RoleLists {
+    /// The canonical list of `roles` (see [`canonical_roles`]), shared with equal lists.
+    pub fn canonical<'a>(&mut self, roles: impl IntoIterator<Item = &'a str>) -> Arc<[Arc<str>]> {
+        let list = canonical_roles(roles);
+        if let Some(shared) = self.lists.get(&list) {
+            return shared.clone();
+        }
+        self.lists.insert(list.clone());
+        list
+    }
+}
+
 /// Canonical role ids for a key: aliases resolved, TEAM_ROLE left in (validation reports it).
 pub fn canonical_roles<'a>(roles: impl IntoIterator<Item = &'a str>) -> Arc<[Arc<str>]> {
     let mut out: Vec<Arc<str>> = roles

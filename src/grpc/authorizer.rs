@@ -95,6 +95,15 @@ impl AuthorizerService {
 
 #[tonic::async_trait]
 impl Authorizer for AuthorizerService {
+    type WatchStream = crate::grpc::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        crate::grpc::watch::start(self.state.clone(), request.into_inner()).map(Response::new)
+    }
+
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,

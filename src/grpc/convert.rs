@@ -105,7 +105,12 @@ impl From<&CheckOutcome> for pb::CheckResponse {
                 .into(),
             reason: pb::Reason::from(d.reason).into(),
             principal,
-            filter_team_ids: strings(d.filter_team_ids.as_ref()),
+            filter_team_ids: d
+                .filter_team_ids
+                .iter()
+                .flat_map(|f| f.iter())
+                .map(|t| t.to_string())
+                .collect(),
             filter_owner_key_prefixes: strings(d.filter_owner_key_prefixes.as_ref()),
             filter_owner_user_id: d
                 .filter_owner_user_id

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod convert;
 pub mod ext_authz;
 pub mod status;
+pub mod watch;
 
 /// Code generated from `proto/` by `build.rs`.
 #[allow(unreachable_pub, missing_docs, clippy::all, clippy::pedantic)]

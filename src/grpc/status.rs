@@ -6,6 +6,8 @@
 //! | malformed request                       | InvalidArgument  | 400  |
 //! | not ready (no state loaded yet)         | Unavailable      | 503  |
 //! | `min_revision` not reached in time      | Unavailable      | 503  |
+//! | Watch from a future revision            | OutOfRange       | 400  |
+//! | Watch asking for secrets without keys.read at ALL | PermissionDenied | 403 |
 //! | bug                                     | Internal         | 500  |
 //! | Admin: bad key / not allowed            | Unauthenticated / PermissionDenied | 401 / 403 |
 //! | Admin: rule of the model broken         | InvalidArgument + field violations | 400 |
@@ -125,6 +127,29 @@ pub fn policy_invalid(e: &PolicyError) -> Status {
         details.add_bad_request_violation(format!("document:{}:{}", p.line, p.column), message);
     }
     Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
+}
+
+/// Why a Watch was refused before it started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchRefused {
+    #[error("start_revision {asked} is in the future: this instance has revision {have} (the most a watch may start from is {})", have + 1)]
+    FutureRevision { asked: u64, have: u64 },
+    #[error("a watch with a snapshot starts at the snapshot's revision: leave start_revision at 0")]
+    SnapshotWithStart,
+    #[error("include_secret_hashes needs api_key to be a valid key holding keys.read at ALL scope")]
+    SecretsDenied,
+}
+
+impl From<WatchRefused> for Status {
+    fn from(err: WatchRefused) -> Self {
+        let code = match err {
+            // Like etcd's "required revision is a future revision".
+            WatchRefused::FutureRevision { .. } => Code::OutOfRange,
+            WatchRefused::SnapshotWithStart => Code::InvalidArgument,
+            WatchRefused::SecretsDenied => Code::PermissionDenied,
+        };
+        Status::new(code, err.to_string())
+    }
 }
 
 /// The HTTP status that goes with a gRPC code, for the HTTP front ends.

@@ -11,7 +11,11 @@ use axum::{Json, Router, extract::State as Extract, http::StatusCode, routing::g
 use serde::Serialize;
 
 use crate::{
-    origin::policy_file::ReloadStatus,
+    origin::{
+        policy_file::ReloadStatus,
+        upstream::{UpstreamStatus, unix_now_ms},
+    },
+    state::changelog::WatchStatus,
     state::{Counts, State},
 };
 
@@ -24,6 +28,8 @@ pub struct Health {
     pub started_unix: i64,
     /// Which origin serves: `policy_file` or `embedded`.
     pub origin_kind: &'static str,
+    /// Follow mode: the connection to the hub (None: the origin is the policy file).
+    pub upstream: Option<Arc<Mutex<UpstreamStatus>>>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +40,7 @@ struct StatusBody {
     started_unix: i64,
     counts: Counts,
     origin: OriginBody,
+    watch: WatchStatus,
 }
 
 #[derive(Serialize)]
@@ -41,6 +48,8 @@ struct OriginBody {
     kind: &'static str,
     #[serde(flatten)]
     reload: ReloadStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamStatus>,
 }
 
 impl Health {
@@ -58,11 +67,38 @@ pub fn router(health: Arc<Health>) -> Router {
         .with_state(health)
 }
 
-async fn readyz(Extract(health): Extract<Arc<Health>>) -> (StatusCode, &'static str) {
+async fn readyz(Extract(health): Extract<Arc<Health>>) -> (StatusCode, String) {
+    // A follower cut off from its hub stays ready (it answers from its last state) and says how
+    // stale that state is.
+    let detail = health.upstream_detail().unwrap_or_default();
     if health.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready{detail}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready{detail}\n"),
+        )
+    }
+}
+
+impl Health {
+    fn upstream(&self) -> Option<UpstreamStatus> {
+        let status = self.upstream.as_ref()?;
+        let status = status.lock().unwrap_or_else(|p| p.into_inner());
+        Some(status.at(unix_now_ms()))
+    }
+
+    fn upstream_detail(&self) -> Option<String> {
+        let s = self.upstream()?;
+        let state = if s.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        Some(match s.staleness_ms {
+            Some(ms) => format!(" (upstream {}: {state}, last event {ms} ms ago)", s.hub),
+            None => format!(" (upstream {}: {state}, no event yet)", s.hub),
+        })
     }
 }
 
@@ -79,9 +115,15 @@ async fn status(Extract(health): Extract<Arc<Health>>) -> Json<serde_json::Value
         started_unix: health.started_unix,
         counts: health.state.counts(),
         origin: OriginBody {
-            kind: health.origin_kind,
+            kind: if health.upstream.is_some() {
+                "upstream"
+            } else {
+                health.origin_kind
+            },
             reload,
+            upstream: health.upstream(),
         },
+        watch: health.state.change_log().status(),
     };
     Json(serde_json::to_value(body).unwrap_or_default())
 }

@@ -19,7 +19,7 @@ use crate::{
         Catalog, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
         SecretHash, Team, User,
         catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
-        model::{ObjectRef, canonical_roles, is_valid_role_id},
+        model::{ObjectRef, RoleLists, is_valid_role_id},
     },
     state::{ChangeSet, State},
 };
@@ -299,6 +299,7 @@ struct Builder {
     problems: Vec<PolicyProblem>,
     /// Where each object is defined and how to name it in messages.
     objects: HashMap<ObjectRef, (String, Location)>,
+    role_lists: RoleLists,
 }
 
 impl Builder {
@@ -588,7 +589,9 @@ impl Builder {
                 }
             },
         };
-        let roles = canonical_roles(doc.roles.iter().map(String::as_str));
+        let roles = self
+            .role_lists
+            .canonical(doc.roles.iter().map(String::as_str));
         if roles.len() != doc.roles.len() {
             self.fail(at, name, "a role is listed twice");
         }

@@ -10,6 +10,10 @@ use std::{
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+pub mod changelog;
+
+use changelog::{ChangeLog, LoggedChange};
+
 use crate::domain::{
     ApiKey, Catalog, Decision, KeyEntry, Model, Reason, RequestorId, ResourceRef, authenticate,
     decide,
@@ -66,6 +70,8 @@ pub struct State {
     writer: Mutex<Writer>,
     /// The applied revision; 0 until the first change set. Waiters (`min_revision`) subscribe.
     revision: watch::Sender<u64>,
+    /// The recent revisions, for Watch; appended by `apply` before the revision is published.
+    log: ChangeLog,
 }
 
 impl Default for State {
@@ -93,6 +99,7 @@ impl State {
                 interner: GrantInterner::default(),
             }),
             revision: watch::Sender::new(0),
+            log: ChangeLog::default(),
         }
     }
 
@@ -180,6 +187,17 @@ impl State {
         }
     }
 
+    /// The change log Watch streams read.
+    pub fn change_log(&self) -> &ChangeLog {
+        &self.log
+    }
+
+    /// The model and the revision it is at, taken together (a Watch snapshot).
+    pub fn snapshot(&self) -> (u64, Model) {
+        let w = self.lock();
+        (self.revision(), w.model.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic while holding the lock would leave the model half-applied; it cannot happen
         // short of a bug, and serving the last entries is the best that can be done then.
@@ -204,7 +222,9 @@ impl State {
         let mut requestors: HashSet<RequestorId> = HashSet::new();
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
+        let mut logged: Vec<LoggedChange> = Vec::with_capacity(set.changes.len());
         for change in &set.changes {
+            logged.push(LoggedChange::describe(&w.model, change));
             match change {
                 Change::PutEntitlement(_)
                 | Change::RemoveEntitlement(_)
@@ -263,6 +283,32 @@ impl State {
                 }
             }
         }
+        // The requestors as built before this change set, to tell whose grants really changed.
+        let touched_keys: Vec<&Arc<str>> = logged
+            .iter()
+            .filter_map(|c| match &c.change {
+                Change::PutKey(spec) => Some(&spec.prefix),
+                Change::RemoveKey(prefix) => Some(prefix),
+                _ => None,
+            })
+            .collect();
+        let mut old_requestors: HashMap<RequestorId, Arc<crate::domain::Requestor>> = touched_keys
+            .iter()
+            .filter_map(|p| self.keys.get(*p))
+            .map(|e| (e.requestor.id.clone(), e.requestor.clone()))
+            .collect();
+        for id in &requestors {
+            if old_requestors.contains_key(id) {
+                continue;
+            }
+            let own = w.keys_by_requestor.get(id).into_iter().flatten();
+            if let Some(e) = own
+                .filter_map(|p| self.keys.get(p))
+                .find(|e| e.requestor.id == *id)
+            {
+                old_requestors.insert(id.clone(), e.requestor.clone());
+            }
+        }
         for prefix in &removed_keys {
             if !w.model.keys.contains_key(prefix) {
                 self.keys.remove(prefix);
@@ -277,30 +323,23 @@ impl State {
         if rebuild_all || !removed_keys.is_empty() {
             w.interner.prune();
         }
+        let mut grants_changed: Vec<RequestorId> = requestors
+            .into_iter()
+            .filter(|id| {
+                let new = w
+                    .keys_by_requestor
+                    .get(id)
+                    .and_then(|p| p.first())
+                    .and_then(|p| self.keys.get(p))
+                    .map(|e| e.requestor.clone());
+                changelog::grants_differ(old_requestors.get(id).map(|r| &**r), new.as_deref())
+            })
+            .collect();
+        grants_changed.sort();
+        // Logged before the revision is published: a stream woken by the new revision finds it.
+        self.log.append(set.revision, logged, grants_changed);
         self.revision.send_replace(set.revision);
         Ok(set.revision)
-    }
-
-    /// Rebuilds every entry: drops the contributions of keys that expired since the last build
-    /// (decisions already exclude them on the fly; this makes that the fast path again).
-    pub fn refresh_expired(&self) {
-        let mut w = self.lock();
-        let w = &mut *w;
-        let now = unix_now();
-        let stale: Vec<RequestorId> = self
-            .keys
-            .iter()
-            .filter(|e| e.requestor.valid_until.is_some_and(|u| now >= u))
-            .map(|e| e.requestor.id.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        for id in &stale {
-            let prefixes = w.keys_by_requestor.get(id).map_or(&[][..], |p| &p[..]);
-            for entry in build_requestor(&w.model, &w.catalog, id, prefixes, now, &mut w.interner) {
-                self.keys.insert(entry.spec.prefix.clone(), entry);
-            }
-        }
     }
 }
 

@@ -1,0 +1,269 @@
+//! Watch benchmarks, each against a real gRPC server on a loopback socket in this process:
+//!
+//! - `latency`: 1,000 subscribers; time from a committed change (just before `State::apply`) to
+//!   the end-of-revision event received by each subscriber; p50 / p99 / max.
+//! - `idle`: resident memory (VmRSS) added by 10,000 idle watchers. Client and server run in this
+//!   process, so the figure covers both sides: an upper bound for the server.
+//! - `catchup`: a follower (`UpstreamOrigin`, as `serve --upstream` runs it) catches up from a
+//!   full snapshot of a hub holding 1,000,000 keys; time until it has applied the hub's revision.
+//!
+//! `cargo run --release --example watch_bench -- [latency|idle|catchup|all]`
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rolegate::{
+    domain::{
+        KeySpec, KeyStatus, KeyType, SecretHash, Team, User,
+        model::{Change, canonical_roles},
+    },
+    grpc::{
+        AuthorizerService,
+        authorizer::AuthorizerLimits,
+        pb::{self, authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer},
+    },
+    origin::upstream::UpstreamOrigin,
+    state::{ChangeSet, State},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[path = "../benches/support/world.rs"]
+mod world;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+async fn serve(state: Arc<State>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                AuthorizerServer::new(AuthorizerService::new(state, AuthorizerLimits::default()))
+                    .max_encoding_message_size(64 * 1024 * 1024),
+            )
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+/// A small world plus one owner key (keys.read at ALL), applied as revision 1.
+fn owner_changes() -> Vec<Change> {
+    vec![
+        Change::PutTeam(Team {
+            id: "bench-owners".into(),
+            name: "Bench owners".into(),
+            active: true,
+        }),
+        Change::PutUser(User {
+            id: "bench-owner".into(),
+            name: "Bench owner".into(),
+            active: true,
+            teams: vec![],
+        }),
+        Change::PutKey(Arc::new(KeySpec {
+            prefix: "BenchOwnerKey0001".into(),
+            secret_hash: SecretHash::of_secret("bench-owner-secret"),
+            key_type: KeyType::Team,
+            user: Some("bench-owner".into()),
+            team: Some("bench-owners".into()),
+            project: None,
+            roles: canonical_roles(["SYSTEM_OWNER"]),
+            status: KeyStatus::Active,
+            expires_at: None,
+        })),
+    ]
+}
+
+async fn channels(url: &str, n: usize) -> Vec<AuthorizerClient<tonic::transport::Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(AuthorizerClient::connect(url.to_owned()).await.unwrap());
+    }
+    out
+}
+
+async fn latency() {
+    const SUBSCRIBERS: usize = 1000;
+    const REVISIONS: u64 = 200;
+    let state = Arc::new(State::new());
+    let mut changes = world::generate(10_000, 7).changes;
+    changes.extend(owner_changes());
+    state
+        .apply(ChangeSet {
+            revision: 1,
+            changes,
+        })
+        .unwrap();
+    let url = serve(state.clone()).await;
+    let clients = channels(&url, SUBSCRIBERS / 100).await;
+    // Commit instants, as nanoseconds since `epoch`, by revision.
+    let epoch = Instant::now();
+    let committed: Arc<Vec<AtomicU64>> =
+        Arc::new((0..REVISIONS + 2).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let mut c = clients[i % clients.len()].clone();
+        let committed = committed.clone();
+        let mut stream = c
+            .watch(pb::WatchRequest {
+                start_revision: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut seen = 0;
+            while let Some(ev) = stream.message().await.unwrap() {
+                if ev.end_of_revision {
+                    let at = epoch.elapsed().as_nanos() as u64;
+                    let c = committed[ev.revision as usize].load(Ordering::Acquire);
+                    hist.record((at - c) / 1000).unwrap();
+                    seen += 1;
+                    if seen == REVISIONS {
+                        break;
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let base = state.model();
+    for r in 0..REVISIONS {
+        let revision = r + 2;
+        let prefix = format!("LatencyKey{r:06}");
+        let key = KeySpec {
+            prefix: prefix.as_str().into(),
+            ..(**base.keys.get("BenchOwnerKey0001").unwrap()).clone()
+        };
+        committed[revision as usize].store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        state
+            .apply(ChangeSet {
+                revision,
+                changes: vec![Change::PutKey(Arc::new(key))],
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    println!(
+        "latency: {SUBSCRIBERS} subscribers x {REVISIONS} revisions ({} events): commit -> event p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        all.len(),
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.99),
+        all.value_at_quantile(0.999),
+        all.max()
+    );
+}
+
+async fn idle() {
+    const WATCHERS: usize = 10_000;
+    let state = Arc::new(State::new());
+    let mut changes = world::generate(10_000, 7).changes;
+    changes.extend(owner_changes());
+    state
+        .apply(ChangeSet {
+            revision: 1,
+            changes,
+        })
+        .unwrap();
+    let url = serve(state.clone()).await;
+    let clients = channels(&url, WATCHERS / 100).await;
+    let before = rss_mib();
+    let mut streams = Vec::with_capacity(WATCHERS);
+    for i in 0..WATCHERS {
+        let mut c = clients[i % clients.len()].clone();
+        streams.push(
+            c.watch(pb::WatchRequest {
+                bookmark_interval_ms: 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+    }
+    while state.change_log().status().subscribers < WATCHERS as u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_mib();
+    println!(
+        "idle: {WATCHERS} idle watchers over {} connections: RSS {before:.1} -> {after:.1} MiB (+{:.1} MiB, {:.1} KiB per watcher, client and server together)",
+        clients.len(),
+        after - before,
+        (after - before) * 1024.0 / WATCHERS as f64
+    );
+    drop(streams);
+}
+
+async fn catchup() {
+    const KEYS: usize = 1_000_000;
+    let hub = Arc::new(State::new());
+    let t = Instant::now();
+    let mut changes = world::generate(KEYS, 7).changes;
+    changes.extend(owner_changes());
+    hub.apply(ChangeSet {
+        revision: 1,
+        changes,
+    })
+    .unwrap();
+    println!(
+        "catchup: hub loaded {} keys in {:.2} s",
+        hub.counts().keys,
+        t.elapsed().as_secs_f64()
+    );
+    let url = serve(hub.clone()).await;
+    let follower_state = Arc::new(State::new());
+    let follower = UpstreamOrigin::new(
+        &url,
+        "BenchOwnerKey0001.bench-owner-secret".into(),
+        follower_state.clone(),
+    )
+    .unwrap();
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let start = Instant::now();
+    tokio::spawn(follower.run(stop_rx));
+    let mut rev = follower_state.subscribe_revision();
+    rev.wait_for(|r| *r >= 1).await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(follower_state.counts().keys, hub.counts().keys);
+    println!(
+        "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load)",
+        follower_state.counts().keys,
+        took.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if which == "latency" || which == "all" {
+        latency().await;
+    }
+    if which == "idle" || which == "all" {
+        idle().await;
+    }
+    if which == "catchup" || which == "all" {
+        catchup().await;
+    }
+}

@@ -213,11 +213,9 @@ pub async fn run(
         .add_service(ext_authz)
         .add_service(admin)
         .serve_with_incoming_shutdown(
-            // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on each
-            // accepted connection, or a response written in two parts (ext_authz's) waits on
-            // Nagle and the peer's delayed ACK (~40 ms).
+            // TCP_NODELAY and single-write answers: see grpc/conn.rs.
             tokio_stream::StreamExt::map(TcpListenerStream::new(listeners.grpc), |conn| {
-                conn.and_then(|c| c.set_nodelay(true).map(|()| c))
+                conn.and_then(crate::grpc::conn::GrpcConn::new)
             }),
             stopped(stop_rx.clone()),
         );

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod authorizer;
+pub mod conn;
 pub mod convert;
 pub mod ext_authz;
 pub mod status;

@@ -14,4 +14,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 echo "== cargo test"
-cargo test --all-features
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-features 2>&1 | tee "$log"
+# One closing line over every test binary (cargo's own last line is the doc-tests').
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -75,12 +75,70 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// One caller of a load run: issues a call, says whether it was allowed.
+pub trait Caller: Send + 'static {
+    fn call(&mut self) -> impl Future<Output = Result<bool, Status>> + Send;
+}
+
+/// Calls `rolegate.v1.Authorizer/Check`.
+struct CheckCaller {
+    client: AuthorizerClient<Channel>,
+    request: pb::CheckRequest,
+}
+
+impl Caller for CheckCaller {
+    async fn call(&mut self) -> Result<bool, Status> {
+        Ok(self
+            .client
+            .check(self.request.clone())
+            .await?
+            .get_ref()
+            .allowed)
+    }
+}
+
 /// Runs the load of `spec` and reports on it.
 pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::Error> {
+    let request = spec.request.clone();
+    drive(&spec.shape(), move |channel| CheckCaller {
+        client: AuthorizerClient::new(channel),
+        request: request.clone(),
+    })
+    .await
+}
+
+/// How a load run is shaped, whatever it calls.
+#[derive(Clone, Debug)]
+pub struct LoadShape {
+    pub endpoint: String,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+}
+
+impl LoadSpec {
+    fn shape(&self) -> LoadShape {
+        LoadShape {
+            endpoint: self.endpoint.clone(),
+            concurrency: self.concurrency,
+            connections: self.connections,
+            duration: self.duration,
+            warmup: self.warmup,
+        }
+    }
+}
+
+/// Opens the connections, runs `shape.concurrency` callers made by `caller` back to back for the
+/// warm-up and the measured time, and merges what they recorded.
+pub async fn drive<C: Caller>(
+    shape: &LoadShape,
+    caller: impl Fn(Channel) -> C,
+) -> Result<LoadReport, tonic::transport::Error> {
     let mut channels = Vec::new();
-    for _ in 0..spec.connections.max(1) {
+    for _ in 0..shape.connections.max(1) {
         channels.push(
-            Channel::from_shared(spec.endpoint.clone())
+            Channel::from_shared(shape.endpoint.clone())
                 .expect("endpoint was validated by the caller")
                 .tcp_nodelay(true)
                 .connect()
@@ -88,12 +146,11 @@ pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::E
         );
     }
     let start = Instant::now();
-    let warm_until = start + spec.warmup;
-    let end = warm_until + spec.duration;
+    let warm_until = start + shape.warmup;
+    let end = warm_until + shape.duration;
     let mut tasks = Vec::new();
-    for i in 0..spec.concurrency.max(1) {
-        let mut client = AuthorizerClient::new(channels[i % channels.len()].clone());
-        let request = spec.request.clone();
+    for i in 0..shape.concurrency.max(1) {
+        let mut caller = caller(channels[i % channels.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
                 .expect("static histogram bounds are valid");
@@ -103,14 +160,14 @@ pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::E
                 if t0 >= end {
                     break;
                 }
-                let result = client.check(request.clone()).await;
+                let result = caller.call().await;
                 if t0 < warm_until {
                     continue;
                 }
                 hist.saturating_record(t0.elapsed().as_nanos() as u64);
                 match result {
-                    Ok(r) if r.get_ref().allowed => allowed += 1,
-                    Ok(_) => {}
+                    Ok(true) => allowed += 1,
+                    Ok(false) => {}
                     Err(_) => errors += 1,
                 }
             }
@@ -128,7 +185,7 @@ pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::E
     }
     let elapsed = Instant::now()
         .saturating_duration_since(warm_until)
-        .min(spec.duration)
+        .min(shape.duration)
         .max(Duration::from_millis(1));
     let q = |q: f64| Duration::from_nanos(hist.value_at_quantile(q));
     Ok(LoadReport {

@@ -2,11 +2,7 @@
 //! the CheckRequests Envoy sends (pseudo-headers, the usual request headers, peers), against
 //! rolegate and, for the baseline, against a no-op Authorization service in this process.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use envoy_types::{
     ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse},
@@ -20,11 +16,10 @@ use envoy_types::{
         google::rpc,
     },
 };
-use hdrhistogram::Histogram;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Channel};
 
-use super::LoadReport;
+use super::{Caller, LoadReport, LoadShape, drive};
 
 /// One ext_authz load run's parameters.
 #[derive(Clone, Debug)]
@@ -92,72 +87,36 @@ pub fn envoy_like_request(key: &str, method: &str, path: &str) -> CheckRequest {
 
 /// Runs the load and reports on it; `allowed` counts OK-status answers.
 pub async fn run_load(spec: &ExtAuthzLoad) -> Result<LoadReport, tonic::transport::Error> {
-    let mut channels = Vec::new();
-    for _ in 0..spec.connections.max(1) {
-        channels.push(
-            Channel::from_shared(spec.endpoint.clone())
-                .expect("endpoint was validated by the caller")
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
-    }
-    let start = Instant::now();
-    let warm_until = start + spec.warmup;
-    let end = warm_until + spec.duration;
-    let mut tasks = Vec::new();
-    for i in 0..spec.concurrency.max(1) {
-        let mut client = AuthorizationClient::new(channels[i % channels.len()].clone());
-        let request = spec.request.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-                .expect("static histogram bounds are valid");
-            let (mut allowed, mut errors) = (0u64, 0u64);
-            loop {
-                let t0 = Instant::now();
-                if t0 >= end {
-                    break;
-                }
-                let result = client.check(request.clone()).await;
-                if t0 < warm_until {
-                    continue;
-                }
-                hist.saturating_record(t0.elapsed().as_nanos() as u64);
-                match result {
-                    Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0) => {
-                        allowed += 1
-                    }
-                    Ok(_) => {}
-                    Err(_) => errors += 1,
-                }
-            }
-            (hist, allowed, errors)
-        }));
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
-    let (mut allowed, mut errors) = (0, 0);
-    for task in tasks {
-        if let Ok((h, a, e)) = task.await {
-            hist.add(h).expect("histograms share bounds");
-            allowed += a;
-            errors += e;
-        }
-    }
-    let elapsed = Instant::now()
-        .saturating_duration_since(warm_until)
-        .min(spec.duration)
-        .max(Duration::from_millis(1));
-    let q = |q: f64| Duration::from_nanos(hist.value_at_quantile(q));
-    Ok(LoadReport {
-        requests: hist.len(),
-        allowed,
-        errors,
-        elapsed,
-        p50: q(0.5),
-        p99: q(0.99),
-        p999: q(0.999),
-        max: Duration::from_nanos(hist.max()),
+    let shape = LoadShape {
+        endpoint: spec.endpoint.clone(),
+        concurrency: spec.concurrency,
+        connections: spec.connections,
+        duration: spec.duration,
+        warmup: spec.warmup,
+    };
+    let request = spec.request.clone();
+    drive(&shape, move |channel| ExtAuthzCaller {
+        client: AuthorizationClient::new(channel),
+        request: request.clone(),
     })
+    .await
+}
+
+/// Calls `envoy.service.auth.v3.Authorization/Check`; allowed when the answer's status is OK.
+struct ExtAuthzCaller {
+    client: AuthorizationClient<Channel>,
+    request: CheckRequest,
+}
+
+impl Caller for ExtAuthzCaller {
+    async fn call(&mut self) -> Result<bool, Status> {
+        let response = self.client.check(self.request.clone()).await?;
+        Ok(response
+            .get_ref()
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == 0))
+    }
 }
 
 /// An Authorization service that allows everything without looking: the cost of tonic and the

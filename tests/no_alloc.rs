@@ -44,7 +44,7 @@ fn by_stage(state: &State, probes: &[Probe], collection: bool, now: i64) -> Stri
         }
     };
     let parsed: Vec<_> = cycle(probes)
-        .map(|p| ApiKey::parse(&p.key).unwrap())
+        .map(|p| ApiKey::parse(p.key()).unwrap())
         .collect();
     let entries: Vec<_> = parsed
         .iter()
@@ -55,7 +55,7 @@ fn by_stage(state: &State, probes: &[Probe], collection: bool, now: i64) -> Stri
             "ApiKey::parse",
             measure(|| {
                 cycle(probes).for_each(|p| {
-                    let _ = black_box(ApiKey::parse(&p.key));
+                    let _ = black_box(ApiKey::parse(p.key()));
                 })
             }),
         ),
@@ -96,7 +96,7 @@ fn by_stage(state: &State, probes: &[Probe], collection: bool, now: i64) -> Stri
             measure(|| {
                 cycle(probes).for_each(|p| {
                     drop(black_box(state.check(
-                        &p.key,
+                        p.key(),
                         ENTITLEMENT,
                         resource(p),
                         now,
@@ -135,23 +135,33 @@ fn allowed_checks_do_not_allocate() {
 
     // Warm up: every probe once, both ways, and check that each is allowed.
     for p in &probes {
-        let named = state.check(&p.key, ENTITLEMENT, p.resource(), now);
+        let named = state.check(p.key(), ENTITLEMENT, p.resource(), now);
         assert_eq!(
             named.reason(),
             Reason::Allowed,
             "{} on {:?}",
-            p.key,
+            p.key(),
             p.resource()
         );
-        let all = state.check(&p.key, ENTITLEMENT, collection, now);
-        assert_eq!(all.reason(), Reason::Allowed, "{} on the collection", p.key);
+        let all = state.check(p.key(), ENTITLEMENT, collection, now);
+        assert_eq!(
+            all.reason(),
+            Reason::Allowed,
+            "{} on the collection",
+            p.key()
+        );
     }
 
     // A named resource: the key's team, owned by the key.
     let mut allowed = 0;
     let info = measure(|| {
         for p in cycle(&probes) {
-            let out = state.check(black_box(&p.key), ENTITLEMENT, black_box(p.resource()), now);
+            let out = state.check(
+                black_box(p.key()),
+                ENTITLEMENT,
+                black_box(p.resource()),
+                now,
+            );
             allowed += usize::from(black_box(out).decision.is_allowed());
         }
     });
@@ -167,7 +177,7 @@ fn allowed_checks_do_not_allocate() {
     let (mut allowed, mut filtered) = (0, 0);
     let info = measure(|| {
         for p in cycle(&probes) {
-            let out = black_box(state.check(black_box(&p.key), ENTITLEMENT, collection, now));
+            let out = black_box(state.check(black_box(p.key()), ENTITLEMENT, collection, now));
             allowed += usize::from(out.decision.is_allowed());
             filtered += usize::from(out.decision.filter_owner_key_prefixes.is_some());
         }

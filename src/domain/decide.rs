@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope, entry::bits};
+use super::{ApiKey, KeyEntry, MalformedKey, Requestor, Scope, entry::bits};
 
 /// Why a request was allowed or denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,13 +122,13 @@ impl Decision {
 /// a key is inactive or expired.
 pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Result<(), Reason> {
     let entry = entry.ok_or(Reason::UnknownKey)?;
-    if !entry.spec.secret_hash.matches(&key.secret_hash()) {
+    if !entry.secret_hash.matches(&key.secret_hash()) {
         return Err(Reason::WrongSecret);
     }
-    if entry.spec.status != KeyStatus::Active {
+    if !entry.key_active {
         return Err(Reason::KeyInactive);
     }
-    if entry.spec.expires_at.is_some_and(|at| now >= at) {
+    if now >= entry.expires_at {
         return Err(Reason::KeyExpired);
     }
     if !entry.team_active {
@@ -282,7 +282,8 @@ mod tests {
         let mut interner = GrantInterner::default();
         let mut out = HashMap::new();
         for (id, prefixes) in &by_requestor {
-            for e in build_requestor(model, &catalog, id, prefixes, NOW, &mut interner) {
+            let (_, built) = build_requestor(model, &catalog, id, prefixes, NOW, &mut interner);
+            for e in built {
                 out.insert(e.spec.prefix.to_string(), e);
             }
         }
@@ -708,7 +709,7 @@ mod tests {
         let frank = &e["FrankKey01"].requestor.members;
         let dev = |m: &[crate::domain::entry::Member]| {
             m.iter()
-                .find(|m| *m.roles == [Arc::from("DEVELOPER")][..])
+                .find(|m| **m.roles() == [Arc::from("DEVELOPER")][..])
                 .unwrap()
                 .grants
                 .clone()

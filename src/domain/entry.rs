@@ -4,7 +4,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{Catalog, KeySpec, Scope};
+use smallvec::SmallVec;
+
+use super::{Catalog, KeySpec, KeyStatus, Scope, SecretHash};
 
 /// Who is asking: the user behind a team key, or the project behind a project key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,11 +124,13 @@ pub mod bits {
 /// id. Independent of teams, so a handful of these serve a million keys.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RoleGrants {
+    /// The bound roles this was built from (sorted, without TEAM_ROLE).
+    roles: Arc<[Arc<str>]>,
     scopes: Box<[u8]>,
 }
 
 impl RoleGrants {
-    fn build(catalog: &Catalog, roles: &[Arc<str>]) -> Self {
+    fn build(catalog: &Catalog, roles: &Arc<[Arc<str>]>) -> Self {
         let mut scopes = vec![0u8; catalog.id_bound()].into_boxed_slice();
         let bound = roles.iter().filter_map(|r| catalog.role(r));
         for role in std::iter::once(catalog.team_role()).chain(bound) {
@@ -140,7 +144,15 @@ impl RoleGrants {
                 }
             }
         }
-        RoleGrants { scopes }
+        RoleGrants {
+            roles: roles.clone(),
+            scopes,
+        }
+    }
+
+    /// The bound roles these grants come from.
+    pub fn roles(&self) -> &Arc<[Arc<str>]> {
+        &self.roles
     }
 
     /// The scope bits held for entitlement `id`.
@@ -172,23 +184,35 @@ impl GrantInterner {
     }
 }
 
-/// One active key's contribution to its requestor's grants.
+/// An expiry that never comes: `expires_at` of a key without one.
+pub const NEVER: i64 = i64::MAX;
+
+/// One active key's contribution to its requestor's grants. 32 bytes: a requestor keeps its
+/// members inline, so that a decision reads them from the cache line it already has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// The team its TEAM grants cover.
     pub team: Arc<str>,
-    pub roles: Arc<[Arc<str>]>,
     pub grants: Arc<RoleGrants>,
-    /// From this instant on, the member no longer contributes.
-    pub expires_at: Option<i64>,
+    /// From this instant on (unix seconds), the member no longer contributes; [`NEVER`] if the
+    /// key does not expire.
+    pub expires_at: i64,
 }
 
 impl Member {
     /// Whether the member still contributes at `now`.
     pub fn is_live(&self, now: i64) -> bool {
-        self.expires_at.is_none_or(|at| now < at)
+        now < self.expires_at
+    }
+
+    /// The roles bound to the member's key.
+    pub fn roles(&self) -> &Arc<[Arc<str>]> {
+        self.grants.roles()
     }
 }
+
+/// The members of a requestor: most have one or two keys, held without a separate allocation.
+pub type Members = SmallVec<[Member; 2]>;
 
 /// A user or project, with the active keys whose grants it unites (rule 3).
 #[derive(Debug)]
@@ -199,7 +223,7 @@ pub struct Requestor {
     /// The active keys (active, in an active team, unexpired when built). A decision looks at
     /// each live member: a user has a few keys, so this beats a merged per-user map in both
     /// speed and memory.
-    pub members: Box<[Member]>,
+    pub members: Members,
     /// Every key of the requestor, whatever its status: the owners that an OWN grant covers.
     /// Sorted.
     pub owned_key_prefixes: Arc<[Arc<str>]>,
@@ -220,12 +244,12 @@ impl Requestor {
         // Sorted by team, so a team filter lists each team once without a set (and the rest,
         // so that equal requestors have equal member lists).
         members.sort_by(|a, b| {
-            (&a.team, &a.roles, a.expires_at).cmp(&(&b.team, &b.roles, b.expires_at))
+            (&a.team, a.roles(), a.expires_at).cmp(&(&b.team, b.roles(), b.expires_at))
         });
         Requestor {
             id,
             active,
-            members: members.into_boxed_slice(),
+            members: members.into_iter().collect(),
             owned_key_prefixes: owned_key_prefixes.into(),
             catalog,
         }
@@ -238,7 +262,7 @@ impl Requestor {
             self.members
                 .iter()
                 .filter(|m| m.is_live(now))
-                .map(|m| (&m.team, &m.roles[..])),
+                .map(|m| (&m.team, &m.roles()[..])),
         )
     }
 
@@ -250,18 +274,24 @@ impl Requestor {
     }
 }
 
-/// The cache's value for one key prefix: the key, its team's state and its requestor.
+/// The cache's value for one key prefix: what authenticating the key needs, inline, then its
+/// team and its requestor. [`KeySpec`] (`spec`) is only read to describe the key.
 #[derive(Debug)]
 pub struct KeyEntry {
-    pub spec: Arc<KeySpec>,
+    pub secret_hash: SecretHash,
+    /// Unix seconds; [`NEVER`] if the key does not expire.
+    pub expires_at: i64,
+    /// The key's own status is active.
+    pub key_active: bool,
+    pub team_active: bool,
     /// The key's team (a project key's is its project's).
     pub team: Arc<str>,
-    pub team_active: bool,
     pub requestor: Arc<Requestor>,
+    pub spec: Arc<KeySpec>,
 }
 
-/// Builds the requestor `id` from the model and the cache entries of all its keys
-/// (`prefixes`). A key contributes grants when it is active, unexpired at `now` and its team is
+/// Builds the requestor `id` from the model and all its keys (`prefixes`), with the cache entry
+/// of each key. A key contributes grants when it is active, unexpired at `now` and its team is
 /// active (rule 3).
 pub fn build_requestor(
     model: &super::Model,
@@ -270,7 +300,7 @@ pub fn build_requestor(
     prefixes: &[Arc<str>],
     now: i64,
     interner: &mut GrantInterner,
-) -> Vec<Arc<KeyEntry>> {
+) -> (Arc<Requestor>, Vec<Arc<KeyEntry>>) {
     let active = match id {
         RequestorId::User(user) => model.users.get(user).is_some_and(|u| u.active),
         RequestorId::Project(project) => model.projects.contains_key(project),
@@ -288,14 +318,13 @@ pub fn build_requestor(
         .iter()
         .filter(|(spec, _, team_active)| {
             *team_active
-                && spec.status == super::KeyStatus::Active
+                && spec.status == KeyStatus::Active
                 && spec.expires_at.is_none_or(|at| now < at)
         })
         .map(|(spec, team, _)| Member {
             team: team.clone(),
-            roles: spec.roles.clone(),
             grants: interner.intern(catalog, &spec.roles),
-            expires_at: spec.expires_at,
+            expires_at: spec.expires_at.unwrap_or(NEVER),
         })
         .collect();
     let owned = keys
@@ -309,14 +338,41 @@ pub fn build_requestor(
         owned,
         catalog.clone(),
     ));
-    keys.into_iter()
+    let entries = keys
+        .into_iter()
         .map(|(spec, team, team_active)| {
             Arc::new(KeyEntry {
-                spec: spec.clone(),
-                team,
+                secret_hash: spec.secret_hash,
+                expires_at: spec.expires_at.unwrap_or(NEVER),
+                key_active: spec.status == KeyStatus::Active,
                 team_active,
+                team,
                 requestor: requestor.clone(),
+                spec: spec.clone(),
             })
         })
-        .collect()
+        .collect();
+    (requestor, entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout the cold check path relies on: a key's entry and its requestor with two
+    /// members fit in a few cache lines each, with nothing behind another pointer.
+    #[test]
+    fn hot_records_stay_small() {
+        assert_eq!(std::mem::size_of::<Member>(), 32);
+        assert!(
+            std::mem::size_of::<KeyEntry>() <= 80,
+            "{}",
+            std::mem::size_of::<KeyEntry>()
+        );
+        assert!(
+            std::mem::size_of::<Requestor>() <= 128,
+            "{}",
+            std::mem::size_of::<Requestor>()
+        );
+    }
 }

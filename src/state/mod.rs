@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use compact_str::CompactString;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
@@ -15,8 +16,8 @@ pub mod changelog;
 use changelog::{ChangeLog, LoggedChange};
 
 use crate::domain::{
-    ApiKey, Catalog, Decision, KeyEntry, Model, Reason, RequestorId, ResourceRef, authenticate,
-    decide,
+    ApiKey, Catalog, Decision, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
+    authenticate, decide,
     entry::{GrantInterner, build_requestor},
     model::Change,
 };
@@ -50,9 +51,15 @@ pub struct CheckOutcome {
 struct Writer {
     model: Model,
     catalog: Arc<Catalog>,
-    keys_by_requestor: HashMap<RequestorId, Vec<Arc<str>>>,
+    /// Every requestor that has keys, as last built; its `owned_key_prefixes` are its keys.
+    requestors: HashMap<RequestorId, Arc<Requestor>>,
     interner: GrantInterner,
 }
+
+/// The cache's map. Keys are held inline (prefixes up to 24 bytes), so a lookup compares the
+/// prefix without reading another allocation. Only the writer inserts, so a hasher built for
+/// speed over flooding resistance is enough: a caller cannot choose what the map holds.
+type KeyMap = DashMap<CompactString, Arc<KeyEntry>, foldhash::fast::RandomState>;
 
 /// Counts of the objects in the state, for `/status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -66,7 +73,7 @@ pub struct Counts {
 
 /// The in-memory authorization state.
 pub struct State {
-    keys: DashMap<Arc<str>, Arc<KeyEntry>>,
+    keys: KeyMap,
     writer: Mutex<Writer>,
     /// The applied revision; 0 until the first change set. Waiters (`min_revision`) subscribe.
     revision: watch::Sender<u64>,
@@ -91,11 +98,11 @@ impl State {
     pub fn new() -> Self {
         let model = Model::default();
         State {
-            keys: DashMap::new(),
+            keys: KeyMap::default(),
             writer: Mutex::new(Writer {
                 catalog: Arc::new(model.catalog.clone()),
                 model,
-                keys_by_requestor: HashMap::new(),
+                requestors: HashMap::new(),
                 interner: GrantInterner::default(),
             }),
             revision: watch::Sender::new(0),
@@ -211,6 +218,7 @@ impl State {
     /// resulting model.
     pub fn apply(&self, set: ChangeSet) -> Result<u64, StateError> {
         let mut w = self.lock();
+        let w = &mut *w;
         let applied = self.revision();
         if set.revision <= applied {
             return Err(StateError::StaleRevision {
@@ -219,7 +227,8 @@ impl State {
             });
         }
         let mut rebuild_all = false;
-        let mut requestors: HashSet<RequestorId> = HashSet::new();
+        // The requestors to rebuild, each with all its keys after this change set.
+        let mut touched: HashMap<RequestorId, Vec<Arc<str>>> = HashMap::new();
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
         let mut logged: Vec<LoggedChange> = Vec::with_capacity(set.changes.len());
@@ -237,104 +246,81 @@ impl State {
                     teams.insert(id.clone());
                 }
                 Change::PutUser(user) => {
-                    requestors.insert(RequestorId::User(user.id.clone()));
+                    w.keys_of(&mut touched, RequestorId::User(user.id.clone()));
                 }
                 Change::RemoveUser(id) => {
-                    requestors.insert(RequestorId::User(id.clone()));
+                    w.keys_of(&mut touched, RequestorId::User(id.clone()));
                 }
                 Change::PutProject(project) => {
-                    requestors.insert(RequestorId::Project(project.id.clone()));
+                    w.keys_of(&mut touched, RequestorId::Project(project.id.clone()));
                 }
                 Change::RemoveProject(id) => {
-                    requestors.insert(RequestorId::Project(id.clone()));
+                    w.keys_of(&mut touched, RequestorId::Project(id.clone()));
                 }
                 Change::PutKey(spec) => {
-                    if let Some(old) = w.model.keys.get(&spec.prefix).cloned() {
-                        w.unindex(&old.prefix, RequestorId::of(&old), &mut requestors);
-                    }
+                    w.unlist_key(&mut touched, &spec.prefix);
                     if let Some(id) = RequestorId::of(spec) {
-                        w.keys_by_requestor
-                            .entry(id.clone())
-                            .or_default()
-                            .push(spec.prefix.clone());
-                        requestors.insert(id);
+                        w.keys_of(&mut touched, id).push(spec.prefix.clone());
                     }
                 }
                 Change::RemoveKey(prefix) => {
-                    if let Some(old) = w.model.keys.get(prefix).cloned() {
-                        w.unindex(prefix, RequestorId::of(&old), &mut requestors);
-                    }
+                    w.unlist_key(&mut touched, prefix);
                     removed_keys.push(prefix.clone());
                 }
             }
             w.model.apply(change);
         }
 
-        let now = unix_now();
-        let w = &mut *w;
         if rebuild_all {
             w.catalog = Arc::new(w.model.catalog.clone());
             w.interner = GrantInterner::default();
-            requestors = w.keys_by_requestor.keys().cloned().collect();
+            let all: Vec<RequestorId> = w.requestors.keys().cloned().collect();
+            for id in all {
+                w.keys_of(&mut touched, id);
+            }
         } else if !teams.is_empty() {
-            for spec in w.model.keys.values() {
-                if w.model.key_team(spec).is_some_and(|t| teams.contains(t)) {
-                    requestors.extend(RequestorId::of(spec));
-                }
+            let in_teams: Vec<RequestorId> = w
+                .model
+                .keys
+                .values()
+                .filter(|spec| w.model.key_team(spec).is_some_and(|t| teams.contains(t)))
+                .filter_map(|spec| RequestorId::of(spec))
+                .collect();
+            for id in in_teams {
+                w.keys_of(&mut touched, id);
             }
         }
-        // The requestors as built before this change set, to tell whose grants really changed.
-        let touched_keys: Vec<&Arc<str>> = logged
-            .iter()
-            .filter_map(|c| match &c.change {
-                Change::PutKey(spec) => Some(&spec.prefix),
-                Change::RemoveKey(prefix) => Some(prefix),
-                _ => None,
-            })
-            .collect();
-        let mut old_requestors: HashMap<RequestorId, Arc<crate::domain::Requestor>> = touched_keys
-            .iter()
-            .filter_map(|p| self.keys.get(*p))
-            .map(|e| (e.requestor.id.clone(), e.requestor.clone()))
-            .collect();
-        for id in &requestors {
-            if old_requestors.contains_key(id) {
-                continue;
-            }
-            let own = w.keys_by_requestor.get(id).into_iter().flatten();
-            if let Some(e) = own
-                .filter_map(|p| self.keys.get(p))
-                .find(|e| e.requestor.id == *id)
-            {
-                old_requestors.insert(id.clone(), e.requestor.clone());
-            }
-        }
+
         for prefix in &removed_keys {
             if !w.model.keys.contains_key(prefix) {
-                self.keys.remove(prefix);
+                self.keys.remove(&**prefix);
             }
         }
-        for id in &requestors {
-            let prefixes = w.keys_by_requestor.get(id).map_or(&[][..], |p| &p[..]);
-            for entry in build_requestor(&w.model, &w.catalog, id, prefixes, now, &mut w.interner) {
-                self.keys.insert(entry.spec.prefix.clone(), entry);
+        let now = unix_now();
+        let mut grants_changed: Vec<RequestorId> = Vec::new();
+        for (id, mut prefixes) in touched {
+            prefixes.sort();
+            prefixes.dedup();
+            let (requestor, entries) =
+                build_requestor(&w.model, &w.catalog, &id, &prefixes, now, &mut w.interner);
+            for entry in entries {
+                self.keys
+                    .insert(CompactString::new(&*entry.spec.prefix), entry);
+            }
+            let has_keys = !requestor.owned_key_prefixes.is_empty();
+            let old = if has_keys {
+                w.requestors.insert(id.clone(), requestor.clone())
+            } else {
+                w.requestors.remove(&id)
+            };
+            let new = has_keys.then_some(&*requestor);
+            if changelog::grants_differ(old.as_deref(), new) {
+                grants_changed.push(id);
             }
         }
         if rebuild_all || !removed_keys.is_empty() {
             w.interner.prune();
         }
-        let mut grants_changed: Vec<RequestorId> = requestors
-            .into_iter()
-            .filter(|id| {
-                let new = w
-                    .keys_by_requestor
-                    .get(id)
-                    .and_then(|p| p.first())
-                    .and_then(|p| self.keys.get(p))
-                    .map(|e| e.requestor.clone());
-                changelog::grants_differ(old_requestors.get(id).map(|r| &**r), new.as_deref())
-            })
-            .collect();
         grants_changed.sort();
         // Logged before the revision is published: a stream woken by the new revision finds it.
         self.log.append(set.revision, logged, grants_changed);
@@ -344,20 +330,31 @@ impl State {
 }
 
 impl Writer {
-    fn unindex(
-        &mut self,
-        prefix: &Arc<str>,
-        id: Option<RequestorId>,
-        touched: &mut HashSet<RequestorId>,
-    ) {
-        let Some(id) = id else { return };
-        if let Some(list) = self.keys_by_requestor.get_mut(&id) {
-            list.retain(|p| p != prefix);
-            if list.is_empty() {
-                self.keys_by_requestor.remove(&id);
-            }
-        }
-        touched.insert(id);
+    /// The keys of requestor `id` as this change set leaves them, starting from those it had.
+    fn keys_of<'t>(
+        &self,
+        touched: &'t mut HashMap<RequestorId, Vec<Arc<str>>>,
+        id: RequestorId,
+    ) -> &'t mut Vec<Arc<str>> {
+        touched.entry(id).or_insert_with_key(|id| {
+            self.requestors
+                .get(id)
+                .map(|r| r.owned_key_prefixes.to_vec())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Takes `prefix` off the key list of the requestor it belonged to before this change.
+    fn unlist_key(&self, touched: &mut HashMap<RequestorId, Vec<Arc<str>>>, prefix: &Arc<str>) {
+        let Some(id) = self
+            .model
+            .keys
+            .get(prefix)
+            .and_then(|old| RequestorId::of(old))
+        else {
+            return;
+        };
+        self.keys_of(touched, id).retain(|p| p != prefix);
     }
 }
 

@@ -8,7 +8,7 @@
 //!   every active key of the world in shuffled order, so consecutive lookups hit different map
 //!   slots and, at 1M keys, mostly miss the CPU caches as real traffic would.
 //! - `check_deny_wrong_secret/N`: the same keys with a wrong secret: parse, lookup, hash, deny.
-//! - `decide_only/N`: `domain::decide` alone on entries fetched beforehand (no parse, lookup or
+//! - `decide_only/N`: `domain::decide_presented` alone on entries fetched beforehand (no parse, lookup or
 //!   hash).
 //!
 //! Every probe is asserted to be allowed (or denied with `WrongSecret`) once before measuring.
@@ -21,7 +21,7 @@ use std::{hint::black_box, sync::Arc};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rolegate::{
-    domain::{KeyEntry, Reason, ResourceRef, decide},
+    domain::{KeyEntry, Reason, ResourceRef, decide_presented},
     state::{State, unix_now},
 };
 
@@ -142,8 +142,10 @@ fn bench_size(c: &mut Criterion, keys: usize) {
         let mut next = Cycle::new(&entries);
         b.iter(|| {
             let (entry, resource) = next.step();
-            decide(
+            // As `State::check` calls it: the presented key is the resource's owner.
+            decide_presented(
                 black_box(entry),
+                black_box(resource.owner_key_prefix),
                 black_box(ENTITLEMENT),
                 black_box(*resource),
                 now,

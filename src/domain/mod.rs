@@ -17,7 +17,7 @@ pub mod model;
 pub mod scope;
 
 pub use catalog::{Catalog, Grant, Role, RoleType};
-pub use decide::{Decision, Reason, ResourceRef, authenticate, decide};
+pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use key::{ApiKey, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, Project, Team, User};

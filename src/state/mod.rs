@@ -17,7 +17,7 @@ use changelog::{ChangeLog, LoggedChange};
 
 use crate::domain::{
     ApiKey, Catalog, Decision, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
-    authenticate, decide,
+    authenticate, decide_presented,
     entry::{GrantInterner, build_requestor},
     model::Change,
 };
@@ -149,7 +149,7 @@ impl State {
         }
         let entry = entry.expect("authenticate accepts only a present entry");
         CheckOutcome {
-            decision: decide(&entry, entitlement, resource, now),
+            decision: decide_presented(&entry, key.prefix, entitlement, resource, now),
             entry: Some(entry),
             revision,
         }

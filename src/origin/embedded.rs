@@ -24,12 +24,18 @@ use crate::{
     state::{ChangeSet, State},
 };
 
-/// Singleton values: the last committed revision.
+/// Singleton values: the last committed revision, and the history id (made once, with the
+/// store, so that a Watch resumed after a restart continues the same revision sequence).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Every object of the model, `kind/id` → its record.
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
 /// The change log: revision → the changes committed under it.
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog");
+/// Beside the change log: revision → the changes that undo it (the objects as they were before).
+/// At start, the model as of the oldest replayed revision is rebuilt from them, and the kept
+/// revisions are applied again, so that the Watch change log is rebuilt by the same code that
+/// built it while serving (see [`EmbeddedOrigin::start`]).
+const UNDO: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_undo");
 
 /// How many revisions the change log keeps (for Watch resumption across restarts).
 pub const KEPT_REVISIONS: u64 = 100_000;
@@ -171,9 +177,17 @@ impl Store {
         // Create the tables up front so that readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_err(&e))?;
         {
-            txn.open_table(META).map_err(|e| open_err(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| open_err(&e))?;
             txn.open_table(OBJECTS).map_err(|e| open_err(&e))?;
             txn.open_table(LOG).map_err(|e| open_err(&e))?;
+            txn.open_table(UNDO).map_err(|e| open_err(&e))?;
+            let has_history = meta.get(HISTORY).map_err(|e| open_err(&e))?.is_some();
+            if !has_history {
+                // Made once, in the transaction that creates the store (or, for a store from
+                // before history ids were kept, at its first start with them).
+                let id: u64 = rand::random();
+                meta.insert(HISTORY, id).map_err(|e| open_err(&e))?;
+            }
         }
         txn.commit().map_err(|e| open_err(&e))?;
 
@@ -211,21 +225,40 @@ impl Store {
         Ok((model, revision))
     }
 
-    /// Commits several revisions in one transaction: the change log entries, the objects they
-    /// put or remove, and the new last revision. All or nothing; durable when it returns Ok.
-    fn commit(&self, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+    /// The id of the store's revision sequence, as the change log shows it.
+    pub fn history(&self) -> Result<String, OriginError> {
+        let err = |e: &dyn std::fmt::Display| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        self.with_db(|db| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            Ok(meta.get(HISTORY)?.map(|v| v.value()))
+        })
+        .map_err(|e| err(&e))?
+        .map(history_text)
+        .ok_or_else(|| err(&"the store has no history id"))
+    }
+
+    /// Commits several revisions in one transaction: the change log entries with their undo,
+    /// the objects they put or remove, and the new last revision. All or nothing; durable when
+    /// it returns Ok.
+    fn commit(&self, sets: &[(u64, &[Change], &[Change])]) -> Result<(), redb::Error> {
         self.with_db(|db| Self::commit_in(db, sets))
     }
 
-    fn commit_in(db: &Database, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+    fn commit_in(db: &Database, sets: &[(u64, &[Change], &[Change])]) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
+            let mut undo_log = txn.open_table(UNDO)?;
             let mut objects = txn.open_table(OBJECTS)?;
             let mut meta = txn.open_table(META)?;
             let mut last = 0;
-            for (revision, changes) in sets {
+            for (revision, changes, undo) in sets {
                 log.insert(*revision, record::encode_changes(changes).as_slice())?;
+                undo_log.insert(*revision, record::encode_changes(undo).as_slice())?;
                 for change in *changes {
                     match record::object_entry(change) {
                         (key, Some(value)) => {
@@ -245,6 +278,15 @@ impl Store {
                 match first {
                     Some(rev) if rev <= cutoff => {
                         log.remove(rev)?;
+                    }
+                    _ => break,
+                }
+            }
+            loop {
+                let first = undo_log.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(rev) if rev <= cutoff => {
+                        undo_log.remove(rev)?;
                     }
                     _ => break,
                 }
@@ -286,6 +328,60 @@ impl Store {
         }
         Ok(Some(out))
     }
+
+    /// The newest revisions up to `head` that can be replayed, at most `max` of them, oldest
+    /// first, each with its changes and their undo. Stops (going back from `head`) at the first
+    /// revision whose log entry or undo is missing: older ones cannot be rebuilt.
+    fn replay_window(&self, head: u64, max: usize) -> Result<Vec<Replayed>, OriginError> {
+        let corrupt = |source| OriginError::Corrupt {
+            path: self.path.clone(),
+            source,
+        };
+        let from = head.saturating_sub(max as u64) + 1;
+        let rows = self
+            .with_db(|db| {
+                let read = db.begin_read()?;
+                let log = read.open_table(LOG)?;
+                let undo = read.open_table(UNDO)?;
+                let mut rows = Vec::new();
+                for revision in (from..=head).rev() {
+                    let (Some(c), Some(u)) = (log.get(revision)?, undo.get(revision)?) else {
+                        break;
+                    };
+                    rows.push((revision, c.value().to_vec(), u.value().to_vec()));
+                }
+                Ok(rows)
+            })
+            .map_err(|e| OriginError::Open {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        rows.into_iter()
+            .rev()
+            .map(|(revision, c, u)| {
+                Ok(Replayed {
+                    revision,
+                    changes: record::decode_changes(&c).map_err(corrupt)?,
+                    undo: record::decode_changes(&u).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The `META` key of the history id.
+const HISTORY: &str = "history";
+
+/// The history id as the change log and Watch show it.
+fn history_text(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// One kept revision, read back to rebuild the change log at start.
+struct Replayed {
+    revision: u64,
+    changes: Vec<Change>,
+    undo: Vec<Change>,
 }
 
 /// The embedded origin while serving: the queue to its writer thread.
@@ -342,25 +438,22 @@ impl EmbeddedOrigin {
         if revision == 0 {
             let (changes, key) = bootstrap_changes(&model, bootstrap)?;
             bootstrap_key = key;
+            let mut after = model.clone();
+            let undo = apply_with_undo(&mut after, &changes);
             store
-                .commit(&[(1, &changes)])
+                .commit(&[(1, &changes, &undo)])
                 .map_err(|e| OriginError::Open {
                     path: store.path.clone(),
                     message: e.to_string(),
                 })?;
-            for c in &changes {
-                model.apply(c);
-            }
+            model = after;
             revision = 1;
             tracing::warn!(
                 key = %bootstrap.prefix,
                 "empty store: created the bootstrap SYSTEM_OWNER key"
             );
         }
-        let changes = Model::default().diff(&model);
-        state
-            .apply(ChangeSet { revision, changes })
-            .map_err(|e| OriginError::Invalid(e.to_string()))?;
+        load_state(&store, &model, revision, &state)?;
 
         let store = Arc::new(store);
         let (queue, rx) = mpsc::channel(4096);
@@ -414,6 +507,74 @@ impl EmbeddedOrigin {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+}
+
+/// Loads the stored `model` (at `revision`) into `state` so that its change log holds the kept
+/// revisions as they were first applied, under the store's history id: the model as of the
+/// oldest revision to keep is rebuilt from the undo records and loaded (that load is not a
+/// revision of the log), then each kept revision is applied again by [`State::apply`], the same
+/// code that logged it while serving. A Watch that resumes after a restart from any kept revision
+/// thus gets the events it would have got without the restart.
+fn load_state(
+    store: &Store,
+    model: &Model,
+    revision: u64,
+    state: &State,
+) -> Result<(), OriginError> {
+    let history = store.history()?;
+    let log = state.change_log();
+    let mut window = store.replay_window(revision, log.limits().max_revisions)?;
+    let mut base = model.clone();
+    for r in window.iter().rev() {
+        for c in &r.undo {
+            base.apply(c);
+        }
+    }
+    // The undo records must lead back to exactly the stored model; if they do not (a bug or a
+    // damaged log), nothing is replayed and Watch clients from before the restart are reset.
+    let mut check = base.clone();
+    for r in &window {
+        for c in &r.changes {
+            check.apply(c);
+        }
+    }
+    if check != *model {
+        tracing::warn!(
+            revision,
+            "the stored change log does not lead to the stored state; Watch history restarts here"
+        );
+        window.clear();
+        base = model.clone();
+    }
+    let first = window.first().map_or(revision + 1, |r| r.revision);
+    let invalid = |e: crate::state::StateError| OriginError::Invalid(e.to_string());
+    if first > 1 {
+        let changes = Model::default().diff(&base);
+        state
+            .apply(ChangeSet {
+                revision: first - 1,
+                changes,
+            })
+            .map_err(invalid)?;
+    }
+    // Whatever the base load logged is dropped: revisions up to `first - 1` are not kept.
+    log.restart(&history, first - 1);
+    let replayed = window.len();
+    for r in window {
+        state
+            .apply(ChangeSet {
+                revision: r.revision,
+                changes: r.changes,
+            })
+            .map_err(invalid)?;
+    }
+    tracing::info!(
+        history = %history,
+        oldest_kept = log.oldest_kept(),
+        replayed,
+        "change log rebuilt from the store"
+    );
+    Ok(())
 }
 
 /// The team, user and SYSTEM_OWNER key of the first start.
@@ -582,9 +743,12 @@ impl Writer {
             });
         }
 
-        let sets: Vec<(u64, &[Change])> = pending
+        let sets: Vec<(u64, &[Change], &[Change])> = pending
             .iter()
-            .filter_map(|p| p.revision.map(|r| (r, p.changes.as_slice())))
+            .filter_map(|p| {
+                p.revision
+                    .map(|r| (r, p.changes.as_slice(), p.undo.as_slice()))
+            })
             .collect();
         let committed = if sets.is_empty() {
             Ok(())
@@ -801,6 +965,175 @@ mod tests {
         let (_, m, revision) = Store::open(dir.path()).unwrap();
         assert_eq!(revision, 2);
         assert!(m.teams.contains_key("kept") && !m.teams.contains_key("lost"));
+    }
+
+    /// The kept revisions of a state's change log, in a comparable form.
+    fn logged(state: &State) -> Vec<String> {
+        use crate::state::changelog::Read;
+        let log = state.change_log();
+        let Read::Entries(entries) = log.read(log.oldest_kept(), state.revision()) else {
+            panic!("the oldest kept revision is readable")
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let changes: Vec<_> = e
+                    .changes
+                    .iter()
+                    .map(|c| (&c.change, &c.team, &c.user, c.existed))
+                    .collect();
+                format!("{} {changes:?} {:?}", e.revision, e.grants_changed)
+            })
+            .collect()
+    }
+
+    /// An edit adding the fixture's teams, users, projects and the given keys to the model.
+    fn add(keys: Vec<KeySpec>) -> Edit {
+        Box::new(move |m: &Model| {
+            let fixture = model(keys);
+            let mut target = m.clone();
+            target.teams.extend(fixture.teams);
+            target.users.extend(fixture.users);
+            target.projects.extend(fixture.projects);
+            target.keys.extend(fixture.keys);
+            Ok(m.diff(&target))
+        })
+    }
+
+    /// Writes of every kind that the change log describes differently: new and changed keys,
+    /// a changed role (every holder rebuilt), a removed key, a deactivated team.
+    async fn varied_writes(origin: &EmbeddedOrigin) -> u64 {
+        origin.write(add(vec![])).await.unwrap();
+        origin
+            .write(add(vec![team_key(
+                "AliceKey01",
+                "alice",
+                "acme",
+                &["DEVELOPER"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(add(vec![team_key(
+                "AliceKey01",
+                "alice",
+                "acme",
+                &["ACCOUNT_ADMIN"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(add(vec![team_key(
+                "BobKey0001",
+                "bob",
+                "globex",
+                &["DEVELOPER"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|m: &Model| {
+                let mut dev = (**m.catalog.role("DEVELOPER").unwrap()).clone();
+                dev.grants.push(crate::domain::Grant {
+                    entitlement: "models.deploy".into(),
+                    scope: crate::domain::Scope::Team,
+                });
+                Ok(vec![Change::PutRole(Arc::new(dev))])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![Change::RemoveKey("AliceKey01".into())])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|m: &Model| {
+                let mut globex = m.teams["globex"].clone();
+                globex.active = false;
+                Ok(vec![Change::PutTeam(globex)])
+            }))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_history_id_is_made_once_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let first = store.history().unwrap();
+        assert_eq!(first.len(), 16, "{first}");
+        drop(store);
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.history().unwrap(), first, "kept across reopening");
+        drop(store);
+        let other = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(other.path()).unwrap();
+        assert_ne!(
+            store.history().unwrap(),
+            first,
+            "another store, another history"
+        );
+
+        // A served store shows its history on the change log, before and after a restart.
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(&*state.change_log().history(), first);
+        drop(started);
+        let state = Arc::new(State::new());
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(&*state.change_log().history(), first);
+    }
+
+    #[tokio::test]
+    async fn a_restart_rebuilds_the_change_log_as_it_was_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        let head = varied_writes(&started.origin).await;
+        assert_eq!(head, 8);
+        let live = logged(&state);
+        assert_eq!(live.len(), 8, "revisions 1..=8 logged while serving");
+        assert!(
+            live.iter().any(|e| e.contains("User(\"bob\")")),
+            "some revision changed grants: {live:#?}"
+        );
+        drop(started);
+
+        // The restart replays every kept revision and adds none: the same log, the same head.
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head);
+        assert_eq!(state.change_log().oldest_kept(), 1);
+        assert_eq!(logged(&state), live);
+        let next = started
+            .origin
+            .write(add(vec![team_key("CarolKey01", "carol", "acme", &[])]))
+            .await
+            .unwrap();
+        assert_eq!(next, head + 1);
+        let mut after = live.clone();
+        after.push(logged(&state).pop().unwrap());
+        assert_eq!(logged(&state), after);
+        drop(started);
+
+        // With a shorter log only its newest revisions are kept, and those exactly as before.
+        let state = Arc::new(State::new());
+        state
+            .change_log()
+            .set_limits(crate::state::changelog::LogLimits {
+                max_revisions: 3,
+                ..Default::default()
+            });
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head + 1);
+        assert_eq!(state.change_log().oldest_kept(), head - 1);
+        assert_eq!(logged(&state), after[after.len() - 3..]);
+        assert!(matches!(
+            state.change_log().read(head - 2, head + 1),
+            crate::state::changelog::Read::Compacted { oldest_kept } if oldest_kept == head - 1
+        ));
     }
 
     #[test]

@@ -225,6 +225,17 @@ impl ChangeLog {
         }
     }
 
+    /// Starts the log afresh under `history`, with every revision up to `compacted` counted as
+    /// no longer kept (a durable store's start: its history continues, and the revisions it
+    /// replays are appended after this).
+    pub fn restart(&self, history: &str, compacted: u64) {
+        let mut inner = self.lock();
+        inner.history = Arc::from(history);
+        inner.entries.clear();
+        inner.bytes = 0;
+        inner.compacted = compacted;
+    }
+
     /// Appends a committed revision, then drops the oldest ones beyond the bounds.
     pub fn append(
         &self,

@@ -435,12 +435,12 @@ async fn a_resume_from_before_the_kept_history_is_reset_after_a_restart() {
     assert_eq!(kept.data(), before);
     // One older: no longer kept, so a reset naming the oldest kept revision.
     let mut client = AuthorizerClient::new(channel(&addr).await);
-    for (from, hist) in [(head - 4, history.as_str()), (1, ""), (head, "0123456789abcdef")] {
-        let mut stream = client
-            .watch(req(from, hist))
-            .await
-            .unwrap()
-            .into_inner();
+    for (from, hist) in [
+        (head - 4, history.as_str()),
+        (1, ""),
+        (head, "0123456789abcdef"),
+    ] {
+        let mut stream = client.watch(req(from, hist)).await.unwrap().into_inner();
         let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
             .await
             .expect("an answer")

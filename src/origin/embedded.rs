@@ -17,11 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, Model, ModelViolation, SecretHash, Team, User,
+        KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team, User,
         key::generate_key, model::Change,
     },
     origin::record::{self, CorruptRecord},
-    state::{ChangeSet, State},
+    state::{ChangeSet, State, changelog::Read},
 };
 
 /// Singleton values: the last committed revision, and the history id (made once, with the
@@ -36,6 +36,12 @@ const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog");
 /// revisions are applied again, so that the Watch change log is rebuilt by the same code that
 /// built it while serving (see [`EmbeddedOrigin::start`]).
 const UNDO: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_undo");
+/// Beside the change log: revision → the requestors whose grants it changed, as first computed
+/// while serving (that set depends on the clock through key expiry, so a replay alone could
+/// compute another). Known only after the revision is applied, it is written with the next
+/// commit, or when the writer stops; a revision without one (the last group before a crash) gets
+/// the replay's.
+const GRANTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_grants");
 
 /// How many revisions the change log keeps (for Watch resumption across restarts).
 pub const KEPT_REVISIONS: u64 = 100_000;
@@ -181,6 +187,7 @@ impl Store {
             txn.open_table(OBJECTS).map_err(|e| open_err(&e))?;
             txn.open_table(LOG).map_err(|e| open_err(&e))?;
             txn.open_table(UNDO).map_err(|e| open_err(&e))?;
+            txn.open_table(GRANTS).map_err(|e| open_err(&e))?;
             let has_history = meta.get(HISTORY).map_err(|e| open_err(&e))?.is_some();
             if !has_history {
                 // Made once, in the transaction that creates the store (or, for a store from
@@ -244,15 +251,28 @@ impl Store {
     /// Commits several revisions in one transaction: the change log entries with their undo,
     /// the objects they put or remove, and the new last revision. All or nothing; durable when
     /// it returns Ok.
-    fn commit(&self, sets: &[(u64, &[Change], &[Change])]) -> Result<(), redb::Error> {
-        self.with_db(|db| Self::commit_in(db, sets))
+    /// `grants` records, for revisions committed before, which requestors' grants they changed.
+    fn commit(
+        &self,
+        sets: &[(u64, &[Change], &[Change])],
+        grants: &[(u64, Vec<RequestorId>)],
+    ) -> Result<(), redb::Error> {
+        self.with_db(|db| Self::commit_in(db, sets, grants))
     }
 
-    fn commit_in(db: &Database, sets: &[(u64, &[Change], &[Change])]) -> Result<(), redb::Error> {
+    fn commit_in(
+        db: &Database,
+        sets: &[(u64, &[Change], &[Change])],
+        grants: &[(u64, Vec<RequestorId>)],
+    ) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
             let mut undo_log = txn.open_table(UNDO)?;
+            let mut grants_log = txn.open_table(GRANTS)?;
+            for (revision, ids) in grants {
+                grants_log.insert(*revision, record::encode_requestors(ids).as_slice())?;
+            }
             let mut objects = txn.open_table(OBJECTS)?;
             let mut meta = txn.open_table(META)?;
             let mut last = 0;
@@ -271,7 +291,10 @@ impl Store {
                 }
                 last = *revision;
             }
-            meta.insert("revision", last)?;
+            // With only grants recorded, the revision stays.
+            if !sets.is_empty() {
+                meta.insert("revision", last)?;
+            }
             let cutoff = last.saturating_sub(KEPT_REVISIONS);
             loop {
                 let first = log.first()?.map(|(k, _)| k.value());
@@ -282,13 +305,15 @@ impl Store {
                     _ => break,
                 }
             }
-            loop {
-                let first = undo_log.first()?.map(|(k, _)| k.value());
-                match first {
-                    Some(rev) if rev <= cutoff => {
-                        undo_log.remove(rev)?;
+            for table in [&mut undo_log, &mut grants_log] {
+                loop {
+                    let first = table.first()?.map(|(k, _)| k.value());
+                    match first {
+                        Some(rev) if rev <= cutoff => {
+                            table.remove(rev)?;
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
         }
@@ -343,12 +368,14 @@ impl Store {
                 let read = db.begin_read()?;
                 let log = read.open_table(LOG)?;
                 let undo = read.open_table(UNDO)?;
+                let grants = read.open_table(GRANTS)?;
                 let mut rows = Vec::new();
                 for revision in (from..=head).rev() {
                     let (Some(c), Some(u)) = (log.get(revision)?, undo.get(revision)?) else {
                         break;
                     };
-                    rows.push((revision, c.value().to_vec(), u.value().to_vec()));
+                    let g = grants.get(revision)?.map(|g| g.value().to_vec());
+                    rows.push((revision, c.value().to_vec(), u.value().to_vec(), g));
                 }
                 Ok(rows)
             })
@@ -358,11 +385,15 @@ impl Store {
             })?;
         rows.into_iter()
             .rev()
-            .map(|(revision, c, u)| {
+            .map(|(revision, c, u, g)| {
                 Ok(Replayed {
                     revision,
                     changes: record::decode_changes(&c).map_err(corrupt)?,
                     undo: record::decode_changes(&u).map_err(corrupt)?,
+                    grants_changed: g
+                        .map(|g| record::decode_requestors(&g))
+                        .transpose()
+                        .map_err(corrupt)?,
                 })
             })
             .collect()
@@ -382,6 +413,8 @@ struct Replayed {
     revision: u64,
     changes: Vec<Change>,
     undo: Vec<Change>,
+    /// `None`: not recorded (the writer stopped before it could).
+    grants_changed: Option<Vec<RequestorId>>,
 }
 
 /// The embedded origin while serving: the queue to its writer thread.
@@ -441,7 +474,7 @@ impl EmbeddedOrigin {
             let mut after = model.clone();
             let undo = apply_with_undo(&mut after, &changes);
             store
-                .commit(&[(1, &changes, &undo)])
+                .commit(&[(1, &changes, &undo)], &[])
                 .map_err(|e| OriginError::Open {
                     path: store.path.clone(),
                     message: e.to_string(),
@@ -453,7 +486,7 @@ impl EmbeddedOrigin {
                 "empty store: created the bootstrap SYSTEM_OWNER key"
             );
         }
-        load_state(&store, &model, revision, &state)?;
+        let unflushed = load_state(&store, &model, revision, &state)?;
 
         let store = Arc::new(store);
         let (queue, rx) = mpsc::channel(4096);
@@ -463,6 +496,7 @@ impl EmbeddedOrigin {
             model,
             revision,
             broken: false,
+            unflushed,
         };
         let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
@@ -515,12 +549,15 @@ impl EmbeddedOrigin {
 /// revision of the log), then each kept revision is applied again by [`State::apply`], the same
 /// code that logged it while serving. A Watch that resumes after a restart from any kept revision
 /// thus gets the events it would have got without the restart.
+///
+/// Returns the replayed revisions whose changed grants were not recorded, with the replay's: the
+/// writer records them, so that later starts agree with this one.
 fn load_state(
     store: &Store,
     model: &Model,
     revision: u64,
     state: &State,
-) -> Result<(), OriginError> {
+) -> Result<Vec<(u64, Vec<RequestorId>)>, OriginError> {
     let history = store.history()?;
     let log = state.change_log();
     let mut window = store.replay_window(revision, log.limits().max_revisions)?;
@@ -560,6 +597,7 @@ fn load_state(
     // Whatever the base load logged is dropped: revisions up to `first - 1` are not kept.
     log.restart(&history, first - 1);
     let replayed = window.len();
+    let mut unrecorded = Vec::new();
     for r in window {
         state
             .apply(ChangeSet {
@@ -567,14 +605,33 @@ fn load_state(
                 changes: r.changes,
             })
             .map_err(invalid)?;
+        match r.grants_changed {
+            Some(recorded) => {
+                log.set_grants_changed(r.revision, recorded);
+            }
+            None => unrecorded.extend(logged_grants(state, r.revision)),
+        }
     }
     tracing::info!(
         history = %history,
         oldest_kept = log.oldest_kept(),
         replayed,
+        grants_recomputed = unrecorded.len(),
         "change log rebuilt from the store"
     );
-    Ok(())
+    Ok(unrecorded)
+}
+
+/// The requestors whose grants `revision` changed, as the change log has them (`None` when the
+/// log does not keep it).
+fn logged_grants(state: &State, revision: u64) -> Option<(u64, Vec<RequestorId>)> {
+    match state.change_log().read(revision, revision) {
+        Read::Entries(entries) => entries
+            .first()
+            .filter(|e| e.revision == revision)
+            .map(|e| (revision, e.grants_changed.clone())),
+        Read::Compacted { .. } => None,
+    }
 }
 
 /// The team, user and SYSTEM_OWNER key of the first start.
@@ -640,6 +697,8 @@ struct Writer {
     revision: u64,
     /// A commit failed: the database must be reopened before the next one.
     broken: bool,
+    /// Applied revisions whose changed grants are not yet on disk (see [`GRANTS`]).
+    unflushed: Vec<(u64, Vec<RequestorId>)>,
 }
 
 struct Pending {
@@ -661,6 +720,13 @@ impl Writer {
                 }
             }
             self.commit_group(group);
+        }
+        // Stopping (the origin is dropped): record what the last group's revisions changed.
+        if !self.unflushed.is_empty()
+            && !self.broken
+            && let Err(err) = self.store.commit(&[], &self.unflushed)
+        {
+            tracing::warn!(error = %err, "the last revisions' changed grants are not recorded");
         }
     }
 
@@ -753,7 +819,7 @@ impl Writer {
         let committed = if sets.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&sets)
+            self.store.commit(&sets, &self.unflushed)
         };
         if let Err(err) = committed {
             tracing::error!(error = %err, writes = sets.len(), "store commit failed; the writes are refused");
@@ -769,6 +835,9 @@ impl Writer {
             }
             return;
         }
+        if !sets.is_empty() {
+            self.unflushed.clear();
+        }
         for p in pending {
             let result = match p.revision {
                 Some(revision) => {
@@ -776,10 +845,14 @@ impl Writer {
                         revision,
                         changes: p.changes,
                     };
-                    self.state.apply(set).map_err(|e| {
+                    let applied = self.state.apply(set).map_err(|e| {
                         tracing::error!(error = %e, "a committed revision could not be applied");
                         WriteError::Unavailable(e.to_string())
-                    })
+                    });
+                    if applied.is_ok() {
+                        self.unflushed.extend(logged_grants(&self.state, revision));
+                    }
+                    applied
                 }
                 None => Ok(self.revision),
             };
@@ -1100,6 +1173,14 @@ mod tests {
             "some revision changed grants: {live:#?}"
         );
         drop(started);
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let window = store.replay_window(head, 100).unwrap();
+        assert_eq!(window.len(), 8);
+        assert!(
+            window.iter().all(|r| r.grants_changed.is_some()),
+            "the stopped writer recorded every revision's changed grants"
+        );
+        drop(store);
 
         // The restart replays every kept revision and adds none: the same log, the same head.
         let state = Arc::new(State::new());
@@ -1134,6 +1215,64 @@ mod tests {
             state.change_log().read(head - 2, head + 1),
             crate::state::changelog::Read::Compacted { oldest_kept } if oldest_kept == head - 1
         ));
+    }
+
+    /// Which requestors' grants a revision changed depends on the clock (an expired key grants
+    /// nothing): after a restart, the change log has the sets computed when the revisions were
+    /// first applied, not a replay's.
+    #[tokio::test]
+    async fn a_restart_keeps_the_changed_grants_as_first_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        started.origin.write(add(vec![])).await.unwrap();
+        let expires_at = crate::state::unix_now() + 1;
+        let key = |roles: &[&str]| {
+            let mut k = team_key("AliceKey01", "alice", "acme", roles);
+            k.expires_at = Some(expires_at);
+            k
+        };
+        started
+            .origin
+            .write(add(vec![key(&["DEVELOPER"])]))
+            .await
+            .unwrap();
+        let promoted = started
+            .origin
+            .write(add(vec![key(&["ACCOUNT_ADMIN"])]))
+            .await
+            .unwrap();
+        let live = logged(&state);
+        assert!(
+            live.last().unwrap().ends_with("[User(\"alice\")]"),
+            "promoting a live key changes its holder's grants: {live:#?}"
+        );
+        drop(started);
+        while crate::state::unix_now() <= expires_at {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), promoted);
+        assert_eq!(logged(&state), live);
+        drop(started);
+        // What a replay alone computes now that the key has expired: no grants changed.
+        let replayed = State::new();
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        for r in store.replay_window(promoted, usize::MAX).unwrap() {
+            replayed
+                .apply(ChangeSet {
+                    revision: r.revision,
+                    changes: r.changes,
+                })
+                .unwrap();
+        }
+        assert!(
+            logged(&replayed).last().unwrap().ends_with(" []"),
+            "a replay after the expiry would differ: {:#?}",
+            logged(&replayed)
+        );
     }
 
     #[test]

@@ -1275,6 +1275,90 @@ mod tests {
         );
     }
 
+    /// What a restart costs for rebuilding the change log: `ROLEGATE_REPLAY_REVISIONS`
+    /// single-key revisions (default 300; four keys per user) are written by 16 concurrent
+    /// writers, then the store
+    /// is started twice, with the default log (every revision replayed) and with a log of one
+    /// revision (nothing but the load); the times are printed (docs/admin.md has the measured
+    /// numbers) and the replayed log must hold every revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_cost_of_replaying_the_kept_revisions() {
+        let n: u64 = std::env::var("ROLEGATE_REPLAY_REVISIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let dir = tempfile::tempdir().unwrap();
+        let started =
+            EmbeddedOrigin::start(dir.path(), Arc::new(State::new()), &bootstrap()).unwrap();
+        started.origin.write(add(vec![])).await.unwrap();
+        started
+            .origin
+            .write(Box::new(move |_m: &Model| {
+                Ok((0..n.div_ceil(4))
+                    .map(|u| {
+                        Change::PutUser(User {
+                            id: format!("user{u}").into(),
+                            name: "replay".into(),
+                            active: true,
+                            teams: vec!["acme".into()],
+                        })
+                    })
+                    .collect())
+            }))
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let origin = started.origin.clone();
+                tokio::spawn(async move {
+                    for i in (w..n).step_by(16) {
+                        let prefix = format!("Replay{i:08}");
+                        let user = format!("user{}", i / 4);
+                        let key = team_key(&prefix, &user, "acme", &["DEVELOPER"]);
+                        origin
+                            .write(Box::new(move |_m: &Model| {
+                                Ok(vec![Change::PutKey(Arc::new(key))])
+                            }))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        drop(started);
+        let head = n + 3;
+
+        let timed = |max_revisions: usize| {
+            let state = Arc::new(State::new());
+            state
+                .change_log()
+                .set_limits(crate::state::changelog::LogLimits {
+                    max_revisions,
+                    ..Default::default()
+                });
+            let t0 = std::time::Instant::now();
+            let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+            let took = t0.elapsed();
+            drop(started);
+            (state, took)
+        };
+        let (replayed, with_log) =
+            timed(crate::state::changelog::LogLimits::default().max_revisions);
+        let (_, load_only) = timed(1);
+        eprintln!(
+            "{n} keys in {head} revisions: start with every revision replayed {with_log:?}, \
+             start with only the load {load_only:?}"
+        );
+        assert_eq!(replayed.revision(), head);
+        assert_eq!(
+            replayed.change_log().status().kept_revisions as u64,
+            head.min(10_000)
+        );
+    }
+
     #[test]
     fn undo_restores_the_model() {
         let original = model(vec![team_key(

@@ -1534,9 +1534,15 @@ mod tests {
         let collected = t0.elapsed();
         let (old_page, old_next) = sorted_page(items, 100, &token);
         let sorted = t0.elapsed();
+        // For comparison: a whole copy of the model (what a snapshot per list would cost).
+        let t0 = std::time::Instant::now();
+        let copy = m.clone();
+        let copied = t0.elapsed();
+        assert_eq!(copy.keys.len(), n);
         eprintln!(
             "{n} keys: page picked while scanning {scanned:?} under the lock; collecting all \
-             {collected:?} under the lock (+ sort and page outside: {sorted:?} in all)"
+             {collected:?} under the lock (+ sort and page outside: {sorted:?} in all); \
+             copying the model {copied:?}"
         );
         assert_eq!(next, old_next);
         let prefixes = |p: &[(Arc<KeySpec>, Option<Arc<str>>)]| {

@@ -561,14 +561,21 @@ fn load_state(
     let history = store.history()?;
     let log = state.change_log();
     let mut window = store.replay_window(revision, log.limits().max_revisions)?;
-    let mut base = model.clone();
-    for r in window.iter().rev() {
-        for c in &r.undo {
-            base.apply(c);
+    let mut base = if window.first().is_some_and(|r| r.revision == 1) {
+        // The whole history is kept: it starts from the empty store.
+        Model::default()
+    } else {
+        let mut base = model.clone();
+        for r in window.iter().rev() {
+            for c in &r.undo {
+                base.apply(c);
+            }
         }
-    }
-    // The undo records must lead back to exactly the stored model; if they do not (a bug or a
-    // damaged log), nothing is replayed and Watch clients from before the restart are reset.
+        base
+    };
+    // Replaying the kept revisions on the base must give exactly the stored model; if it does
+    // not (a bug or a damaged log), nothing is replayed and Watch clients from before the restart
+    // are reset, never given wrong events.
     let mut check = base.clone();
     for r in &window {
         for c in &r.changes {
@@ -1128,6 +1135,32 @@ mod tests {
                 Ok(vec![Change::PutTeam(globex)])
             }))
             .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![
+                    Change::PutEntitlement("reports.export".into()),
+                    Change::PutRole(Arc::new(crate::domain::Role {
+                        id: "REPORTER".into(),
+                        role_type: crate::domain::RoleType::User,
+                        grants: vec![crate::domain::Grant {
+                            entitlement: "reports.export".into(),
+                            scope: crate::domain::Scope::Team,
+                        }],
+                        prebuilt: false,
+                    })),
+                ])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![
+                    Change::RemoveRole("REPORTER".into()),
+                    Change::RemoveEntitlement("reports.export".into()),
+                ])
+            }))
+            .await
             .unwrap()
     }
 
@@ -1165,9 +1198,9 @@ mod tests {
         let state = Arc::new(State::new());
         let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
         let head = varied_writes(&started.origin).await;
-        assert_eq!(head, 8);
+        assert_eq!(head, 10);
         let live = logged(&state);
-        assert_eq!(live.len(), 8, "revisions 1..=8 logged while serving");
+        assert_eq!(live.len(), 10, "revisions 1..=10 logged while serving");
         assert!(
             live.iter().any(|e| e.contains("User(\"bob\")")),
             "some revision changed grants: {live:#?}"
@@ -1175,7 +1208,7 @@ mod tests {
         drop(started);
         let (store, _, _) = Store::open(dir.path()).unwrap();
         let window = store.replay_window(head, 100).unwrap();
-        assert_eq!(window.len(), 8);
+        assert_eq!(window.len(), 10);
         assert!(
             window.iter().all(|r| r.grants_changed.is_some()),
             "the stopped writer recorded every revision's changed grants"
@@ -1215,6 +1248,47 @@ mod tests {
             state.change_log().read(head - 2, head + 1),
             crate::state::changelog::Read::Compacted { oldest_kept } if oldest_kept == head - 1
         ));
+    }
+
+    #[tokio::test]
+    async fn undo_records_that_do_not_lead_to_the_stored_state_replay_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let started =
+            EmbeddedOrigin::start(dir.path(), Arc::new(State::new()), &bootstrap()).unwrap();
+        let head = varied_writes(&started.origin).await;
+        drop(started);
+        // Damage an undo record: it now puts a team that never existed.
+        let db = Database::create(dir.path().join("rolegate.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let phantom = Change::PutTeam(Team {
+            id: "phantom".into(),
+            name: "P".into(),
+            active: true,
+        });
+        txn.open_table(UNDO)
+            .unwrap()
+            .insert(head - 2, record::encode_changes(&[phantom]).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let state = Arc::new(State::new());
+        state
+            .change_log()
+            .set_limits(crate::state::changelog::LogLimits {
+                max_revisions: 3,
+                ..Default::default()
+            });
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head);
+        let served = state.model();
+        assert!(!served.teams["globex"].active, "the stored state is served");
+        assert!(!served.teams.contains_key("phantom"));
+        assert_eq!(
+            state.change_log().oldest_kept(),
+            head + 1,
+            "no revision is replayed: resumes before now are reset, never given wrong events"
+        );
     }
 
     /// Which requestors' grants a revision changed depends on the clock (an expired key grants

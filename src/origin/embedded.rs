@@ -34,7 +34,7 @@ const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog");
 /// Beside the change log: revision → the changes that undo it (the objects as they were before).
 /// At start, the model as of the oldest replayed revision is rebuilt from them, and the kept
 /// revisions are applied again, so that the Watch change log is rebuilt by the same code that
-/// built it while serving (see [`EmbeddedOrigin::start`]).
+/// built it while serving (see [`load_state`]).
 const UNDO: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_undo");
 /// Beside the change log: revision → the requestors whose grants it changed, as first computed
 /// while serving (that set depends on the clock through key expiry, so a replay alone could
@@ -249,9 +249,9 @@ impl Store {
     }
 
     /// Commits several revisions in one transaction: the change log entries with their undo,
-    /// the objects they put or remove, and the new last revision. All or nothing; durable when
-    /// it returns Ok.
-    /// `grants` records, for revisions committed before, which requestors' grants they changed.
+    /// the objects they put or remove, and the new last revision; with them, `grants` records
+    /// which requestors' grants earlier revisions changed. All or nothing; durable when it
+    /// returns Ok.
     fn commit(
         &self,
         sets: &[(u64, &[Change], &[Change])],

@@ -2,7 +2,10 @@
 //! rolegate's own model — the caller's key is checked with the same [`State::check`] that
 //! answers every other Check, and role bindings obey [`crate::domain::escalation`].
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, BinaryHeap},
+    sync::Arc,
+};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
@@ -362,26 +365,75 @@ impl Visible {
     }
 }
 
-/// One page of `items` sorted by id, after `token`.
-fn page<T>(mut items: Vec<(Arc<str>, T)>, size: u32, token: &str) -> (Vec<T>, String) {
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    let size = match size as usize {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    let start = if token.is_empty() {
-        0
-    } else {
-        items.partition_point(|(id, _)| **id <= *token)
-    };
-    let rest = items.len().saturating_sub(start);
-    let mut out: Vec<(Arc<str>, T)> = items.into_iter().skip(start).take(size).collect();
-    let next = if rest > size {
-        out.last().map(|(id, _)| id.to_string()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    (out.drain(..).map(|(_, v)| v).collect(), next)
+/// One page (by id, after a token) picked out of an unordered collection while it is scanned
+/// under the model lock: only the `size + 1` smallest ids after the token are kept, in a
+/// max-heap, so the scan clones and converts a page's worth instead of the whole collection, and
+/// sorting happens on that page only. Writers wait for the scan, so it must stay this cheap.
+struct PageSelect<'t, T> {
+    size: usize,
+    token: &'t str,
+    heap: BinaryHeap<Ranked<T>>,
+}
+
+/// An item ordered by its id alone.
+struct Ranked<T>(Arc<str>, T);
+
+impl<T> PartialEq for Ranked<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<T> Eq for Ranked<T> {}
+impl<T> PartialOrd for Ranked<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Ranked<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl<'t, T> PageSelect<'t, T> {
+    fn new(size: u32, token: &'t str) -> Self {
+        let size = match size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        PageSelect {
+            size,
+            token,
+            heap: BinaryHeap::with_capacity(size + 1),
+        }
+    }
+
+    /// Considers the item `id`; `make` builds it only when it may be on the page.
+    fn offer(&mut self, id: &Arc<str>, make: impl FnOnce() -> T) {
+        if !self.token.is_empty() && **id <= *self.token {
+            return;
+        }
+        // One more than the page is kept, to know whether a next page exists.
+        if self.heap.len() > self.size {
+            if self.heap.peek().is_some_and(|top| *id >= top.0) {
+                return;
+            }
+            self.heap.pop();
+        }
+        self.heap.push(Ranked(id.clone(), make()));
+    }
+
+    /// The page in id order, and the token of the next page (empty: none).
+    fn finish(self) -> (Vec<T>, String) {
+        let mut items = self.heap.into_sorted_vec();
+        let next = if items.len() > self.size {
+            items.truncate(self.size);
+            items.last().map(|r| r.0.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        (items.into_iter().map(|r| r.1).collect(), next)
+    }
 }
 
 #[tonic::async_trait]
@@ -498,15 +550,17 @@ impl Admin for AdminService {
         let d = self.require(&caller, "accounts.read", ResourceRef::default(), Scope::Own)?;
         let vis = Visible::of(&d);
         let revision = self.state.revision();
-        let items = self.state.read_model(|m| {
-            m.teams
-                .values()
-                .filter(|t| vis.all || vis.teams.contains(&t.id))
-                .map(|t| (t.id.clone(), team_pb(t)))
-                .collect()
-        });
         let r = request.get_ref();
-        let (teams, next_page_token) = page(items, r.page_size, &r.page_token);
+        let mut select = PageSelect::new(r.page_size, &r.page_token);
+        self.state.read_model(|m| {
+            for t in m.teams.values() {
+                if vis.all || vis.teams.contains(&t.id) {
+                    select.offer(&t.id, || t.clone());
+                }
+            }
+        });
+        let (teams, next_page_token) = select.finish();
+        let teams = teams.iter().map(team_pb).collect();
         Ok(Response::new(pb::ListTeamsResponse {
             teams,
             next_page_token,
@@ -590,7 +644,9 @@ impl Admin for AdminService {
         let d = self.require(&caller, "users.read", ResourceRef::default(), Scope::Own)?;
         let vis = Visible::of(&d);
         let revision = self.state.revision();
-        let items = self.state.read_model(|m| {
+        let r = request.get_ref();
+        let mut select = PageSelect::new(r.page_size, &r.page_token);
+        self.state.read_model(|m| {
             // The users with a key in a visible team, in one pass over the keys (not one per
             // user: the model lock is held meanwhile).
             let mut via_keys: BTreeSet<&Arc<str>> = BTreeSet::new();
@@ -603,19 +659,17 @@ impl Admin for AdminService {
                     }
                 }
             }
-            m.users
-                .values()
-                .filter(|u| {
-                    vis.all
-                        || vis.owner_user.as_ref() == Some(&u.id)
-                        || u.teams.iter().any(|t| vis.teams.contains(t))
-                        || via_keys.contains(&u.id)
-                })
-                .map(|u| (u.id.clone(), u.clone()))
-                .collect()
+            for u in m.users.values() {
+                if vis.all
+                    || vis.owner_user.as_ref() == Some(&u.id)
+                    || u.teams.iter().any(|t| vis.teams.contains(t))
+                    || via_keys.contains(&u.id)
+                {
+                    select.offer(&u.id, || u.clone());
+                }
+            }
         });
-        let r = request.get_ref();
-        let (users, next_page_token) = page(items, r.page_size, &r.page_token);
+        let (users, next_page_token) = select.finish();
         let users = users.iter().map(user_pb).collect();
         Ok(Response::new(pb::ListUsersResponse {
             users,
@@ -685,15 +739,17 @@ impl Admin for AdminService {
         let d = self.require(&caller, "projects.read", ResourceRef::default(), Scope::Own)?;
         let vis = Visible::of(&d);
         let revision = self.state.revision();
-        let items = self.state.read_model(|m| {
-            m.projects
-                .values()
-                .filter(|p| vis.all || vis.teams.contains(&p.team))
-                .map(|p| (p.id.clone(), project_pb(p)))
-                .collect()
-        });
         let r = request.get_ref();
-        let (projects, next_page_token) = page(items, r.page_size, &r.page_token);
+        let mut select = PageSelect::new(r.page_size, &r.page_token);
+        self.state.read_model(|m| {
+            for p in m.projects.values() {
+                if vis.all || vis.teams.contains(&p.team) {
+                    select.offer(&p.id, || p.clone());
+                }
+            }
+        });
+        let (projects, next_page_token) = select.finish();
+        let projects = projects.iter().map(project_pb).collect();
         Ok(Response::new(pb::ListProjectsResponse {
             projects,
             next_page_token,
@@ -831,27 +887,26 @@ impl Admin for AdminService {
         };
         let role = canonical_role_id(&r.role).to_owned();
         let revision = self.state.revision();
-        let items = self.state.read_model(|m| {
-            m.keys
-                .values()
-                .filter(|k| {
-                    let team = m.key_team(k);
-                    let visible = vis.all
-                        || team.is_some_and(|t| vis.teams.contains(t))
-                        || vis.owner_keys.contains(&k.prefix);
-                    visible
-                        && (r.team.is_empty() || team.is_some_and(|t| **t == *r.team))
-                        && (r.user.is_empty() || k.user.as_deref() == Some(r.user.as_str()))
-                        && (r.project.is_empty()
-                            || k.project.as_deref() == Some(r.project.as_str()))
-                        && status.is_none_or(|s| k.status == s)
-                        && (role.is_empty() || k.roles.iter().any(|x| **x == *role))
-                })
-                .map(|k| (k.prefix.clone(), (k.clone(), m.key_team(k).cloned())))
-                .collect()
+        let mut select = PageSelect::new(r.page_size, &r.page_token);
+        self.state.read_model(|m| {
+            for k in m.keys.values() {
+                let team = m.key_team(k);
+                let visible = vis.all
+                    || team.is_some_and(|t| vis.teams.contains(t))
+                    || vis.owner_keys.contains(&k.prefix);
+                if visible
+                    && (r.team.is_empty() || team.is_some_and(|t| **t == *r.team))
+                    && (r.user.is_empty() || k.user.as_deref() == Some(r.user.as_str()))
+                    && (r.project.is_empty() || k.project.as_deref() == Some(r.project.as_str()))
+                    && status.is_none_or(|s| k.status == s)
+                    && (role.is_empty() || k.roles.iter().any(|x| **x == *role))
+                {
+                    select.offer(&k.prefix, || (k.clone(), team.cloned()));
+                }
+            }
         });
         // Only the page is converted, outside the model lock.
-        let (keys, next_page_token) = page(items, r.page_size, &r.page_token);
+        let (keys, next_page_token) = select.finish();
         let keys = keys
             .iter()
             .map(|(k, team)| key_pb_in(k, team.as_deref()))
@@ -1076,14 +1131,15 @@ impl Admin for AdminService {
         let caller = self.caller(request.metadata())?;
         self.require(&caller, "roles.read", ResourceRef::default(), Scope::Own)?;
         let revision = self.state.revision();
-        let items = self.state.read_model(|m| {
-            m.catalog
-                .roles()
-                .map(|r| (r.id.clone(), role_pb(r)))
-                .collect()
-        });
         let r = request.get_ref();
-        let (roles, next_page_token) = page(items, r.page_size, &r.page_token);
+        let mut select = PageSelect::new(r.page_size, &r.page_token);
+        self.state.read_model(|m| {
+            for role in m.catalog.roles() {
+                select.offer(&role.id, || role.clone());
+            }
+        });
+        let (roles, next_page_token) = select.finish();
+        let roles = roles.iter().map(|r| role_pb(r)).collect();
         Ok(Response::new(pb::ListRolesResponse {
             roles,
             next_page_token,
@@ -1370,5 +1426,129 @@ impl AdminService {
             role: Some(role_pb(&role)),
             revision,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::tests::team_key;
+
+    /// The page as the whole collection sorted would give it (how lists were paged before).
+    fn sorted_page<T: Clone>(
+        mut items: Vec<(Arc<str>, T)>,
+        size: u32,
+        token: &str,
+    ) -> (Vec<T>, String) {
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let size = match size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let start = items.partition_point(|(id, _)| !token.is_empty() && **id <= *token);
+        let rest = &items[start..];
+        let out: Vec<(Arc<str>, T)> = rest.iter().take(size).cloned().collect();
+        let next = if rest.len() > size {
+            out.last().map(|(id, _)| id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        (out.into_iter().map(|(_, v)| v).collect(), next)
+    }
+
+    fn select_page(ids: &[Arc<str>], size: u32, token: &str) -> (Vec<Arc<str>>, String) {
+        let mut select = PageSelect::new(size, token);
+        for id in ids {
+            select.offer(id, || id.clone());
+        }
+        select.finish()
+    }
+
+    #[test]
+    fn a_page_picked_while_scanning_is_the_sorted_collections_page() {
+        use rand::{Rng, seq::SliceRandom};
+        let mut rng = rand::rng();
+        for n in [0usize, 1, 5, 99, 100, 101, 250, 600] {
+            let mut ids: Vec<Arc<str>> = (0..n).map(|i| Arc::from(format!("id{i:05}"))).collect();
+            ids.shuffle(&mut rng);
+            let items: Vec<(Arc<str>, Arc<str>)> =
+                ids.iter().map(|i| (i.clone(), i.clone())).collect();
+            for size in [0u32, 1, 7, 100, 5000] {
+                // Paging through the whole collection, and from tokens that are not ids.
+                let mut token = String::new();
+                let mut seen = Vec::new();
+                loop {
+                    let got = select_page(&ids, size, &token);
+                    assert_eq!(
+                        got,
+                        sorted_page(items.clone(), size, &token),
+                        "n={n} size={size}"
+                    );
+                    seen.extend(got.0);
+                    if got.1.is_empty() {
+                        break;
+                    }
+                    token = got.1;
+                }
+                assert_eq!(seen.len(), n, "every item once (n={n}, size={size})");
+                assert!(seen.windows(2).all(|w| w[0] < w[1]), "in id order");
+                let odd = format!("id{:05}x", rng.random_range(0..n.max(1)));
+                assert_eq!(
+                    select_page(&ids, size, &odd),
+                    sorted_page(items.clone(), size, &odd)
+                );
+            }
+        }
+    }
+
+    /// How long a ListKeys page holds the model lock (writers wait meanwhile) when it picks the
+    /// page while scanning, against collecting every visible key and sorting them (as before).
+    /// `ROLEGATE_LIST_KEYS` sets the number of keys (default 20,000); the timings are printed
+    /// (docs/admin.md has the measured numbers); both ways must give the same page.
+    #[test]
+    fn listing_keys_holds_the_model_lock_for_a_scan_only() {
+        let n: usize = std::env::var("ROLEGATE_LIST_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let mut m = Model::default();
+        for i in 0..n {
+            let k = team_key(&format!("Key{i:08}"), "alice", "acme", &["DEVELOPER"]);
+            m.keys.insert(k.prefix.clone(), Arc::new(k));
+        }
+        let token = format!("Key{:08}", n / 2);
+        let t0 = std::time::Instant::now();
+        let mut select = PageSelect::new(100, &token);
+        for k in m.keys.values() {
+            select.offer(&k.prefix, || (k.clone(), m.key_team(k).cloned()));
+        }
+        let scanned = t0.elapsed();
+        let (page, next) = select.finish();
+
+        let t0 = std::time::Instant::now();
+        let items: Vec<_> = m
+            .keys
+            .values()
+            .map(|k| (k.prefix.clone(), (k.clone(), m.key_team(k).cloned())))
+            .collect();
+        let collected = t0.elapsed();
+        let (old_page, old_next) = sorted_page(items, 100, &token);
+        let sorted = t0.elapsed();
+        // For comparison: a whole copy of the model (what a snapshot per list would cost).
+        let t0 = std::time::Instant::now();
+        let copy = m.clone();
+        let copied = t0.elapsed();
+        assert_eq!(copy.keys.len(), n);
+        eprintln!(
+            "{n} keys: page picked while scanning {scanned:?} under the lock; collecting all \
+             {collected:?} under the lock (+ sort and page outside: {sorted:?} in all); \
+             copying the model {copied:?}"
+        );
+        assert_eq!(next, old_next);
+        let prefixes = |p: &[(Arc<KeySpec>, Option<Arc<str>>)]| {
+            p.iter().map(|(k, _)| k.prefix.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(prefixes(&page), prefixes(&old_page));
+        assert_eq!(page.len(), 100.min(n.saturating_sub(n / 2 + 1)));
     }
 }

@@ -17,19 +17,31 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, Model, ModelViolation, SecretHash, Team, User,
+        KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team, User,
         key::generate_key, model::Change,
     },
     origin::record::{self, CorruptRecord},
-    state::{ChangeSet, State},
+    state::{ChangeSet, State, changelog::Read},
 };
 
-/// Singleton values: the last committed revision.
+/// Singleton values: the last committed revision, and the history id (made once, with the
+/// store, so that a Watch resumed after a restart continues the same revision sequence).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Every object of the model, `kind/id` → its record.
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
 /// The change log: revision → the changes committed under it.
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog");
+/// Beside the change log: revision → the changes that undo it (the objects as they were before).
+/// At start, the model as of the oldest replayed revision is rebuilt from them, and the kept
+/// revisions are applied again, so that the Watch change log is rebuilt by the same code that
+/// built it while serving (see [`load_state`]).
+const UNDO: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_undo");
+/// Beside the change log: revision → the requestors whose grants it changed, as first computed
+/// while serving (that set depends on the clock through key expiry, so a replay alone could
+/// compute another). Known only after the revision is applied, it is written with the next
+/// commit, or when the writer stops; a revision without one (the last group before a crash) gets
+/// the replay's.
+const GRANTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_grants");
 
 /// How many revisions the change log keeps (for Watch resumption across restarts).
 pub const KEPT_REVISIONS: u64 = 100_000;
@@ -171,9 +183,18 @@ impl Store {
         // Create the tables up front so that readers never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_err(&e))?;
         {
-            txn.open_table(META).map_err(|e| open_err(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| open_err(&e))?;
             txn.open_table(OBJECTS).map_err(|e| open_err(&e))?;
             txn.open_table(LOG).map_err(|e| open_err(&e))?;
+            txn.open_table(UNDO).map_err(|e| open_err(&e))?;
+            txn.open_table(GRANTS).map_err(|e| open_err(&e))?;
+            let has_history = meta.get(HISTORY).map_err(|e| open_err(&e))?.is_some();
+            if !has_history {
+                // Made once, in the transaction that creates the store (or, for a store from
+                // before history ids were kept, at its first start with them).
+                let id: u64 = rand::random();
+                meta.insert(HISTORY, id).map_err(|e| open_err(&e))?;
+            }
         }
         txn.commit().map_err(|e| open_err(&e))?;
 
@@ -211,21 +232,53 @@ impl Store {
         Ok((model, revision))
     }
 
-    /// Commits several revisions in one transaction: the change log entries, the objects they
-    /// put or remove, and the new last revision. All or nothing; durable when it returns Ok.
-    fn commit(&self, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
-        self.with_db(|db| Self::commit_in(db, sets))
+    /// The id of the store's revision sequence, as the change log shows it.
+    pub fn history(&self) -> Result<String, OriginError> {
+        let err = |e: &dyn std::fmt::Display| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        self.with_db(|db| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            Ok(meta.get(HISTORY)?.map(|v| v.value()))
+        })
+        .map_err(|e| err(&e))?
+        .map(history_text)
+        .ok_or_else(|| err(&"the store has no history id"))
     }
 
-    fn commit_in(db: &Database, sets: &[(u64, &[Change])]) -> Result<(), redb::Error> {
+    /// Commits several revisions in one transaction: the change log entries with their undo,
+    /// the objects they put or remove, and the new last revision; with them, `grants` records
+    /// which requestors' grants earlier revisions changed. All or nothing; durable when it
+    /// returns Ok.
+    fn commit(
+        &self,
+        sets: &[(u64, &[Change], &[Change])],
+        grants: &[(u64, Vec<RequestorId>)],
+    ) -> Result<(), redb::Error> {
+        self.with_db(|db| Self::commit_in(db, sets, grants))
+    }
+
+    fn commit_in(
+        db: &Database,
+        sets: &[(u64, &[Change], &[Change])],
+        grants: &[(u64, Vec<RequestorId>)],
+    ) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
             let mut log = txn.open_table(LOG)?;
+            let mut undo_log = txn.open_table(UNDO)?;
+            let mut grants_log = txn.open_table(GRANTS)?;
+            for (revision, ids) in grants {
+                grants_log.insert(*revision, record::encode_requestors(ids).as_slice())?;
+            }
             let mut objects = txn.open_table(OBJECTS)?;
             let mut meta = txn.open_table(META)?;
             let mut last = 0;
-            for (revision, changes) in sets {
+            for (revision, changes, undo) in sets {
                 log.insert(*revision, record::encode_changes(changes).as_slice())?;
+                undo_log.insert(*revision, record::encode_changes(undo).as_slice())?;
                 for change in *changes {
                     match record::object_entry(change) {
                         (key, Some(value)) => {
@@ -238,7 +291,10 @@ impl Store {
                 }
                 last = *revision;
             }
-            meta.insert("revision", last)?;
+            // With only grants recorded, the revision stays.
+            if !sets.is_empty() {
+                meta.insert("revision", last)?;
+            }
             let cutoff = last.saturating_sub(KEPT_REVISIONS);
             loop {
                 let first = log.first()?.map(|(k, _)| k.value());
@@ -247,6 +303,17 @@ impl Store {
                         log.remove(rev)?;
                     }
                     _ => break,
+                }
+            }
+            for table in [&mut undo_log, &mut grants_log] {
+                loop {
+                    let first = table.first()?.map(|(k, _)| k.value());
+                    match first {
+                        Some(rev) if rev <= cutoff => {
+                            table.remove(rev)?;
+                        }
+                        _ => break,
+                    }
                 }
             }
         }
@@ -286,6 +353,68 @@ impl Store {
         }
         Ok(Some(out))
     }
+
+    /// The newest revisions up to `head` that can be replayed, at most `max` of them, oldest
+    /// first, each with its changes and their undo. Stops (going back from `head`) at the first
+    /// revision whose log entry or undo is missing: older ones cannot be rebuilt.
+    fn replay_window(&self, head: u64, max: usize) -> Result<Vec<Replayed>, OriginError> {
+        let corrupt = |source| OriginError::Corrupt {
+            path: self.path.clone(),
+            source,
+        };
+        let from = head.saturating_sub(max as u64) + 1;
+        let rows = self
+            .with_db(|db| {
+                let read = db.begin_read()?;
+                let log = read.open_table(LOG)?;
+                let undo = read.open_table(UNDO)?;
+                let grants = read.open_table(GRANTS)?;
+                let mut rows = Vec::new();
+                for revision in (from..=head).rev() {
+                    let (Some(c), Some(u)) = (log.get(revision)?, undo.get(revision)?) else {
+                        break;
+                    };
+                    let g = grants.get(revision)?.map(|g| g.value().to_vec());
+                    rows.push((revision, c.value().to_vec(), u.value().to_vec(), g));
+                }
+                Ok(rows)
+            })
+            .map_err(|e| OriginError::Open {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        rows.into_iter()
+            .rev()
+            .map(|(revision, c, u, g)| {
+                Ok(Replayed {
+                    revision,
+                    changes: record::decode_changes(&c).map_err(corrupt)?,
+                    undo: record::decode_changes(&u).map_err(corrupt)?,
+                    grants_changed: g
+                        .map(|g| record::decode_requestors(&g))
+                        .transpose()
+                        .map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The `META` key of the history id.
+const HISTORY: &str = "history";
+
+/// The history id as the change log and Watch show it.
+fn history_text(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// One kept revision, read back to rebuild the change log at start.
+struct Replayed {
+    revision: u64,
+    changes: Vec<Change>,
+    undo: Vec<Change>,
+    /// `None`: not recorded (the writer stopped before it could).
+    grants_changed: Option<Vec<RequestorId>>,
 }
 
 /// The embedded origin while serving: the queue to its writer thread.
@@ -342,25 +471,22 @@ impl EmbeddedOrigin {
         if revision == 0 {
             let (changes, key) = bootstrap_changes(&model, bootstrap)?;
             bootstrap_key = key;
+            let mut after = model.clone();
+            let undo = apply_with_undo(&mut after, &changes);
             store
-                .commit(&[(1, &changes)])
+                .commit(&[(1, &changes, &undo)], &[])
                 .map_err(|e| OriginError::Open {
                     path: store.path.clone(),
                     message: e.to_string(),
                 })?;
-            for c in &changes {
-                model.apply(c);
-            }
+            model = after;
             revision = 1;
             tracing::warn!(
                 key = %bootstrap.prefix,
                 "empty store: created the bootstrap SYSTEM_OWNER key"
             );
         }
-        let changes = Model::default().diff(&model);
-        state
-            .apply(ChangeSet { revision, changes })
-            .map_err(|e| OriginError::Invalid(e.to_string()))?;
+        let unflushed = load_state(&store, &model, revision, &state)?;
 
         let store = Arc::new(store);
         let (queue, rx) = mpsc::channel(4096);
@@ -370,6 +496,7 @@ impl EmbeddedOrigin {
             model,
             revision,
             broken: false,
+            unflushed,
         };
         let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
@@ -413,6 +540,104 @@ impl EmbeddedOrigin {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+}
+
+/// Loads the stored `model` (at `revision`) into `state` so that its change log holds the kept
+/// revisions as they were first applied, under the store's history id: the model as of the
+/// oldest revision to keep is rebuilt from the undo records and loaded (that load is not a
+/// revision of the log), then each kept revision is applied again by [`State::apply`], the same
+/// code that logged it while serving. A Watch that resumes after a restart from any kept revision
+/// thus gets the events it would have got without the restart.
+///
+/// Returns the replayed revisions whose changed grants were not recorded, with the replay's: the
+/// writer records them, so that later starts agree with this one.
+fn load_state(
+    store: &Store,
+    model: &Model,
+    revision: u64,
+    state: &State,
+) -> Result<Vec<(u64, Vec<RequestorId>)>, OriginError> {
+    let history = store.history()?;
+    let log = state.change_log();
+    let mut window = store.replay_window(revision, log.limits().max_revisions)?;
+    let mut base = if window.first().is_some_and(|r| r.revision == 1) {
+        // The whole history is kept: it starts from the empty store.
+        Model::default()
+    } else {
+        let mut base = model.clone();
+        for r in window.iter().rev() {
+            for c in &r.undo {
+                base.apply(c);
+            }
+        }
+        base
+    };
+    // Replaying the kept revisions on the base must give exactly the stored model; if it does
+    // not (a bug or a damaged log), nothing is replayed and Watch clients from before the restart
+    // are reset, never given wrong events.
+    let mut check = base.clone();
+    for r in &window {
+        for c in &r.changes {
+            check.apply(c);
+        }
+    }
+    if check != *model {
+        tracing::warn!(
+            revision,
+            "the stored change log does not lead to the stored state; Watch history restarts here"
+        );
+        window.clear();
+        base = model.clone();
+    }
+    let first = window.first().map_or(revision + 1, |r| r.revision);
+    let invalid = |e: crate::state::StateError| OriginError::Invalid(e.to_string());
+    if first > 1 {
+        let changes = Model::default().diff(&base);
+        state
+            .apply(ChangeSet {
+                revision: first - 1,
+                changes,
+            })
+            .map_err(invalid)?;
+    }
+    // Whatever the base load logged is dropped: revisions up to `first - 1` are not kept.
+    log.restart(&history, first - 1);
+    let replayed = window.len();
+    let mut unrecorded = Vec::new();
+    for r in window {
+        state
+            .apply(ChangeSet {
+                revision: r.revision,
+                changes: r.changes,
+            })
+            .map_err(invalid)?;
+        match r.grants_changed {
+            Some(recorded) => {
+                log.set_grants_changed(r.revision, recorded);
+            }
+            None => unrecorded.extend(logged_grants(state, r.revision)),
+        }
+    }
+    tracing::info!(
+        history = %history,
+        oldest_kept = log.oldest_kept(),
+        replayed,
+        grants_recomputed = unrecorded.len(),
+        "change log rebuilt from the store"
+    );
+    Ok(unrecorded)
+}
+
+/// The requestors whose grants `revision` changed, as the change log has them (`None` when the
+/// log does not keep it).
+fn logged_grants(state: &State, revision: u64) -> Option<(u64, Vec<RequestorId>)> {
+    match state.change_log().read(revision, revision) {
+        Read::Entries(entries) => entries
+            .first()
+            .filter(|e| e.revision == revision)
+            .map(|e| (revision, e.grants_changed.clone())),
+        Read::Compacted { .. } => None,
     }
 }
 
@@ -479,6 +704,8 @@ struct Writer {
     revision: u64,
     /// A commit failed: the database must be reopened before the next one.
     broken: bool,
+    /// Applied revisions whose changed grants are not yet on disk (see [`GRANTS`]).
+    unflushed: Vec<(u64, Vec<RequestorId>)>,
 }
 
 struct Pending {
@@ -500,6 +727,13 @@ impl Writer {
                 }
             }
             self.commit_group(group);
+        }
+        // Stopping (the origin is dropped): record what the last group's revisions changed.
+        if !self.unflushed.is_empty()
+            && !self.broken
+            && let Err(err) = self.store.commit(&[], &self.unflushed)
+        {
+            tracing::warn!(error = %err, "the last revisions' changed grants are not recorded");
         }
     }
 
@@ -582,14 +816,17 @@ impl Writer {
             });
         }
 
-        let sets: Vec<(u64, &[Change])> = pending
+        let sets: Vec<(u64, &[Change], &[Change])> = pending
             .iter()
-            .filter_map(|p| p.revision.map(|r| (r, p.changes.as_slice())))
+            .filter_map(|p| {
+                p.revision
+                    .map(|r| (r, p.changes.as_slice(), p.undo.as_slice()))
+            })
             .collect();
         let committed = if sets.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&sets)
+            self.store.commit(&sets, &self.unflushed)
         };
         if let Err(err) = committed {
             tracing::error!(error = %err, writes = sets.len(), "store commit failed; the writes are refused");
@@ -605,6 +842,9 @@ impl Writer {
             }
             return;
         }
+        if !sets.is_empty() {
+            self.unflushed.clear();
+        }
         for p in pending {
             let result = match p.revision {
                 Some(revision) => {
@@ -612,10 +852,14 @@ impl Writer {
                         revision,
                         changes: p.changes,
                     };
-                    self.state.apply(set).map_err(|e| {
+                    let applied = self.state.apply(set).map_err(|e| {
                         tracing::error!(error = %e, "a committed revision could not be applied");
                         WriteError::Unavailable(e.to_string())
-                    })
+                    });
+                    if applied.is_ok() {
+                        self.unflushed.extend(logged_grants(&self.state, revision));
+                    }
+                    applied
                 }
                 None => Ok(self.revision),
             };
@@ -801,6 +1045,392 @@ mod tests {
         let (_, m, revision) = Store::open(dir.path()).unwrap();
         assert_eq!(revision, 2);
         assert!(m.teams.contains_key("kept") && !m.teams.contains_key("lost"));
+    }
+
+    /// The kept revisions of a state's change log, in a comparable form.
+    fn logged(state: &State) -> Vec<String> {
+        use crate::state::changelog::Read;
+        let log = state.change_log();
+        let Read::Entries(entries) = log.read(log.oldest_kept(), state.revision()) else {
+            panic!("the oldest kept revision is readable")
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let changes: Vec<_> = e
+                    .changes
+                    .iter()
+                    .map(|c| (&c.change, &c.team, &c.user, c.existed))
+                    .collect();
+                format!("{} {changes:?} {:?}", e.revision, e.grants_changed)
+            })
+            .collect()
+    }
+
+    /// An edit adding the fixture's teams, users, projects and the given keys to the model.
+    fn add(keys: Vec<KeySpec>) -> Edit {
+        Box::new(move |m: &Model| {
+            let fixture = model(keys);
+            let mut target = m.clone();
+            target.teams.extend(fixture.teams);
+            target.users.extend(fixture.users);
+            target.projects.extend(fixture.projects);
+            target.keys.extend(fixture.keys);
+            Ok(m.diff(&target))
+        })
+    }
+
+    /// Writes of every kind that the change log describes differently: new and changed keys,
+    /// a changed role (every holder rebuilt), a removed key, a deactivated team.
+    async fn varied_writes(origin: &EmbeddedOrigin) -> u64 {
+        origin.write(add(vec![])).await.unwrap();
+        origin
+            .write(add(vec![team_key(
+                "AliceKey01",
+                "alice",
+                "acme",
+                &["DEVELOPER"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(add(vec![team_key(
+                "AliceKey01",
+                "alice",
+                "acme",
+                &["ACCOUNT_ADMIN"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(add(vec![team_key(
+                "BobKey0001",
+                "bob",
+                "globex",
+                &["DEVELOPER"],
+            )]))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|m: &Model| {
+                let mut dev = (**m.catalog.role("DEVELOPER").unwrap()).clone();
+                dev.grants.push(crate::domain::Grant {
+                    entitlement: "models.deploy".into(),
+                    scope: crate::domain::Scope::Team,
+                });
+                Ok(vec![Change::PutRole(Arc::new(dev))])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![Change::RemoveKey("AliceKey01".into())])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|m: &Model| {
+                let mut globex = m.teams["globex"].clone();
+                globex.active = false;
+                Ok(vec![Change::PutTeam(globex)])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![
+                    Change::PutEntitlement("reports.export".into()),
+                    Change::PutRole(Arc::new(crate::domain::Role {
+                        id: "REPORTER".into(),
+                        role_type: crate::domain::RoleType::User,
+                        grants: vec![crate::domain::Grant {
+                            entitlement: "reports.export".into(),
+                            scope: crate::domain::Scope::Team,
+                        }],
+                        prebuilt: false,
+                    })),
+                ])
+            }))
+            .await
+            .unwrap();
+        origin
+            .write(Box::new(|_m: &Model| {
+                Ok(vec![
+                    Change::RemoveRole("REPORTER".into()),
+                    Change::RemoveEntitlement("reports.export".into()),
+                ])
+            }))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_history_id_is_made_once_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let first = store.history().unwrap();
+        assert_eq!(first.len(), 16, "{first}");
+        drop(store);
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.history().unwrap(), first, "kept across reopening");
+        drop(store);
+        let other = tempfile::tempdir().unwrap();
+        let (store, _, _) = Store::open(other.path()).unwrap();
+        assert_ne!(
+            store.history().unwrap(),
+            first,
+            "another store, another history"
+        );
+
+        // A served store shows its history on the change log, before and after a restart.
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(&*state.change_log().history(), first);
+        drop(started);
+        let state = Arc::new(State::new());
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(&*state.change_log().history(), first);
+    }
+
+    #[tokio::test]
+    async fn a_restart_rebuilds_the_change_log_as_it_was_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        let head = varied_writes(&started.origin).await;
+        assert_eq!(head, 10);
+        let live = logged(&state);
+        assert_eq!(live.len(), 10, "revisions 1..=10 logged while serving");
+        assert!(
+            live.iter().any(|e| e.contains("User(\"bob\")")),
+            "some revision changed grants: {live:#?}"
+        );
+        drop(started);
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let window = store.replay_window(head, 100).unwrap();
+        assert_eq!(window.len(), 10);
+        assert!(
+            window.iter().all(|r| r.grants_changed.is_some()),
+            "the stopped writer recorded every revision's changed grants"
+        );
+        drop(store);
+
+        // The restart replays every kept revision and adds none: the same log, the same head.
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head);
+        assert_eq!(state.change_log().oldest_kept(), 1);
+        assert_eq!(logged(&state), live);
+        let next = started
+            .origin
+            .write(add(vec![team_key("CarolKey01", "carol", "acme", &[])]))
+            .await
+            .unwrap();
+        assert_eq!(next, head + 1);
+        let mut after = live.clone();
+        after.push(logged(&state).pop().unwrap());
+        assert_eq!(logged(&state), after);
+        drop(started);
+
+        // With a shorter log only its newest revisions are kept, and those exactly as before.
+        let state = Arc::new(State::new());
+        state
+            .change_log()
+            .set_limits(crate::state::changelog::LogLimits {
+                max_revisions: 3,
+                ..Default::default()
+            });
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head + 1);
+        assert_eq!(state.change_log().oldest_kept(), head - 1);
+        assert_eq!(logged(&state), after[after.len() - 3..]);
+        assert!(matches!(
+            state.change_log().read(head - 2, head + 1),
+            crate::state::changelog::Read::Compacted { oldest_kept } if oldest_kept == head - 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn undo_records_that_do_not_lead_to_the_stored_state_replay_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let started =
+            EmbeddedOrigin::start(dir.path(), Arc::new(State::new()), &bootstrap()).unwrap();
+        let head = varied_writes(&started.origin).await;
+        drop(started);
+        // Damage an undo record: it now puts a team that never existed.
+        let db = Database::create(dir.path().join("rolegate.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let phantom = Change::PutTeam(Team {
+            id: "phantom".into(),
+            name: "P".into(),
+            active: true,
+        });
+        txn.open_table(UNDO)
+            .unwrap()
+            .insert(head - 2, record::encode_changes(&[phantom]).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let state = Arc::new(State::new());
+        state
+            .change_log()
+            .set_limits(crate::state::changelog::LogLimits {
+                max_revisions: 3,
+                ..Default::default()
+            });
+        let _started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head);
+        let served = state.model();
+        assert!(!served.teams["globex"].active, "the stored state is served");
+        assert!(!served.teams.contains_key("phantom"));
+        assert_eq!(
+            state.change_log().oldest_kept(),
+            head + 1,
+            "no revision is replayed: resumes before now are reset, never given wrong events"
+        );
+    }
+
+    /// Which requestors' grants a revision changed depends on the clock (an expired key grants
+    /// nothing): after a restart, the change log has the sets computed when the revisions were
+    /// first applied, not a replay's.
+    #[tokio::test]
+    async fn a_restart_keeps_the_changed_grants_as_first_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        started.origin.write(add(vec![])).await.unwrap();
+        let expires_at = crate::state::unix_now() + 1;
+        let key = |roles: &[&str]| {
+            let mut k = team_key("AliceKey01", "alice", "acme", roles);
+            k.expires_at = Some(expires_at);
+            k
+        };
+        started
+            .origin
+            .write(add(vec![key(&["DEVELOPER"])]))
+            .await
+            .unwrap();
+        let promoted = started
+            .origin
+            .write(add(vec![key(&["ACCOUNT_ADMIN"])]))
+            .await
+            .unwrap();
+        let live = logged(&state);
+        assert!(
+            live.last().unwrap().ends_with("[User(\"alice\")]"),
+            "promoting a live key changes its holder's grants: {live:#?}"
+        );
+        drop(started);
+        while crate::state::unix_now() <= expires_at {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), promoted);
+        assert_eq!(logged(&state), live);
+        drop(started);
+        // What a replay alone computes now that the key has expired: no grants changed.
+        let replayed = State::new();
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        for r in store.replay_window(promoted, usize::MAX).unwrap() {
+            replayed
+                .apply(ChangeSet {
+                    revision: r.revision,
+                    changes: r.changes,
+                })
+                .unwrap();
+        }
+        assert!(
+            logged(&replayed).last().unwrap().ends_with(" []"),
+            "a replay after the expiry would differ: {:#?}",
+            logged(&replayed)
+        );
+    }
+
+    /// What a restart costs for rebuilding the change log: `ROLEGATE_REPLAY_REVISIONS`
+    /// single-key revisions (default 300; four keys per user) are written by 16 concurrent
+    /// writers, then the store
+    /// is started twice, with the default log (every revision replayed) and with a log of one
+    /// revision (nothing but the load); the times are printed (docs/admin.md has the measured
+    /// numbers) and the replayed log must hold every revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_cost_of_replaying_the_kept_revisions() {
+        let n: u64 = std::env::var("ROLEGATE_REPLAY_REVISIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let dir = tempfile::tempdir().unwrap();
+        let started =
+            EmbeddedOrigin::start(dir.path(), Arc::new(State::new()), &bootstrap()).unwrap();
+        started.origin.write(add(vec![])).await.unwrap();
+        started
+            .origin
+            .write(Box::new(move |_m: &Model| {
+                Ok((0..n.div_ceil(4))
+                    .map(|u| {
+                        Change::PutUser(User {
+                            id: format!("user{u}").into(),
+                            name: "replay".into(),
+                            active: true,
+                            teams: vec!["acme".into()],
+                        })
+                    })
+                    .collect())
+            }))
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let origin = started.origin.clone();
+                tokio::spawn(async move {
+                    for i in (w..n).step_by(16) {
+                        let prefix = format!("Replay{i:08}");
+                        let user = format!("user{}", i / 4);
+                        let key = team_key(&prefix, &user, "acme", &["DEVELOPER"]);
+                        origin
+                            .write(Box::new(move |_m: &Model| {
+                                Ok(vec![Change::PutKey(Arc::new(key))])
+                            }))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        drop(started);
+        let head = n + 3;
+
+        let timed = |max_revisions: usize| {
+            let state = Arc::new(State::new());
+            state
+                .change_log()
+                .set_limits(crate::state::changelog::LogLimits {
+                    max_revisions,
+                    ..Default::default()
+                });
+            let t0 = std::time::Instant::now();
+            let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+            let took = t0.elapsed();
+            drop(started);
+            (state, took)
+        };
+        let (replayed, with_log) =
+            timed(crate::state::changelog::LogLimits::default().max_revisions);
+        let (_, load_only) = timed(1);
+        eprintln!(
+            "{n} keys in {head} revisions: start with every revision replayed {with_log:?}, \
+             start with only the load {load_only:?}"
+        );
+        assert_eq!(replayed.revision(), head);
+        assert_eq!(
+            replayed.change_log().status().kept_revisions as u64,
+            head.min(10_000)
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Grant, KeySpec, KeyStatus, KeyType, Project, Role, RoleType, Scope, SecretHash, Team, User,
-    model::Change,
+    Grant, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType, Scope, SecretHash,
+    Team, User, model::Change,
 };
 
 /// Why a stored record cannot be read back.
@@ -273,6 +273,33 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, CorruptRecord>
     recs.into_iter().map(Change::try_from).collect()
 }
 
+/// One requestor as stored: `user/<id>` or `project/<id>`.
+fn requestor_text(id: &RequestorId) -> String {
+    match id {
+        RequestorId::User(u) => format!("user/{u}"),
+        RequestorId::Project(p) => format!("project/{p}"),
+    }
+}
+
+/// Encodes the requestors whose grants a revision changed.
+pub(crate) fn encode_requestors(ids: &[RequestorId]) -> Vec<u8> {
+    let texts: Vec<String> = ids.iter().map(requestor_text).collect();
+    serde_json::to_vec(&texts).expect("strings always serialize")
+}
+
+/// Decodes [`encode_requestors`]' output.
+pub(crate) fn decode_requestors(bytes: &[u8]) -> Result<Vec<RequestorId>, CorruptRecord> {
+    let texts: Vec<String> = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    texts
+        .iter()
+        .map(|t| match t.split_once('/') {
+            Some(("user", id)) => Ok(RequestorId::User(arc(id))),
+            Some(("project", id)) => Ok(RequestorId::Project(arc(id))),
+            _ => Err(bad(format!("requestor {t:?}"))),
+        })
+        .collect()
+}
+
 /// The state-table key and value for the object a change puts or removes: `(key, Some(value))`
 /// to store, `(key, None)` to delete.
 pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
@@ -342,6 +369,12 @@ mod tests {
             }
         }
         assert!(decode_changes(b"[{\"op\":\"put_nothing\"}]").is_err());
+        let ids = vec![
+            RequestorId::Project("fraud".into()),
+            RequestorId::User("al/ice".into()),
+        ];
+        assert_eq!(decode_requestors(&encode_requestors(&ids)).unwrap(), ids);
+        assert!(decode_requestors(b"[\"team/acme\"]").is_err());
     }
 
     use crate::domain::Model;

@@ -225,6 +225,41 @@ impl ChangeLog {
         }
     }
 
+    /// Starts the log afresh under `history`, with every revision up to `compacted` counted as
+    /// no longer kept (a durable store's start: its history continues, and the revisions it
+    /// replays are appended after this).
+    pub fn restart(&self, history: &str, compacted: u64) {
+        let mut inner = self.lock();
+        inner.history = Arc::from(history);
+        inner.entries.clear();
+        inner.bytes = 0;
+        inner.compacted = compacted;
+    }
+
+    /// Replaces which requestors' grants a kept revision changed (a durable store's start: the
+    /// revisions it replays get the set recorded when they were first applied, which depends on
+    /// the clock through key expiry). Returns false when the revision is not kept.
+    pub fn set_grants_changed(&self, revision: u64, grants_changed: Vec<RequestorId>) -> bool {
+        let mut inner = self.lock();
+        let Ok(at) = inner
+            .entries
+            .binary_search_by_key(&revision, |e| e.revision)
+        else {
+            return false;
+        };
+        let old = &inner.entries[at];
+        let bytes = old.bytes - old.grants_changed.len() * 48 + grants_changed.len() * 48;
+        let entry = Arc::new(LoggedRevision {
+            revision,
+            changes: old.changes.clone(),
+            grants_changed,
+            bytes,
+        });
+        inner.bytes = inner.bytes - old.bytes + bytes;
+        inner.entries[at] = entry;
+        true
+    }
+
     /// Appends a committed revision, then drops the oldest ones beyond the bounds.
     pub fn append(
         &self,

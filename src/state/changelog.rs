@@ -77,6 +77,9 @@ impl LoggedChange {
         }
     }
 
+    /// The least [`Self::estimated_bytes`] of any change.
+    const LEAST_BYTES: usize = 32 + std::mem::size_of::<Self>();
+
     /// A rough size in memory, for the byte bound of the log.
     fn estimated_bytes(&self) -> usize {
         let body = match &self.change {
@@ -261,6 +264,22 @@ impl ChangeLog {
     }
 
     /// Appends a committed revision, then drops the oldest ones beyond the bounds.
+    /// Whether a revision of `changes` changes is certainly too large to keep, so that the
+    /// writer need not describe it (a first load of a million keys).
+    pub fn too_large(&self, changes: usize) -> bool {
+        let least = changes.saturating_mul(LoggedChange::LEAST_BYTES);
+        least > self.lock().limits.max_bytes
+    }
+
+    /// Records that `revision` was committed but is too large to keep: readers at or before it
+    /// get a reset and take a snapshot instead of replaying it.
+    pub fn append_too_large(&self, revision: u64) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.bytes = 0;
+        inner.compacted = revision;
+    }
+
     pub fn append(
         &self,
         revision: u64,
@@ -281,11 +300,8 @@ impl ChangeLog {
         });
         let mut inner = self.lock();
         if bytes > inner.limits.max_bytes {
-            // Too large to keep (e.g. the first load of a million keys): readers at or before
-            // it get a reset and take a snapshot instead of replaying it.
-            inner.entries.clear();
-            inner.bytes = 0;
-            inner.compacted = revision;
+            drop(inner);
+            self.append_too_large(revision);
             return;
         }
         inner.entries.push_back(entry);
@@ -405,6 +421,21 @@ mod tests {
         assert!(matches!(log.read(3, 3), Read::Compacted { oldest_kept: 4 }));
         entry(&log, 4);
         assert!(matches!(log.read(4, 4), Read::Entries(e) if e.len() == 1));
+    }
+
+    #[test]
+    fn a_revision_certainly_too_large_is_known_before_it_is_described() {
+        let log = ChangeLog::new(LogLimits {
+            max_bytes: 10 * LoggedChange::LEAST_BYTES,
+            ..Default::default()
+        });
+        assert!(!log.too_large(10));
+        assert!(log.too_large(11));
+        entry(&log, 1);
+        log.append_too_large(2);
+        assert!(matches!(log.read(1, 2), Read::Compacted { oldest_kept: 3 }));
+        entry(&log, 3);
+        assert!(matches!(log.read(3, 3), Read::Entries(e) if e.len() == 1));
     }
 
     #[test]

@@ -231,9 +231,13 @@ impl State {
         let mut touched: HashMap<RequestorId, Vec<Arc<str>>> = HashMap::new();
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
-        let mut logged: Vec<LoggedChange> = Vec::with_capacity(set.changes.len());
+        // A revision too large for the log is not described: nobody could replay it.
+        let unlogged = self.log.too_large(set.changes.len());
+        let mut logged: Vec<LoggedChange> = Vec::new();
         for change in &set.changes {
-            logged.push(LoggedChange::describe(&w.model, change));
+            if !unlogged {
+                logged.push(LoggedChange::describe(&w.model, change));
+            }
             match change {
                 Change::PutEntitlement(_)
                 | Change::RemoveEntitlement(_)
@@ -314,7 +318,7 @@ impl State {
                 w.requestors.remove(&id)
             };
             let new = has_keys.then_some(&*requestor);
-            if changelog::grants_differ(old.as_deref(), new) {
+            if !unlogged && changelog::grants_differ(old.as_deref(), new) {
                 grants_changed.push(id);
             }
         }
@@ -323,7 +327,11 @@ impl State {
         }
         grants_changed.sort();
         // Logged before the revision is published: a stream woken by the new revision finds it.
-        self.log.append(set.revision, logged, grants_changed);
+        if unlogged {
+            self.log.append_too_large(set.revision);
+        } else {
+            self.log.append(set.revision, logged, grants_changed);
+        }
         self.revision.send_replace(set.revision);
         Ok(set.revision)
     }

@@ -164,7 +164,8 @@ impl RoleGrants {
 /// Shares [`RoleGrants`] between every key bound to the same roles.
 #[derive(Default)]
 pub struct GrantInterner {
-    sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>>,
+    /// Looked up once per key built: hashed for speed (the role lists come from the origin).
+    sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>, foldhash::fast::RandomState>,
 }
 
 impl GrantInterner {

@@ -52,9 +52,15 @@ struct Writer {
     model: Model,
     catalog: Arc<Catalog>,
     /// Every requestor that has keys, as last built; its `owned_key_prefixes` are its keys.
-    requestors: HashMap<RequestorId, Arc<Requestor>>,
+    requestors: FastMap<RequestorId, Arc<Requestor>>,
     interner: GrantInterner,
 }
+
+/// The writer's own maps, hashed for speed: their keys come from the origin, not from callers.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The requestors a change set touches, each with all its keys after it.
+type Touched = FastMap<RequestorId, Vec<Arc<str>>>;
 
 /// The cache's map. Keys are held inline (prefixes up to 24 bytes), so a lookup compares the
 /// prefix without reading another allocation. Only the writer inserts, so a hasher built for
@@ -102,7 +108,7 @@ impl State {
             writer: Mutex::new(Writer {
                 catalog: Arc::new(model.catalog.clone()),
                 model,
-                requestors: HashMap::new(),
+                requestors: FastMap::default(),
                 interner: GrantInterner::default(),
             }),
             revision: watch::Sender::new(0),
@@ -228,7 +234,7 @@ impl State {
         }
         let mut rebuild_all = false;
         // The requestors to rebuild, each with all its keys after this change set.
-        let mut touched: HashMap<RequestorId, Vec<Arc<str>>> = HashMap::new();
+        let mut touched: Touched = FastMap::default();
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
         // A revision too large for the log is not described: nobody could replay it.
@@ -339,11 +345,7 @@ impl State {
 
 impl Writer {
     /// The keys of requestor `id` as this change set leaves them, starting from those it had.
-    fn keys_of<'t>(
-        &self,
-        touched: &'t mut HashMap<RequestorId, Vec<Arc<str>>>,
-        id: RequestorId,
-    ) -> &'t mut Vec<Arc<str>> {
+    fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut Vec<Arc<str>> {
         touched.entry(id).or_insert_with_key(|id| {
             self.requestors
                 .get(id)
@@ -353,7 +355,7 @@ impl Writer {
     }
 
     /// Takes `prefix` off the key list of the requestor it belonged to before this change.
-    fn unlist_key(&self, touched: &mut HashMap<RequestorId, Vec<Arc<str>>>, prefix: &Arc<str>) {
+    fn unlist_key(&self, touched: &mut Touched, prefix: &Arc<str>) {
         let Some(id) = self
             .model
             .keys

@@ -235,6 +235,17 @@ impl State {
         let mut rebuild_all = false;
         // The requestors to rebuild, each with all its keys after this change set.
         let mut touched: Touched = FastMap::default();
+        // A first load brings every object at once: size the maps once rather than doubling.
+        // (Only then: most puts of a later large set replace objects already counted.)
+        let puts = |f: fn(&Change) -> bool| set.changes.iter().filter(|c| f(c)).count();
+        if w.model.keys.is_empty() && set.changes.len() > 1024 {
+            let new_keys = puts(|c| matches!(c, Change::PutKey(_)));
+            let new_users = puts(|c| matches!(c, Change::PutUser(_)));
+            w.model.keys.reserve(new_keys);
+            w.model.users.reserve(new_users);
+            w.requestors.reserve(new_users);
+            touched.reserve(new_users);
+        }
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
         // A revision too large for the log is not described: nobody could replay it.

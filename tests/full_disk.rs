@@ -7,8 +7,10 @@
 //!   health stays SERVING, `/readyz` ready, and `/status` shows the last acknowledged revision;
 //! - nothing of a refused write is anywhere: not served, not on disk after a restart;
 //! - growing the filesystem (`mount -o remount,size=…`) lets writes through again without a
-//!   restart; and after SIGKILL on a full disk, growing it and restarting on the same directory,
-//!   every acknowledged write is present and no refused one is.
+//!   restart;
+//! - after SIGKILL on the full disk, a restart on it still full serves exactly the acknowledged
+//!   writes (or exits with a clear error, never hangs), and after growing it and restarting
+//!   again every acknowledged write is present, no refused one, and revisions continue.
 //!
 //! Mounting needs root. Without it the tests skip with a visible message, or fail when
 //! `ROLEGATE_REQUIRE_TOOLS=1` (scripts/test.sh), like the tests needing an outside tool.
@@ -83,7 +85,8 @@ impl Tmpfs {
             common::skip_without(
                 "mounting a tmpfs (root)",
                 &format!(
-                    "`mount -t tmpfs` failed: {}",
+                    "`mount -t tmpfs` failed ({}): {}",
+                    out.status,
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
                 test,
@@ -153,6 +156,13 @@ struct Server {
 
 impl Server {
     fn spawn(dir: &Path) -> Server {
+        Self::try_spawn(dir).unwrap_or_else(|(status, log)| {
+            panic!("the server did not start ({status}); it logged:\n{log}")
+        })
+    }
+
+    /// Starts the server; when it exits before serving: its exit status and what it logged.
+    fn try_spawn(dir: &Path) -> Result<Server, (std::process::ExitStatus, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
             .args(["serve", "--data-dir"])
             .arg(dir)
@@ -190,23 +200,28 @@ impl Server {
                 }
             });
         }
+        // The reader drops its sender at the end of the output: the process has exited.
         let (grpc, http) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(addrs) => addrs,
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().expect("wait");
+                return Err((status, log.lock().unwrap().join("\n")));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the server did not log its addresses; it logged:\n{}",
+                    "the server neither served nor exited within 30 s (a hang); it logged:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }
         };
-        Server {
+        Ok(Server {
             child,
             grpc: format!("http://{grpc}"),
             http: http.parse().expect("HTTP address"),
             log,
-        }
+        })
     }
 
     async fn channel(&self) -> Channel {
@@ -422,6 +437,16 @@ async fn assert_still_serving(server: &Server, acked: &[Acked], revision: u64) {
     let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["origin"]["kind"], "embedded", "{status}");
+    // The last write was refused: /status says why until a commit succeeds.
+    let last_error = status["origin"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("cannot commit") && last_error.contains("No space left on device"),
+        "/status shows the failed commit: {status}"
+    );
+    assert!(
+        status["origin"]["failed_reloads"].as_u64() >= Some(1),
+        "{status}"
+    );
     assert_eq!(
         status["revision"], revision,
         "a refused write takes no revision: {status}"
@@ -519,6 +544,15 @@ async fn a_full_disk_refuses_writes_and_growing_it_lets_them_through_without_a_r
     let mut acked = full.acked.clone();
     acked.extend(after);
     assert_served(&server, &acked, &full.refused, last + 20).await;
+    let (_, body) = bounded("/status", common::http_get(server.http, "/status"))
+        .await
+        .expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    assert!(
+        status["origin"]["last_error"].is_null(),
+        "a successful commit clears the error: {status}"
+    );
+    assert_eq!(status["revision"], last + 20, "{status}");
     assert!(
         server.logged("panicked").is_empty(),
         "no panic: {:?}",
@@ -543,6 +577,27 @@ async fn after_sigkill_on_a_full_disk_a_restart_has_every_acknowledged_write_and
     assert_still_serving(&server, &full.acked, last).await;
     drop(admin);
     server.kill();
+
+    // Restarted on the still-full disk, the server must serve exactly the acknowledged writes,
+    // or exit with a clear error; never hang or serve a half state. (Here it serves: reopening
+    // lets redb reuse the pages of the refused transactions, and the start's write fits.)
+    match Server::try_spawn(&disk.data_dir()) {
+        Ok(server) => {
+            let mut admin = AdminClient::new(server.channel().await);
+            let (_, revision) = listed_keys(&mut admin).await;
+            assert_eq!(revision, last, "restarted on the full disk");
+            assert_served(&server, &full.acked, &full.refused, last).await;
+            eprintln!("restarted on the still-full disk: serving at revision {revision}");
+            server.kill();
+        }
+        Err((status, log)) => {
+            assert!(
+                !status.success() && log.contains("No space left on device"),
+                "a start on a full disk that fails says why ({status}):\n{log}"
+            );
+            eprintln!("restarted on the still-full disk: refused to start ({status})");
+        }
+    }
 
     disk.resize(SMALL_KIB * 4);
     let server = Server::spawn(&disk.data_dir());

@@ -141,10 +141,8 @@ pub async fn run(
                 keys = state.counts().keys,
                 "state loaded"
             );
-            let status = Arc::new(std::sync::Mutex::new(ReloadStatus {
-                path: dir.display().to_string(),
-                ..Default::default()
-            }));
+            // The writer shows a failed commit (disk full, I/O error) there.
+            let status = started.origin.status();
             // The embedded store keeps no routes: the default route map serves.
             let (_, no_routes) = tokio::sync::watch::channel(None);
             (

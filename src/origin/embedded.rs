@@ -20,7 +20,10 @@ use crate::{
         KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team, User,
         key::generate_key, model::Change,
     },
-    origin::record::{self, CorruptRecord},
+    origin::{
+        policy_file::ReloadStatus,
+        record::{self, CorruptRecord},
+    },
     state::{ChangeSet, State, changelog::Read},
 };
 
@@ -424,6 +427,8 @@ pub struct EmbeddedOrigin {
     store: Arc<Store>,
     data_dir: PathBuf,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// What `/status` shows of the store (see [`Writer::report_commit`]).
+    status: Arc<std::sync::Mutex<ReloadStatus>>,
 }
 
 impl Drop for EmbeddedOrigin {
@@ -490,6 +495,10 @@ impl EmbeddedOrigin {
 
         let store = Arc::new(store);
         let (queue, rx) = mpsc::channel(4096);
+        let status = Arc::new(std::sync::Mutex::new(ReloadStatus {
+            path: dir.display().to_string(),
+            ..Default::default()
+        }));
         let writer = Writer {
             store: store.clone(),
             state,
@@ -497,6 +506,7 @@ impl EmbeddedOrigin {
             revision,
             broken: false,
             unflushed,
+            status: status.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
@@ -511,6 +521,7 @@ impl EmbeddedOrigin {
                 store,
                 data_dir: dir.to_owned(),
                 writer: Some(writer),
+                status,
             }),
             bootstrap_key,
         })
@@ -540,6 +551,12 @@ impl EmbeddedOrigin {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// What `/status` shows as `origin`: the data directory and, while writes are refused
+    /// because the store cannot commit (disk full, I/O error), the last such error.
+    pub fn status(&self) -> Arc<std::sync::Mutex<ReloadStatus>> {
+        self.status.clone()
     }
 }
 
@@ -706,6 +723,8 @@ struct Writer {
     broken: bool,
     /// Applied revisions whose changed grants are not yet on disk (see [`GRANTS`]).
     unflushed: Vec<(u64, Vec<RequestorId>)>,
+    /// Shared with `/status`. The writer is the only one to change it.
+    status: Arc<std::sync::Mutex<ReloadStatus>>,
 }
 
 struct Pending {
@@ -765,10 +784,26 @@ impl Writer {
         Ok(())
     }
 
+    /// Shows a failed commit on `/status` (`origin.last_error`, `last_error_unix`, counted in
+    /// `failed_reloads`) until the next commit succeeds, the way the policy file shows a failed
+    /// reload: otherwise a full disk would be seen only in the log while `/status` looked fine.
+    fn report_commit(&self, error: Option<&str>) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(err) => {
+                status.last_error = Some(format!("the store cannot commit: {err}"));
+                status.last_error_unix = Some(crate::state::unix_now());
+                status.failed_reloads += 1;
+            }
+            None => status.last_error = None,
+        }
+    }
+
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
         let recovered = if self.broken { self.recover() } else { Ok(()) };
         if let Err(err) = recovered {
             tracing::error!(error = %err, "the store cannot be reopened; writes are refused");
+            self.report_commit(Some(&err));
             for req in group {
                 let _ = req.ack.send(Err(WriteError::Unavailable(err.clone())));
             }
@@ -830,6 +865,7 @@ impl Writer {
         };
         if let Err(err) = committed {
             tracing::error!(error = %err, writes = sets.len(), "store commit failed; the writes are refused");
+            self.report_commit(Some(&err.to_string()));
             self.broken = true;
             for p in pending.iter().rev() {
                 for c in &p.undo {
@@ -844,6 +880,7 @@ impl Writer {
         }
         if !sets.is_empty() {
             self.unflushed.clear();
+            self.report_commit(None);
         }
         for p in pending {
             let result = match p.revision {
@@ -1037,10 +1074,22 @@ mod tests {
         );
         assert_eq!(state.revision(), 1, "nothing applied");
         assert!(!state.model().teams.contains_key("lost"));
+        let shown = started.origin.status().lock().unwrap().clone();
+        assert!(
+            shown
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no space")),
+            "/status shows the failed commit: {shown:?}"
+        );
+        assert_eq!(shown.failed_reloads, 1);
         // The disk recovers: the next write takes the next revision and nothing of the failed
         // one appears.
         failing.store(false, Ordering::SeqCst);
         assert_eq!(started.origin.write(team("kept")).await.unwrap(), 2);
+        let shown = started.origin.status().lock().unwrap().clone();
+        assert_eq!(shown.last_error, None, "cleared by the next commit");
+        assert_eq!(shown.failed_reloads, 1, "the count stays");
         drop(started);
         let (_, m, revision) = Store::open(dir.path()).unwrap();
         assert_eq!(revision, 2);

@@ -214,3 +214,14 @@ pub fn require_tool(name: &str, env_var: &str, test: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// For a test that needs something of the machine other than a tool (e.g. root, to mount a
+/// tmpfs): the same rule as [`require_tool`] — a visible skip message, or a failure when
+/// [`tools_required`]. `why` says what was tried and how it failed.
+pub fn skip_without(what: &str, why: &str, test: &str) {
+    assert!(
+        !tools_required(),
+        "{test}: {what} is required (ROLEGATE_REQUIRE_TOOLS=1) but unavailable: {why}"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}: {why}");
+}

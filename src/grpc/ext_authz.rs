@@ -24,6 +24,11 @@ use crate::authz::{
     Allowed, Authz, AuthzRequest, Denied, HEADER_PREFIX, Header, RequestHeaders, Verdict,
 };
 
+/// The message type the Check method decodes (named for benches and tests).
+pub type WireRequest = CheckRequest;
+/// The message type the Check method encodes.
+pub type WireResponse = CheckResponse;
+
 /// The Authorization service.
 #[derive(Clone)]
 pub struct ExtAuthzService {

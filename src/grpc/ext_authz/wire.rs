@@ -124,8 +124,10 @@ impl CheckRequest {
     }
 
     fn merge_top(&mut self, buf: &[u8], ctx: &DecodeContext) -> Result<(), DecodeError> {
-        // The strings kept are a part of the message: one reservation covers them.
+        // The strings kept are a part of the message: one reservation covers them. Envoy sends
+        // a dozen headers or so: one reservation for the entries too.
         self.text.reserve(buf.len().min(64 * 1024));
+        self.entries.reserve(16);
         each_field(buf, ctx, |tag, wire_type, buf| match tag {
             1 => self
                 .merge_attributes(delimited(wire_type, buf)?, ctx)

@@ -256,11 +256,10 @@ impl Denied {
             403 => "Forbidden",
             _ => "Error",
         };
-        let body = serde_json::json!({ "statusCode": status, "status": text, "message": message });
         Denied {
             status,
             www_authenticate: None,
-            body: body.to_string(),
+            body: error_body(status, text, message),
             reason,
         }
     }
@@ -602,6 +601,19 @@ impl Authz {
         );
         out
     }
+}
+
+/// The platform's error body, `{"message": …, "status": …, "statusCode": …}`, written in one
+/// buffer; the keys in the order `serde_json::json!` gives them (sorted), so the bytes are the
+/// same as when it was built as a JSON value.
+fn error_body(status: u16, text: &str, message: &str) -> String {
+    use std::io::Write;
+    let mut body = Vec::with_capacity(message.len() + 64);
+    body.extend_from_slice(b"{\"message\":");
+    // Writing a &str into a Vec cannot fail; the string is escaped as JSON.
+    let _ = serde_json::to_writer(&mut body, message);
+    let _ = write!(body, ",\"status\":\"{text}\",\"statusCode\":{status}}}");
+    String::from_utf8(body).unwrap_or_default()
 }
 
 fn parse_source(text: &str) -> Option<ValueSource> {

@@ -49,7 +49,7 @@ impl ExtAuthzService {
     /// Judges one CheckRequest (the RPC minus tonic's wrapping; also used by benches).
     pub fn judge(&self, req: &CheckRequest) -> Result<CheckAnswer, Status> {
         if !req.has_http() {
-            return Ok(denied(&Denied::bad_request(
+            return Ok(denied(Denied::bad_request(
                 "the CheckRequest carries no HTTP request attributes",
             )));
         }
@@ -75,7 +75,7 @@ impl ExtAuthzService {
         })?;
         Ok(match verdict {
             Verdict::Allow(ok) => CheckAnswer::Allowed(ok),
-            Verdict::Deny(d) => denied(&d),
+            Verdict::Deny(d) => denied(d),
         })
     }
 }
@@ -254,7 +254,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn denied(d: &Denied) -> CheckAnswer {
+fn denied(d: Denied) -> CheckAnswer {
     let code = match d.status {
         401 => tonic::Code::Unauthenticated,
         400 => tonic::Code::InvalidArgument,
@@ -276,7 +276,7 @@ fn denied(d: &Denied) -> CheckAnswer {
                 code: i32::from(d.status),
             }),
             headers,
-            body: d.body.clone(),
+            body: d.body,
         })),
     })
 }

@@ -4,7 +4,12 @@
 # of the same upstream (nginx answering 200 from memory), driven by h2load (HTTP/1.1 keep-alive, --rps) with
 # a per-request log from which p50/p99/p99.9 are computed.
 #
-#   scripts/bench-envoy.sh [RATE_PER_CLIENT] [CLIENTS] [SECONDS]     (default 250 4 10)
+#   scripts/bench-envoy.sh [RATE_PER_CLIENT] [CLIENTS] [SECONDS] [ROUNDS]   (default 250 4 10 3)
+#
+# The two Envoys are measured in ROUNDS alternating rounds (without, with, without, with, …), and
+# the added latency is reported per round and as the median over the rounds: on a shared machine
+# the load of other processes drifts by the minute, and alternating keeps it from landing on one
+# side only.
 #
 # Needs: a release build (cargo build --release), h2load (Debian nghttp2-client), nginx, Envoy
 # (scripts/install-tools.sh finds or installs the last two). Everything listens on 127.0.0.1.
@@ -13,6 +18,7 @@ cd "$(dirname "$0")/.."
 RATE=${1:-250}
 CLIENTS=${2:-4}
 SECONDS_=${3:-10}
+ROUNDS=${4:-3}
 
 # shellcheck source=scripts/install-tools.sh
 source scripts/install-tools.sh
@@ -92,11 +98,21 @@ with open(path + ".q", "w") as f: f.write(f"{q(0.5)} {q(0.99)} {q(0.999)}\n")
 PY
 }
 
-echo "fixed rate: $CLIENTS clients × $RATE req/s = $((RATE * CLIENTS)) req/s for ${SECONDS_}s, GET $PATH_ (allowed, DATA_SCIENTIST key)"
+echo "fixed rate: $CLIENTS clients × $RATE req/s = $((RATE * CLIENTS)) req/s for ${SECONDS_}s, GET $PATH_ (allowed, DATA_SCIENTIST key), $ROUNDS rounds"
 run upstream-direct "$APP"
-run envoy-no-filter "$B_LISTEN"
-run envoy-ext_authz "$A_LISTEN"
-read -r b50 b99 b999 < "$WORK/envoy-no-filter.log.q"
-read -r a50 a99 a999 < "$WORK/envoy-ext_authz.log.q"
-echo "added by ext_authz + rolegate: p50 $((a50 - b50)) µs, p99 $((a99 - b99)) µs, p99.9 $((a999 - b999)) µs"
+: > "$WORK/added"
+for round in $(seq 1 "$ROUNDS"); do
+    run "envoy-no-filter-$round" "$B_LISTEN"
+    run "envoy-ext_authz-$round" "$A_LISTEN"
+    read -r b50 b99 b999 < "$WORK/envoy-no-filter-$round.log.q"
+    read -r a50 a99 a999 < "$WORK/envoy-ext_authz-$round.log.q"
+    echo "round $round added by ext_authz + rolegate: p50 $((a50 - b50)) µs, p99 $((a99 - b99)) µs, p99.9 $((a999 - b999)) µs"
+    echo "$((a50 - b50)) $((a99 - b99)) $((a999 - b999))" >> "$WORK/added"
+done
+python3 - "$WORK/added" <<'PY'
+import sys, statistics
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+med = [int(statistics.median(c)) for c in zip(*rows)]
+print(f"median over {len(rows)} rounds, added by ext_authz + rolegate: p50 {med[0]} µs, p99 {med[1]} µs, p99.9 {med[2]} µs")
+PY
 curl -s "http://127.0.0.1:$A_ADMIN/stats?filter=ext_authz" 2>/dev/null | grep -E "ext_authz\.(ok|denied|error)" || true

@@ -161,10 +161,9 @@ pub async fn run(
         tracing::error!(error = %err, "the policy's routes do not compile; using the default map");
     }
     let route_follower = tokio::spawn(authz.clone().follow_routes(routes, stop_rx.clone()));
-    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzService::new(
-        authz.clone(),
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
+    let ext_authz =
+        crate::grpc::ext_authz::ExtAuthzServer::new(ExtAuthzService::new(authz.clone()))
+            .max_decoding_message_size(config.max_message_bytes);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

@@ -8,6 +8,7 @@ pub mod routes;
 
 use std::{
     collections::HashMap,
+    ops::Deref,
     sync::{Arc, RwLock},
 };
 
@@ -90,6 +91,18 @@ pub trait RequestHeaders {
     fn rolegate_headers(&self) -> Vec<String>;
 }
 
+/// Per-route settings from the proxy (Envoy's `context_extensions`), by name.
+pub trait RouteContext {
+    /// The setting `name`, if the proxy sent it.
+    fn value(&self, name: &str) -> Option<&str>;
+}
+
+impl RouteContext for HashMap<String, String> {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
 /// A request to judge.
 pub struct AuthzRequest<'a, H: ?Sized> {
     pub method: &'a str,
@@ -98,7 +111,7 @@ pub struct AuthzRequest<'a, H: ?Sized> {
     pub headers: &'a H,
     /// Per-route settings from the proxy (Envoy `context_extensions`): `entitlement`, and
     /// optionally `team`, `owner_key`, `owner_user` as `path.<p>` / `header.<h>` / `query.<q>`.
-    pub context: Option<&'a HashMap<String, String>>,
+    pub context: Option<&'a dyn RouteContext>,
 }
 
 /// What to do with the request.
@@ -113,12 +126,103 @@ pub enum Verdict {
 pub struct Allowed {
     /// `x-rolegate-*` headers for the upstream, only those with a value (none when passed
     /// unmatched); they replace any the client sent.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, HeaderText)>,
     /// Headers to remove before the request goes upstream: the credential (unless kept) and
     /// every `x-rolegate-*` header the client sent that is not set above.
     pub remove: Vec<String>,
     /// The entitlement checked (empty when passed unmatched).
-    pub entitlement: String,
+    pub entitlement: HeaderText,
+}
+
+/// The value of a header rolegate sets. Most values are already in the cache entry or the
+/// route map as `Arc<str>`: sharing them, rather than copying each into a new `String`, keeps
+/// an allowed answer down to a few allocations (ext_authz answers every request of the mesh).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderText {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+    /// A number, written in place (the revision).
+    Number(Digits),
+}
+
+impl HeaderText {
+    pub fn as_str(&self) -> &str {
+        match self {
+            HeaderText::Static(s) => s,
+            HeaderText::Shared(s) => s,
+            HeaderText::Owned(s) => s,
+            HeaderText::Number(d) => d.as_str(),
+        }
+    }
+
+    /// The items joined with `,`: shared when there is only one, as is usual.
+    fn joined<'i>(mut items: impl Iterator<Item = &'i Arc<str>>) -> HeaderText {
+        let Some(first) = items.next() else {
+            return HeaderText::Static("");
+        };
+        let Some(second) = items.next() else {
+            return HeaderText::Shared(first.clone());
+        };
+        let mut out = String::with_capacity(4 * (first.len() + 1));
+        out.push_str(first);
+        for item in std::iter::once(second).chain(items) {
+            out.push(',');
+            out.push_str(item);
+        }
+        HeaderText::Owned(out)
+    }
+}
+
+impl Deref for HeaderText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for HeaderText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A `u64` in decimal, without a heap allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digits {
+    buf: [u8; 20],
+    start: u8,
+}
+
+impl Digits {
+    pub fn new(mut n: u64) -> Self {
+        let mut buf = [b'0'; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Digits {
+            buf,
+            start: start as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written, so this never fails.
+        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or("0")
+    }
 }
 
 /// A denied request: the HTTP answer for the client.
@@ -131,6 +235,12 @@ pub struct Denied {
     pub body: String,
     /// Why, for logs and metrics.
     pub reason: &'static str,
+}
+
+impl From<Arc<str>> for HeaderText {
+    fn from(s: Arc<str>) -> Self {
+        HeaderText::Shared(s)
+    }
 }
 
 impl Denied {
@@ -146,11 +256,10 @@ impl Denied {
             403 => "Forbidden",
             _ => "Error",
         };
-        let body = serde_json::json!({ "statusCode": status, "status": text, "message": message });
         Denied {
             status,
             www_authenticate: None,
-            body: body.to_string(),
+            body: error_body(status, text, message),
             reason,
         }
     }
@@ -254,7 +363,7 @@ impl Authz {
         let path = normalize_path(req.path).map_err(|e| bad("bad_path", &e.to_string()))?;
         let table = self.routes();
         let matched = table.find(method, &path.segments);
-        let context = |name: &str| req.context.and_then(|c| c.get(name)).map(String::as_str);
+        let context = |name: &str| req.context.and_then(|c| c.value(name));
 
         let entitlement = match (context("entitlement"), &matched) {
             (Some(e), _) if is_valid_entitlement(e) => e,
@@ -269,7 +378,7 @@ impl Authz {
                 return Ok(Verdict::Allow(Allowed {
                     headers: Vec::new(),
                     remove: self.removals(req.headers, &[]),
-                    entitlement: String::new(),
+                    entitlement: HeaderText::Static(""),
                 }));
             }
             (None, None) => {
@@ -359,47 +468,41 @@ impl Authz {
         let (Some(entry), true) = (&outcome.entry, d.is_allowed()) else {
             return Err(self.denial(d.reason, entitlement));
         };
-        let join = |l: Option<&Arc<[Arc<str>]>>| {
-            l.map(|l| l.iter().map(|s| &**s).collect::<Vec<_>>().join(","))
-                .unwrap_or_default()
-        };
-        let headers = vec![
-            ("x-rolegate-key", entry.spec.prefix.to_string()),
-            (
-                "x-rolegate-user",
-                entry.spec.user.as_deref().unwrap_or_default().to_owned(),
-            ),
-            ("x-rolegate-team", entry.team.to_string()),
-            (
-                "x-rolegate-project",
-                entry.spec.project.as_deref().unwrap_or_default().to_owned(),
-            ),
+        let spec = &entry.spec;
+        let shared = |v: Option<&Arc<str>>| v.map_or(HeaderText::Static(""), |v| v.clone().into());
+        let candidates = [
+            ("x-rolegate-key", HeaderText::Shared(spec.prefix.clone())),
+            ("x-rolegate-user", shared(spec.user.as_ref())),
+            ("x-rolegate-team", HeaderText::Shared(entry.team.clone())),
+            ("x-rolegate-project", shared(spec.project.as_ref())),
             (
                 "x-rolegate-scope",
-                d.scope.map(scope_name).unwrap_or("").into(),
+                HeaderText::Static(d.scope.map_or("", scope_name)),
             ),
             (
                 "x-rolegate-filter-teams",
-                d.filter_team_ids
-                    .iter()
-                    .flat_map(|f| f.iter())
-                    .map(|t| &**t)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                HeaderText::joined(d.filter_team_ids.iter().flat_map(|f| f.iter())),
             ),
             (
                 "x-rolegate-filter-owner-keys",
-                join(d.filter_owner_key_prefixes.as_ref()),
+                HeaderText::joined(d.filter_owner_key_prefixes.iter().flat_map(|l| l.iter())),
             ),
-            ("x-rolegate-revision", outcome.revision.to_string()),
+            (
+                "x-rolegate-revision",
+                HeaderText::Number(Digits::new(outcome.revision)),
+            ),
         ];
+        let mut headers = Vec::with_capacity(candidates.len());
         // An empty value is no header at all (so also no forged one).
-        let headers: Vec<_> = headers.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-        let set: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        headers.extend(candidates.into_iter().filter(|(_, v)| !v.is_empty()));
+        let entitlement = match (context("entitlement"), &matched) {
+            (None, Some(m)) => HeaderText::Shared(m.route.entitlement().clone()),
+            _ => HeaderText::Owned(entitlement.to_owned()),
+        };
         Ok(Verdict::Allow(Allowed {
-            remove: self.removals(req.headers, &set),
+            remove: self.removals(req.headers, &headers),
             headers,
-            entitlement: entitlement.to_owned(),
+            entitlement,
         }))
     }
 
@@ -481,7 +584,11 @@ impl Authz {
     }
 
     /// The credential (unless kept) and the client's `x-rolegate-*` headers not in `set`.
-    fn removals<H: RequestHeaders + ?Sized>(&self, headers: &H, set: &[&str]) -> Vec<String> {
+    fn removals<H: RequestHeaders + ?Sized>(
+        &self,
+        headers: &H,
+        set: &[(&'static str, HeaderText)],
+    ) -> Vec<String> {
         let mut out = Vec::new();
         if !self.config.keep_credential {
             out.push(self.config.credential_header.clone());
@@ -490,10 +597,23 @@ impl Authz {
             headers
                 .rolegate_headers()
                 .into_iter()
-                .filter(|h| !set.contains(&h.as_str())),
+                .filter(|h| !set.iter().any(|(k, _)| k == h)),
         );
         out
     }
+}
+
+/// The platform's error body, `{"message": …, "status": …, "statusCode": …}`, written in one
+/// buffer; the keys in the order `serde_json::json!` gives them (sorted), so the bytes are the
+/// same as when it was built as a JSON value.
+fn error_body(status: u16, text: &str, message: &str) -> String {
+    use std::io::Write;
+    let mut body = Vec::with_capacity(message.len() + 64);
+    body.extend_from_slice(b"{\"message\":");
+    // Writing a &str into a Vec cannot fail; the string is escaped as JSON.
+    let _ = serde_json::to_writer(&mut body, message);
+    let _ = write!(body, ",\"status\":\"{text}\",\"statusCode\":{status}}}");
+    String::from_utf8(body).unwrap_or_default()
 }
 
 fn parse_source(text: &str) -> Option<ValueSource> {

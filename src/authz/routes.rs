@@ -266,9 +266,16 @@ pub struct Route {
     pub spec: RouteSpec,
     /// The parameter names in path order: captured values come in the same order.
     params: Box<[Box<str>]>,
+    /// `spec.entitlement`, shared with every allowed answer that names it.
+    entitlement: Arc<str>,
 }
 
 impl Route {
+    /// The entitlement the route needs.
+    pub fn entitlement(&self) -> &Arc<str> {
+        &self.entitlement
+    }
+
     /// The value of a path parameter among `captured` (the values in path order).
     pub fn param<'v>(&self, name: &str, captured: &'v [Cow<'v, str>]) -> Option<&'v str> {
         let i = self.params.iter().position(|p| &**p == name)?;
@@ -379,6 +386,7 @@ impl RouteTable {
             table.routes.push(Route {
                 spec: spec.clone(),
                 params: params.into(),
+                entitlement: spec.entitlement.as_str().into(),
             });
         }
         Ok(table)

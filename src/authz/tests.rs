@@ -298,3 +298,23 @@ routes:
     assert!(all.contains("%2F"), "{all}");
     assert!(err.problems.iter().all(|p| p.line > 0), "{all}");
 }
+
+#[test]
+fn the_error_body_is_what_serde_json_writes() {
+    for (status, text, message) in [
+        (
+            403,
+            "Forbidden",
+            "the API key's roles do not grant jobs.cancel",
+        ),
+        (
+            401,
+            "Unauthorized",
+            "quote \" backslash \\ newline \n tab \t nul \u{0} é ✓",
+        ),
+        (400, "Bad Request", ""),
+    ] {
+        let want = serde_json::json!({ "statusCode": status, "status": text, "message": message });
+        assert_eq!(error_body(status, text, message), want.to_string());
+    }
+}

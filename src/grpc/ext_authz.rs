@@ -3,28 +3,39 @@
 //! carrying the HTTP answer; only "cannot answer" is an RPC error (Unavailable), so that Envoy's
 //! `failure_mode_allow` and `status_on_error` decide what the client sees.
 
-use std::{collections::HashMap, sync::Arc};
+mod wire;
+
+use std::{convert::Infallible, sync::Arc};
 
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-        HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus,
     },
-    pb::{
-        envoy::config::core::v3::HeaderMap,
-        google::{
-            protobuf::{Struct, Value, value::Kind},
-            rpc,
-        },
-    },
+    pb::google::rpc,
 };
-use tonic::{Request, Response, Status};
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http},
+    server::{Grpc, NamedService, UnaryService},
+};
 
 use crate::authz::{
-    Allowed, Authz, AuthzRequest, Denied, HEADER_PREFIX, Header, RequestHeaders, Verdict,
+    Authz, AuthzRequest, Denied, HEADER_PREFIX, Header, RequestHeaders, RouteContext, Verdict,
 };
 
-/// The Authorization service.
+pub use wire::{BufferFull, CheckAnswer, CheckRequest};
+
+/// The message type the Check method decodes: only the fields rolegate reads ([`wire`]).
+pub type WireRequest = CheckRequest;
+/// The message type the Check method encodes.
+pub type WireResponse = CheckAnswer;
+
+/// The gRPC path of the one method.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The Authorization service's logic: a decoded request in, an answer out.
 #[derive(Clone)]
 pub struct ExtAuthzService {
     authz: Arc<Authz>,
@@ -36,111 +47,195 @@ impl ExtAuthzService {
     }
 
     /// Judges one CheckRequest (the RPC minus tonic's wrapping; also used by benches).
-    pub fn judge(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
-        let attributes = req.attributes.as_ref();
-        let Some(http) = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-        else {
-            return Ok(denied(&Denied::bad_request(
+    pub fn judge(&self, req: &CheckRequest) -> Result<CheckAnswer, Status> {
+        if !req.has_http() {
+            return Ok(denied(Denied::bad_request(
                 "the CheckRequest carries no HTTP request attributes",
             )));
-        };
-        let headers = EnvoyHeaders {
-            map: &http.headers,
-            raw: http.header_map.as_ref(),
-        };
+        }
+        let headers = EnvoyHeaders(req);
         let pseudo = |name: &str| match headers.header(name) {
             Header::One(v) => v,
             _ => "",
         };
-        let method = if http.method.is_empty() {
-            pseudo(":method")
-        } else {
-            &http.method
+        let method = match req.method() {
+            "" => pseudo(":method"),
+            m => m,
         };
-        let path = if http.path.is_empty() {
-            pseudo(":path")
-        } else {
-            &http.path
+        let path = match req.path() {
+            "" => pseudo(":path"),
+            p => p,
         };
-        let context = attributes
-            .map(|a| &a.context_extensions)
-            .filter(|c| !c.is_empty());
+        let context = EnvoyContext(req);
         let verdict = self.authz.authorize(&AuthzRequest {
             method,
             path,
             headers: &headers,
-            context,
+            context: req.has_context().then_some(&context as &dyn RouteContext),
         })?;
         Ok(match verdict {
-            Verdict::Allow(ok) => allowed(ok),
-            Verdict::Deny(d) => denied(&d),
+            Verdict::Allow(ok) => CheckAnswer::Allowed(ok),
+            Verdict::Deny(d) => denied(d),
         })
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        self.judge(request.get_ref()).map(Response::new)
+/// `envoy.service.auth.v3.Authorization` as a tonic service, with [`EnvoyCodec`] in place of
+/// the generated server's prost codec (what the generated `AuthorizationServer` does, for the
+/// one method, with the lean messages).
+#[derive(Clone)]
+pub struct ExtAuthzServer {
+    service: ExtAuthzService,
+    max_decoding_message_size: Option<usize>,
+}
+
+impl ExtAuthzServer {
+    pub fn new(service: ExtAuthzService) -> Self {
+        ExtAuthzServer {
+            service,
+            max_decoding_message_size: None,
+        }
+    }
+
+    /// Limits the size of a request (default: tonic's 4 MiB).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+}
+
+impl NamedService for ExtAuthzServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl<B> Service<http::Request<B>> for ExtAuthzServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = CheckMethod(self.service.clone());
+        let limit = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(EnvoyCodec).apply_max_message_size_config(limit, None);
+            Ok(grpc.unary(method, req).await)
+        })
+    }
+}
+
+/// The Check method: judging is synchronous, so its future is ready at once (no box).
+struct CheckMethod(ExtAuthzService);
+
+impl UnaryService<CheckRequest> for CheckMethod {
+    type Response = CheckAnswer;
+    type Future = std::future::Ready<Result<tonic::Response<CheckAnswer>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+        std::future::ready(self.0.judge(request.get_ref()).map(tonic::Response::new))
+    }
+}
+
+/// Decodes [`CheckRequest`]s and encodes [`CheckAnswer`]s; errors as tonic's prost codec
+/// reports them (a body that does not decode is INTERNAL).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnvoyCodec;
+
+impl Codec for EnvoyCodec {
+    type Encode = CheckAnswer;
+    type Decode = CheckRequest;
+    type Encoder = EnvoyCodec;
+    type Decoder = EnvoyCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EnvoyCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EnvoyCodec
+    }
+}
+
+impl Encoder for EnvoyCodec {
+    type Item = CheckAnswer;
+    type Error = Status;
+
+    fn encode(&mut self, item: CheckAnswer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // EncodeBuf grows as needed, so a full buffer is a bug.
+        item.encode(dst)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for EnvoyCodec {
+    type Item = CheckRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CheckRequest>, Status> {
+        CheckRequest::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
 /// The request headers as Envoy sends them: a map with repeated headers comma-joined, or, with
 /// `encode_raw_headers`, a list with repeats kept apart.
-struct EnvoyHeaders<'a> {
-    map: &'a HashMap<String, String>,
-    raw: Option<&'a HeaderMap>,
-}
+struct EnvoyHeaders<'a>(&'a CheckRequest);
 
 impl RequestHeaders for EnvoyHeaders<'_> {
     fn header(&self, name: &str) -> Header<'_> {
-        if let Some(v) = self.map.get(name) {
+        if let Some(v) = self.0.header(name) {
             return Header::One(v);
         }
-        let Some(raw) = self.raw else {
-            return Header::Absent;
-        };
         let mut found = Header::Absent;
-        for h in raw
-            .headers
-            .iter()
-            .filter(|h| h.key.eq_ignore_ascii_case(name))
+        for (_, value) in self
+            .0
+            .raw_headers()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
         {
             if found != Header::Absent {
                 return Header::Many;
             }
-            let value = if h.raw_value.is_empty() {
-                Some(h.value.as_str())
-            } else {
-                std::str::from_utf8(&h.raw_value).ok()
-            };
             found = value.map_or(Header::NotText, Header::One);
         }
         found
     }
 
     fn rolegate_headers(&self) -> Vec<String> {
-        let from_map = self.map.keys().map(String::as_str);
-        let from_raw = self
-            .raw
-            .into_iter()
-            .flat_map(|m| m.headers.iter().map(|h| h.key.as_str()));
+        let from_map = self.0.header_names();
+        let from_raw = self.0.raw_headers().map(|(k, _)| k);
         let mut names: Vec<String> = from_map
             .chain(from_raw)
             .filter(|k| {
                 k.len() >= HEADER_PREFIX.len()
-                    && k[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX)
+                    && k.as_bytes()[..HEADER_PREFIX.len()]
+                        .eq_ignore_ascii_case(HEADER_PREFIX.as_bytes())
             })
             .map(str::to_ascii_lowercase)
             .collect();
         names.sort();
         names.dedup();
         names
+    }
+}
+
+/// `context_extensions`.
+struct EnvoyContext<'a>(&'a CheckRequest);
+
+impl RouteContext for EnvoyContext<'_> {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.0.context(name)
     }
 }
 
@@ -159,53 +254,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn string_value(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    }
-}
-
-/// The dynamic_metadata field of an `x-rolegate-*` header.
-fn metadata_field(header: &str) -> &str {
-    match header {
-        "x-rolegate-key" => "key",
-        "x-rolegate-user" => "user",
-        "x-rolegate-team" => "team",
-        "x-rolegate-project" => "project",
-        "x-rolegate-scope" => "scope",
-        "x-rolegate-filter-teams" => "filter_teams",
-        "x-rolegate-filter-owner-keys" => "filter_owner_keys",
-        "x-rolegate-revision" => "revision",
-        other => other,
-    }
-}
-
-fn allowed(ok: Allowed) -> CheckResponse {
-    // The same facts as the headers, for later filters and access logs
-    // (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:scope)%`).
-    let mut fields: HashMap<String, Value> = HashMap::with_capacity(ok.headers.len() + 1);
-    for (k, v) in &ok.headers {
-        fields.insert(metadata_field(k).to_owned(), string_value(v));
-    }
-    if !ok.entitlement.is_empty() {
-        fields.insert("entitlement".into(), string_value(&ok.entitlement));
-    }
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: tonic::Code::Ok as i32,
-            message: String::new(),
-            details: Vec::new(),
-        }),
-        dynamic_metadata: Some(Struct { fields }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: ok.headers.iter().map(|(k, v)| header(k, v)).collect(),
-            headers_to_remove: ok.remove,
-            ..Default::default()
-        })),
-    }
-}
-
-fn denied(d: &Denied) -> CheckResponse {
+fn denied(d: Denied) -> CheckAnswer {
     let code = match d.status {
         401 => tonic::Code::Unauthenticated,
         400 => tonic::Code::InvalidArgument,
@@ -215,7 +264,7 @@ fn denied(d: &Denied) -> CheckResponse {
     if let Some(scheme) = &d.www_authenticate {
         headers.push(header("www-authenticate", scheme));
     }
-    CheckResponse {
+    CheckAnswer::Other(CheckResponse {
         status: Some(rpc::Status {
             code: code as i32,
             message: d.reason.to_owned(),
@@ -227,7 +276,10 @@ fn denied(d: &Denied) -> CheckResponse {
                 code: i32::from(d.status),
             }),
             headers,
-            body: d.body.clone(),
+            body: d.body,
         })),
-    }
+    })
 }
+
+#[cfg(test)]
+mod tests;

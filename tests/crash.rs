@@ -8,58 +8,12 @@
 
 mod admin_support;
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
-use admin_support::{BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap};
+use admin_support::{BOOTSTRAP, call, example_with_bootstrap, spawn_store};
 use rand::Rng;
 use rolegate::grpc::pb::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
-
-/// The real binary, serving `dir`; returns the child and its gRPC address.
-fn spawn(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--bootstrap-key-sha256",
-            &bootstrap_hash(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rolegate");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
-            {
-                let _ = tx.send(addr.to_owned());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its gRPC address");
-    (child, format!("http://{addr}"))
-}
 
 async fn connect(addr: &str) -> AdminClient<Channel> {
     AdminClient::new(
@@ -199,7 +153,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
     let mut total_acked = 0;
 
     for round in 0..ROUNDS {
-        let (mut child, addr) = spawn(&data);
+        let (mut child, addr) = spawn_store(&data, &[]);
         let kill_after = Duration::from_millis(rng.random_range(50..400));
         let apply_round = round % 2 == 1;
         let writer = {
@@ -218,7 +172,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
         let (acked, applied) = writer.await.unwrap();
 
         // Restart on the same directory and verify.
-        let (mut child, addr) = spawn(&data);
+        let (mut child, addr) = spawn_store(&data, &[]);
         let mut admin = connect(&addr).await;
         let (present, revision) = users(&mut admin).await;
         let present_teams = teams(&mut admin).await;

@@ -7,59 +7,16 @@
 mod admin_support;
 
 use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use admin_support::{BOOTSTRAP, bootstrap_hash, call, seed_example};
+use admin_support::{BOOTSTRAP, call, seed_example, spawn_store};
 use rolegate::grpc::pb::{
     self, admin_client::AdminClient, authorizer_client::AuthorizerClient, watch_event::Event,
 };
 use tonic::transport::Channel;
-
-/// The real binary serving `dir` with `extra` flags; returns the child and its gRPC address.
-fn spawn(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--bootstrap-key-sha256",
-            &bootstrap_hash(),
-        ])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rolegate");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
-            {
-                let _ = tx.send(addr.to_owned());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its gRPC address");
-    (child, format!("http://{addr}"))
-}
 
 fn sigkill(mut child: Child) {
     child.kill().expect("SIGKILL"); // std's kill sends SIGKILL on Unix
@@ -321,7 +278,7 @@ async fn a_watch_resumes_across_sigkill_and_sigterm_restarts_without_gap_or_dupl
     let data = dir.path().join("data");
 
     // ---- process 1: writes under two watchers, one of which disconnects early; then SIGKILL.
-    let (p1, addr) = spawn(&data, &[]);
+    let (p1, addr) = spawn_store(&data, &[]);
     let mut admin = AdminClient::new(channel(&addr).await);
     let all1 = Watcher::start(&addr, req(1, "")).await;
     let early = Watcher::start(&addr, req(1, "")).await;
@@ -344,7 +301,7 @@ async fn a_watch_resumes_across_sigkill_and_sigterm_restarts_without_gap_or_dupl
 
     // ---- process 2: the restart adds no revision; writes made while nobody watched are
     // replayed to the resumed streams, which continue with the same history.
-    let (p2, addr) = spawn(&data, &[]);
+    let (p2, addr) = spawn_store(&data, &[]);
     let mut admin = AdminClient::new(channel(&addr).await);
     assert_eq!(
         revision(&mut admin).await,
@@ -391,7 +348,7 @@ async fn a_watch_resumes_across_sigkill_and_sigterm_restarts_without_gap_or_dupl
     let last2 = seen2.last().unwrap().revision;
     assert_eq!(last2, head2);
 
-    let (p3, addr) = spawn(&data, &[]);
+    let (p3, addr) = spawn_store(&data, &[]);
     let mut admin = AdminClient::new(channel(&addr).await);
     assert_eq!(revision(&mut admin).await, head2);
     let resumed3 = Watcher::start(&addr, req(last2 + 1, &history)).await;
@@ -416,7 +373,7 @@ async fn a_resume_from_before_the_kept_history_is_reset_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let keep = ["--watch-log-revisions", "4"];
-    let (p1, addr) = spawn(&data, &keep);
+    let (p1, addr) = spawn_store(&data, &keep);
     let mut admin = AdminClient::new(channel(&addr).await);
     seed_example(&mut admin).await;
     let head = writes(&mut admin, "a").await;
@@ -427,7 +384,7 @@ async fn a_resume_from_before_the_kept_history_is_reset_after_a_restart() {
     let before = tail.data();
     sigkill(p1);
 
-    let (p2, addr) = spawn(&data, &keep);
+    let (p2, addr) = spawn_store(&data, &keep);
     // The oldest kept revision replays exactly as before the crash.
     let kept = Watcher::start(&addr, req(head - 3, &history)).await;
     kept.wait_for(head).await;
@@ -512,7 +469,7 @@ async fn a_watch_resumes_across_sigkill_at_random_points_under_concurrent_writes
     let mut acked_total = 0;
     const ROUNDS: usize = 8;
     for round in 0..ROUNDS {
-        let (child, addr) = spawn(&data, &[]);
+        let (child, addr) = spawn_store(&data, &[]);
         if round == 0 {
             let mut admin = AdminClient::new(channel(&addr).await);
             writes(&mut admin, "crash").await;
@@ -582,7 +539,7 @@ async fn a_watch_resumes_across_sigkill_at_random_points_under_concurrent_writes
     }
 
     // A last process: resume once more, and compare with a subscriber that never disconnected.
-    let (child, addr) = spawn(&data, &[]);
+    let (child, addr) = spawn_store(&data, &[]);
     let mut admin = AdminClient::new(channel(&addr).await);
     let head = revision(&mut admin).await;
     let from = joined.last().map_or(1, |e| e.revision + 1);

@@ -4,7 +4,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use rolegate::{
     app::{self, AppError, Listeners},
@@ -177,4 +183,46 @@ pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The real `rolegate` binary serving the embedded store in `dir` (with the bootstrap key of
+/// [`BOOTSTRAP`]) and `extra` flags; returns the child and its gRPC address.
+pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--bootstrap-key-sha256",
+            &bootstrap_hash(),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rolegate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(addr.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its gRPC address");
+    (child, format!("http://{addr}"))
 }

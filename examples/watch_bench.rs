@@ -27,7 +27,6 @@ use rolegate::{
         authorizer::AuthorizerLimits,
         pb::{self, authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer},
     },
-    origin::upstream::UpstreamOrigin,
     state::{ChangeSet, State},
 };
 use tokio::net::TcpListener;
@@ -222,24 +221,60 @@ async fn catchup() {
     let t = Instant::now();
     let mut changes = world::generate(KEYS, 7).changes;
     changes.extend(owner_changes());
+    let generated = t.elapsed();
     hub.apply(ChangeSet {
         revision: 1,
         changes,
     })
     .unwrap();
     println!(
-        "catchup: hub loaded {} keys in {:.2} s",
+        "catchup: hub: {} keys generated in {:.2} s, State::apply of them in {:.2} s",
         hub.counts().keys,
-        t.elapsed().as_secs_f64()
+        generated.as_secs_f64(),
+        (t.elapsed() - generated).as_secs_f64()
     );
     let url = serve(hub.clone()).await;
+
+    // The transfer alone: the snapshot read to its end marker, decoded, nothing applied.
+    let t = Instant::now();
+    let mut c = AuthorizerClient::connect(url.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut stream = c
+        .watch_batched(pb::WatchRequest {
+            snapshot: true,
+            include_secret_hashes: true,
+            api_key: "BenchOwnerKey0001.bench-owner-secret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut events, mut messages) = (0usize, 0usize);
+    'read: while let Some(batch) = stream.message().await.unwrap() {
+        messages += 1;
+        for ev in batch.events {
+            events += 1;
+            if matches!(ev.event, Some(pb::watch_event::Event::SnapshotEnd(_))) {
+                break 'read;
+            }
+        }
+    }
+    drop(stream);
+    println!(
+        "catchup: snapshot transfer alone (WatchBatched, decoded, not applied): {events} events in {messages} messages, {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
     let follower_state = Arc::new(State::new());
-    let follower = UpstreamOrigin::new(
+    let follower = rolegate::grpc::follow::follower(
         &url,
         "BenchOwnerKey0001.bench-owner-secret".into(),
         follower_state.clone(),
     )
     .unwrap();
+    let status = follower.status();
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     tokio::spawn(follower.run(stop_rx));
@@ -247,8 +282,9 @@ async fn catchup() {
     rev.wait_for(|r| *r >= 1).await.unwrap();
     let took = start.elapsed();
     assert_eq!(follower_state.counts().keys, hub.counts().keys);
+    let timing = status.lock().unwrap().last_snapshot.unwrap_or_default();
     println!(
-        "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load)",
+        "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load): {timing:?}",
         follower_state.counts().keys,
         took.as_secs_f64()
     );

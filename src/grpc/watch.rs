@@ -51,6 +51,63 @@ impl Stream for WatchStream {
     }
 }
 
+/// The most events [`BatchedStream`] packs into one message.
+const BATCH_EVENTS: usize = 1024;
+/// About the most bytes [`BatchedStream`] packs into one message (one event may pass it).
+const BATCH_BYTES: usize = 1 << 20;
+
+impl WatchStream {
+    /// The same stream, with the events already queued packed into one message each time.
+    pub fn batched(self) -> BatchedStream {
+        BatchedStream {
+            inner: self,
+            held: None,
+        }
+    }
+}
+
+/// `WatchBatched`: the events of a [`WatchStream`], packed. It takes whatever the stream's task
+/// has queued when tonic asks for the next message, so a busy stream (a snapshot) goes out in
+/// large messages and a quiet one still gets each event at once; the task, its bounded queue
+/// and its resets are those of `Watch`.
+pub struct BatchedStream {
+    inner: WatchStream,
+    /// An error that came after events of the batch in hand: it goes out next.
+    held: Option<Status>,
+}
+
+impl Stream for BatchedStream {
+    type Item = Result<pb::WatchEvents, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(status) = self.held.take() {
+            return Poll::Ready(Some(Err(status)));
+        }
+        let mut events: Vec<pb::WatchEvent> = Vec::new();
+        let mut bytes = 0;
+        while events.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
+            let polled = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(polled) => polled,
+                Poll::Pending if events.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            };
+            match polled {
+                Some(Ok(ev)) => {
+                    bytes += prost::Message::encoded_len(&ev);
+                    events.push(ev);
+                }
+                Some(Err(status)) if events.is_empty() => return Poll::Ready(Some(Err(status))),
+                Some(Err(status)) => {
+                    self.held = Some(status);
+                    break;
+                }
+                None if events.is_empty() => return Poll::Ready(None),
+                None => break,
+            }
+        }
+        Poll::Ready(Some(Ok(pb::WatchEvents { events })))
+    }
+}
+
 /// Which events a stream passes.
 #[derive(Debug, Default)]
 struct Filter {

@@ -35,6 +35,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[path = "../benches/support/world.rs"]
 mod world;
 
+// The allocator of the `rolegate` binary, so that the figures are those of `serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: f64 = status
@@ -215,11 +219,10 @@ async fn idle() {
     drop(streams);
 }
 
-async fn catchup() {
-    const KEYS: usize = 1_000_000;
+async fn catchup(keys: usize) {
     let hub = Arc::new(State::new());
     let t = Instant::now();
-    let mut changes = world::generate(KEYS, 7).changes;
+    let mut changes = world::generate(keys, 7).changes;
     changes.extend(owner_changes());
     let generated = t.elapsed();
     hub.apply(ChangeSet {
@@ -282,7 +285,13 @@ async fn catchup() {
     rev.wait_for(|r| *r >= 1).await.unwrap();
     let took = start.elapsed();
     assert_eq!(follower_state.counts().keys, hub.counts().keys);
-    let timing = status.lock().unwrap().last_snapshot.unwrap_or_default();
+    // The timings are recorded just after the revision is published.
+    let timing = loop {
+        if let Some(t) = status.lock().unwrap().last_snapshot {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     println!(
         "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load): {timing:?}",
         follower_state.counts().keys,
@@ -300,6 +309,11 @@ async fn main() {
         idle().await;
     }
     if which == "catchup" || which == "all" {
-        catchup().await;
+        // The hub's key count: 1,000,000 unless given (a smaller world for profiling).
+        let keys = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        catchup(keys).await;
     }
 }

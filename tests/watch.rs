@@ -771,7 +771,10 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
         sessions > 12,
         "the subscribers disconnected and resumed ({sessions} sessions)"
     );
-    assert!(resets > 0, "some resumes were reset and bridged by a snapshot");
+    assert!(
+        resets > 0,
+        "some resumes were reset and bridged by a snapshot"
+    );
     eprintln!(
         "oracle: {} revisions, {sessions} sessions, {resets} resets",
         history.len()

@@ -3,6 +3,7 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+use tokio::sync::mpsc;
 use tonic::{
     Code, Streaming,
     transport::{Channel, Endpoint},
@@ -105,16 +106,51 @@ impl Hub for GrpcHub {
                 }
             })?
             .into_inner();
-        Ok(GrpcFeed {
+        let mut decoder = Decoder {
             stream,
             queued: VecDeque::new(),
             in_snapshot: snapshot,
-        })
+        };
+        // Decoding and converting run in a task of their own, ahead of the follower staging
+        // and applying what it already has: a snapshot is received while it is staged.
+        let (tx, items) = mpsc::channel(FEED_AHEAD);
+        let task = tokio::spawn(async move {
+            loop {
+                let item = decoder.next().await;
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(GrpcFeed { items, task })
     }
 }
 
-/// One `WatchBatched` stream.
+/// Items decoded ahead of the follower.
+const FEED_AHEAD: usize = 16;
+
+/// One `WatchBatched` stream, decoded by a task of its own. Dropping the feed stops the task,
+/// which drops the stream and closes the connection.
 pub struct GrpcFeed {
+    items: mpsc::Receiver<Result<FeedItem, UpstreamError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Feed for GrpcFeed {
+    async fn next(&mut self) -> Result<FeedItem, UpstreamError> {
+        self.items.recv().await.unwrap_or(Err(UpstreamError::Ended))
+    }
+}
+
+/// Turns the events of one `WatchBatched` stream into feed items.
+struct Decoder {
     stream: Streaming<pb::WatchEvents>,
     /// Events of the last message not yet turned into items.
     queued: VecDeque<pb::WatchEvent>,
@@ -122,7 +158,7 @@ pub struct GrpcFeed {
     in_snapshot: bool,
 }
 
-impl GrpcFeed {
+impl Decoder {
     /// Refills `queued` from the next message.
     async fn receive(&mut self) -> Result<(), UpstreamError> {
         match self.stream.message().await {
@@ -144,7 +180,7 @@ fn bad(e: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::BadEvent(e.to_string())
 }
 
-impl Feed for GrpcFeed {
+impl Decoder {
     /// Control events become items of their own; consecutive data events of the message in hand
     /// become one item (snapshot objects, or a part of one revision).
     async fn next(&mut self) -> Result<FeedItem, UpstreamError> {

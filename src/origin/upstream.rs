@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    domain::{Model, model::Change},
+    domain::{KeySpec, Model, model::Change},
     state::{ChangeSet, State},
 };
 
@@ -196,8 +196,48 @@ impl Position {
 struct Staged {
     /// The objects in the order received: applied as they are when the follower is empty.
     changes: Vec<Change>,
-    /// The same objects as a model, built as they arrive, to validate and to diff against.
+    /// Everything but the keys, as a model built as they arrive, to validate the keys against.
+    /// Keys stay out of it: nothing refers to a key, so they are checked one by one
+    /// ([`Model::validate_keys`]) and a million of them are not hashed into a second map.
     model: Model,
+}
+
+impl Staged {
+    fn add(&mut self, changes: Vec<Change>) {
+        for change in &changes {
+            if !matches!(change, Change::PutKey(_) | Change::RemoveKey(_)) {
+                self.model.apply(change);
+            }
+        }
+        self.changes.extend(changes);
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &KeySpec> {
+        self.changes.iter().filter_map(|c| match c {
+            Change::PutKey(k) => Some(&**k),
+            _ => None,
+        })
+    }
+
+    /// The first rule the staged state breaks.
+    fn first_problem(&self) -> Option<String> {
+        let mut problems = self.model.validate();
+        if problems.is_empty() {
+            problems = self.model.validate_keys(self.keys());
+        }
+        problems.first().map(ToString::to_string)
+    }
+
+    /// The whole staged state as a model (keys included), to diff against.
+    fn into_model(self) -> Model {
+        let mut model = self.model;
+        for change in &self.changes {
+            if matches!(change, Change::PutKey(_) | Change::RemoveKey(_)) {
+                model.apply(change);
+            }
+        }
+        model
+    }
 }
 
 /// The follower.
@@ -312,11 +352,8 @@ impl<H: Hub> UpstreamOrigin<H> {
                     let stage = staged.as_mut().ok_or_else(|| {
                         UpstreamError::BadEvent("snapshot objects outside a snapshot".into())
                     })?;
-                    for change in &changes {
-                        stage.model.apply(change);
-                    }
                     let n = changes.len() as u64;
-                    stage.changes.extend(changes);
+                    stage.add(changes);
                     self.with_status(|s| s.snapshot_objects_staged += n);
                 }
                 FeedItem::SnapshotEnd { revision, history } => {
@@ -386,8 +423,7 @@ impl<H: Hub> UpstreamOrigin<H> {
     ) -> Result<(), UpstreamError> {
         let objects = stage.changes.len() as u64;
         let started = std::time::Instant::now();
-        let problems = stage.model.validate();
-        if let Some(first) = problems.first() {
+        if let Some(first) = stage.first_problem() {
             return Err(UpstreamError::BadEvent(format!(
                 "the hub's snapshot is not a valid state: {first}"
             )));
@@ -418,7 +454,8 @@ impl<H: Hub> UpstreamOrigin<H> {
             // Nothing to compare with: the snapshot is the change set.
             stage.changes
         } else {
-            self.state.read_model(|current| current.diff(&stage.model))
+            let staged = stage.into_model();
+            self.state.read_model(|current| current.diff(&staged))
         };
         let diffed = started.elapsed();
         self.state

@@ -34,11 +34,13 @@ fn staleness_is_measured_from_the_last_moment_in_sync() {
     assert_eq!(UpstreamStatus::default().at(9).staleness_ms, None);
 }
 
-/// A hub whose sessions are scripted: each `open` takes the next script; a script's items are
-/// delivered in order, then the feed breaks.
+/// A hub whose sessions are scripted: open number `i` waits until the test lets `i` sessions
+/// through, then takes the next script; a script's items are delivered in order, then the feed
+/// breaks.
 struct Scripted {
     sessions: Mutex<VecDeque<Vec<FeedItem>>>,
     opened: Mutex<Vec<Start>>,
+    gate: tokio::sync::watch::Receiver<usize>,
 }
 
 struct ScriptedFeed(VecDeque<FeedItem>);
@@ -57,7 +59,13 @@ impl Hub for Scripted {
         "scripted"
     }
     async fn open(&self, start: Start) -> Result<ScriptedFeed, UpstreamError> {
-        self.opened.lock().unwrap().push(start);
+        let n = {
+            let mut opened = self.opened.lock().unwrap();
+            opened.push(start);
+            opened.len()
+        };
+        let mut gate = self.gate.clone();
+        let _ = gate.wait_for(|g| *g >= n).await;
         match self.sessions.lock().unwrap().pop_front() {
             Some(items) => Ok(ScriptedFeed(items.into())),
             None => Err(UpstreamError::Connect("refused".into())),
@@ -102,18 +110,27 @@ fn keys_of(state: &State) -> Vec<String> {
     keys
 }
 
+async fn until(status: &Arc<Mutex<UpstreamStatus>>, ok: impl Fn(&UpstreamStatus) -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !ok(&status.lock().unwrap()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the follower got there");
+}
+
 #[tokio::test]
-async fn a_snapshot_cut_off_before_its_end_leaves_the_previous_state() {
+async fn a_snapshot_cut_off_or_invalid_leaves_the_previous_state() {
     let state = Arc::new(State::new());
-    let full = |keys: &[&str], revision: u64| {
-        vec![
-            FeedItem::SnapshotPart(world(keys)),
-            FeedItem::SnapshotEnd {
-                revision,
-                history: "h2".into(),
-            },
-        ]
+    let end = |revision: u64| FeedItem::SnapshotEnd {
+        revision,
+        history: "h2".into(),
     };
+    // A key of a user the snapshot does not hold.
+    let mut invalid = world(&["NewKey01"]);
+    invalid.remove(1);
+    let (gate_tx, gate) = tokio::sync::watch::channel(1usize);
     let hub = Scripted {
         sessions: Mutex::new(VecDeque::from([
             // 1: the first snapshot, then a reset (the hub restarted under a new history).
@@ -127,12 +144,19 @@ async fn a_snapshot_cut_off_before_its_end_leaves_the_previous_state() {
                     reason: "another history".into(),
                 },
             ],
-            // 2: half of the new snapshot, then the connection breaks.
+            // 2: part of the new snapshot, then the connection breaks.
             vec![FeedItem::SnapshotPart(world(&["NewKey01"]))],
-            // 3: the whole new snapshot.
-            full(&["NewKey01", "NewKey02"], 5),
+            // 3: a whole snapshot that is not a valid state.
+            vec![FeedItem::SnapshotPart(invalid), end(4)],
+            // 4: the whole new snapshot.
+            vec![
+                FeedItem::SnapshotPart(world(&["NewKey01"])),
+                FeedItem::SnapshotPart(world(&["NewKey02"])),
+                end(5),
+            ],
         ])),
         opened: Mutex::new(Vec::new()),
+        gate,
     };
     let follower = UpstreamOrigin::new(hub, state.clone());
     let status = follower.status();
@@ -142,27 +166,42 @@ async fn a_snapshot_cut_off_before_its_end_leaves_the_previous_state() {
     let mut revisions = state.subscribe_revision();
     revisions.wait_for(|r| *r == 3).await.unwrap();
     assert_eq!(keys_of(&state), ["OldKey01"]);
-    // After session 2 broke off, the state is still the first snapshot.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while status.lock().unwrap().snapshots_abandoned == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("the partial snapshot was abandoned");
+
+    gate_tx.send_replace(2);
+    until(&status, |s| s.snapshots_abandoned == 1 && !s.connected).await;
+    assert_eq!(
+        (state.revision(), keys_of(&state)),
+        (3, vec!["OldKey01".into()])
+    );
+
+    gate_tx.send_replace(3);
+    until(&status, |s| s.snapshots_abandoned == 2 && !s.connected).await;
     {
         let s = status.lock().unwrap().clone();
-        assert!(!s.snapshot_in_progress && !s.connected, "{s:?}");
+        assert!(
+            s.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("not a valid state"),
+            "{s:?}"
+        );
         assert_eq!(s.snapshots, 1);
     }
-    assert_eq!(state.revision(), 3);
-    assert_eq!(keys_of(&state), ["OldKey01"]);
-    // Session 3 completes: the difference lands as one revision.
+    assert_eq!(
+        (state.revision(), keys_of(&state)),
+        (3, vec!["OldKey01".into()])
+    );
+
+    // The whole snapshot: the difference lands as one revision.
+    gate_tx.send_replace(4);
     revisions.wait_for(|r| *r > 3).await.unwrap();
     assert_eq!(keys_of(&state), ["NewKey01", "NewKey02"]);
     assert_eq!(state.revision(), 5);
+    until(&status, |s| s.snapshots == 2).await;
+    let timing = status.lock().unwrap().last_snapshot.unwrap();
+    assert_eq!(timing.objects, 6, "two parts of three objects");
     let opened = follower.hub.opened.lock().unwrap().clone();
-    assert_eq!(opened, [Start::Snapshot, Start::Snapshot, Start::Snapshot]);
+    assert_eq!(opened, vec![Start::Snapshot; 4]);
     stop_tx.send_replace(true);
     task.await.unwrap();
 }

@@ -27,7 +27,6 @@ use rolegate::{
         authorizer::AuthorizerLimits,
         pb::{self, authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer},
     },
-    origin::upstream::UpstreamOrigin,
     state::{ChangeSet, State},
 };
 use tokio::net::TcpListener;
@@ -35,6 +34,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 #[path = "../benches/support/world.rs"]
 mod world;
+
+// The allocator of the `rolegate` binary, so that the figures are those of `serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -216,30 +219,65 @@ async fn idle() {
     drop(streams);
 }
 
-async fn catchup() {
-    const KEYS: usize = 1_000_000;
+async fn catchup(keys: usize) {
     let hub = Arc::new(State::new());
     let t = Instant::now();
-    let mut changes = world::generate(KEYS, 7).changes;
+    let mut changes = world::generate(keys, 7).changes;
     changes.extend(owner_changes());
+    let generated = t.elapsed();
     hub.apply(ChangeSet {
         revision: 1,
         changes,
     })
     .unwrap();
     println!(
-        "catchup: hub loaded {} keys in {:.2} s",
+        "catchup: hub: {} keys generated in {:.2} s, State::apply of them in {:.2} s",
         hub.counts().keys,
-        t.elapsed().as_secs_f64()
+        generated.as_secs_f64(),
+        (t.elapsed() - generated).as_secs_f64()
     );
     let url = serve(hub.clone()).await;
+
+    // The transfer alone: the snapshot read to its end marker, decoded, nothing applied.
+    let t = Instant::now();
+    let mut c = AuthorizerClient::connect(url.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut stream = c
+        .watch_batched(pb::WatchRequest {
+            snapshot: true,
+            include_secret_hashes: true,
+            api_key: "BenchOwnerKey0001.bench-owner-secret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut events, mut messages) = (0usize, 0usize);
+    'read: while let Some(batch) = stream.message().await.unwrap() {
+        messages += 1;
+        for ev in batch.events {
+            events += 1;
+            if matches!(ev.event, Some(pb::watch_event::Event::SnapshotEnd(_))) {
+                break 'read;
+            }
+        }
+    }
+    drop(stream);
+    println!(
+        "catchup: snapshot transfer alone (WatchBatched, decoded, not applied): {events} events in {messages} messages, {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
     let follower_state = Arc::new(State::new());
-    let follower = UpstreamOrigin::new(
+    let follower = rolegate::grpc::follow::follower(
         &url,
         "BenchOwnerKey0001.bench-owner-secret".into(),
         follower_state.clone(),
     )
     .unwrap();
+    let status = follower.status();
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     tokio::spawn(follower.run(stop_rx));
@@ -247,8 +285,15 @@ async fn catchup() {
     rev.wait_for(|r| *r >= 1).await.unwrap();
     let took = start.elapsed();
     assert_eq!(follower_state.counts().keys, hub.counts().keys);
+    // The timings are recorded just after the revision is published.
+    let timing = loop {
+        if let Some(t) = status.lock().unwrap().last_snapshot {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     println!(
-        "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load)",
+        "catchup: follower applied a full snapshot of {} keys in {:.2} s (connect, snapshot stream, validate, load): {timing:?}",
         follower_state.counts().keys,
         took.as_secs_f64()
     );
@@ -264,6 +309,11 @@ async fn main() {
         idle().await;
     }
     if which == "catchup" || which == "all" {
-        catchup().await;
+        // The hub's key count: 1,000,000 unless given (a smaller world for profiling).
+        let keys = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        catchup(keys).await;
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     origin::{
         embedded::{Bootstrap, EmbeddedOrigin, OriginError},
         policy_file::{PolicyError, PolicyFileOrigin, ReloadStatus},
-        upstream::{UpstreamError, UpstreamOrigin},
+        upstream::UpstreamError,
     },
     state::{State, unix_now},
 };
@@ -81,7 +81,7 @@ pub async fn run(
         _ if config.upstream.is_some() => {
             let hub = config.upstream.clone().unwrap_or_default();
             let key = config.upstream_key.clone().unwrap_or_default();
-            let follower = UpstreamOrigin::new(&hub, key, state.clone())?;
+            let follower = crate::grpc::follow::follower(&hub, key, state.clone())?;
             upstream_status = Some(follower.status());
             tracing::info!(hub = %hub, "follow mode: the state comes from the hub's Watch");
             let task = tokio::spawn(follower.run(stop_rx.clone()));

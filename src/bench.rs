@@ -215,6 +215,15 @@ impl Authorizer for NoopAuthorizer {
         Err(Status::unimplemented("the no-op server has no Watch"))
     }
 
+    type WatchBatchedStream = crate::grpc::watch::BatchedStream;
+
+    async fn watch_batched(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchBatchedStream>, Status> {
+        Err(Status::unimplemented("the no-op server has no Watch"))
+    }
+
     async fn check(
         &self,
         _: Request<pb::CheckRequest>,

@@ -1,17 +1,21 @@
 //! Follow mode with two real `rolegate serve` processes: a hub on a policy file and a follower
 //! (`--upstream`). A change on the hub reaches the follower; with the hub stopped the follower
 //! keeps answering and reports its staleness; a change made while the hub was down arrives once
-//! the hub is back, with no gap and no duplicate on the follower's own Watch.
+//! the hub is back, with no gap and no duplicate on the follower's own Watch. A hub killed in
+//! the middle of a snapshot leaves the follower on its previous state until a whole snapshot
+//! has arrived.
 
 mod common;
 
 use std::{
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::{http_get, keys};
 use rolegate::grpc::pb::{self, authorizer_client::AuthorizerClient, watch_event::Event};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
@@ -61,7 +65,8 @@ fn spawn(args: &[&str], grpc: u16, http: u16) -> Proc {
 }
 
 async fn wait_ready(p: &Proc) {
-    for _ in 0..400 {
+    // Long enough for a debug build to load tens of thousands of keys.
+    for _ in 0..2400 {
         if http_get(p.http, "/readyz")
             .await
             .is_ok_and(|(c, _)| c == 200)
@@ -322,4 +327,259 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("in the future"), "{stderr}");
     drop(hub);
+}
+
+/// A TCP relay between the follower and the hub, so that the test can hold a snapshot in
+/// the middle: when a budget is armed, each new connection passes at most that many bytes from
+/// the hub and then stops reading from it (the hub's writes block, mid-snapshot, on flow
+/// control). `cut` drops every connection, passing on the hub's death to the follower.
+struct Relay {
+    addr: std::net::SocketAddr,
+    hub: Arc<Mutex<std::net::SocketAddr>>,
+    budget: Arc<Mutex<Option<usize>>>,
+    /// Counts connections that used up their budget.
+    stalled: tokio::sync::watch::Receiver<u32>,
+    cut: tokio::sync::watch::Sender<u32>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hub = Arc::new(Mutex::new(addr));
+        let budget: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
+        let (stalled_tx, stalled) = tokio::sync::watch::channel(0u32);
+        let stalled_tx = Arc::new(stalled_tx);
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u32);
+        let (hub2, budget2) = (hub.clone(), budget.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((follower, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = *hub2.lock().unwrap();
+                let budget = *budget2.lock().unwrap();
+                let (stalled_tx, mut cut_rx) = (stalled_tx.clone(), cut_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let generation = *cut_rx.borrow_and_update();
+                    let (mut fr, mut fw) = follower.into_split();
+                    let (mut hr, mut hw) = upstream.into_split();
+                    let up = tokio::io::copy(&mut fr, &mut hw);
+                    let down = async {
+                        let mut left = budget.unwrap_or(usize::MAX);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while left > 0 {
+                            let want = buf.len().min(left);
+                            let n = match hr.read(&mut buf[..want]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if fw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            left -= n;
+                        }
+                        stalled_tx.send_modify(|n| *n += 1);
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        () = down => {}
+                        _ = cut_rx.wait_for(|g| *g > generation) => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            hub,
+            budget,
+            stalled,
+            cut,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The example policy plus `n` keys of a bulk user, and devin's key revoked: a snapshot of some
+/// megabytes that differs from the example in ways a Check can tell.
+fn bulk_policy(n: usize) -> String {
+    let text = with_status(
+        &common::example_policy(),
+        keys::prefix(keys::DEVIN_DEVELOPER),
+        "inactive",
+    );
+    let text = text.replacen(
+        "\nusers:\n",
+        "\nusers:\n  - { id: bulk, name: Bulk user, teams: [acme] }\n",
+        1,
+    );
+    let hash = rolegate::domain::SecretHash::of_secret("bulk-secret").to_hex();
+    let mut keys_yaml = String::from("\nkeys:\n");
+    for i in 0..n {
+        keys_yaml.push_str(&format!(
+            "  - {{ prefix: BulkKey{i:08}, secret_sha256: {hash}, type: team, user: bulk, team: acme, roles: [DEVELOPER] }}\n"
+        ));
+    }
+    text.replacen("\nkeys:\n", &keys_yaml, 1)
+}
+
+async fn upstream_status(p: &Proc) -> serde_json::Value {
+    let (_, body) = http_get(p.http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["origin"]["upstream"].clone()
+}
+
+async fn wait_status(
+    p: &Proc,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..1200 {
+        let s = upstream_status(p).await;
+        if ok(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the follower never reached: {what}: {}",
+        upstream_status(p).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
+    const BULK: usize = 30_000;
+    let bulk_key = "BulkKey00000007.bulk-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.yaml");
+    let big = dir.path().join("big.yaml");
+    write_atomically(&small, &common::example_policy());
+    write_atomically(&big, &bulk_policy(BULK));
+    let relay = Relay::start().await;
+
+    // 1. A hub on the example policy; the follower (through the relay) takes its snapshot.
+    let (grpc, http) = (free_port(), free_port());
+    *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
+    let hub = spawn(&["--policy", small.to_str().unwrap()], grpc, http);
+    wait_ready(&hub).await;
+    let follower = spawn(
+        &[
+            "--upstream",
+            &relay.url(),
+            "--upstream-key",
+            keys::OLIVIA_OWNER,
+        ],
+        free_port(),
+        free_port(),
+    );
+    wait_ready(&follower).await;
+    let mut fc = client(&follower.grpc).await;
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 1).await;
+    assert!(r.allowed, "{r:?}");
+    let old_revision = r.revision;
+    let first = wait_status(&follower, "in sync", |s| s["snapshots"] == 1).await;
+    assert_eq!(first["snapshot_in_progress"], false);
+
+    // 2. The hub goes; a new one (a new history: the follower must re-snapshot) holds 30,000
+    //    more keys. The relay lets each connection pass 2 MB from the hub, then holds it.
+    terminate(hub);
+    let hub_gone_ms = unix_ms();
+    *relay.budget.lock().unwrap() = Some(2 * 1024 * 1024);
+    let (grpc, http) = (free_port(), free_port());
+    *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
+    let hub = spawn(&["--policy", big.to_str().unwrap()], grpc, http);
+    wait_ready(&hub).await;
+    let mut stalled = relay.stalled.clone();
+    tokio::time::timeout(Duration::from_secs(60), stalled.wait_for(|n| *n >= 1))
+        .await
+        .expect("the snapshot reached the relay's budget")
+        .unwrap();
+    let mid = wait_status(&follower, "a snapshot staged in part", |s| {
+        s["snapshot_in_progress"] == true && s["snapshot_objects_staged"].as_u64() > Some(0)
+    })
+    .await;
+    let staged = mid["snapshot_objects_staged"].as_u64().unwrap();
+    assert!(
+        staged < BULK as u64,
+        "only part of the snapshot arrived ({staged} objects): {mid}"
+    );
+    assert_eq!(mid["snapshots"], 1, "{mid}");
+    assert!(
+        mid["resets"].as_u64() >= Some(1),
+        "the new history reset the watch: {mid}"
+    );
+    // Meanwhile: the previous state answers, unchanged, and the status says how stale it is.
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
+    assert!(r.allowed && r.revision == old_revision, "{r:?}");
+    let r = check(&mut fc, bulk_key, 0).await;
+    assert_eq!(r.reason(), pb::Reason::UnknownKey, "{r:?}");
+    assert!(
+        mid["in_sync_unix_ms"].as_i64() <= Some(hub_gone_ms),
+        "not in sync since the first hub went: {mid}"
+    );
+
+    // 3. kill -9 the hub in the middle of that snapshot; the relay passes the broken
+    //    connection on.
+    let mut hub = hub;
+    hub.child.kill().unwrap();
+    hub.child.wait().unwrap();
+    drop(hub);
+    relay.cut.send_modify(|g| *g += 1);
+    let after = wait_status(&follower, "the snapshot abandoned", |s| {
+        s["snapshots_abandoned"].as_u64() >= Some(1) && s["snapshot_in_progress"] == false
+    })
+    .await;
+    assert_eq!(after["snapshots"], 1, "{after}");
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
+    assert!(
+        r.allowed && r.revision == old_revision,
+        "still the previous state: {r:?}"
+    );
+    let r = check(&mut fc, bulk_key, 0).await;
+    assert_eq!(r.reason(), pb::Reason::UnknownKey, "{r:?}");
+    let (code, body) = http_get(follower.http, "/readyz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (_, status) = http_get(follower.http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["revision"].as_u64(), Some(old_revision), "{status}");
+    let upstream = &status["origin"]["upstream"];
+    assert!(
+        upstream["staleness_ms"].as_i64() >= Some(unix_ms() - hub_gone_ms - 1000),
+        "stale since the first hub went: {upstream}"
+    );
+
+    // 4. The hub is back with the same policy and no relay budget: the follower converges.
+    *relay.budget.lock().unwrap() = None;
+    let (grpc, http) = (free_port(), free_port());
+    *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
+    let hub = spawn(&["--policy", big.to_str().unwrap()], grpc, http);
+    wait_ready(&hub).await;
+    let done = wait_status(&follower, "the new snapshot applied", |s| {
+        s["snapshots"] == 2
+    })
+    .await;
+    assert_eq!(done["snapshot_in_progress"], false, "{done}");
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
+    assert_eq!(r.reason(), pb::Reason::KeyInactive, "{r:?}");
+    assert!(r.revision > old_revision, "{r:?}");
+    let r = check(&mut fc, bulk_key, 0).await;
+    assert!(r.allowed, "{r:?}");
+    let (_, status) = http_get(follower.http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let (_, hub_status) = http_get(hub.http, "/status").await.unwrap();
+    let hub_status: serde_json::Value = serde_json::from_str(&hub_status).unwrap();
+    assert_eq!(status["counts"], hub_status["counts"], "{status}");
+    assert!(status["origin"]["upstream"]["staleness_ms"].as_i64() < Some(5_000));
+}
+
+fn unix_ms() -> i64 {
+    rolegate::origin::upstream::unix_now_ms()
 }

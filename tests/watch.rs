@@ -1,5 +1,6 @@
 //! Watch against a real gRPC server on a loopback socket: the six guarantees checked by an
-//! oracle against the recorded history of random changes with random disconnects and resumes;
+//! oracle against the recorded history of random changes (Admin API writes and policy edits on
+//! the embedded store) with random disconnects and resumes;
 //! a slow subscriber; 1,000 concurrent watchers; bad requests; min_revision after a write.
 
 mod common;
@@ -14,13 +15,16 @@ use rolegate::{
     },
     grpc::{
         AuthorizerService,
+        admin::{AdminOrigin, AdminService},
         authorizer::AuthorizerLimits,
         pb::{
-            self, authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer,
+            self, admin_client::AdminClient, admin_server::AdminServer,
+            authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer,
             watch_event::Event,
         },
         watch::change_of,
     },
+    origin::embedded::{Bootstrap, EmbeddedOrigin},
     state::{ChangeSet, State, changelog::LogLimits},
 };
 use tokio::net::TcpListener;
@@ -294,6 +298,11 @@ async fn subscriber(url: String, seed: u64, until: u64) -> Record {
         if rng.random_bool(0.3) {
             c = client(&url).await;
         }
+        // Now and then stay away long enough for the short log to move past the position,
+        // so that the resume is answered with a reset and bridged by a snapshot.
+        if rng.random_bool(0.08) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        }
     }
     rec
 }
@@ -378,39 +387,375 @@ fn check_guarantees(name: &str, rec: &Record, history: &BTreeMap<u64, Model>) {
     }
 }
 
+/// Serves `state`, fed by the embedded store in `dir` (bootstrap key: the owner's), with the
+/// real Authorizer and Admin services on an ephemeral loopback port.
+async fn serve_store(state: Arc<State>, dir: &std::path::Path) -> (String, Arc<EmbeddedOrigin>) {
+    let bootstrap = Bootstrap {
+        prefix: "OwnerKey0001".into(),
+        secret_sha256: Some(SecretHash::of_secret("owner-secret").to_hex()),
+    };
+    let started = EmbeddedOrigin::start(dir, state.clone(), &bootstrap).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AuthorizerServer::new(AuthorizerService::new(
+                state.clone(),
+                AuthorizerLimits::default(),
+            )))
+            .add_service(AdminServer::new(AdminService::new(
+                state,
+                AdminOrigin::Embedded(started.origin.clone()),
+            )))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (format!("http://{addr}"), started.origin)
+}
+
+/// The model as a policy document (what a GitOps edit of the file would hold).
+fn policy_yaml(m: &Model) -> String {
+    let scope = |s: Scope| match s {
+        Scope::Own => "OWN",
+        Scope::Team => "TEAM",
+        Scope::All => "ALL",
+    };
+    let active = |a: bool| if a { "active" } else { "inactive" };
+    let entitlements: Vec<String> = m
+        .catalog
+        .added_entitlements()
+        .iter()
+        .map(|e| format!("{{ id: {e} }}"))
+        .collect();
+    let roles: Vec<String> = m
+        .catalog
+        .roles()
+        .filter(|r| !r.prebuilt)
+        .map(|r| {
+            let grants: Vec<String> = r
+                .grants
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{{ entitlement: {}, scope: {} }}",
+                        g.entitlement,
+                        scope(g.scope)
+                    )
+                })
+                .collect();
+            format!(
+                "{{ id: {}, type: {}, grants: [{}] }}",
+                r.id,
+                r.role_type.as_str(),
+                grants.join(", ")
+            )
+        })
+        .collect();
+    let teams: Vec<String> = m
+        .teams
+        .values()
+        .map(|t| {
+            format!(
+                "{{ id: {}, name: \"{}\", status: {} }}",
+                t.id,
+                t.name,
+                active(t.active)
+            )
+        })
+        .collect();
+    let users: Vec<String> = m
+        .users
+        .values()
+        .map(|u| {
+            let teams: Vec<&str> = u.teams.iter().map(|t| &**t).collect();
+            format!(
+                "{{ id: {}, name: \"{}\", status: {}, teams: [{}] }}",
+                u.id,
+                u.name,
+                active(u.active),
+                teams.join(", ")
+            )
+        })
+        .collect();
+    let projects: Vec<String> = m
+        .projects
+        .values()
+        .map(|p| format!("{{ id: {}, team: {}, name: \"{}\" }}", p.id, p.team, p.name))
+        .collect();
+    let keys: Vec<String> = m
+        .keys
+        .values()
+        .map(|k| {
+            let roles: Vec<&str> = k.roles.iter().map(|r| &**r).collect();
+            let owner = match k.key_type {
+                KeyType::Team => format!(
+                    "type: team, user: {}, team: {}",
+                    k.user.as_deref().unwrap_or_default(),
+                    k.team.as_deref().unwrap_or_default()
+                ),
+                KeyType::Project => format!(
+                    "type: project, project: {}",
+                    k.project.as_deref().unwrap_or_default()
+                ),
+            };
+            format!(
+                "{{ prefix: {}, secret_sha256: {}, {owner}, roles: [{}], status: {} }}",
+                k.prefix,
+                k.secret_hash.to_hex(),
+                roles.join(", "),
+                k.status.as_str()
+            )
+        })
+        .collect();
+    let mut out = String::from("version: 1\n");
+    for (name, items) in [
+        ("entitlements", entitlements),
+        ("roles", roles),
+        ("teams", teams),
+        ("users", users),
+        ("projects", projects),
+        ("keys", keys),
+    ] {
+        out.push_str(&format!("{name}: [\n"));
+        for item in items {
+            out.push_str(&format!("  {item},\n"));
+        }
+        out.push_str("]\n");
+    }
+    out
+}
+
+/// An `authorization: ApiKey` request from the owner.
+fn as_owner<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("ApiKey {OWNER_KEY}").parse().unwrap(),
+    );
+    req
+}
+
+/// One random Admin API write (or, with `policy`, a policy edit sent as a whole document through
+/// `Apply`). Returns the kind of write and its committed revision, or the refusal.
+async fn admin_write(
+    admin: &mut AdminClient<Channel>,
+    current: &Model,
+    rng: &mut StdRng,
+    n: u64,
+) -> (&'static str, Result<u64, tonic::Status>) {
+    let others: Vec<Arc<str>> = current
+        .keys
+        .keys()
+        .filter(|k| &***k != "OwnerKey0001")
+        .cloned()
+        .collect();
+    let some_key = others.choose(rng).map(|k| k.to_string());
+    let roles = |rng: &mut StdRng| -> Vec<String> {
+        ROLES
+            .iter()
+            .filter(|_| rng.random_bool(0.4))
+            .map(|r| r.to_string())
+            .collect()
+    };
+    let kind = rng.random_range(0..9);
+    match (kind, some_key) {
+        (0 | 1, _) | (_, None) => {
+            let req = pb::CreateKeyRequest {
+                prefix: format!("AdmKey{:04}{n}", rng.random_range(0..100)),
+                key_type: pb::KeyType::Team as i32,
+                user: format!("u{}", rng.random_range(1..6)),
+                team: ["t0", "t1", "t2"].choose(rng).unwrap().to_string(),
+                roles: roles(rng),
+                ..Default::default()
+            };
+            let r = admin.create_key(as_owner(req)).await;
+            ("CreateKey", r.map(|r| r.into_inner().revision))
+        }
+        (2, Some(prefix)) => {
+            let status = ["active", "inactive"].choose(rng).unwrap().to_string();
+            let req = pb::UpdateKeyRequest {
+                prefix,
+                status: Some(status),
+                ..Default::default()
+            };
+            let r = admin.update_key(as_owner(req)).await;
+            ("UpdateKey status", r.map(|r| r.into_inner().revision))
+        }
+        (3, Some(prefix)) => {
+            let req = pb::UpdateKeyRequest {
+                prefix,
+                replace_roles: true,
+                roles: roles(rng),
+                ..Default::default()
+            };
+            let r = admin.update_key(as_owner(req)).await;
+            ("UpdateKey roles", r.map(|r| r.into_inner().revision))
+        }
+        (4, Some(prefix)) => {
+            let r = admin
+                .delete_key(as_owner(pb::DeleteRequest { id: prefix }))
+                .await;
+            ("DeleteKey", r.map(|r| r.into_inner().revision))
+        }
+        (5, Some(prefix)) => {
+            let r = admin
+                .replace_key_secret(as_owner(pb::GetRequest { id: prefix }))
+                .await;
+            ("ReplaceKeySecret", r.map(|r| r.into_inner().revision))
+        }
+        (6, _) => {
+            let id = ["t1", "t2"].choose(rng).unwrap();
+            let team = &current.teams[*id];
+            let req = pb::TeamRequest {
+                team: Some(pb::Team {
+                    id: id.to_string(),
+                    name: team.name.clone(),
+                    active: !team.active,
+                }),
+            };
+            let r = admin.update_team(as_owner(req)).await;
+            ("UpdateTeam", r.map(|r| r.into_inner().revision))
+        }
+        (7, _) => {
+            let id = format!("u{}", rng.random_range(1..6));
+            let user = &current.users[id.as_str()];
+            let req = pb::UserRequest {
+                user: Some(pb::User {
+                    id,
+                    name: format!("admin-renamed {n}"),
+                    active: true,
+                    teams: user.teams.iter().map(|t| t.to_string()).collect(),
+                }),
+            };
+            let r = admin.update_user(as_owner(req)).await;
+            ("UpdateUser", r.map(|r| r.into_inner().revision))
+        }
+        _ => {
+            let scope = ["OWN", "TEAM", "ALL"].choose(rng).unwrap().to_string();
+            let role = pb::Role {
+                id: "AUDIT_LITE".into(),
+                r#type: "user".into(),
+                grants: vec![pb::Grant {
+                    entitlement: "jobs.read".into(),
+                    scope,
+                }],
+                prebuilt: false,
+            };
+            let exists = current.catalog.role("AUDIT_LITE").is_some();
+            let req = pb::RoleRequest { role: Some(role) };
+            if exists {
+                let r = admin.update_role(as_owner(req)).await;
+                ("UpdateRole", r.map(|r| r.into_inner().revision))
+            } else {
+                let r = admin.create_role(as_owner(req)).await;
+                ("CreateRole", r.map(|r| r.into_inner().revision))
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(State::new());
     // A short log, so that some resumes land before it and must reset.
     state.change_log().set_limits(LogLimits {
-        max_revisions: 40,
+        max_revisions: 12,
         ..Default::default()
     });
-    let mut model = base_model();
+    let (url, _origin) = serve_store(state.clone(), dir.path()).await;
+    let mut admin = AdminClient::connect(url.clone()).await.unwrap();
+    // The committed history: the state right after each write (this test is the only writer,
+    // and a write returns once its revision is applied).
     let mut history = BTreeMap::new();
-    history.insert(commit(&state, &model).unwrap(), model.clone());
-    let url = serve_state(state.clone()).await;
+    history.insert(state.revision(), state.model());
+    // The base world, as a policy document next to the bootstrap key.
+    let mut seed = state.model();
+    let base = base_model();
+    seed.teams.extend(base.teams);
+    seed.users.extend(base.users);
+    seed.projects.extend(base.projects);
+    let r = admin
+        .apply(as_owner(pb::ApplyRequest {
+            document: policy_yaml(&seed),
+            dry_run: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    history.insert(r.revision, state.model());
+    let first = r.revision;
 
     const REVISIONS: u64 = 250;
-    let until = REVISIONS + 1;
+    let until = first + REVISIONS;
     let subs: Vec<_> = (0..6)
         .map(|i| tokio::spawn(subscriber(url.clone(), 100 + i, until)))
         .collect();
     let mut rng = StdRng::seed_from_u64(7);
     let mut n = 0;
+    let mut writes: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     while state.revision() < until {
         n += 1;
-        for _ in 0..rng.random_range(1..4) {
-            mutate(&mut model, &mut rng, n);
-        }
-        if let Some(rev) = commit(&state, &model) {
-            history.insert(rev, model.clone());
+        let current = state.model();
+        let (kind, outcome) = if rng.random_bool(0.4) {
+            // A policy edit: one to three random edits of the whole document, applied as one.
+            let mut edited = current.clone();
+            for _ in 0..rng.random_range(1..4) {
+                mutate(&mut edited, &mut rng, n);
+            }
+            let r = admin
+                .apply(as_owner(pb::ApplyRequest {
+                    document: policy_yaml(&edited),
+                    dry_run: false,
+                }))
+                .await;
+            ("Apply (policy edit)", r.map(|r| r.into_inner().revision))
+        } else {
+            admin_write(&mut admin, &current, &mut rng, n).await
+        };
+        let tally = writes.entry(kind).or_default();
+        match outcome {
+            Ok(rev) if rev > *history.keys().next_back().unwrap() => {
+                tally.0 += 1;
+                assert_eq!(rev, state.revision(), "{kind}: one write, one revision");
+                history.insert(rev, state.model());
+            }
+            Ok(_) => {} // nothing changed
+            Err(status) => {
+                // A write the model refuses (e.g. roles a key type may not hold) commits nothing.
+                assert!(
+                    matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound
+                    ),
+                    "{kind}: {status:?}"
+                );
+                tally.1 += 1;
+                assert_eq!(
+                    state.revision(),
+                    *history.keys().next_back().unwrap(),
+                    "{kind}: refused, yet the revision moved"
+                );
+            }
         }
         if rng.random_bool(0.2) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
-        } else {
-            tokio::task::yield_now().await;
         }
+    }
+    eprintln!("oracle writes (committed, refused): {writes:?}");
+    for kind in [
+        "Apply (policy edit)",
+        "CreateKey",
+        "UpdateKey status",
+        "UpdateKey roles",
+        "DeleteKey",
+        "ReplaceKeySecret",
+        "UpdateTeam",
+        "UpdateUser",
+    ] {
+        assert!(
+            writes.get(kind).is_some_and(|(ok, _)| *ok > 0),
+            "{kind} was committed at least once: {writes:?}"
+        );
     }
     let mut resets = 0;
     let mut sessions = 0;
@@ -425,6 +770,10 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
     assert!(
         sessions > 12,
         "the subscribers disconnected and resumed ({sessions} sessions)"
+    );
+    assert!(
+        resets > 0,
+        "some resumes were reset and bridged by a snapshot"
     );
     eprintln!(
         "oracle: {} revisions, {sessions} sessions, {resets} resets",

@@ -104,6 +104,16 @@ impl Authorizer for AuthorizerService {
         crate::grpc::watch::start(self.state.clone(), request.into_inner()).map(Response::new)
     }
 
+    type WatchBatchedStream = crate::grpc::watch::BatchedStream;
+
+    async fn watch_batched(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchBatchedStream>, Status> {
+        crate::grpc::watch::start(self.state.clone(), request.into_inner())
+            .map(|stream| Response::new(stream.batched()))
+    }
+
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,

@@ -7,6 +7,7 @@ pub mod authorizer;
 pub mod conn;
 pub mod convert;
 pub mod ext_authz;
+pub mod follow;
 pub mod status;
 pub mod watch;
 

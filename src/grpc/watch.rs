@@ -51,6 +51,63 @@ impl Stream for WatchStream {
     }
 }
 
+/// The most events [`BatchedStream`] packs into one message.
+const BATCH_EVENTS: usize = 1024;
+/// About the most bytes [`BatchedStream`] packs into one message (one event may pass it).
+const BATCH_BYTES: usize = 1 << 20;
+
+impl WatchStream {
+    /// The same stream, with the events already queued packed into one message each time.
+    pub fn batched(self) -> BatchedStream {
+        BatchedStream {
+            inner: self,
+            held: None,
+        }
+    }
+}
+
+/// `WatchBatched`: the events of a [`WatchStream`], packed. It takes whatever the stream's task
+/// has queued when tonic asks for the next message, so a busy stream (a snapshot) goes out in
+/// large messages and a quiet one still gets each event at once; the task, its bounded queue
+/// and its resets are those of `Watch`.
+pub struct BatchedStream {
+    inner: WatchStream,
+    /// An error that came after events of the batch in hand: it goes out next.
+    held: Option<Status>,
+}
+
+impl Stream for BatchedStream {
+    type Item = Result<pb::WatchEvents, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(status) = self.held.take() {
+            return Poll::Ready(Some(Err(status)));
+        }
+        let mut events: Vec<pb::WatchEvent> = Vec::new();
+        let mut bytes = 0;
+        while events.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
+            let polled = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(polled) => polled,
+                Poll::Pending if events.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            };
+            match polled {
+                Some(Ok(ev)) => {
+                    bytes += prost::Message::encoded_len(&ev);
+                    events.push(ev);
+                }
+                Some(Err(status)) if events.is_empty() => return Poll::Ready(Some(Err(status))),
+                Some(Err(status)) => {
+                    self.held = Some(status);
+                    break;
+                }
+                None if events.is_empty() => return Poll::Ready(None),
+                None => break,
+            }
+        }
+        Poll::Ready(Some(Ok(pb::WatchEvents { events })))
+    }
+}
+
 /// Which events a stream passes.
 #[derive(Debug, Default)]
 struct Filter {
@@ -180,6 +237,63 @@ fn change_event(
         }
     };
     filter.passes(kind, team, user, key).then_some(event)
+}
+
+/// Objects a snapshot queues at a time.
+const SNAPSHOT_CHUNK: usize = 256;
+
+/// The whole model as "defined" changes, in the order a diff from the empty model lists them
+/// (entitlements, roles, teams, users, projects, keys), described for the filter directly
+/// rather than by diffing and looking each object up again.
+fn snapshot_objects(model: &Model) -> impl Iterator<Item = LoggedChange> + '_ {
+    let logged = |change: Change, team: Option<Arc<str>>, user: Option<Arc<str>>| LoggedChange {
+        change,
+        team,
+        user,
+        existed: false,
+    };
+    let defaults = crate::domain::Catalog::default();
+    let mut roles: Vec<Arc<Role>> = model
+        .catalog
+        .roles()
+        .filter(|r| defaults.role(&r.id) != Some(*r))
+        .cloned()
+        .collect();
+    roles.sort_by(|a, b| a.id.cmp(&b.id));
+    let entitlements = model.catalog.added_entitlements();
+    entitlements
+        .into_iter()
+        .map(move |e| logged(Change::PutEntitlement(e), None, None))
+        .chain(
+            roles
+                .into_iter()
+                .map(move |r| logged(Change::PutRole(r), None, None)),
+        )
+        .chain(
+            model
+                .teams
+                .values()
+                .map(move |t| logged(Change::PutTeam(t.clone()), Some(t.id.clone()), None)),
+        )
+        .chain(
+            model
+                .users
+                .values()
+                .map(move |u| logged(Change::PutUser(u.clone()), None, Some(u.id.clone()))),
+        )
+        .chain(
+            model
+                .projects
+                .values()
+                .map(move |p| logged(Change::PutProject(p.clone()), Some(p.team.clone()), None)),
+        )
+        .chain(model.keys.values().map(move |k| {
+            logged(
+                Change::PutKey(k.clone()),
+                model.key_team(k).cloned(),
+                k.user.clone(),
+            )
+        }))
 }
 
 /// The events of one revision that pass the filter; the last one is marked.
@@ -412,29 +526,26 @@ impl Subscriber {
     /// revision to read from the log.
     async fn snapshot(&mut self) -> Option<u64> {
         let (revision, model) = self.state.snapshot();
-        for change in Model::default().diff(&model) {
-            let mut logged = LoggedChange::describe(&model, &change);
-            // Everything in a snapshot is "defined", not "changed".
-            logged.existed = false;
+        // Queued a chunk at a time: one wait for room per chunk instead of one per object (a
+        // snapshot of a million keys is a bulk transfer). A snapshot is read at the client's
+        // pace: only the log's bound (checked when the live part starts) decides whether the
+        // client kept up.
+        let chunk_len = SNAPSHOT_CHUNK.min(self.tx.max_capacity());
+        let mut chunk: Vec<pb::WatchEvent> = Vec::with_capacity(chunk_len);
+        for logged in snapshot_objects(&model) {
             if let Some(event) = change_event(&logged, &self.filter, self.secrets) {
-                let ev = pb::WatchEvent {
+                chunk.push(pb::WatchEvent {
                     revision,
                     end_of_revision: false,
                     history: String::new(),
                     event: Some(event),
-                };
-                // A snapshot is read at the client's pace: only the log's bound (checked when
-                // the live part starts) decides whether the client kept up.
-                if self.tx.send(Ok(ev)).await.is_err() {
-                    return None;
+                });
+                if chunk.len() == chunk_len {
+                    self.queue_chunk(&mut chunk).await?;
                 }
-                self.state
-                    .change_log()
-                    .stats
-                    .events_sent
-                    .fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.queue_chunk(&mut chunk).await?;
         let end = control(
             revision,
             &self.history,
@@ -442,6 +553,24 @@ impl Subscriber {
         );
         self.tx.send(Ok(end)).await.ok()?;
         Some(revision + 1)
+    }
+
+    /// Queues the events of `chunk` (emptying it), waiting for room for all of them at once.
+    async fn queue_chunk(&self, chunk: &mut Vec<pb::WatchEvent>) -> Option<()> {
+        if chunk.is_empty() {
+            return Some(());
+        }
+        let n = chunk.len();
+        let permits = self.tx.reserve_many(n).await.ok()?;
+        for (permit, ev) in permits.zip(chunk.drain(..)) {
+            permit.send(Ok(ev));
+        }
+        self.state
+            .change_log()
+            .stats
+            .events_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Some(())
     }
 
     /// Queues one event. While the client is not reading, watches the log: once the revision

@@ -95,9 +95,24 @@ impl Health {
         } else {
             "disconnected"
         };
+        // A snapshot in progress is staged aside: the state served is the previous one.
+        let snapshot = if s.snapshot_in_progress {
+            format!(
+                ", taking a snapshot ({} objects so far)",
+                s.snapshot_objects_staged
+            )
+        } else {
+            String::new()
+        };
         Some(match s.staleness_ms {
-            Some(ms) => format!(" (upstream {}: {state}, last event {ms} ms ago)", s.hub),
-            None => format!(" (upstream {}: {state}, no event yet)", s.hub),
+            Some(ms) => format!(
+                " (upstream {}: {state}{snapshot}, in sync {ms} ms ago)",
+                s.hub
+            ),
+            None => format!(
+                " (upstream {}: {state}{snapshot}, never in sync yet)",
+                s.hub
+            ),
         })
     }
 }

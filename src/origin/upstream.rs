@@ -1,21 +1,20 @@
-//! Follow mode: the origin is another rolegate (the hub). A snapshot from the hub's Watch, then
+//! Follow mode: the origin is another rolegate (the hub). A snapshot from the hub's feed, then
 //! its changes revision by revision under the hub's own revisions, resuming after a disconnect
 //! from the last revision applied, re-snapshotting after a reset; the last state keeps serving
-//! while the hub is away.
+//! while the hub is away, and a snapshot is staged aside until its end marker has arrived.
+//!
+//! This module speaks only in domain terms ([`Change`], revisions, history ids). The wire (the
+//! hub's gRPC Watch) is behind the [`Hub`] and [`Feed`] traits, implemented in
+//! `grpc::follow`: origins do not depend on a front end.
 
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tonic::transport::{Channel, Endpoint};
-
 use crate::{
-    domain::{Model, model::Change},
-    grpc::{
-        pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
-        watch::change_of,
-    },
+    domain::{KeySpec, Model, model::Change},
     state::{ChangeSet, State},
 };
 
@@ -25,15 +24,62 @@ pub enum UpstreamError {
     #[error("the upstream URL {url:?} is not valid: {message}")]
     BadUrl { url: String, message: String },
     #[error("cannot reach the hub: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(String),
     #[error("the hub refused the watch: {0}")]
-    Refused(tonic::Status),
+    Refused(String),
+    /// The hub has not reached the revision we asked to resume from: its history is not the
+    /// one we follow after all, so the next session takes a snapshot.
+    #[error("the hub is behind the revision asked for: {0}")]
+    HubBehind(String),
     #[error("the stream from the hub broke: {0}")]
-    Stream(tonic::Status),
+    Stream(String),
     #[error("the hub ended the stream")]
     Ended,
     #[error("the hub sent an event that cannot be applied: {0}")]
     BadEvent(String),
+}
+
+/// Where a session with the hub starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The whole state first, then live changes.
+    Snapshot,
+    /// Replay from `from` (inclusive) of `history`, then live changes.
+    Resume { from: u64, history: String },
+}
+
+/// What the hub's feed delivers, in domain terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedItem {
+    /// Objects of the snapshot in progress.
+    SnapshotPart(Vec<Change>),
+    /// The snapshot is complete: it is the hub's state at `revision` of `history`.
+    SnapshotEnd { revision: u64, history: String },
+    /// Changes of one revision; `complete` when this part closes the revision.
+    Changes {
+        revision: u64,
+        changes: Vec<Change>,
+        complete: bool,
+    },
+    /// Everything up to `revision` has been delivered.
+    Bookmark { revision: u64 },
+    /// The hub cannot continue this feed: take a new snapshot.
+    Reset { reason: String },
+}
+
+/// A source of feeds: the hub, as seen through some transport.
+pub trait Hub: Send + Sync + 'static {
+    type Feed: Feed;
+    /// The hub's address, for logs and `/status`.
+    fn address(&self) -> &str;
+    /// Opens one feed (one connection's worth).
+    fn open(&self, start: Start) -> impl Future<Output = Result<Self::Feed, UpstreamError>> + Send;
+}
+
+/// One open feed from the hub.
+pub trait Feed: Send {
+    /// The next item; an error (including [`UpstreamError::Ended`]) closes the session.
+    fn next(&mut self) -> impl Future<Output = Result<FeedItem, UpstreamError>> + Send;
 }
 
 /// What the follower reports on `/status` and in readiness.
@@ -41,10 +87,18 @@ pub enum UpstreamError {
 pub struct UpstreamStatus {
     pub hub: String,
     pub connected: bool,
-    /// Unix milliseconds of the last event (bookmarks included) from the hub.
+    /// Unix milliseconds of the last event (bookmarks and snapshot parts included) from the hub.
     pub last_event_unix_ms: Option<i64>,
-    /// Milliseconds since then, filled in when reported.
+    /// Unix milliseconds of the last moment the follower had applied everything the hub had
+    /// sent (a complete revision, a snapshot end, or a bookmark outside a snapshot).
+    pub in_sync_unix_ms: Option<i64>,
+    /// Milliseconds since `in_sync_unix_ms`, filled in when reported: how stale the state
+    /// served may be. A snapshot in progress does not count as in sync.
     pub staleness_ms: Option<i64>,
+    /// A snapshot is being received and staged; the previous state serves until it is complete.
+    pub snapshot_in_progress: bool,
+    /// Objects of the snapshot in progress received so far.
+    pub snapshot_objects_staged: u64,
     /// The last revision the hub reported (change or bookmark).
     pub hub_revision: u64,
     /// The hub's history id this follower's revisions come from.
@@ -53,15 +107,32 @@ pub struct UpstreamStatus {
     pub revision_offset: u64,
     pub connects: u64,
     pub snapshots: u64,
+    /// Snapshots that broke off before their end marker (the previous state was kept).
+    pub snapshots_abandoned: u64,
     pub resets: u64,
     pub last_error: Option<String>,
+    /// Where the time of the last snapshot applied went.
+    pub last_snapshot: Option<SnapshotTiming>,
+}
+
+/// The phases of one snapshot, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotTiming {
+    pub objects: u64,
+    /// From asking the hub to its end marker: transfer, decoding and staging.
+    pub receive_ms: u64,
+    pub validate_ms: u64,
+    /// Comparing with the current state (0 when the follower was empty: no diff is made).
+    pub diff_ms: u64,
+    /// `State::apply` of the resulting change set.
+    pub apply_ms: u64,
 }
 
 impl UpstreamStatus {
     /// The status as of `now_ms`, with the staleness computed.
     pub fn at(&self, now_ms: i64) -> Self {
         let mut s = self.clone();
-        s.staleness_ms = s.last_event_unix_ms.map(|t| (now_ms - t).max(0));
+        s.staleness_ms = s.in_sync_unix_ms.map(|t| (now_ms - t).max(0));
         s
     }
 }
@@ -108,11 +179,70 @@ struct Position {
     offset: u64,
 }
 
+impl Position {
+    fn start(&self) -> Start {
+        match &self.history {
+            Some(history) if self.resume => Start::Resume {
+                from: self.hub_last + 1,
+                history: history.clone(),
+            },
+            _ => Start::Snapshot,
+        }
+    }
+}
+
+/// A snapshot being received: nothing of it reaches the state before its end marker.
+#[derive(Default)]
+struct Staged {
+    /// The objects in the order received: applied as they are when the follower is empty.
+    changes: Vec<Change>,
+    /// Everything but the keys, as a model built as they arrive, to validate the keys against.
+    /// Keys stay out of it: nothing refers to a key, so they are checked one by one
+    /// ([`Model::validate_keys`]) and a million of them are not hashed into a second map.
+    model: Model,
+}
+
+impl Staged {
+    fn add(&mut self, changes: Vec<Change>) {
+        for change in &changes {
+            if !matches!(change, Change::PutKey(_) | Change::RemoveKey(_)) {
+                self.model.apply(change);
+            }
+        }
+        self.changes.extend(changes);
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &KeySpec> {
+        self.changes.iter().filter_map(|c| match c {
+            Change::PutKey(k) => Some(&**k),
+            _ => None,
+        })
+    }
+
+    /// The first rule the staged state breaks.
+    fn first_problem(&self) -> Option<String> {
+        let mut problems = self.model.validate();
+        if problems.is_empty() {
+            problems = self.model.validate_keys(self.keys());
+        }
+        problems.first().map(ToString::to_string)
+    }
+
+    /// The whole staged state as a model (keys included), to diff against.
+    fn into_model(self) -> Model {
+        let mut model = self.model;
+        for change in &self.changes {
+            if matches!(change, Change::PutKey(_) | Change::RemoveKey(_)) {
+                model.apply(change);
+            }
+        }
+        model
+    }
+}
+
 /// The follower.
-pub struct UpstreamOrigin {
-    hub: String,
-    endpoint: Endpoint,
-    key: String,
+pub struct UpstreamOrigin<H: Hub> {
+    hub: H,
     state: Arc<State>,
     status: Arc<Mutex<UpstreamStatus>>,
     position: Mutex<Position>,
@@ -124,33 +254,19 @@ enum Ended {
     Shutdown,
 }
 
-impl UpstreamOrigin {
-    /// A follower of `hub` (`http://HOST:PORT`) presenting `key`.
-    pub fn new(hub: &str, key: String, state: Arc<State>) -> Result<Arc<Self>, UpstreamError> {
-        let bad = |message: String| UpstreamError::BadUrl {
-            url: hub.to_owned(),
-            message,
+impl<H: Hub> UpstreamOrigin<H> {
+    /// A follower of `hub` feeding `state`.
+    pub fn new(hub: H, state: Arc<State>) -> Arc<Self> {
+        let status = UpstreamStatus {
+            hub: hub.address().to_owned(),
+            ..Default::default()
         };
-        if !hub.starts_with("http://") && !hub.starts_with("https://") {
-            return Err(bad("it must start with http:// or https://".into()));
-        }
-        let endpoint = Endpoint::from_shared(hub.to_owned())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        Ok(Arc::new(UpstreamOrigin {
-            hub: hub.to_owned(),
-            endpoint,
-            key,
+        Arc::new(UpstreamOrigin {
+            hub,
             state,
-            status: Arc::new(Mutex::new(UpstreamStatus {
-                hub: hub.to_owned(),
-                ..Default::default()
-            })),
+            status: Arc::new(Mutex::new(status)),
             position: Mutex::new(Position::default()),
-        }))
+        })
     }
 
     /// The status, shared with the HTTP endpoints.
@@ -162,32 +278,39 @@ impl UpstreamOrigin {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn position(&self) -> Position {
-        self.position
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn position(&self) -> std::sync::MutexGuard<'_, Position> {
+        self.position.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Follows the hub until `shutdown` turns true: connect, watch, and on any failure wait
     /// (with backoff) and resume from the last revision applied.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let hub = self.hub.address().to_owned();
         loop {
             let outcome = tokio::select! {
                 outcome = self.session(&mut backoff) => outcome,
                 _ = shutdown.wait_for(|s| *s) => Ok(Ended::Shutdown),
             };
-            self.with_status(|s| s.connected = false);
+            self.with_status(|s| {
+                s.connected = false;
+                if s.snapshot_in_progress {
+                    s.snapshot_in_progress = false;
+                    s.snapshots_abandoned += 1;
+                }
+            });
             match outcome {
                 Ok(Ended::Shutdown) => return,
                 Ok(Ended::Reset) => {
-                    tracing::warn!(hub = %self.hub, "the hub reset the watch; taking a new snapshot");
+                    tracing::warn!(hub = %hub, "the hub reset the watch; taking a new snapshot");
                     continue;
                 }
                 Err(err) => {
+                    if let UpstreamError::HubBehind(_) = err {
+                        self.position().resume = false;
+                    }
                     let delay = backoff.next_delay();
-                    tracing::warn!(hub = %self.hub, error = %err, retry_in = ?delay, revision = self.state.revision(), "upstream disconnected; serving the last state");
+                    tracing::warn!(hub = %hub, error = %err, retry_in = ?delay, revision = self.state.revision(), "upstream disconnected; serving the last state");
                     self.with_status(|s| s.last_error = Some(err.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -200,85 +323,67 @@ impl UpstreamOrigin {
 
     /// One connection: a snapshot (first time, or after a reset) or a resume, then live events.
     async fn session(&self, backoff: &mut Backoff) -> Result<Ended, UpstreamError> {
-        let channel: Channel = self.endpoint.connect().await?;
-        let mut client = AuthorizerClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-        let pos = self.position();
-        let resume = pos.resume && pos.history.is_some();
-        let request = pb::WatchRequest {
-            start_revision: if resume { pos.hub_last + 1 } else { 0 },
-            snapshot: !resume,
-            include_secret_hashes: true,
-            api_key: self.key.clone(),
-            // A snapshot starts a history afresh; only a resume names the one it continues.
-            history: if resume {
-                pos.history.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            bookmark_interval_ms: 1000,
-            ..Default::default()
-        };
-        let mut stream = client
-            .watch(request)
-            .await
-            .map_err(|status| {
-                if resume && status.code() == tonic::Code::OutOfRange {
-                    // Our revision is ahead of the hub's: not the history we know after all.
-                    self.position
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .resume = false;
-                }
-                UpstreamError::Refused(status)
-            })?
-            .into_inner();
+        let start = self.position().start();
+        let opened = std::time::Instant::now();
+        let mut feed = self.hub.open(start.clone()).await?;
+        let snapshot = start == Start::Snapshot;
         self.with_status(|s| {
             s.connected = true;
             s.connects += 1;
             s.last_error = None;
+            s.snapshot_in_progress = snapshot;
+            s.snapshot_objects_staged = 0;
         });
-        tracing::info!(hub = %self.hub, resume, from = request_from(&pos), "following the hub");
-        let mut snapshot: Option<Model> = (!resume).then(Model::default);
+        tracing::info!(hub = %self.hub.address(), start = ?start, "following the hub");
+        let mut staged: Option<Staged> = snapshot.then(Staged::default);
         let mut pending: Vec<Change> = Vec::new();
         loop {
-            let ev = match stream.message().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return Err(UpstreamError::Ended),
-                Err(status) => return Err(UpstreamError::Stream(status)),
-            };
+            let item = feed.next().await?;
             let now_ms = unix_now_ms();
-            self.with_status(|s| {
-                s.last_event_unix_ms = Some(now_ms);
-                s.hub_revision = s.hub_revision.max(ev.revision);
-            });
-            match &ev.event {
-                Some(Event::Reset(reset)) => {
-                    tracing::info!(hub = %self.hub, reason = %reset.reason, "reset by the hub");
-                    self.position
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .resume = false;
+            self.with_status(|s| s.last_event_unix_ms = Some(now_ms));
+            match item {
+                FeedItem::Reset { reason } => {
+                    tracing::info!(hub = %self.hub.address(), reason = %reason, "reset by the hub");
+                    self.position().resume = false;
                     self.with_status(|s| s.resets += 1);
                     return Ok(Ended::Reset);
                 }
-                Some(Event::SnapshotEnd(_)) => {
-                    let model = snapshot.take().ok_or_else(|| {
+                FeedItem::SnapshotPart(changes) => {
+                    let stage = staged.as_mut().ok_or_else(|| {
+                        UpstreamError::BadEvent("snapshot objects outside a snapshot".into())
+                    })?;
+                    let n = changes.len() as u64;
+                    stage.add(changes);
+                    self.with_status(|s| s.snapshot_objects_staged += n);
+                }
+                FeedItem::SnapshotEnd { revision, history } => {
+                    let stage = staged.take().ok_or_else(|| {
                         UpstreamError::BadEvent("a snapshot end without a snapshot".into())
                     })?;
-                    self.adopt(ev.revision, &ev.history, model)?;
+                    self.adopt(revision, &history, stage, opened.elapsed())?;
+                    self.synced(revision);
                     backoff.reset();
                 }
-                Some(Event::Bookmark(_)) => backoff.reset(),
-                _ => {
-                    let change =
-                        change_of(&ev).map_err(|e| UpstreamError::BadEvent(e.to_string()))?;
-                    match (&mut snapshot, change) {
-                        (Some(model), Some(change)) => model.apply(&change),
-                        (None, Some(change)) => pending.push(change),
-                        _ => {}
+                FeedItem::Bookmark { revision } => {
+                    if staged.is_none() && pending.is_empty() {
+                        self.synced(revision);
                     }
-                    if snapshot.is_none() && ev.end_of_revision {
-                        self.apply(ev.revision, std::mem::take(&mut pending))?;
+                    backoff.reset();
+                }
+                FeedItem::Changes {
+                    revision,
+                    changes,
+                    complete,
+                } => {
+                    if staged.is_some() {
+                        return Err(UpstreamError::BadEvent(format!(
+                            "changes of revision {revision} before the snapshot's end"
+                        )));
+                    }
+                    pending.extend(changes);
+                    if complete {
+                        self.apply(revision, std::mem::take(&mut pending))?;
+                        self.synced(revision);
                         backoff.reset();
                     }
                 }
@@ -286,9 +391,18 @@ impl UpstreamOrigin {
         }
     }
 
+    /// Records that everything the hub sent up to `hub_revision` is applied.
+    fn synced(&self, hub_revision: u64) {
+        let now_ms = unix_now_ms();
+        self.with_status(|s| {
+            s.in_sync_unix_ms = Some(now_ms);
+            s.hub_revision = hub_revision;
+        });
+    }
+
     /// Applies one complete revision of the hub.
     fn apply(&self, hub_revision: u64, changes: Vec<Change>) -> Result<(), UpstreamError> {
-        let mut pos = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pos = self.position();
         let revision = hub_revision + pos.offset;
         self.state
             .apply(ChangeSet { revision, changes })
@@ -297,16 +411,25 @@ impl UpstreamOrigin {
         Ok(())
     }
 
-    /// Replaces the state with a complete snapshot of the hub at `hub_revision`: the difference
-    /// is applied as one revision, so the follower's own watchers see only what changed.
-    fn adopt(&self, hub_revision: u64, history: &str, model: Model) -> Result<(), UpstreamError> {
-        let problems = model.validate();
-        if let Some(first) = problems.first() {
+    /// Replaces the state with a complete snapshot of the hub at `hub_revision`, as one
+    /// revision: the snapshot itself when the follower is empty, otherwise the difference, so
+    /// that the follower's own watchers see only what changed.
+    fn adopt(
+        &self,
+        hub_revision: u64,
+        history: &str,
+        stage: Staged,
+        received: Duration,
+    ) -> Result<(), UpstreamError> {
+        let objects = stage.changes.len() as u64;
+        let started = std::time::Instant::now();
+        if let Some(first) = stage.first_problem() {
             return Err(UpstreamError::BadEvent(format!(
                 "the hub's snapshot is not a valid state: {first}"
             )));
         }
-        let mut pos = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        let validated = started.elapsed();
+        let mut pos = self.position();
         let own = self.state.revision();
         let same_history = pos.history.as_deref() == Some(history);
         let offset = if same_history && hub_revision + pos.offset > own {
@@ -327,7 +450,14 @@ impl UpstreamOrigin {
         self.state
             .change_log()
             .set_history(&own_history, revision - 1);
-        let changes = self.state.model().diff(&model);
+        let changes = if own == 0 {
+            // Nothing to compare with: the snapshot is the change set.
+            stage.changes
+        } else {
+            let staged = stage.into_model();
+            self.state.read_model(|current| current.diff(&staged))
+        };
+        let diffed = started.elapsed();
         self.state
             .apply(ChangeSet { revision, changes })
             .map_err(|e| UpstreamError::BadEvent(e.to_string()))?;
@@ -338,21 +468,28 @@ impl UpstreamOrigin {
             offset,
         };
         drop(pos);
+        let timing = SnapshotTiming {
+            objects,
+            receive_ms: received.as_millis() as u64,
+            validate_ms: validated.as_millis() as u64,
+            diff_ms: (diffed - validated).as_millis() as u64,
+            apply_ms: (started.elapsed() - diffed).as_millis() as u64,
+        };
         self.with_status(|s| {
             s.snapshots += 1;
+            s.snapshot_in_progress = false;
             s.hub_history = Some(history.to_owned());
             s.revision_offset = offset;
+            s.last_snapshot = Some(timing);
         });
-        tracing::info!(hub = %self.hub, revision, keys = self.state.counts().keys, "snapshot from the hub applied");
+        tracing::info!(
+            hub = %self.hub.address(),
+            revision,
+            keys = self.state.counts().keys,
+            timing = ?timing,
+            "snapshot from the hub applied"
+        );
         Ok(())
-    }
-}
-
-fn request_from(pos: &Position) -> u64 {
-    if pos.resume && pos.history.is_some() {
-        pos.hub_last + 1
-    } else {
-        0
     }
 }
 
@@ -364,42 +501,4 @@ pub fn unix_now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let steps: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
-        for (i, cap) in [100, 200, 400, 800, 800, 800].into_iter().enumerate() {
-            let cap = Duration::from_millis(cap);
-            assert!(
-                steps[i] <= cap && steps[i] >= cap / 2,
-                "step {i}: {:?}",
-                steps[i]
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn a_hub_url_must_be_http() {
-        let state = Arc::new(State::new());
-        assert!(matches!(
-            UpstreamOrigin::new("hub:50051", String::new(), state.clone()),
-            Err(UpstreamError::BadUrl { .. })
-        ));
-        assert!(UpstreamOrigin::new("http://127.0.0.1:1", String::new(), state).is_ok());
-    }
-
-    #[test]
-    fn staleness_is_measured_from_the_last_event() {
-        let s = UpstreamStatus {
-            last_event_unix_ms: Some(1_000),
-            ..Default::default()
-        };
-        assert_eq!(s.at(4_500).staleness_ms, Some(3_500));
-        assert_eq!(UpstreamStatus::default().at(9).staleness_ms, None);
-    }
-}
+mod tests;

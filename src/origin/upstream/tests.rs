@@ -1,0 +1,207 @@
+//! The follower's state machine against a scripted feed: backoff, staleness, and a snapshot that
+//! breaks off before its end marker leaving the previous state in place. The wire is tested with
+//! real processes in `tests/follow.rs`.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::domain::{KeySpec, KeyStatus, KeyType, SecretHash, Team, User, model::canonical_roles};
+
+#[test]
+fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+    let steps: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+    for (i, cap) in [100, 200, 400, 800, 800, 800].into_iter().enumerate() {
+        let cap = Duration::from_millis(cap);
+        assert!(
+            steps[i] <= cap && steps[i] >= cap / 2,
+            "step {i}: {:?}",
+            steps[i]
+        );
+    }
+    b.reset();
+    assert!(b.next_delay() <= Duration::from_millis(100));
+}
+
+#[test]
+fn staleness_is_measured_from_the_last_moment_in_sync() {
+    let s = UpstreamStatus {
+        last_event_unix_ms: Some(4_000),
+        in_sync_unix_ms: Some(1_000),
+        ..Default::default()
+    };
+    assert_eq!(s.at(4_500).staleness_ms, Some(3_500));
+    assert_eq!(UpstreamStatus::default().at(9).staleness_ms, None);
+}
+
+/// A hub whose sessions are scripted: open number `i` waits until the test lets `i` sessions
+/// through, then takes the next script; a script's items are delivered in order, then the feed
+/// breaks.
+struct Scripted {
+    sessions: Mutex<VecDeque<Vec<FeedItem>>>,
+    opened: Mutex<Vec<Start>>,
+    gate: tokio::sync::watch::Receiver<usize>,
+}
+
+struct ScriptedFeed(VecDeque<FeedItem>);
+
+impl Feed for ScriptedFeed {
+    async fn next(&mut self) -> Result<FeedItem, UpstreamError> {
+        self.0
+            .pop_front()
+            .ok_or_else(|| UpstreamError::Stream("connection reset by peer".into()))
+    }
+}
+
+impl Hub for Scripted {
+    type Feed = ScriptedFeed;
+    fn address(&self) -> &str {
+        "scripted"
+    }
+    async fn open(&self, start: Start) -> Result<ScriptedFeed, UpstreamError> {
+        let n = {
+            let mut opened = self.opened.lock().unwrap();
+            opened.push(start);
+            opened.len()
+        };
+        let mut gate = self.gate.clone();
+        let _ = gate.wait_for(|g| *g >= n).await;
+        match self.sessions.lock().unwrap().pop_front() {
+            Some(items) => Ok(ScriptedFeed(items.into())),
+            None => Err(UpstreamError::Connect("refused".into())),
+        }
+    }
+}
+
+fn world(keys: &[&str]) -> Vec<Change> {
+    let mut out = vec![
+        Change::PutTeam(Team {
+            id: "acme".into(),
+            name: "Acme".into(),
+            active: true,
+        }),
+        Change::PutUser(User {
+            id: "u".into(),
+            name: "U".into(),
+            active: true,
+            teams: vec![],
+        }),
+    ];
+    for prefix in keys {
+        out.push(Change::PutKey(Arc::new(KeySpec {
+            prefix: (*prefix).into(),
+            secret_hash: SecretHash::of_secret("s"),
+            key_type: KeyType::Team,
+            user: Some("u".into()),
+            team: Some("acme".into()),
+            project: None,
+            roles: canonical_roles(["DEVELOPER"]),
+            status: KeyStatus::Active,
+            expires_at: None,
+        })));
+    }
+    out
+}
+
+fn keys_of(state: &State) -> Vec<String> {
+    let mut keys: Vec<String> =
+        state.read_model(|m| m.keys.keys().map(|k| k.to_string()).collect());
+    keys.sort();
+    keys
+}
+
+async fn until(status: &Arc<Mutex<UpstreamStatus>>, ok: impl Fn(&UpstreamStatus) -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !ok(&status.lock().unwrap()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the follower got there");
+}
+
+#[tokio::test]
+async fn a_snapshot_cut_off_or_invalid_leaves_the_previous_state() {
+    let state = Arc::new(State::new());
+    let end = |revision: u64| FeedItem::SnapshotEnd {
+        revision,
+        history: "h2".into(),
+    };
+    // A key of a user the snapshot does not hold.
+    let mut invalid = world(&["NewKey01"]);
+    invalid.remove(1);
+    let (gate_tx, gate) = tokio::sync::watch::channel(1usize);
+    let hub = Scripted {
+        sessions: Mutex::new(VecDeque::from([
+            // 1: the first snapshot, then a reset (the hub restarted under a new history).
+            vec![
+                FeedItem::SnapshotPart(world(&["OldKey01"])),
+                FeedItem::SnapshotEnd {
+                    revision: 3,
+                    history: "h1".into(),
+                },
+                FeedItem::Reset {
+                    reason: "another history".into(),
+                },
+            ],
+            // 2: part of the new snapshot, then the connection breaks.
+            vec![FeedItem::SnapshotPart(world(&["NewKey01"]))],
+            // 3: a whole snapshot that is not a valid state.
+            vec![FeedItem::SnapshotPart(invalid), end(4)],
+            // 4: the whole new snapshot.
+            vec![
+                FeedItem::SnapshotPart(world(&["NewKey01"])),
+                FeedItem::SnapshotPart(world(&["NewKey02"])),
+                end(5),
+            ],
+        ])),
+        opened: Mutex::new(Vec::new()),
+        gate,
+    };
+    let follower = UpstreamOrigin::new(hub, state.clone());
+    let status = follower.status();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(follower.clone().run(stop_rx));
+
+    let mut revisions = state.subscribe_revision();
+    revisions.wait_for(|r| *r == 3).await.unwrap();
+    assert_eq!(keys_of(&state), ["OldKey01"]);
+
+    gate_tx.send_replace(2);
+    until(&status, |s| s.snapshots_abandoned == 1 && !s.connected).await;
+    assert_eq!(
+        (state.revision(), keys_of(&state)),
+        (3, vec!["OldKey01".into()])
+    );
+
+    gate_tx.send_replace(3);
+    until(&status, |s| s.snapshots_abandoned == 2 && !s.connected).await;
+    {
+        let s = status.lock().unwrap().clone();
+        assert!(
+            s.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("not a valid state"),
+            "{s:?}"
+        );
+        assert_eq!(s.snapshots, 1);
+    }
+    assert_eq!(
+        (state.revision(), keys_of(&state)),
+        (3, vec!["OldKey01".into()])
+    );
+
+    // The whole snapshot: the difference lands as one revision.
+    gate_tx.send_replace(4);
+    revisions.wait_for(|r| *r > 3).await.unwrap();
+    assert_eq!(keys_of(&state), ["NewKey01", "NewKey02"]);
+    assert_eq!(state.revision(), 5);
+    until(&status, |s| s.snapshots == 2).await;
+    let timing = status.lock().unwrap().last_snapshot.unwrap();
+    assert_eq!(timing.objects, 6, "two parts of three objects");
+    let opened = follower.hub.opened.lock().unwrap().clone();
+    assert_eq!(opened, vec![Start::Snapshot; 4]);
+    stop_tx.send_replace(true);
+    task.await.unwrap();
+}

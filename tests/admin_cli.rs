@@ -219,3 +219,47 @@ fn the_admin_cli_drives_a_key_through_its_life() {
         "{teams}"
     );
 }
+
+#[test]
+fn list_commands_follow_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"));
+    let owner = server.bootstrap.clone();
+
+    // More teams than the server puts in one page (1,000 at most).
+    const TEAMS: usize = 1_200;
+    let mut doc = String::from("version: 1\nteams:\n  - { id: system }\n");
+    for i in 0..TEAMS {
+        doc.push_str(&format!("  - {{ id: team-{i:04} }}\n"));
+    }
+    doc.push_str(&format!(
+        "users:\n  - {{ id: bootstrap }}\nkeys:\n  - {{ prefix: RolegateBootstrap01, secret_sha256: {}, type: team, user: bootstrap, team: system, roles: [SYSTEM_OWNER] }}\n",
+        rolegate::domain::ApiKey::parse(&owner)
+            .unwrap()
+            .secret_hash()
+            .to_hex()
+    ));
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, doc).unwrap();
+    ok(cli(
+        &server,
+        &owner,
+        &["apply", "-f", policy.to_str().unwrap()],
+    ));
+
+    let listed: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["teams", "list", "--output", "json"],
+    )))
+    .unwrap();
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), TEAMS + 1, "every team once, across pages");
+}

@@ -366,6 +366,33 @@ fn call<T>(conn: &Conn, message: T) -> anyhow::Result<Request<T>> {
 }
 
 /// A failed call as people read it: the code, the message and each field violation.
+/// Every item of a paged list call: `page(token)` fetches one page (of the largest size the
+/// server gives) and its next token; pages are asked for until the server says there are none.
+async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
+/// The page request of [`all_pages`].
+fn list_page(token: String) -> pb::ListRequest {
+    pb::ListRequest {
+        page_size: 1000,
+        page_token: token,
+    }
+}
+
 fn failed(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
     let mut text = format!("{:?}: {}", status.code(), status.message());
@@ -539,32 +566,28 @@ async fn keys(cmd: KeysAdmin) -> anyhow::Result<()> {
             role,
             conn,
         } => {
-            let mut admin = client(&conn).await?;
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = admin
-                    .list_keys(call(
-                        &conn,
-                        pb::ListKeysRequest {
-                            page_size: 1000,
-                            page_token: token,
-                            team: team.clone(),
-                            user: user.clone(),
-                            project: project.clone(),
-                            status: status.clone(),
-                            role: role.clone(),
-                        },
-                    )?)
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
-                all.extend(page.keys);
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client(&conn).await?;
+            let all = all_pages(|token| {
+                let mut admin = admin.clone();
+                let request = call(
+                    &conn,
+                    pb::ListKeysRequest {
+                        page_size: 1000,
+                        page_token: token,
+                        team: team.clone(),
+                        user: user.clone(),
+                        project: project.clone(),
+                        status: status.clone(),
+                        role: role.clone(),
+                    },
+                );
+                async move {
+                    let page = admin.list_keys(request?).await.map_err(failed)?;
+                    let page = page.into_inner();
+                    Ok((page.keys, page.next_page_token))
                 }
-                token = page.next_page_token;
-            }
+            })
+            .await?;
             print_keys(conn.output, &all);
         }
         KeysAdmin::Get { prefix, conn } => {
@@ -715,15 +738,19 @@ async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
 async fn roles(cmd: RolesCommand) -> anyhow::Result<()> {
     match cmd {
         RolesCommand::List { conn } => {
-            let r = client(&conn)
-                .await?
-                .list_roles(call(&conn, pb::ListRequest::default())?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let admin = client(&conn).await?;
+            let roles = all_pages(|token| {
+                let mut admin = admin.clone();
+                let request = call(&conn, list_page(token));
+                async move {
+                    let page = admin.list_roles(request?).await.map_err(failed)?;
+                    let page = page.into_inner();
+                    Ok((page.roles, page.next_page_token))
+                }
+            })
+            .await?;
             if conn.output == Output::Json {
-                let roles: Vec<Value> = r
-                    .roles
+                let roles: Vec<Value> = roles
                     .iter()
                     .map(|role| {
                         json!({ "id": role.id, "type": role.r#type, "prebuilt": role.prebuilt,
@@ -734,7 +761,7 @@ async fn roles(cmd: RolesCommand) -> anyhow::Result<()> {
             } else {
                 table(
                     &["ROLE", "TYPE", "PREBUILT", "GRANTS"],
-                    r.roles
+                    roles
                         .iter()
                         .map(|role| {
                             vec![
@@ -839,19 +866,18 @@ fn print_teams(output: Output, teams: &[pb::Team]) {
 async fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
     match cmd {
         TeamsCommand::List { conn } => {
-            let r = client(&conn)
-                .await?
-                .list_teams(call(
-                    &conn,
-                    pb::ListRequest {
-                        page_size: 1000,
-                        page_token: String::new(),
-                    },
-                )?)
-                .await
-                .map_err(failed)?
-                .into_inner();
-            print_teams(conn.output, &r.teams);
+            let admin = client(&conn).await?;
+            let all = all_pages(|token| {
+                let mut admin = admin.clone();
+                let request = call(&conn, list_page(token));
+                async move {
+                    let page = admin.list_teams(request?).await.map_err(failed)?;
+                    let page = page.into_inner();
+                    Ok((page.teams, page.next_page_token))
+                }
+            })
+            .await?;
+            print_teams(conn.output, &all);
         }
         TeamsCommand::Get { id, conn } => {
             let r = client(&conn)
@@ -941,27 +967,17 @@ fn print_users(output: Output, users: &[pb::User]) {
 async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
     match cmd {
         UsersCommand::List { conn } => {
-            let mut admin = client(&conn).await?;
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = admin
-                    .list_users(call(
-                        &conn,
-                        pb::ListRequest {
-                            page_size: 1000,
-                            page_token: token,
-                        },
-                    )?)
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
-                all.extend(page.users);
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client(&conn).await?;
+            let all = all_pages(|token| {
+                let mut admin = admin.clone();
+                let request = call(&conn, list_page(token));
+                async move {
+                    let page = admin.list_users(request?).await.map_err(failed)?;
+                    let page = page.into_inner();
+                    Ok((page.users, page.next_page_token))
                 }
-                token = page.next_page_token;
-            }
+            })
+            .await?;
             print_users(conn.output, &all);
         }
         UsersCommand::Get { id, conn } => {
@@ -1049,19 +1065,18 @@ fn print_projects(output: Output, projects: &[pb::Project]) {
 async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectsCommand::List { conn } => {
-            let r = client(&conn)
-                .await?
-                .list_projects(call(
-                    &conn,
-                    pb::ListRequest {
-                        page_size: 1000,
-                        page_token: String::new(),
-                    },
-                )?)
-                .await
-                .map_err(failed)?
-                .into_inner();
-            print_projects(conn.output, &r.projects);
+            let admin = client(&conn).await?;
+            let all = all_pages(|token| {
+                let mut admin = admin.clone();
+                let request = call(&conn, list_page(token));
+                async move {
+                    let page = admin.list_projects(request?).await.map_err(failed)?;
+                    let page = page.into_inner();
+                    Ok((page.projects, page.next_page_token))
+                }
+            })
+            .await?;
+            print_projects(conn.output, &all);
         }
         ProjectsCommand::Get { id, conn } => {
             let r = client(&conn)

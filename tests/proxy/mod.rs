@@ -554,3 +554,29 @@ pub async fn run_matrix(addr: SocketAddr, app: &EchoApp, cases: &[Case]) {
         }
     }
 }
+
+/// Sends Devin's allowed `GET /api/jobs` through the proxy at `addr` with `forged` identity
+/// headers besides his credential, and asserts that rolegate's answer replaced them: the app
+/// sees his key at OWN scope, and none of the other forged headers nor the credential.
+pub async fn forged_identity_is_replaced(addr: SocketAddr, forged: &[(&str, &[u8])]) {
+    let credential = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let mut headers: Vec<(&str, &[u8])> = vec![("Authorization", credential.as_bytes())];
+    headers.extend_from_slice(forged);
+    let r = send(addr, "GET", "/api/jobs", &headers).await;
+    assert_eq!(r.status, 200);
+    let seen = r.seen();
+    assert_eq!(seen["x-rolegate-scope"], "OWN");
+    assert_eq!(seen["x-rolegate-key"], "DevinDevKey000000001");
+    let answered = ["x-rolegate-scope", "x-rolegate-key"];
+    let gone = forged
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .filter(|name| !answered.contains(&name.as_str()))
+        .chain(["authorization".to_owned()]);
+    for gone in gone {
+        assert!(
+            !seen.contains_key(&gone),
+            "{gone} reached the app: {seen:?}"
+        );
+    }
+}

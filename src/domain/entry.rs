@@ -231,6 +231,14 @@ pub struct Requestor {
     pub catalog: Arc<Catalog>,
 }
 
+impl super::idmap::HasId for Arc<Requestor> {
+    type Id = RequestorId;
+
+    fn id(&self) -> &RequestorId {
+        &self.id
+    }
+}
+
 impl Requestor {
     /// Builds a requestor from its active members and all its key prefixes.
     pub fn new(

@@ -2,11 +2,12 @@
 //! a valid state obeys (catalog.md rules 1–2 and referential integrity); and [`Change`], the unit
 //! in which it evolves, with [`Model::diff`] to compute the changes between two states.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use super::{
-    Catalog, KeyStatus, KeyType, Role, RoleType, SecretHash,
+    Catalog, IdMap, KeyStatus, KeyType, Role, RoleType, SecretHash,
     catalog::{TEAM_ROLE, canonical_role_id},
+    idmap::HasId,
     key::is_valid_prefix,
 };
 
@@ -141,10 +142,10 @@ impl Change {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     pub catalog: Catalog,
-    pub teams: HashMap<Arc<str>, Team>,
-    pub users: HashMap<Arc<str>, User>,
-    pub projects: HashMap<Arc<str>, Project>,
-    pub keys: HashMap<Arc<str>, Arc<KeySpec>>,
+    pub teams: IdMap<Team>,
+    pub users: IdMap<User>,
+    pub projects: IdMap<Project>,
+    pub keys: IdMap<Arc<KeySpec>>,
 }
 
 impl Model {
@@ -454,9 +455,9 @@ impl Model {
     }
 }
 
-fn put_changed<V: Clone + PartialEq>(
-    old: &HashMap<Arc<str>, V>,
-    new: &HashMap<Arc<str>, V>,
+fn put_changed<V: HasId<Id = Arc<str>> + Clone + PartialEq>(
+    old: &IdMap<V>,
+    new: &IdMap<V>,
     put: fn(V) -> Change,
     out: &mut Vec<Change>,
 ) {
@@ -466,12 +467,12 @@ fn put_changed<V: Clone + PartialEq>(
         .map(|(id, _)| id)
         .collect();
     ids.sort();
-    out.extend(ids.into_iter().map(|id| put(new[id].clone())));
+    out.extend(ids.into_iter().map(|id| put(new[&**id].clone())));
 }
 
-fn removed<V>(
-    old: &HashMap<Arc<str>, V>,
-    new: &HashMap<Arc<str>, V>,
+fn removed<V: HasId<Id = Arc<str>>>(
+    old: &IdMap<V>,
+    new: &IdMap<V>,
     remove: fn(Arc<str>) -> Change,
     out: &mut Vec<Change>,
 ) {

@@ -16,7 +16,7 @@ pub mod changelog;
 use changelog::{ChangeLog, LoggedChange};
 
 use crate::domain::{
-    ApiKey, Catalog, Decision, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
+    ApiKey, Catalog, Decision, IdMap, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
     authenticate, decide_presented,
     entry::{GrantInterner, build_requestor},
     model::Change,
@@ -52,7 +52,7 @@ struct Writer {
     model: Model,
     catalog: Arc<Catalog>,
     /// Every requestor that has keys, as last built; its `owned_key_prefixes` are its keys.
-    requestors: FastMap<RequestorId, Arc<Requestor>>,
+    requestors: IdMap<Arc<Requestor>>,
     interner: GrantInterner,
 }
 
@@ -108,7 +108,7 @@ impl State {
             writer: Mutex::new(Writer {
                 catalog: Arc::new(model.catalog.clone()),
                 model,
-                requestors: FastMap::default(),
+                requestors: IdMap::default(),
                 interner: GrantInterner::default(),
             }),
             revision: watch::Sender::new(0),

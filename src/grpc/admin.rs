@@ -108,6 +108,32 @@ impl AdminService {
     }
 
     /// Requires `entitlement` covering `resource`, at `min` scope or wider.
+    /// What the caller of a list call may see: it must hold `entitlement` at some scope.
+    fn visible(&self, metadata: &MetadataMap, entitlement: &str) -> Result<Visible, Status> {
+        let caller = self.caller(metadata)?;
+        let d = self.require(&caller, entitlement, ResourceRef::default(), Scope::Own)?;
+        Ok(Visible::of(&d))
+    }
+
+    /// One page of a list call: `scan` offers every object the caller may see, in one pass over
+    /// the model under its lock.
+    fn page<T>(
+        &self,
+        size: u32,
+        token: &str,
+        scan: impl FnOnce(&Model, &mut PageSelect<'_, T>),
+    ) -> Page<T> {
+        let revision = self.state.revision();
+        let mut select = PageSelect::new(size, token);
+        self.state.read_model(|m| scan(m, &mut select));
+        let (items, next_page_token) = select.finish();
+        Page {
+            items,
+            next_page_token,
+            revision,
+        }
+    }
+
     fn require(
         &self,
         caller: &Caller,
@@ -365,6 +391,13 @@ impl Visible {
     }
 }
 
+/// A page of a list call, with the revision the model had when it was read.
+struct Page<T> {
+    items: Vec<T>,
+    next_page_token: String,
+    revision: u64,
+}
+
 /// One page (by id, after a token) picked out of an unordered collection while it is scanned
 /// under the model lock: only the `size + 1` smallest ids after the token are kept, in a
 /// max-heap, so the scan clones and converts a page's worth instead of the whole collection, and
@@ -546,25 +579,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListTeamsResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
-        let d = self.require(&caller, "accounts.read", ResourceRef::default(), Scope::Own)?;
-        let vis = Visible::of(&d);
-        let revision = self.state.revision();
+        let vis = self.visible(request.metadata(), "accounts.read")?;
         let r = request.get_ref();
-        let mut select = PageSelect::new(r.page_size, &r.page_token);
-        self.state.read_model(|m| {
+        let page = self.page(r.page_size, &r.page_token, |m, select| {
             for t in m.teams.values() {
                 if vis.all || vis.teams.contains(&t.id) {
                     select.offer(&t.id, || t.clone());
                 }
             }
         });
-        let (teams, next_page_token) = select.finish();
-        let teams = teams.iter().map(team_pb).collect();
         Ok(Response::new(pb::ListTeamsResponse {
-            teams,
-            next_page_token,
-            revision,
+            teams: page.items.iter().map(team_pb).collect(),
+            next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -640,13 +667,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
-        let d = self.require(&caller, "users.read", ResourceRef::default(), Scope::Own)?;
-        let vis = Visible::of(&d);
-        let revision = self.state.revision();
+        let vis = self.visible(request.metadata(), "users.read")?;
         let r = request.get_ref();
-        let mut select = PageSelect::new(r.page_size, &r.page_token);
-        self.state.read_model(|m| {
+        let page = self.page(r.page_size, &r.page_token, |m, select| {
             // The users with a key in a visible team, in one pass over the keys (not one per
             // user: the model lock is held meanwhile).
             let mut via_keys: BTreeSet<&Arc<str>> = BTreeSet::new();
@@ -669,12 +692,10 @@ impl Admin for AdminService {
                 }
             }
         });
-        let (users, next_page_token) = select.finish();
-        let users = users.iter().map(user_pb).collect();
         Ok(Response::new(pb::ListUsersResponse {
-            users,
-            next_page_token,
-            revision,
+            users: page.items.iter().map(user_pb).collect(),
+            next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -735,25 +756,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
-        let d = self.require(&caller, "projects.read", ResourceRef::default(), Scope::Own)?;
-        let vis = Visible::of(&d);
-        let revision = self.state.revision();
+        let vis = self.visible(request.metadata(), "projects.read")?;
         let r = request.get_ref();
-        let mut select = PageSelect::new(r.page_size, &r.page_token);
-        self.state.read_model(|m| {
+        let page = self.page(r.page_size, &r.page_token, |m, select| {
             for p in m.projects.values() {
                 if vis.all || vis.teams.contains(&p.team) {
                     select.offer(&p.id, || p.clone());
                 }
             }
         });
-        let (projects, next_page_token) = select.finish();
-        let projects = projects.iter().map(project_pb).collect();
         Ok(Response::new(pb::ListProjectsResponse {
-            projects,
-            next_page_token,
-            revision,
+            projects: page.items.iter().map(project_pb).collect(),
+            next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -876,9 +891,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
-        let d = self.require(&caller, "keys.read", ResourceRef::default(), Scope::Own)?;
-        let vis = Visible::of(&d);
+        let vis = self.visible(request.metadata(), "keys.read")?;
         let r = request.into_inner();
         let status = if r.status.is_empty() {
             None
@@ -886,9 +899,7 @@ impl Admin for AdminService {
             Some(status_from("status", &r.status)?)
         };
         let role = canonical_role_id(&r.role).to_owned();
-        let revision = self.state.revision();
-        let mut select = PageSelect::new(r.page_size, &r.page_token);
-        self.state.read_model(|m| {
+        let page = self.page(r.page_size, &r.page_token, |m, select| {
             for k in m.keys.values() {
                 let team = m.key_team(k);
                 let visible = vis.all
@@ -906,15 +917,15 @@ impl Admin for AdminService {
             }
         });
         // Only the page is converted, outside the model lock.
-        let (keys, next_page_token) = select.finish();
-        let keys = keys
+        let keys = page
+            .items
             .iter()
             .map(|(k, team)| key_pb_in(k, team.as_deref()))
             .collect();
         Ok(Response::new(pb::ListKeysResponse {
             keys,
-            next_page_token,
-            revision,
+            next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 
@@ -1128,22 +1139,18 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
-        self.require(&caller, "roles.read", ResourceRef::default(), Scope::Own)?;
-        let revision = self.state.revision();
+        // Roles are not team data: holding roles.read at any scope shows them all.
+        self.visible(request.metadata(), "roles.read")?;
         let r = request.get_ref();
-        let mut select = PageSelect::new(r.page_size, &r.page_token);
-        self.state.read_model(|m| {
+        let page = self.page(r.page_size, &r.page_token, |m, select| {
             for role in m.catalog.roles() {
                 select.offer(&role.id, || role.clone());
             }
         });
-        let (roles, next_page_token) = select.finish();
-        let roles = roles.iter().map(|r| role_pb(r)).collect();
         Ok(Response::new(pb::ListRolesResponse {
-            roles,
-            next_page_token,
-            revision,
+            roles: page.items.iter().map(|r| role_pb(r)).collect(),
+            next_page_token: page.next_page_token,
+            revision: page.revision,
         }))
     }
 

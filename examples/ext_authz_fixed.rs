@@ -22,7 +22,6 @@ use envoy_types::{
         rpc,
     },
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -102,9 +101,8 @@ async fn main() -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     println!("listening on {addr}");
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(AuthorizationServer::new(Fixed(answer)))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(rolegate::bench::nodelay_incoming(listener))
         .await
         .map_err(std::io::Error::other)
 }

@@ -343,15 +343,25 @@ impl Authorizer for NoopAuthorizer {
     }
 }
 
+/// The connections `listener` accepts, with TCP_NODELAY on: tonic's `tcp_nodelay` applies only
+/// to listeners it binds itself, not to `serve_with_incoming`, and without it a small answer
+/// written while the previous one is unacknowledged waits for the peer's (delayed) ACK.
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.and_then(|c| c.set_nodelay(true).map(|()| c))
+    })
+}
+
 /// Starts the no-op service on an ephemeral loopback port; returns its address.
 pub async fn start_noop_server() -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(AuthorizerServer::new(NoopAuthorizer))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(nodelay_incoming(listener)),
     );
     Ok(addr)
 }

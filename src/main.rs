@@ -155,6 +155,11 @@ struct BenchArgs {
     /// ext-authz mode: the path of the proxied request (judged by the route map).
     #[arg(long, default_value = "/api/jobs/job-1234")]
     path: String,
+    /// Measure this many rounds, each the baseline (with --baseline) and then the server, and
+    /// print every round's ratio and their median: on a shared machine two runs minutes apart
+    /// compare the machine's load more than the servers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -443,29 +448,33 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "load: {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.concurrency, args.connections, args.warmup, args.duration
     );
-    let baseline = if args.baseline {
-        let addr = bench::start_noop_server()
-            .await
-            .context("starting the no-op service")?;
-        let report = bench::run_load(&spec(format!("http://{addr}"))).await?;
-        println!("no-op tonic  {report}");
-        Some(report)
-    } else {
-        None
+    let noop = match args.baseline {
+        true => Some(
+            bench::start_noop_server()
+                .await
+                .context("starting the no-op service")?,
+        ),
+        false => None,
     };
-    let report = bench::run_load(&spec(args.addr.clone()))
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    println!("rolegate     {report}");
-    if report.errors > 0 {
-        eprintln!("warning: {} calls failed", report.errors);
-    }
-    if let Some(base) = baseline {
-        println!(
-            "ratio        {:.3} × the no-op baseline's requests/s",
-            report.requests_per_second() / base.requests_per_second()
-        );
-    }
+    let labels = bench::Labels {
+        baseline: "no-op tonic",
+        target: "rolegate",
+    };
+    bench::alternate(
+        args.rounds as usize,
+        labels,
+        args.baseline,
+        async || -> anyhow::Result<_> {
+            let addr = noop.context("no baseline server")?;
+            Ok(bench::run_load(&spec(format!("http://{addr}"))).await?)
+        },
+        async || {
+            bench::run_load(&spec(args.addr.clone()))
+                .await
+                .with_context(|| format!("connecting to {}", args.addr))
+        },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -485,28 +494,32 @@ async fn run_ext_authz_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ext_authz load: {} {} — {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.method, args.path, args.concurrency, args.connections, args.warmup, args.duration
     );
-    let baseline = if args.baseline {
-        let addr = start_noop_server()
-            .await
-            .context("starting the no-op Authorization service")?;
-        let report = run_load(&spec(format!("http://{addr}"))).await?;
-        println!("no-op ext_authz  {report}");
-        Some(report)
-    } else {
-        None
+    let noop = match args.baseline {
+        true => Some(
+            start_noop_server()
+                .await
+                .context("starting the no-op Authorization service")?,
+        ),
+        false => None,
     };
-    let report = run_load(&spec(args.addr.clone()))
-        .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    println!("rolegate         {report}");
-    if report.errors > 0 {
-        eprintln!("warning: {} calls failed", report.errors);
-    }
-    if let Some(base) = baseline {
-        println!(
-            "ratio            {:.3} × the no-op baseline's requests/s",
-            report.requests_per_second() / base.requests_per_second()
-        );
-    }
+    let labels = bench::Labels {
+        baseline: "no-op ext_authz",
+        target: "rolegate",
+    };
+    bench::alternate(
+        args.rounds as usize,
+        labels,
+        args.baseline,
+        async || -> anyhow::Result<_> {
+            let addr = noop.context("no baseline server")?;
+            Ok(run_load(&spec(format!("http://{addr}"))).await?)
+        },
+        async || {
+            run_load(&spec(args.addr.clone()))
+                .await
+                .with_context(|| format!("connecting to {}", args.addr))
+        },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -241,3 +241,46 @@ fn keys_new_and_hash_agree() {
     let (code, _, _) = rolegate(&["keys", "hash", "nodot"]);
     assert_eq!(code, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_rounds_without_baseline_report_each_round_and_the_median_rate() {
+    let server = common::TestServer::start(&common::example_policy()).await;
+    let addr = format!("http://{}", server.grpc_addr);
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        rolegate(&[
+            "bench",
+            "--rounds",
+            "2",
+            "--addr",
+            &addr,
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "2",
+            "--connections",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // The load line, one line per round, the median.
+    assert_eq!(lines.len(), 4, "{out}");
+    let rate = |line: &str, prefix: &str| -> f64 {
+        let rest = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let r1 = rate(lines[1], "round 1/2  rolegate");
+    let r2 = rate(lines[2], "round 2/2  rolegate");
+    assert!(r1 > 0.0 && r2 > 0.0, "{out}");
+    assert!(!out.contains("ratio"), "no baseline, no ratio: {out}");
+    let median = rate(lines[3], "rolegate     median");
+    // The median of two is their mean (each printed rounded to a whole request).
+    assert!((median - (r1 + r2) / 2.0).abs() <= 1.0, "{out}");
+    assert!(lines[3].ends_with("req/s of 2 rounds"), "{out}");
+}

@@ -273,3 +273,126 @@ async fn bench_drives_ext_authz_against_the_server_and_the_baseline() {
         "{text}"
     );
 }
+
+/// `rolegate bench … --rounds N` output, parsed: per round, the labels of its lines in order,
+/// and the printed figures.
+struct RoundsOutput {
+    /// (round, label) of every line that starts with "round".
+    lines: Vec<(usize, String)>,
+    /// Per round: (baseline req/s, target req/s, printed ratio).
+    figures: Vec<(f64, f64, f64)>,
+    /// The last line's median.
+    median: String,
+}
+
+fn parse_rounds(text: &str, rounds: usize, baseline: &str) -> RoundsOutput {
+    let rate = |rest: &str| -> f64 {
+        rest.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no req/s in {rest:?}"))
+    };
+    let mut lines = Vec::new();
+    let mut figures = vec![(0.0, 0.0, 0.0); rounds];
+    for line in text.lines().filter(|l| l.starts_with("round ")) {
+        let (head, rest) = line["round ".len()..].split_once("  ").unwrap();
+        let (i, n) = head.split_once('/').unwrap();
+        assert_eq!(n.parse::<usize>().unwrap(), rounds, "{line}");
+        let i: usize = i.parse().unwrap();
+        let rest = rest.trim_start();
+        let label = [baseline, "rolegate", "ratio"]
+            .into_iter()
+            .find(|l| rest.starts_with(l))
+            .unwrap_or_else(|| panic!("unknown line {line:?}"));
+        let value = &rest[label.len()..];
+        match label {
+            "ratio" => figures[i - 1].2 = value.trim().parse().unwrap(),
+            "rolegate" => {
+                figures[i - 1].1 = rate(value);
+                // "(N requests, N allowed, 0 errors)": every call answered and allowed.
+                let counts: Vec<u64> = value
+                    .rsplit_once('(')
+                    .unwrap()
+                    .1
+                    .split(',')
+                    .map(|p| p.trim().split(' ').next().unwrap().parse().unwrap())
+                    .collect();
+                assert!(
+                    counts[0] > 0 && counts[1] == counts[0] && counts[2] == 0,
+                    "{line}"
+                );
+            }
+            _ => figures[i - 1].0 = rate(value),
+        }
+        lines.push((i, label.to_owned()));
+    }
+    let last = text.lines().last().unwrap_or_default();
+    let median = last
+        .split_once("median ")
+        .and_then(|(_, m)| m.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no median in the last line: {text}"))
+        .to_owned();
+    assert!(last.contains(&format!("of {rounds} rounds")), "{last}");
+    RoundsOutput {
+        lines,
+        figures,
+        median,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_rounds_alternate_baseline_and_server_and_report_the_median_ratio() {
+    let server = TestServer::start(&example_policy()).await;
+    let addr = format!("http://{}", server.grpc_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+            .args([
+                "bench",
+                "--mode",
+                "ext-authz",
+                "--baseline",
+                "--rounds",
+                "3",
+            ])
+            .args(["--addr", &addr, "--duration", "200ms", "--warmup", "0s"])
+            .args(["--concurrency", "2", "--connections", "1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = parse_rounds(&text, 3, "no-op ext_authz");
+    // Baseline, server, ratio; round after round.
+    let expected: Vec<(usize, String)> = (1..=3)
+        .flat_map(|i| ["no-op ext_authz", "rolegate", "ratio"].map(|l| (i, l.to_owned())))
+        .collect();
+    assert_eq!(parsed.lines, expected, "{text}");
+    // Each round's ratio is that round's server over that round's baseline (the printed req/s
+    // are rounded to whole requests), and the summary is the median of the three.
+    for &(base, target, ratio) in &parsed.figures {
+        assert!(
+            (target / base - ratio).abs() < 0.01 * ratio + 0.002,
+            "{target} / {base} is not {ratio}: {text}"
+        );
+    }
+    let mut ratios: Vec<f64> = parsed.figures.iter().map(|f| f.2).collect();
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(parsed.median, format!("{:.3}", ratios[1]), "{text}");
+}
+
+#[test]
+fn bench_refuses_zero_rounds() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["bench", "--rounds", "0", "--addr", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rounds"), "{err}");
+}

@@ -16,7 +16,6 @@ use envoy_types::{
         google::rpc,
     },
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, transport::Channel};
 
 use super::{Caller, LoadReport, LoadShape, drive};
@@ -140,9 +139,8 @@ pub async fn start_noop_server() -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(AuthorizationServer::new(NoopAuthorization))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(super::nodelay_incoming(listener)),
     );
     Ok(addr)
 }

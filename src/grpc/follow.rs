@@ -13,7 +13,7 @@ use crate::{
     domain::model::Change,
     grpc::{
         pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
-        watch::change_of,
+        watch::{Interner, change_of, change_of_interned},
     },
     origin::upstream::{Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin},
     state::State,
@@ -110,6 +110,7 @@ impl Hub for GrpcHub {
             stream,
             queued: VecDeque::new(),
             in_snapshot: snapshot,
+            interner: snapshot.then(Interner::default),
         };
         // Decoding and converting run in a task of their own, ahead of the follower staging
         // and applying what it already has: a snapshot is received while it is staged.
@@ -156,6 +157,10 @@ struct Decoder {
     queued: VecDeque<pb::WatchEvent>,
     /// Data events are snapshot objects until the snapshot end.
     in_snapshot: bool,
+    /// Shares team and project ids and role lists among the objects of the snapshot (see
+    /// [`Interner`]); dropped at its end, so that a long-lived feed does not keep every id it
+    /// ever saw.
+    interner: Option<Interner>,
 }
 
 impl Decoder {
@@ -181,6 +186,14 @@ fn bad(e: impl std::fmt::Display) -> UpstreamError {
 }
 
 impl Decoder {
+    fn convert(&mut self, ev: &pb::WatchEvent) -> Result<Option<Change>, UpstreamError> {
+        match &mut self.interner {
+            Some(interner) => change_of_interned(ev, interner),
+            None => change_of(ev),
+        }
+        .map_err(bad)
+    }
+
     /// Control events become items of their own; consecutive data events of the message in hand
     /// become one item (snapshot objects, or a part of one revision).
     async fn next(&mut self) -> Result<FeedItem, UpstreamError> {
@@ -199,6 +212,7 @@ impl Decoder {
                     return Err(bad("a snapshot end without a snapshot"));
                 }
                 self.in_snapshot = false;
+                self.interner = None;
                 return Ok(FeedItem::SnapshotEnd {
                     revision: first.revision,
                     history: first.history,
@@ -214,7 +228,7 @@ impl Decoder {
         let revision = first.revision;
         let mut complete = first.end_of_revision;
         let mut changes: Vec<Change> = Vec::new();
-        changes.extend(change_of(&first).map_err(bad)?);
+        changes.extend(self.convert(&first)?);
         // The rest of this revision (or of the snapshot) that is already here.
         while !complete || self.in_snapshot {
             let Some(ev) = self.queued.front() else { break };
@@ -226,7 +240,7 @@ impl Decoder {
                 break;
             }
             let ev = self.queued.pop_front().expect("peeked");
-            changes.extend(change_of(&ev).map_err(bad)?);
+            changes.extend(self.convert(&ev)?);
             complete = ev.end_of_revision;
         }
         Ok(if self.in_snapshot {
@@ -244,6 +258,90 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::SecretHash;
+
+    #[test]
+    fn a_snapshot_shares_team_ids_and_role_lists_and_converts_to_the_same_changes() {
+        use pb::watch_event::Event as E;
+        let ev = |event| pb::WatchEvent {
+            revision: 7,
+            event: Some(event),
+            ..Default::default()
+        };
+        let key = |prefix: &str, key_type: pb::KeyType, user: &str, project: &str| {
+            ev(E::KeyUpserted(pb::KeyUpserted {
+                prefix: prefix.into(),
+                key_type: key_type as i32,
+                user_id: user.into(),
+                team_id: "acme".into(),
+                project_id: project.into(),
+                roles: if project.is_empty() {
+                    vec!["AUDITOR".into(), "DEVELOPER".into()]
+                } else {
+                    vec!["SYSTEM_KEY".into()]
+                },
+                status: "active".into(),
+                secret_sha256: SecretHash::of_secret(prefix).to_hex(),
+                ..Default::default()
+            }))
+        };
+        let events = [
+            ev(E::TeamChanged(pb::TeamDefinition {
+                id: "acme".into(),
+                name: "Acme".into(),
+                active: true,
+            })),
+            ev(E::UserChanged(pb::UserDefinition {
+                id: "alice".into(),
+                name: "Alice".into(),
+                active: true,
+                team_ids: vec!["acme".into()],
+            })),
+            ev(E::ProjectChanged(pb::ProjectDefinition {
+                id: "fraud".into(),
+                team_id: "acme".into(),
+                name: "Fraud".into(),
+            })),
+            key("AliceKey01", pb::KeyType::Team, "alice", ""),
+            key("AliceKey02", pb::KeyType::Team, "alice", ""),
+            key("FraudKey01", pb::KeyType::Project, "", "fraud"),
+        ];
+        let mut interner = Interner::default();
+        let shared: Vec<Change> = events
+            .iter()
+            .map(|e| change_of_interned(e, &mut interner).unwrap().unwrap())
+            .collect();
+        let plain: Vec<Change> = events
+            .iter()
+            .map(|e| change_of(e).unwrap().unwrap())
+            .collect();
+        assert_eq!(shared, plain, "sharing changes no value");
+        let [
+            Change::PutTeam(team),
+            Change::PutUser(user),
+            Change::PutProject(project),
+            Change::PutKey(k1),
+            Change::PutKey(k2),
+            Change::PutKey(k3),
+        ] = &shared[..]
+        else {
+            panic!("{shared:?}");
+        };
+        assert!(Arc::ptr_eq(&team.id, &user.teams[0]));
+        assert!(Arc::ptr_eq(&team.id, &project.team));
+        assert!(Arc::ptr_eq(&team.id, k1.team.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&team.id, k2.team.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&project.id, k3.project.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&k1.roles, &k2.roles));
+        assert!(!Arc::ptr_eq(&k1.roles, &k3.roles));
+        let [.., Change::PutKey(p1), Change::PutKey(p2), _] = &plain[..] else {
+            panic!("{plain:?}");
+        };
+        assert!(
+            !Arc::ptr_eq(&p1.roles, &p2.roles),
+            "only the interner shares"
+        );
+    }
 
     #[test]
     fn a_hub_url_must_be_http() {

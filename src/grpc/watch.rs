@@ -659,9 +659,96 @@ fn opt(s: &str) -> Option<Arc<str>> {
     (!s.is_empty()).then(|| Arc::from(s))
 }
 
+/// Shares one `Arc` per distinct team id, project id, role id and role list among the objects
+/// converted through it. A snapshot of a million keys names a thousand teams and a handful of
+/// role lists a million times: converted one by one, every key carried copies of its own, and
+/// every later pass over the keys (`State::apply` hashing role lists and cloning teams) read
+/// each copy from its own cold allocation. Shared, they stay in the cache: the follower's apply
+/// of a 1M-key snapshot took 0.5–0.75 CPU-seconds less, and converting took no longer.
+///
+/// User ids are not shared: a user has one or two keys, so there is little to share, and
+/// looking each one up among 650,000 others cost more while receiving (about a CPU-second for a
+/// million keys) than it saved later. The strings are compared by content, so sharing changes
+/// nothing but where they live.
+///
+/// It holds what it has seen until dropped: a follower keeps one for the length of a snapshot.
+#[derive(Default)]
+pub struct Interner {
+    ids: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    role_lists: HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>,
+    /// The role list being looked up, reused from key to key.
+    scratch: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn id(&mut self, s: &str) -> Arc<str> {
+        if let Some(id) = self.ids.get(s) {
+            return id.clone();
+        }
+        let id: Arc<str> = Arc::from(s);
+        self.ids.insert(id.clone());
+        id
+    }
+
+    fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend(roles.iter().map(|r| self.id(r)));
+        let list = match self.role_lists.get(&scratch[..]) {
+            Some(list) => list.clone(),
+            None => {
+                let list: Arc<[Arc<str>]> = Arc::from(&scratch[..]);
+                self.role_lists.insert(list.clone());
+                list
+            }
+        };
+        self.scratch = scratch;
+        list
+    }
+}
+
+/// Makes the `Arc`s of a conversion: fresh ones, or shared through an [`Interner`].
+struct Ids<'i>(Option<&'i mut Interner>);
+
+impl Ids<'_> {
+    fn id(&mut self, s: &str) -> Arc<str> {
+        match &mut self.0 {
+            Some(interner) => interner.id(s),
+            None => Arc::from(s),
+        }
+    }
+
+    fn opt(&mut self, s: &str) -> Option<Arc<str>> {
+        (!s.is_empty()).then(|| self.id(s))
+    }
+
+    fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
+        match &mut self.0 {
+            Some(interner) => interner.roles(roles),
+            None => roles
+                .iter()
+                .map(|r| Arc::from(r.as_str()))
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+}
+
 /// The change a data event stands for; `Ok(None)` for events that carry no change
 /// (grants changed, control events).
 pub fn change_of(ev: &pb::WatchEvent) -> Result<Option<Change>, BadEvent> {
+    convert_event(ev, Ids(None))
+}
+
+/// [`change_of`], with the ids and role lists shared through `interner`.
+pub fn change_of_interned(
+    ev: &pb::WatchEvent,
+    interner: &mut Interner,
+) -> Result<Option<Change>, BadEvent> {
+    convert_event(ev, Ids(Some(interner)))
+}
+
+fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>, BadEvent> {
     use pb::watch_event::Event as E;
     let bad = |message: String| BadEvent {
         revision: ev.revision,
@@ -690,22 +777,18 @@ pub fn change_of(ev: &pb::WatchEvent) -> Result<Option<Change>, BadEvent> {
             })?;
             let status: KeyStatus = k.status.parse().map_err(|e: String| bad(e))?;
             Change::PutKey(Arc::new(KeySpec {
+                // Prefixes are unique, and user ids nearly so (see `Interner`).
                 prefix: Arc::from(k.prefix.as_str()),
                 secret_hash,
                 key_type,
                 user: opt(&k.user_id),
                 team: if key_type == KeyType::Team {
-                    opt(&k.team_id)
+                    ids.opt(&k.team_id)
                 } else {
                     None
                 },
-                project: opt(&k.project_id),
-                roles: k
-                    .roles
-                    .iter()
-                    .map(|r| Arc::from(r.as_str()))
-                    .collect::<Vec<_>>()
-                    .into(),
+                project: ids.opt(&k.project_id),
+                roles: ids.roles(&k.roles),
                 status,
                 expires_at: (k.expires_at != 0).then_some(k.expires_at),
             }))
@@ -738,7 +821,7 @@ pub fn change_of(ev: &pb::WatchEvent) -> Result<Option<Change>, BadEvent> {
         }
         E::RoleRemoved(id) => Change::RemoveRole(Arc::from(id.as_str())),
         E::TeamChanged(t) => Change::PutTeam(Team {
-            id: Arc::from(t.id.as_str()),
+            id: ids.id(&t.id),
             name: t.name.clone(),
             active: t.active,
         }),
@@ -747,12 +830,12 @@ pub fn change_of(ev: &pb::WatchEvent) -> Result<Option<Change>, BadEvent> {
             id: Arc::from(u.id.as_str()),
             name: u.name.clone(),
             active: u.active,
-            teams: u.team_ids.iter().map(|t| Arc::from(t.as_str())).collect(),
+            teams: u.team_ids.iter().map(|t| ids.id(t)).collect(),
         }),
         E::UserRemoved(id) => Change::RemoveUser(Arc::from(id.as_str())),
         E::ProjectChanged(p) => Change::PutProject(Project {
-            id: Arc::from(p.id.as_str()),
-            team: Arc::from(p.team_id.as_str()),
+            id: ids.id(&p.id),
+            team: ids.id(&p.team_id),
             name: p.name.clone(),
         }),
         E::ProjectRemoved(id) => Change::RemoveProject(Arc::from(id.as_str())),

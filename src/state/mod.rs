@@ -12,6 +12,8 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 pub mod changelog;
+#[cfg(test)]
+mod first_load_tests;
 
 use changelog::{ChangeLog, LoggedChange};
 
@@ -246,6 +248,9 @@ impl State {
             w.requestors.reserve(new_users);
             touched.reserve(new_users);
         }
+        // Without keys before, every key after this set was put by it, so its requestor is
+        // touched already: a team change needs no search for the keys in that team.
+        let had_keys = !w.model.keys.is_empty();
         let mut teams: HashSet<Arc<str>> = HashSet::new();
         let mut removed_keys: Vec<Arc<str>> = Vec::new();
         // A revision too large for the log is not described: nobody could replay it.
@@ -299,7 +304,7 @@ impl State {
             for id in all {
                 w.keys_of(&mut touched, id);
             }
-        } else if !teams.is_empty() {
+        } else if !teams.is_empty() && had_keys {
             let in_teams: Vec<RequestorId> = w
                 .model
                 .keys

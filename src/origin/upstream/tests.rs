@@ -205,3 +205,71 @@ async fn a_snapshot_cut_off_or_invalid_leaves_the_previous_state() {
     stop_tx.send_replace(true);
     task.await.unwrap();
 }
+
+/// A staged snapshot of `prefixes` keys; the keys at `dangling` name a user that does not exist.
+fn staged(prefixes: &[&str], dangling: &[usize]) -> Staged {
+    let mut changes = world(prefixes);
+    for &i in dangling {
+        let Change::PutKey(key) = &mut changes[2 + i] else {
+            unreachable!("world() puts the keys after a team and a user")
+        };
+        let mut spec = (**key).clone();
+        spec.user = Some("nobody".into());
+        *key = Arc::new(spec);
+    }
+    let mut stage = Staged::default();
+    // In parts, as a feed delivers them.
+    for part in changes.chunks(1000) {
+        stage.add(part.to_vec());
+    }
+    stage
+}
+
+/// What checking everything in order on one thread answers.
+fn checked_in_order(stage: &Staged) -> Option<String> {
+    let mut problems = stage.model.validate();
+    if problems.is_empty() {
+        problems = stage
+            .model
+            .validate_keys(stage.changes.iter().filter_map(|c| match c {
+                Change::PutKey(k) => Some(&**k),
+                _ => None,
+            }));
+    }
+    problems.first().map(ToString::to_string)
+}
+
+#[test]
+fn a_large_snapshot_checked_on_several_threads_gets_the_answer_of_one_pass() {
+    let n = 3 * PARALLEL_CHECK_FROM;
+    let names: Vec<String> = (0..n).map(|i| format!("BulkKey{i:07}")).collect();
+    let prefixes: Vec<&str> = names.iter().map(String::as_str).collect();
+
+    let valid = staged(&prefixes, &[]);
+    assert_eq!(valid.first_problem(), None);
+
+    // Bad keys in several slices: the first received is the one reported, whichever thread
+    // finishes first.
+    for dangling in [vec![n - 1], vec![n - 1, n / 2], vec![n - 1, n / 2, 5]] {
+        let stage = staged(&prefixes, &dangling);
+        let first = *dangling.iter().min().unwrap();
+        let problem = stage.first_problem().expect("a dangling user is found");
+        assert!(
+            problem.contains(&*names[first]) && problem.contains("nobody"),
+            "{problem}"
+        );
+        assert_eq!(Some(problem), checked_in_order(&stage));
+    }
+
+    // A rule broken outside the keys comes first, as in one pass.
+    let mut stage = staged(&prefixes, &[n / 2]);
+    stage.add(vec![Change::PutUser(User {
+        id: "v".into(),
+        name: "V".into(),
+        active: true,
+        teams: vec!["nowhere".into()],
+    })]);
+    let problem = stage.first_problem().unwrap();
+    assert!(problem.contains("team nowhere does not exist"), "{problem}");
+    assert_eq!(Some(problem), checked_in_order(&stage));
+}

@@ -162,7 +162,7 @@ impl RoleGrants {
 }
 
 /// Shares [`RoleGrants`] between every key bound to the same roles.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct GrantInterner {
     /// Looked up once per key built: hashed for speed (the role lists come from the origin).
     sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>, foldhash::fast::RandomState>,
@@ -177,6 +177,14 @@ impl GrantInterner {
         let set = Arc::new(RoleGrants::build(catalog, roles));
         self.sets.insert(roles.clone(), set.clone());
         set
+    }
+
+    /// Takes in the sets of `other` (a copy that interned on another thread) that this one
+    /// lacks.
+    pub fn absorb(&mut self, other: GrantInterner) {
+        for (roles, set) in other.sets {
+            self.sets.entry(roles).or_insert(set);
+        }
     }
 
     /// Drops the sets no key uses any more.

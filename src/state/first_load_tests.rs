@@ -71,3 +71,96 @@ fn a_first_load_builds_every_entry_from_the_teams_it_loads() {
     assert_eq!(reason(&state, "FraudKey01"), Reason::Allowed);
     assert_eq!(reason(&state, "BobGlobex1"), Reason::TeamInactive);
 }
+
+/// A first load large enough to rebuild its requestors on several threads yields the same cache
+/// as loading the same model in change sets small enough for one thread: every key's entry and
+/// requestor (status, members with their grants, owned keys) alike.
+#[test]
+fn a_parallel_rebuild_builds_what_a_sequential_one_does() {
+    const USERS: usize = 40_000;
+    let roles = [
+        &["AUDITOR"][..],
+        &["DEVELOPER"],
+        &["DATA_SCIENTIST", "AUDITOR"],
+    ];
+    let mut keys = Vec::new();
+    for i in 0..USERS {
+        let (user, team) = (format!("user{i}"), ["acme", "globex"][i % 2]);
+        keys.push(team_key(&format!("Key{i:06}a"), &user, team, roles[i % 3]));
+        if i % 5 == 0 {
+            // A second key in the other team, with other roles: the wider scope across keys.
+            let other = ["globex", "acme"][i % 2];
+            keys.push(team_key(
+                &format!("Key{i:06}b"),
+                &user,
+                other,
+                roles[(i + 1) % 3],
+            ));
+        }
+    }
+    let mut m = model(keys);
+    for i in 0..USERS {
+        let mut u = crate::domain::model::tests::user(&format!("user{i}"));
+        u.active = i % 7 != 0;
+        m.users.put(u);
+    }
+    m.teams.get_mut("globex").unwrap().active = false;
+    let changes = Model::default().diff(&m);
+    assert!(changes.len() > PARALLEL_REBUILD_MIN * 2);
+
+    let parallel = State::new();
+    parallel
+        .apply(ChangeSet {
+            revision: 1,
+            changes: changes.clone(),
+        })
+        .unwrap();
+    let sequential = State::new();
+    for (i, chunk) in changes.chunks(PARALLEL_REBUILD_MIN / 4).enumerate() {
+        sequential
+            .apply(ChangeSet {
+                revision: i as u64 + 1,
+                changes: chunk.to_vec(),
+            })
+            .unwrap();
+    }
+
+    assert_eq!(parallel.counts(), sequential.counts());
+    for spec in m.keys.values() {
+        let (p, s) = (
+            parallel.lookup(&spec.prefix).expect("in the parallel load"),
+            sequential
+                .lookup(&spec.prefix)
+                .expect("in the sequential load"),
+        );
+        assert_eq!(
+            (
+                p.secret_hash,
+                p.expires_at,
+                p.key_active,
+                p.team_active,
+                &p.team
+            ),
+            (
+                s.secret_hash,
+                s.expires_at,
+                s.key_active,
+                s.team_active,
+                &s.team
+            ),
+            "{}",
+            spec.prefix
+        );
+        let (pr, sr) = (&p.requestor, &s.requestor);
+        assert_eq!(
+            (&pr.id, pr.active, &pr.members, &pr.owned_key_prefixes),
+            (&sr.id, sr.active, &sr.members, &sr.owned_key_prefixes),
+            "{}",
+            spec.prefix
+        );
+        // Keys of one requestor share it, in both.
+        let first = &pr.owned_key_prefixes[0];
+        let sibling = parallel.lookup(first).expect("owned key");
+        assert!(Arc::ptr_eq(&sibling.requestor, pr), "{}", spec.prefix);
+    }
+}

@@ -324,23 +324,13 @@ impl State {
         }
         let now = unix_now();
         let mut grants_changed: Vec<RequestorId> = Vec::new();
-        for (id, mut prefixes) in touched {
-            prefixes.sort();
-            prefixes.dedup();
-            let (requestor, entries) =
-                build_requestor(&w.model, &w.catalog, &id, &prefixes, now, &mut w.interner);
-            for entry in entries {
-                self.keys
-                    .insert(CompactString::new(&*entry.spec.prefix), entry);
-            }
-            let has_keys = !requestor.owned_key_prefixes.is_empty();
-            let old = if has_keys {
-                w.requestors.insert(id.clone(), requestor.clone())
-            } else {
-                w.requestors.remove(&id)
+        let rebuilt = self.rebuild(w, touched, now, !unlogged);
+        for (id, requestor, changed) in rebuilt {
+            match requestor {
+                Some(requestor) => w.requestors.put(requestor),
+                None => w.requestors.remove(&id),
             };
-            let new = has_keys.then_some(&*requestor);
-            if !unlogged && changelog::grants_differ(old.as_deref(), new) {
+            if changed {
                 grants_changed.push(id);
             }
         }
@@ -356,6 +346,94 @@ impl State {
         }
         self.revision.send_replace(set.revision);
         Ok(set.revision)
+    }
+}
+
+/// Below this many requestors to rebuild, one thread does it; above, a first load or a catalog
+/// change, the rebuild is split over the CPUs (it is two thirds of loading a million keys).
+const PARALLEL_REBUILD_MIN: usize = 32_768;
+
+/// A rebuilt requestor: its id, the requestor (`None` when it has no keys left) and whether its
+/// effective grants changed.
+type Rebuilt = (RequestorId, Option<Arc<Requestor>>, bool);
+
+impl State {
+    /// Rebuilds every requestor of `touched` and the cache entries of its keys, from the model
+    /// as this change set leaves it. The writer's requestor index still holds the previous
+    /// requestors (to tell whether grants changed, when `describe`); the caller updates it.
+    fn rebuild(&self, w: &mut Writer, touched: Touched, now: i64, describe: bool) -> Vec<Rebuilt> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if touched.len() < PARALLEL_REBUILD_MIN || threads < 2 {
+            let mut interner = std::mem::take(&mut w.interner);
+            let rebuilt = self.rebuild_batch(w, touched, now, describe, &mut interner);
+            w.interner = interner;
+            return rebuilt;
+        }
+        let mut batches: Vec<Vec<(RequestorId, Vec<Arc<str>>)>> = (0..threads)
+            .map(|_| Vec::with_capacity(touched.len() / threads + 1))
+            .collect();
+        for (i, item) in touched.into_iter().enumerate() {
+            batches[i % threads].push(item);
+        }
+        // Each thread shares role grants through its own copy of the interner; the sets new to
+        // a copy are merged back (a role list seen first by two threads keeps one set per
+        // thread until the next prune: a few kilobytes).
+        let w_ref: &Writer = w;
+        let done: Vec<(Vec<Rebuilt>, GrantInterner)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batches
+                .into_iter()
+                .map(|batch| {
+                    let mut interner = w_ref.interner.clone();
+                    scope.spawn(move || {
+                        let rebuilt =
+                            self.rebuild_batch(w_ref, batch, now, describe, &mut interner);
+                        (rebuilt, interner)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(done) => done,
+                    // A panic in a rebuild is a bug; carry it to the writer as one would have.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        });
+        let mut all = Vec::new();
+        for (rebuilt, interner) in done {
+            w.interner.absorb(interner);
+            all.extend(rebuilt);
+        }
+        all
+    }
+
+    /// [`State::rebuild`] of one batch, on the calling thread.
+    fn rebuild_batch(
+        &self,
+        w: &Writer,
+        batch: impl IntoIterator<Item = (RequestorId, Vec<Arc<str>>)>,
+        now: i64,
+        describe: bool,
+        interner: &mut GrantInterner,
+    ) -> Vec<Rebuilt> {
+        let batch = batch.into_iter();
+        let mut rebuilt = Vec::with_capacity(batch.size_hint().0);
+        for (id, mut prefixes) in batch {
+            prefixes.sort();
+            prefixes.dedup();
+            let (requestor, entries) =
+                build_requestor(&w.model, &w.catalog, &id, &prefixes, now, interner);
+            for entry in entries {
+                self.keys
+                    .insert(CompactString::new(&*entry.spec.prefix), entry);
+            }
+            let new = (!requestor.owned_key_prefixes.is_empty()).then_some(requestor);
+            let changed = describe
+                && changelog::grants_differ(w.requestors.get(&id).map(|r| &**r), new.as_deref());
+            rebuilt.push((id, new, changed));
+        }
+        rebuilt
     }
 }
 

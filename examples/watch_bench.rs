@@ -178,8 +178,12 @@ async fn latency() {
     );
 }
 
+const IDLE_WATCHERS: usize = 10_000;
+
+/// 10,000 idle watchers: the server's resident memory before and after they subscribe. The
+/// watchers are opened by a child process (`watch_bench idle-clients URL`), so the figure is the
+/// server's alone.
 async fn idle() {
-    const WATCHERS: usize = 10_000;
     let state = Arc::new(State::new());
     let mut changes = world::generate(10_000, 7).changes;
     changes.extend(owner_changes());
@@ -190,10 +194,35 @@ async fn idle() {
         })
         .unwrap();
     let url = serve(state.clone()).await;
-    let clients = channels(&url, WATCHERS / 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_mib();
-    let mut streams = Vec::with_capacity(WATCHERS);
-    for i in 0..WATCHERS {
+    let mut clients = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["idle-clients", &url])
+        .spawn()
+        .expect("the watchers' process");
+    while state.change_log().status().subscribers < IDLE_WATCHERS as u64 {
+        if let Ok(Some(status)) = clients.try_wait() {
+            panic!("the watchers' process ended: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_mib();
+    println!(
+        "idle: {IDLE_WATCHERS} idle watchers over {} connections (opened by another process): server RSS {before:.1} -> {after:.1} MiB (+{:.1} MiB, {:.1} KiB per watcher)",
+        IDLE_WATCHERS / 100,
+        after - before,
+        (after - before) * 1024.0 / IDLE_WATCHERS as f64
+    );
+    clients.kill().ok();
+    clients.wait().ok();
+}
+
+/// The child of [`idle`]: opens the watchers and holds them until killed.
+async fn idle_clients(url: &str) {
+    let clients = channels(url, IDLE_WATCHERS / 100).await;
+    let mut streams = Vec::with_capacity(IDLE_WATCHERS);
+    for i in 0..IDLE_WATCHERS {
         let mut c = clients[i % clients.len()].clone();
         streams.push(
             c.watch(pb::WatchRequest {
@@ -205,18 +234,7 @@ async fn idle() {
             .into_inner(),
         );
     }
-    while state.change_log().status().subscribers < WATCHERS as u64 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_mib();
-    println!(
-        "idle: {WATCHERS} idle watchers over {} connections: RSS {before:.1} -> {after:.1} MiB (+{:.1} MiB, {:.1} KiB per watcher, client and server together)",
-        clients.len(),
-        after - before,
-        (after - before) * 1024.0 / WATCHERS as f64
-    );
-    drop(streams);
+    std::future::pending::<()>().await;
 }
 
 async fn catchup(keys: usize) {
@@ -307,6 +325,9 @@ async fn main() {
     }
     if which == "idle" || which == "all" {
         idle().await;
+    }
+    if which == "idle-clients" {
+        idle_clients(&std::env::args().nth(2).expect("idle-clients URL")).await;
     }
     if which == "catchup" || which == "all" {
         // The hub's key count: 1,000,000 unless given (a smaller world for profiling).

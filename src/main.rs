@@ -425,11 +425,11 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return run_ext_authz_bench(args).await;
     }
     let request = pb::CheckRequest {
-        api_key: args.key,
-        entitlement: args.entitlement,
+        api_key: args.key.clone(),
+        entitlement: args.entitlement.clone(),
         resource: Some(pb::Resource {
-            team_id: args.team,
-            owner_key_prefix: args.owner_key,
+            team_id: args.team.clone(),
+            owner_key_prefix: args.owner_key.clone(),
             owner_user_id: String::new(),
         }),
         min_revision: 0,
@@ -448,17 +448,32 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "load: {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.concurrency, args.connections, args.warmup, args.duration
     );
-    let noop = match args.baseline {
-        true => Some(
-            bench::start_noop_server()
-                .await
-                .context("starting the no-op service")?,
-        ),
-        false => None,
-    };
+    let noop = args.baseline.then(bench::start_noop_server);
     let labels = bench::Labels {
         baseline: "no-op tonic",
         target: "rolegate",
+    };
+    compare(&args, labels, noop, async |endpoint| {
+        bench::run_load(&spec(endpoint)).await
+    })
+    .await
+}
+
+/// Drives `load` against the server at `--addr` for `--rounds` rounds, each first against a
+/// no-op service of this process (started by `noop`, with `--baseline`), and prints every round
+/// and the median.
+async fn compare<N>(
+    args: &BenchArgs,
+    labels: bench::Labels,
+    noop: Option<N>,
+    load: impl AsyncFn(String) -> Result<bench::LoadReport, tonic::transport::Error>,
+) -> anyhow::Result<ExitCode>
+where
+    N: Future<Output = std::io::Result<std::net::SocketAddr>>,
+{
+    let noop = match noop {
+        Some(start) => Some(start.await.context("starting the no-op service")?),
+        None => None,
     };
     bench::alternate(
         args.rounds as usize,
@@ -466,10 +481,10 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.baseline,
         async || -> anyhow::Result<_> {
             let addr = noop.context("no baseline server")?;
-            Ok(bench::run_load(&spec(format!("http://{addr}"))).await?)
+            Ok(load(format!("http://{addr}")).await?)
         },
         async || {
-            bench::run_load(&spec(args.addr.clone()))
+            load(args.addr.clone())
                 .await
                 .with_context(|| format!("connecting to {}", args.addr))
         },
@@ -494,32 +509,13 @@ async fn run_ext_authz_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ext_authz load: {} {} — {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.method, args.path, args.concurrency, args.connections, args.warmup, args.duration
     );
-    let noop = match args.baseline {
-        true => Some(
-            start_noop_server()
-                .await
-                .context("starting the no-op Authorization service")?,
-        ),
-        false => None,
-    };
+    let noop = args.baseline.then(start_noop_server);
     let labels = bench::Labels {
         baseline: "no-op ext_authz",
         target: "rolegate",
     };
-    bench::alternate(
-        args.rounds as usize,
-        labels,
-        args.baseline,
-        async || -> anyhow::Result<_> {
-            let addr = noop.context("no baseline server")?;
-            Ok(run_load(&spec(format!("http://{addr}"))).await?)
-        },
-        async || {
-            run_load(&spec(args.addr.clone()))
-                .await
-                .with_context(|| format!("connecting to {}", args.addr))
-        },
-    )
-    .await?;
-    Ok(ExitCode::SUCCESS)
+    compare(&args, labels, noop, async |endpoint| {
+        run_load(&spec(endpoint)).await
+    })
+    .await
 }

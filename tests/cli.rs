@@ -284,3 +284,57 @@ async fn bench_rounds_without_baseline_report_each_round_and_the_median_rate() {
     assert!((median - (r1 + r2) / 2.0).abs() <= 1.0, "{out}");
     assert!(lines[3].ends_with("req/s of 2 rounds"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_baseline_measures_the_no_op_service_then_the_server_each_round() {
+    let server = common::TestServer::start(&common::example_policy()).await;
+    let addr = format!("http://{}", server.grpc_addr);
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        rolegate(&[
+            "bench",
+            "--baseline",
+            "--rounds",
+            "2",
+            "--addr",
+            &addr,
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "2",
+            "--connections",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // The load line; per round the no-op, rolegate and their ratio; the median ratio.
+    assert_eq!(lines.len(), 8, "{out}");
+    for round in 1..=2 {
+        let at = 1 + (round - 1) * 3;
+        let prefix = format!("round {round}/2  ");
+        assert!(
+            lines[at].starts_with(&format!("{prefix}no-op tonic")),
+            "{out}"
+        );
+        assert!(
+            lines[at + 1].starts_with(&format!("{prefix}rolegate")),
+            "{out}"
+        );
+        // Every check the example key makes of its own team is allowed, against the server.
+        assert!(lines[at + 1].contains(" 0 errors"), "{out}");
+        assert!(!lines[at + 1].contains(" 0 allowed"), "{out}");
+        let ratio: f64 = lines[at + 2]
+            .strip_prefix(&format!("{prefix}ratio"))
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in {:?}", lines[at + 2]));
+        assert!(ratio > 0.0, "{out}");
+    }
+    assert!(
+        lines[7].starts_with("ratio") && lines[7].contains("of 2 rounds"),
+        "{out}"
+    );
+}

@@ -32,7 +32,7 @@ use rolegate::{
     bench::ext_authz::envoy_like_request,
     grpc::ext_authz::{ExtAuthzService, WireRequest},
     origin::policy_file,
-    state::{ChangeSet, State},
+    state::State,
 };
 
 const DANA: &str = "DanaScienceKey000001.dev-only-danascience";
@@ -44,15 +44,7 @@ fn state() -> Arc<State> {
     ))
     .unwrap();
     let policy = policy_file::parse(&text, "policy.yaml").unwrap();
-    let state = Arc::new(State::new());
-    let changes = state.model().diff(&policy.model);
-    state
-        .apply(ChangeSet {
-            revision: 1,
-            changes,
-        })
-        .unwrap();
-    state
+    Arc::new(State::from_model(&policy.model, 1).unwrap())
 }
 
 /// The request bodies, as Envoy would put them on the wire.

@@ -26,7 +26,7 @@ use rolegate::{
         routes::{RouteTable, normalize_path},
     },
     origin::policy_file::{self, RouteSpec, ValueSource},
-    state::{ChangeSet, State},
+    state::State,
 };
 
 const SIZES: [usize; 2] = [100, 10_000];
@@ -79,15 +79,7 @@ fn state() -> Arc<State> {
     ))
     .unwrap();
     let policy = policy_file::parse(&text, "policy.yaml").unwrap();
-    let state = Arc::new(State::new());
-    let changes = state.model().diff(&policy.model);
-    state
-        .apply(ChangeSet {
-            revision: 1,
-            changes,
-        })
-        .unwrap();
-    state
+    Arc::new(State::from_model(&policy.model, 1).unwrap())
 }
 
 /// Runs `f` on the probes, round robin, `iters` times (the only code callgrind counts).

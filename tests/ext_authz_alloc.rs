@@ -18,7 +18,7 @@ use rolegate::{
     bench::ext_authz::envoy_like_request,
     grpc::ext_authz::{ExtAuthzService, WireRequest},
     origin::policy_file,
-    state::{ChangeSet, State},
+    state::State,
 };
 
 /// The bound for one allowed call: the lean codec needs 8 (the request's string buffer and
@@ -36,14 +36,7 @@ fn service() -> ExtAuthzService {
     ))
     .unwrap();
     let policy = policy_file::parse(&text, "policy.yaml").unwrap();
-    let state = Arc::new(State::new());
-    let changes = state.model().diff(&policy.model);
-    state
-        .apply(ChangeSet {
-            revision: 1,
-            changes,
-        })
-        .unwrap();
+    let state = Arc::new(State::from_model(&policy.model, 1).unwrap());
     ExtAuthzService::new(Arc::new(Authz::new(state, AuthzConfig::default())))
 }
 

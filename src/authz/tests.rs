@@ -1,7 +1,7 @@
 //! The shared decision path, judged against the example policy.
 
 use super::*;
-use crate::{origin::policy_file, state::ChangeSet};
+use crate::{origin::policy_file, state::State};
 
 const DEVIN: &str = "DevinDevKey000000001.dev-only-devindevkey";
 const ADAM: &str = "AdamAdminKey00000001.dev-only-adamadminke";
@@ -10,14 +10,7 @@ const ARIA: &str = "AriaAuditKey00000001.dev-only-ariaauditke";
 fn authz(config: AuthzConfig) -> Authz {
     let text = include_str!("../../deploy/examples/policy.yaml");
     let policy = policy_file::parse(text, "policy.yaml").unwrap();
-    let state = Arc::new(State::new());
-    let changes = state.model().diff(&policy.model);
-    state
-        .apply(ChangeSet {
-            revision: 1,
-            changes,
-        })
-        .unwrap();
+    let state = Arc::new(State::from_model(&policy.model, 1).unwrap());
     Authz::new(state, config)
 }
 

@@ -118,6 +118,15 @@ impl State {
         }
     }
 
+    /// A state holding `model`, applied as one change set under `revision` (which must be
+    /// above 0, the revision of an empty state).
+    pub fn from_model(model: &Model, revision: u64) -> Result<Self, StateError> {
+        let state = State::new();
+        let changes = state.model().diff(model);
+        state.apply(ChangeSet { revision, changes })?;
+        Ok(state)
+    }
+
     /// The applied revision (0: nothing applied yet).
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
@@ -489,6 +498,25 @@ mod tests {
             ..Default::default()
         };
         state.check(&key, ent, res, unix_now()).decision.reason
+    }
+
+    #[test]
+    fn from_model_holds_the_model_at_its_revision_and_refuses_revision_0() {
+        let m = model(vec![team_key("AliceAcme1", "alice", "acme", &["AUDITOR"])]);
+        let state = State::from_model(&m, 5).unwrap();
+        assert_eq!(state.revision(), 5);
+        assert_eq!(state.model(), m);
+        assert_eq!(
+            allowed(&state, "AliceAcme1", "jobs.read", "globex"),
+            Reason::Allowed
+        );
+        assert_eq!(
+            State::from_model(&m, 0).err(),
+            Some(StateError::StaleRevision {
+                given: 0,
+                applied: 0
+            })
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     authz::{Allowed, AuthzConfig, HeaderText},
     bench::ext_authz::envoy_like_request,
     origin::policy_file,
-    state::{ChangeSet, State},
+    state::State,
 };
 
 const DANA: &str = "DanaScienceKey000001.dev-only-danascience";
@@ -28,14 +28,7 @@ const DEVIN: &str = "DevinDevKey000000001.dev-only-devindevkey";
 fn service() -> ExtAuthzService {
     let text = include_str!("../../../deploy/examples/policy.yaml");
     let policy = policy_file::parse(text, "policy.yaml").unwrap();
-    let state = Arc::new(State::new());
-    let changes = state.model().diff(&policy.model);
-    state
-        .apply(ChangeSet {
-            revision: 7,
-            changes,
-        })
-        .unwrap();
+    let state = Arc::new(State::from_model(&policy.model, 7).unwrap());
     ExtAuthzService::new(Arc::new(Authz::new(state, AuthzConfig::default())))
 }
 

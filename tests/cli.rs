@@ -242,29 +242,36 @@ fn keys_new_and_hash_agree() {
     assert_eq!(code, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_rounds_without_baseline_report_each_round_and_the_median_rate() {
+/// `rolegate bench` with `args`, briefly (200 ms a round, 2 callers on 1 connection), against a
+/// server on the example policy.
+async fn short_bench(args: &[&str]) -> (i32, String, String) {
     let server = common::TestServer::start(&common::example_policy()).await;
     let addr = format!("http://{}", server.grpc_addr);
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        rolegate(&[
-            "bench",
-            "--rounds",
-            "2",
-            "--addr",
-            &addr,
-            "--duration",
-            "200ms",
-            "--warmup",
-            "0s",
-            "--concurrency",
-            "2",
-            "--connections",
-            "1",
-        ])
+    let all: Vec<String> = [
+        "bench",
+        "--addr",
+        &addr,
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+    ]
+    .into_iter()
+    .chain(["--concurrency", "2", "--connections", "1"])
+    .chain(args.iter().copied())
+    .map(String::from)
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        rolegate(&all)
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_rounds_without_baseline_report_each_round_and_the_median_rate() {
+    let (code, out, err) = short_bench(&["--rounds", "2"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     // The load line, one line per round, the median.
@@ -287,28 +294,7 @@ async fn bench_rounds_without_baseline_report_each_round_and_the_median_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_with_baseline_measures_the_no_op_service_then_the_server_each_round() {
-    let server = common::TestServer::start(&common::example_policy()).await;
-    let addr = format!("http://{}", server.grpc_addr);
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        rolegate(&[
-            "bench",
-            "--baseline",
-            "--rounds",
-            "2",
-            "--addr",
-            &addr,
-            "--duration",
-            "200ms",
-            "--warmup",
-            "0s",
-            "--concurrency",
-            "2",
-            "--connections",
-            "1",
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = short_bench(&["--baseline", "--rounds", "2"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     // The load line; per round the no-op, rolegate and their ratio; the median ratio.

@@ -226,11 +226,13 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
     assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_drives_ext_authz_against_the_server_and_the_baseline() {
+/// `rolegate bench --mode ext-authz --baseline` with `args` (2 callers on 1 connection, no
+/// warm-up) against a server on the example policy.
+async fn ext_authz_bench(args: &[&str]) -> std::process::Output {
     let server = TestServer::start(&example_policy()).await;
     let addr = format!("http://{}", server.grpc_addr);
-    let out = tokio::task::spawn_blocking(move || {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
             .args([
                 "bench",
@@ -240,13 +242,18 @@ async fn bench_drives_ext_authz_against_the_server_and_the_baseline() {
                 "--addr",
                 &addr,
             ])
-            .args(["--duration", "300ms", "--warmup", "0s"])
-            .args(["--concurrency", "2", "--connections", "1"])
+            .args(["--warmup", "0s", "--concurrency", "2", "--connections", "1"])
+            .args(&args)
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_ext_authz_against_the_server_and_the_baseline() {
+    let out = ext_authz_bench(&["--duration", "300ms"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -342,25 +349,7 @@ fn parse_rounds(text: &str, rounds: usize, baseline: &str) -> RoundsOutput {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_rounds_alternate_baseline_and_server_and_report_the_median_ratio() {
-    let server = TestServer::start(&example_policy()).await;
-    let addr = format!("http://{}", server.grpc_addr);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
-            .args([
-                "bench",
-                "--mode",
-                "ext-authz",
-                "--baseline",
-                "--rounds",
-                "3",
-            ])
-            .args(["--addr", &addr, "--duration", "200ms", "--warmup", "0s"])
-            .args(["--concurrency", "2", "--connections", "1"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = ext_authz_bench(&["--rounds", "3", "--duration", "200ms"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -22,12 +22,12 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use admin_support::{BOOTSTRAP, bootstrap_hash, call, check_at, example_with_bootstrap};
+use admin_support::{BOOTSTRAP, call, check_at, example_with_bootstrap, store_command};
 use rolegate::grpc::pb::{self, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -163,24 +163,7 @@ impl Server {
 
     /// Starts the server; when it exits before serving: its exit status and what it logged.
     fn try_spawn(dir: &Path) -> Result<Server, (std::process::ExitStatus, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--bootstrap-key-sha256",
-                &bootstrap_hash(),
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rolegate");
+        let mut child = store_command(dir).spawn().expect("spawn rolegate");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();

@@ -185,10 +185,12 @@ pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The real `rolegate` binary serving the embedded store in `dir` (with the bootstrap key of
-/// [`BOOTSTRAP`]) and `extra` flags; returns the child and its gRPC address.
-pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+/// The command that runs the real `rolegate` binary serving the embedded store in `dir` on
+/// ephemeral ports, with the bootstrap key of [`BOOTSTRAP`], logging JSON (info) to a piped
+/// stderr, where the gRPC address is read from.
+pub fn store_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    command
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args([
@@ -196,15 +198,23 @@ pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+        ])
+        .args([
             "--log-format",
             "json",
             "--bootstrap-key-sha256",
             &bootstrap_hash(),
         ])
-        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// [`store_command`] with `extra` flags, started; returns the child and its gRPC address.
+pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = store_command(dir)
+        .args(extra)
         .spawn()
         .expect("spawn rolegate");
     let stderr = child.stderr.take().unwrap();

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use envoy_types::{
     ext_authz::v3::pb::{self, OkHttpResponse},
     pb::{
-        envoy::{config::core::v3::HeaderMap, service::auth::v3::AttributeContext},
+        envoy::{
+            config::core::v3::HeaderMap,
+            service::auth::v3::{AttributeContext, attribute_context},
+        },
         google::protobuf::{Struct, Value, value::Kind},
     },
 };
@@ -32,8 +35,19 @@ fn service() -> ExtAuthzService {
     ExtAuthzService::new(Arc::new(Authz::new(state, AuthzConfig::default())))
 }
 
-fn http_of(req: &mut pb::CheckRequest) -> &mut AttributeContext {
+fn attributes_of(req: &mut pb::CheckRequest) -> &mut AttributeContext {
     req.attributes.as_mut().unwrap()
+}
+
+/// The HTTP request inside a request that has one.
+fn http_of(req: &mut pb::CheckRequest) -> &mut attribute_context::HttpRequest {
+    attributes_of(req)
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap()
 }
 
 /// Decodes `req`'s bytes both ways and checks that every field rolegate reads agrees.
@@ -89,13 +103,7 @@ fn the_lean_request_reads_what_the_generated_one_decodes() {
     same_reading(&req);
 
     // Raw headers, text and binary; context extensions; a missing http request.
-    let http = http_of(&mut req)
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
+    let http = http_of(&mut req);
     http.header_map = Some(HeaderMap {
         headers: vec![
             pb::HeaderValue {
@@ -115,12 +123,12 @@ fn the_lean_request_reads_what_the_generated_one_decodes() {
             },
         ],
     });
-    http_of(&mut req).context_extensions =
+    attributes_of(&mut req).context_extensions =
         HashMap::from([("entitlement".to_owned(), "reports.export".to_owned())]);
     let lean = same_reading(&req);
     assert_eq!(lean.context("entitlement"), Some("reports.export"));
     assert_eq!(lean.raw_headers().nth(1), Some(("x-bin", None)));
-    http_of(&mut req).request = None;
+    attributes_of(&mut req).request = None;
     assert!(!same_reading(&req).has_http());
     assert!(!same_reading(&pb::CheckRequest { attributes: None }).has_http());
 }
@@ -131,13 +139,7 @@ fn a_message_sent_twice_merges_as_protobuf_says() {
     // maps add up with the later value of a repeated name.
     let first = envoy_like_request(DANA, "GET", "/api/jobs");
     let mut second = envoy_like_request(DEVIN, "GET", "/api/models");
-    let http = http_of(&mut second)
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
+    let http = http_of(&mut second);
     http.headers = HashMap::from([
         ("authorization".to_owned(), format!("ApiKey {DEVIN}")),
         ("x-extra".to_owned(), "1".to_owned()),
@@ -172,14 +174,7 @@ fn bad_bytes_fail_as_they_do_with_the_generated_type() {
     }
     // A method that is not UTF-8.
     let mut req = envoy_like_request(DANA, "GET", "/api/jobs");
-    http_of(&mut req)
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .method = "GXT".into();
+    http_of(&mut req).method = "GXT".into();
     let mut bytes = req.encode_to_vec();
     let at = bytes.windows(3).position(|w| w == b"GXT").unwrap();
     bytes[at + 1] = 0xff;
@@ -242,13 +237,7 @@ fn an_allowed_answer_is_the_message_the_generated_types_would_build() {
     ] {
         let mut req = envoy_like_request(key, method, path);
         if let Some((k, v)) = extra {
-            let http = http_of(&mut req)
-                .request
-                .as_mut()
-                .unwrap()
-                .http
-                .as_mut()
-                .unwrap();
+            let http = http_of(&mut req);
             http.headers.insert(k.into(), v.into());
         }
         let lean = CheckRequest::decode(&req.encode_to_vec()[..]).unwrap();

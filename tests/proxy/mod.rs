@@ -197,7 +197,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A child process that is killed when dropped.
+/// A child process that is stopped when dropped.
 pub struct Proc {
     pub child: Child,
     pub dir: tempfile::TempDir,
@@ -205,6 +205,17 @@ pub struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers on it, where SIGKILL would leave the
+        // worker running (and holding its port) after the test. SIGKILL if it is not gone in 5 s.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

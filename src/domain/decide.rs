@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{ApiKey, KeyEntry, MalformedKey, Requestor, Scope, entry::bits};
+use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope, entry::bits};
 
 /// Why a request was allowed or denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,13 +122,14 @@ impl Decision {
 /// a key is inactive or expired.
 pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Result<(), Reason> {
     let entry = entry.ok_or(Reason::UnknownKey)?;
-    if !entry.secret_hash.matches(&key.secret_hash()) {
+    let spec = &*entry.spec;
+    if !spec.secret_hash.matches(&key.secret_hash()) {
         return Err(Reason::WrongSecret);
     }
-    if !entry.key_active {
+    if spec.status != KeyStatus::Active {
         return Err(Reason::KeyInactive);
     }
-    if now >= entry.expires_at {
+    if spec.expired_at(now) {
         return Err(Reason::KeyExpired);
     }
     if !entry.team_active {

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use smallvec::SmallVec;
 
-use super::{Catalog, KeySpec, KeyStatus, Scope, SecretHash};
+use super::{Catalog, KeySpec, KeyStatus, Scope};
 
 /// Who is asking: the user behind a team key, or the project behind a project key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -291,20 +291,17 @@ impl Requestor {
     }
 }
 
-/// The cache's value for one key prefix: what authenticating the key needs, inline, then its
-/// team and its requestor. [`KeySpec`] (`spec`) is only read to describe the key.
+/// The cache's value for one key prefix: the key's binding (`spec`, shared with the model,
+/// which holds what authenticating the key needs), then what the binding alone does not say:
+/// whether its team is active, which team it acts in, and its requestor. A check reads `spec`
+/// and `requestor` through two independent pointers, so their cache misses overlap.
 #[derive(Debug)]
 pub struct KeyEntry {
-    pub secret_hash: SecretHash,
-    /// Unix seconds; [`NEVER`] if the key does not expire.
-    pub expires_at: i64,
-    /// The key's own status is active.
-    pub key_active: bool,
-    pub team_active: bool,
+    pub spec: Arc<KeySpec>,
+    pub requestor: Arc<Requestor>,
     /// The key's team (a project key's is its project's).
     pub team: Arc<str>,
-    pub requestor: Arc<Requestor>,
-    pub spec: Arc<KeySpec>,
+    pub team_active: bool,
 }
 
 /// Builds the requestor `id` from the model and all its keys (`prefixes`), with the cache entry
@@ -334,9 +331,7 @@ pub fn build_requestor(
     let members = keys
         .iter()
         .filter(|(spec, _, team_active)| {
-            *team_active
-                && spec.status == KeyStatus::Active
-                && spec.expires_at.is_none_or(|at| now < at)
+            *team_active && spec.status == KeyStatus::Active && !spec.expired_at(now)
         })
         .map(|(spec, team, _)| Member {
             team: team.clone(),
@@ -359,13 +354,10 @@ pub fn build_requestor(
         .into_iter()
         .map(|(spec, team, team_active)| {
             Arc::new(KeyEntry {
-                secret_hash: spec.secret_hash,
-                expires_at: spec.expires_at.unwrap_or(NEVER),
-                key_active: spec.status == KeyStatus::Active,
-                team_active,
-                team,
-                requestor: requestor.clone(),
                 spec: spec.clone(),
+                requestor: requestor.clone(),
+                team,
+                team_active,
             })
         })
         .collect();
@@ -382,7 +374,7 @@ mod tests {
     fn hot_records_stay_small() {
         assert_eq!(std::mem::size_of::<Member>(), 32);
         assert!(
-            std::mem::size_of::<KeyEntry>() <= 80,
+            std::mem::size_of::<KeyEntry>() <= 40,
             "{}",
             std::mem::size_of::<KeyEntry>()
         );

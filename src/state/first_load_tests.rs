@@ -134,20 +134,8 @@ fn a_parallel_rebuild_builds_what_a_sequential_one_does() {
                 .expect("in the sequential load"),
         );
         assert_eq!(
-            (
-                p.secret_hash,
-                p.expires_at,
-                p.key_active,
-                p.team_active,
-                &p.team
-            ),
-            (
-                s.secret_hash,
-                s.expires_at,
-                s.key_active,
-                s.team_active,
-                &s.team
-            ),
+            (&p.spec, p.team_active, &p.team),
+            (&s.spec, s.team_active, &s.team),
             "{}",
             spec.prefix
         );

@@ -177,7 +177,7 @@ pub fn decide_presented(
         own |= scopes & bits::OWN != 0;
         if scopes & bits::TEAM != 0 {
             team_grants += 1;
-            team_covers |= !resource.team_id.is_empty() && *member.team == *resource.team_id;
+            team_covers |= !resource.team_id.is_empty() && **member.team == *resource.team_id;
         }
     }
     if !all && !own && team_grants == 0 {
@@ -250,7 +250,7 @@ impl TeamFilter {
             .members
             .iter()
             .filter(|m| m.is_live(self.now) && m.grants.scopes(self.entitlement) & bits::TEAM != 0)
-            .map(|m| &m.team)
+            .map(|m| &*m.team)
             .filter(move |team| {
                 let repeat = previous.is_some_and(|p| p == *team);
                 previous = Some(team);
@@ -731,6 +731,16 @@ mod tests {
         assert!(Arc::ptr_eq(&dev(carol), &dev(frank)));
         let bob = &e["BobKey0001"].requestor.members[0].grants;
         assert!(!Arc::ptr_eq(bob, &dev(frank)));
+    }
+
+    #[test]
+    fn keys_of_one_team_share_one_team_reference() {
+        let e = entries(&world());
+        // carol and bob are both in acme, frank in globex.
+        let team = |prefix: &str| e[prefix].requestor.members[0].team.clone();
+        assert_eq!(**team("CarolKey01"), *"acme");
+        assert!(Arc::ptr_eq(&team("CarolKey01"), &team("BobKey0001")));
+        assert!(!Arc::ptr_eq(&team("CarolKey01"), &team("FrankKey01")));
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn owner_changes() -> Vec<Change> {
             id: "bench-owner".into(),
             name: "Bench owner".into(),
             active: true,
-            teams: vec![],
+            teams: Box::default(),
         }),
         Change::PutKey(Arc::new(KeySpec {
             prefix: "BenchOwnerKey0001".into(),

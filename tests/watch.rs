@@ -86,7 +86,7 @@ fn base_model() -> Model {
                 id: u.into(),
                 name: u.into(),
                 active: true,
-                teams: vec![],
+                teams: Box::default(),
             },
         );
     }
@@ -180,7 +180,7 @@ fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
         }
         _ => {
             let u = format!("u{}", rng.random_range(1..6));
-            m.users.get_mut(u.as_str()).unwrap().name = format!("renamed {n}");
+            m.users.get_mut(u.as_str()).unwrap().name = format!("renamed {n}").into();
         }
     }
 }

@@ -227,9 +227,9 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
             users += 1;
             changes.push(Change::PutUser(User {
                 id: id.clone(),
-                name: format!("User {id}"),
+                name: format!("User {id}").into(),
                 active: true,
-                teams: vec![team.clone()],
+                teams: [team.clone()].into(),
             }));
             let n = (1 + rng.below(2) as usize).min(keys - made);
             for _ in 0..n {

@@ -263,7 +263,7 @@ fn team_pb(t: &Team) -> pb::Team {
 fn user_pb(u: &User) -> pb::User {
     pb::User {
         id: u.id.to_string(),
-        name: u.name.clone(),
+        name: u.name.to_string(),
         active: u.active,
         teams: u.teams.iter().map(|t| t.to_string()).collect(),
     }
@@ -1322,9 +1322,9 @@ impl AdminService {
             .collect::<Result<Vec<_>, _>>()?;
         let user = User {
             id: id.clone(),
-            name: u.name,
+            name: u.name.into(),
             active: u.active,
-            teams,
+            teams: teams.into(),
         };
         let entitlement = if create {
             "users.create"

@@ -215,7 +215,7 @@ fn change_event(
             None,
             E::UserChanged(pb::UserDefinition {
                 id: u.id.to_string(),
-                name: u.name.clone(),
+                name: u.name.to_string(),
                 active: u.active,
                 team_ids: u.teams.iter().map(|t| t.to_string()).collect(),
             }),
@@ -828,7 +828,7 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
         E::TeamRemoved(id) => Change::RemoveTeam(Arc::from(id.as_str())),
         E::UserChanged(u) => Change::PutUser(User {
             id: Arc::from(u.id.as_str()),
-            name: u.name.clone(),
+            name: u.name.as_str().into(),
             active: u.active,
             teams: u.team_ids.iter().map(|t| ids.id(t)).collect(),
         }),

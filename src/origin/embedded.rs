@@ -695,7 +695,7 @@ fn bootstrap_changes(
             id: user.clone(),
             name: "Bootstrap operator".into(),
             active: true,
-            teams: vec![],
+            teams: Box::default(),
         }));
     }
     changes.push(Change::PutKey(Arc::new(KeySpec {
@@ -1423,7 +1423,7 @@ mod tests {
                             id: format!("user{u}").into(),
                             name: "replay".into(),
                             active: true,
-                            teams: vec!["acme".into()],
+                            teams: ["acme".into()].into(),
                         })
                     })
                     .collect())

@@ -371,7 +371,7 @@ impl Builder {
             let active = self.active_status(u.value.status.as_deref(), u.referenced, &name);
             let user = User {
                 id: u.value.id.as_str().into(),
-                name: u.value.name.clone().unwrap_or_default(),
+                name: u.value.name.clone().unwrap_or_default().into(),
                 active,
                 teams: u.value.teams.iter().map(|t| t.as_str().into()).collect(),
             };

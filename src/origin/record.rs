@@ -204,7 +204,7 @@ impl From<&Change> for ChangeRec {
             Change::PutUser(u) => ChangeRec::PutUser {
                 user: UserRec {
                     id: u.id.to_string(),
-                    name: u.name.clone(),
+                    name: u.name.to_string(),
                     active: u.active,
                     teams: u.teams.iter().map(|t| t.to_string()).collect(),
                 },
@@ -244,7 +244,7 @@ impl TryFrom<ChangeRec> for Change {
             ChangeRec::RemoveTeam { id } => Change::RemoveTeam(arc(&id)),
             ChangeRec::PutUser { user } => Change::PutUser(User {
                 id: arc(&user.id),
-                name: user.name,
+                name: user.name.into(),
                 active: user.active,
                 teams: user.teams.iter().map(|t| arc(t)).collect(),
             }),

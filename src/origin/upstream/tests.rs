@@ -84,7 +84,7 @@ fn world(keys: &[&str]) -> Vec<Change> {
             id: "u".into(),
             name: "U".into(),
             active: true,
-            teams: vec![],
+            teams: Box::default(),
         }),
     ];
     for prefix in keys {
@@ -267,7 +267,7 @@ fn a_large_snapshot_checked_on_several_threads_gets_the_answer_of_one_pass() {
         id: "v".into(),
         name: "V".into(),
         active: true,
-        teams: vec!["nowhere".into()],
+        teams: ["nowhere".into()].into(),
     })]);
     let problem = stage.first_problem().unwrap();
     assert!(problem.contains("team nowhere does not exist"), "{problem}");

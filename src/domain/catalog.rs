@@ -281,8 +281,10 @@ pub struct Role {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     /// Each entitlement with a small id, so that per-role grants are a dense array indexed by it
-    /// (ids of removed entitlements are not reused).
-    entitlements: HashMap<Arc<str>, u16>,
+    /// (ids of removed entitlements are not reused). Every check looks one up: hashed for speed
+    /// (foldhash, randomly seeded), as only origins add entitlements and a caller's string is
+    /// only looked up.
+    entitlements: HashMap<Arc<str>, u16, foldhash::fast::RandomState>,
     next_id: u16,
     roles: HashMap<Arc<str>, Arc<Role>>,
     team_role: Arc<Role>,
@@ -297,7 +299,7 @@ impl Default for Catalog {
 impl Catalog {
     /// The platform's default catalog: its entitlements, six prebuilt roles and TEAM_ROLE.
     pub fn builtin() -> Self {
-        let entitlements: HashMap<Arc<str>, u16> = BUILTIN_ENTITLEMENTS
+        let entitlements: HashMap<Arc<str>, u16, _> = BUILTIN_ENTITLEMENTS
             .iter()
             .zip(0u16..)
             .map(|(e, id)| (Arc::from(*e), id))

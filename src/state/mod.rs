@@ -160,14 +160,18 @@ impl State {
             Ok(key) => key,
             Err(malformed) => return denied(malformed.into()),
         };
-        let entry = self.lookup(key.prefix);
-        if let Err(reason) = authenticate(entry.as_deref(), &key, now) {
+        // The entry is read in place under the shard's read lock and cloned only once decided:
+        // an `Arc` clone is a locked instruction, after which the CPU may not start the loads
+        // and the hashing that follow, so cloning first serialised them behind the entry's miss.
+        let slot = self.keys.get(key.prefix);
+        let entry = slot.as_ref().map(|slot| slot.value());
+        if let Err(reason) = authenticate(entry.map(|e| &**e), &key, now) {
             return denied(reason);
         }
         let entry = entry.expect("authenticate accepts only a present entry");
         CheckOutcome {
-            decision: decide_presented(&entry, key.prefix, entitlement, resource, now),
-            entry: Some(entry),
+            decision: decide_presented(entry, key.prefix, entitlement, resource, now),
+            entry: Some(entry.clone()),
             revision,
         }
     }

@@ -86,7 +86,7 @@ pub struct Decision {
     /// For collection calls below ALL: the visible data is that of these teams…
     pub filter_team_ids: Option<TeamFilter>,
     /// …or owned by these keys…
-    pub filter_owner_key_prefixes: Option<Arc<[Arc<str>]>>,
+    pub filter_owner_key_prefixes: Option<OwnerKeys>,
     /// …or owned by this user.
     pub filter_owner_user_id: Option<Arc<str>>,
 }
@@ -203,7 +203,9 @@ pub fn decide_presented(
                 });
             }
             if own {
-                decision.filter_owner_key_prefixes = Some(requestor.owned_key_prefixes.clone());
+                decision.filter_owner_key_prefixes = Some(OwnerKeys {
+                    requestor: entry.requestor.clone(),
+                });
                 decision.filter_owner_user_id = requestor.id.user().cloned();
             }
         }
@@ -266,6 +268,36 @@ impl PartialEq for TeamFilter {
 }
 
 impl Eq for TeamFilter {}
+
+/// The keys whose data an OWN grant shows: all the requestor's keys, read from the shared
+/// requestor, so a decision neither copies the list nor keeps a second reference count on it.
+#[derive(Clone)]
+pub struct OwnerKeys {
+    requestor: Arc<Requestor>,
+}
+
+impl std::fmt::Debug for OwnerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The key prefixes, sorted.
+impl std::ops::Deref for OwnerKeys {
+    type Target = [Arc<str>];
+
+    fn deref(&self) -> &[Arc<str>] {
+        &self.requestor.owned_key_prefixes
+    }
+}
+
+impl PartialEq for OwnerKeys {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for OwnerKeys {}
 
 #[cfg(test)]
 mod tests {

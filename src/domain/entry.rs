@@ -255,7 +255,7 @@ pub struct Requestor {
     pub members: Members,
     /// Every key of the requestor, whatever its status: the owners that an OWN grant covers.
     /// Sorted.
-    pub owned_key_prefixes: Arc<[Arc<str>]>,
+    pub owned_key_prefixes: Box<[Arc<str>]>,
     pub catalog: Arc<Catalog>,
 }
 

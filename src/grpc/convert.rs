@@ -81,7 +81,7 @@ impl From<KeyType> for pb::KeyType {
     }
 }
 
-fn strings(list: Option<&std::sync::Arc<[std::sync::Arc<str>]>>) -> Vec<String> {
+fn strings(list: Option<&[std::sync::Arc<str>]>) -> Vec<String> {
     list.map(|l| l.iter().map(|s| s.to_string()).collect())
         .unwrap_or_default()
 }
@@ -111,7 +111,7 @@ impl From<&CheckOutcome> for pb::CheckResponse {
                 .flat_map(|f| f.iter())
                 .map(|t| t.to_string())
                 .collect(),
-            filter_owner_key_prefixes: strings(d.filter_owner_key_prefixes.as_ref()),
+            filter_owner_key_prefixes: strings(d.filter_owner_key_prefixes.as_deref()),
             filter_owner_user_id: d
                 .filter_owner_user_id
                 .as_deref()

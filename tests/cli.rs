@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{http_get, keys, repo_path};
+use common::{keys, repo_path};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
 
@@ -49,16 +49,7 @@ fn serve(policy: &std::path::Path, extra_env: &[(&str, &str)]) -> Serving {
 }
 
 async fn wait_ready(s: &Serving) {
-    for _ in 0..400 {
-        if http_get(s.http, "/readyz")
-            .await
-            .is_ok_and(|(c, _)| c == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("rolegate serve did not become ready");
+    common::wait_until_ready(s.http, Duration::from_secs(10)).await;
 }
 
 fn rolegate(args: &[&str]) -> (i32, String, String) {

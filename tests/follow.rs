@@ -66,16 +66,7 @@ fn spawn(args: &[&str], grpc: u16, http: u16) -> Proc {
 
 async fn wait_ready(p: &Proc) {
     // Long enough for a debug build to load tens of thousands of keys.
-    for _ in 0..2400 {
-        if http_get(p.http, "/readyz")
-            .await
-            .is_ok_and(|(c, _)| c == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("rolegate serve did not become ready");
+    common::wait_until_ready(p.http, Duration::from_secs(60)).await;
 }
 
 /// Stops a process with SIGTERM and waits for it.

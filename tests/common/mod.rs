@@ -93,16 +93,7 @@ impl TestServer {
 
     /// Waits (bounded) until `/readyz` answers 200: the policy is loaded and the ports serve.
     async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if http_get(self.http_addr, "/readyz")
-                .await
-                .is_ok_and(|(code, _)| code == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the server did not become ready");
+        wait_until_ready(self.http_addr, Duration::from_secs(5)).await;
     }
 
     /// A client of the Authorizer service.
@@ -159,6 +150,22 @@ pub fn check(key: &str, entitlement: &str, team: &str, owner_key: &str) -> pb::C
         }),
         min_revision: 0,
     }
+}
+
+/// Waits until the server whose HTTP port is `http` answers `/readyz` with 200 (its state is
+/// loaded and its ports serve); panics after `within`.
+pub async fn wait_until_ready(http: SocketAddr, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if http_get(http, "/readyz")
+            .await
+            .is_ok_and(|(code, _)| code == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the server on {http} did not become ready within {within:?}");
 }
 
 /// A minimal HTTP/1.1 GET over a fresh connection: (status code, body).

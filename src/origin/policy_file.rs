@@ -879,8 +879,9 @@ impl PolicyFileOrigin {
             if self.unchanged_on_disk() {
                 continue;
             }
+            // Changed (or unreadable): reload, without a second `stat` on the blocking thread.
             let origin = self.clone();
-            let outcome = tokio::task::spawn_blocking(move || origin.reload_if_changed()).await;
+            let outcome = tokio::task::spawn_blocking(move || origin.reload()).await;
             match outcome {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => tracing::error!(

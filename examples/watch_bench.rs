@@ -19,7 +19,7 @@ use std::{
 
 use rolegate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, SecretHash, Team, User,
+        Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, User,
         model::{Change, canonical_roles},
     },
     grpc::{
@@ -82,12 +82,11 @@ fn owner_changes() -> Vec<Change> {
             prefix: "BenchOwnerKey0001".into(),
             secret_hash: SecretHash::of_secret("bench-owner-secret"),
             key_type: KeyType::Team,
-            user: Some("bench-owner".into()),
+            owner: "bench-owner".into(),
             team: Some("bench-owners".into()),
-            project: None,
             roles: canonical_roles(["SYSTEM_OWNER"]),
             status: KeyStatus::Active,
-            expires_at: None,
+            expires_at: Expiry::NEVER,
         })),
     ]
 }

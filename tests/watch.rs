@@ -7,11 +7,12 @@ mod common;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use compact_str::CompactString;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use rolegate::{
     domain::{
-        Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope, SecretHash,
-        Team, User, model::Change, model::canonical_roles,
+        Expiry, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
+        SecretHash, Team, User, model::Change, model::canonical_roles,
     },
     grpc::{
         AuthorizerService,
@@ -57,12 +58,11 @@ fn key(prefix: &str, user: &str, team: &str, roles: &[&str], status: KeyStatus) 
         prefix: prefix.into(),
         secret_hash: SecretHash::of_secret(&format!("{prefix}-secret")),
         key_type: KeyType::Team,
-        user: Some(user.into()),
+        owner: user.into(),
         team: Some(team.into()),
-        project: None,
         roles: canonical_roles(roles.iter().copied()),
         status,
-        expires_at: None,
+        expires_at: Expiry::NEVER,
     }
 }
 
@@ -114,7 +114,7 @@ const ROLES: &[&str] = &["DEVELOPER", "DATA_SCIENTIST", "AUDITOR", "ACCOUNT_ADMI
 
 /// One random edit of the kinds a policy file edit makes; never touches the owner's key or team.
 fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
-    let others: Vec<Arc<str>> = m
+    let others: Vec<CompactString> = m
         .keys
         .keys()
         .filter(|k| &***k != "OwnerKey0001")
@@ -134,11 +134,11 @@ fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
             m.keys.insert(k.prefix.clone(), Arc::new(k));
         }
         2 if !others.is_empty() => {
-            m.keys.remove(others.choose(rng).unwrap());
+            m.keys.remove(others.choose(rng).unwrap().as_str());
         }
         3 if !others.is_empty() => {
             let p = others.choose(rng).unwrap().clone();
-            let mut k = (*m.keys[&p]).clone();
+            let mut k = (*m.keys[p.as_str()]).clone();
             k.status = if k.status == KeyStatus::Active {
                 KeyStatus::Inactive
             } else {
@@ -170,9 +170,8 @@ fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
             let prefix = format!("Proj{:04}", rng.random_range(0..5));
             let k = KeySpec {
                 key_type: KeyType::Project,
-                user: None,
+                owner: "p0".into(),
                 team: None,
-                project: Some("p0".into()),
                 roles: canonical_roles(["SYSTEM_KEY"]),
                 ..key(&prefix, "x", "x", &[], KeyStatus::Active)
             };
@@ -489,13 +488,10 @@ fn policy_yaml(m: &Model) -> String {
             let owner = match k.key_type {
                 KeyType::Team => format!(
                     "type: team, user: {}, team: {}",
-                    k.user.as_deref().unwrap_or_default(),
+                    k.owner,
                     k.team.as_deref().unwrap_or_default()
                 ),
-                KeyType::Project => format!(
-                    "type: project, project: {}",
-                    k.project.as_deref().unwrap_or_default()
-                ),
+                KeyType::Project => format!("type: project, project: {}", k.owner),
             };
             format!(
                 "{{ prefix: {}, secret_sha256: {}, {owner}, roles: [{}], status: {} }}",
@@ -542,7 +538,7 @@ async fn admin_write(
     rng: &mut StdRng,
     n: u64,
 ) -> (&'static str, Result<u64, tonic::Status>) {
-    let others: Vec<Arc<str>> = current
+    let others: Vec<CompactString> = current
         .keys
         .keys()
         .filter(|k| &***k != "OwnerKey0001")

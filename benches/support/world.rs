@@ -16,8 +16,9 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rolegate::domain::{
-    KeySpec, KeyStatus, KeyType, Project, ResourceRef, SecretHash, Team, User,
+    Expiry, KeySpec, KeyStatus, KeyType, Project, ResourceRef, SecretHash, Team, User,
     model::{Change, RoleLists},
 };
 use rolegate::state::{ChangeSet, State};
@@ -157,7 +158,7 @@ fn new_key(
     rng: &mut Rng,
     probes: &mut Vec<Probe>,
     team: &Arc<str>,
-) -> (Arc<str>, SecretHash, KeyStatus) {
+) -> (CompactString, SecretHash, KeyStatus) {
     let prefix = rng.alnum(PREFIX_LEN);
     let secret = rng.alnum(PREFIX_LEN);
     let status = if rng.percent(1) {
@@ -168,7 +169,11 @@ fn new_key(
     if status == KeyStatus::Active {
         probes.push(Probe::new(&format!("{prefix}.{secret}"), team));
     }
-    (Arc::from(prefix), SecretHash::of_secret(&secret), status)
+    (
+        CompactString::from(prefix),
+        SecretHash::of_secret(&secret),
+        status,
+    )
 }
 
 /// Generates a world of exactly `keys` keys.
@@ -212,12 +217,11 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
                     prefix,
                     secret_hash,
                     key_type: KeyType::Project,
-                    user: None,
+                    owner: id.clone(),
                     team: None,
-                    project: Some(id.clone()),
                     roles: role_lists.canonical(["SYSTEM_KEY"]),
                     status,
-                    expires_at: None,
+                    expires_at: Expiry::NEVER,
                 }));
             }
             made += n;
@@ -243,12 +247,11 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
                     prefix,
                     secret_hash,
                     key_type: KeyType::Team,
-                    user: Some(id.clone()),
+                    owner: id.clone(),
                     team: Some(team.clone()),
-                    project: None,
                     roles,
                     status,
-                    expires_at: None,
+                    expires_at: Expiry::NEVER,
                 }));
             }
             made += n;

@@ -12,6 +12,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use compact_str::CompactString;
+
 use crate::{
     domain::{Reason, ResourceRef, Scope},
     grpc::status::Unanswerable,
@@ -141,6 +143,8 @@ pub struct Allowed {
 pub enum HeaderText {
     Static(&'static str),
     Shared(Arc<str>),
+    /// A key prefix, held inline as the state holds it.
+    Inline(CompactString),
     Owned(String),
     /// A number, written in place (the revision).
     Number(Digits),
@@ -151,18 +155,22 @@ impl HeaderText {
         match self {
             HeaderText::Static(s) => s,
             HeaderText::Shared(s) => s,
+            HeaderText::Inline(s) => s,
             HeaderText::Owned(s) => s,
             HeaderText::Number(d) => d.as_str(),
         }
     }
 
     /// The items joined with `,`: shared when there is only one, as is usual.
-    fn joined<'i>(mut items: impl Iterator<Item = &'i Arc<str>>) -> HeaderText {
+    fn joined<'i, T>(mut items: impl Iterator<Item = &'i T>) -> HeaderText
+    where
+        T: Clone + Deref<Target = str> + Into<HeaderText> + 'i,
+    {
         let Some(first) = items.next() else {
             return HeaderText::Static("");
         };
         let Some(second) = items.next() else {
-            return HeaderText::Shared(first.clone());
+            return first.clone().into();
         };
         let mut out = String::with_capacity(4 * (first.len() + 1));
         out.push_str(first);
@@ -240,6 +248,12 @@ pub struct Denied {
 impl From<Arc<str>> for HeaderText {
     fn from(s: Arc<str>) -> Self {
         HeaderText::Shared(s)
+    }
+}
+
+impl From<CompactString> for HeaderText {
+    fn from(s: CompactString) -> Self {
+        HeaderText::Inline(s)
     }
 }
 
@@ -471,10 +485,10 @@ impl Authz {
         let spec = &entry.spec;
         let shared = |v: Option<&Arc<str>>| v.map_or(HeaderText::Static(""), |v| v.clone().into());
         let candidates = [
-            ("x-rolegate-key", HeaderText::Shared(spec.prefix.clone())),
-            ("x-rolegate-user", shared(spec.user.as_ref())),
+            ("x-rolegate-key", HeaderText::Inline(spec.prefix.clone())),
+            ("x-rolegate-user", shared(spec.user())),
             ("x-rolegate-team", HeaderText::Shared(entry.team.clone())),
-            ("x-rolegate-project", shared(spec.project.as_ref())),
+            ("x-rolegate-project", shared(spec.project())),
             (
                 "x-rolegate-scope",
                 HeaderText::Static(d.scope.map_or("", scope_name)),

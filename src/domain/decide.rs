@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope, entry::bits};
 
 /// Why a request was allowed or denied.
@@ -284,9 +286,9 @@ impl std::fmt::Debug for OwnerKeys {
 
 /// The key prefixes, sorted.
 impl std::ops::Deref for OwnerKeys {
-    type Target = [Arc<str>];
+    type Target = [CompactString];
 
-    fn deref(&self) -> &[Arc<str>] {
+    fn deref(&self) -> &[CompactString] {
         &self.requestor.owned_key_prefixes
     }
 }
@@ -305,7 +307,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{
-        Grant, KeyStatus, Role, RoleType,
+        Expiry, Grant, KeyStatus, Role, RoleType,
         entry::{GrantInterner, RequestorId, build_requestor},
         model::{
             Model,
@@ -318,10 +320,10 @@ mod tests {
     /// Builds every key's entry, as the cache does.
     fn entries(model: &Model) -> HashMap<String, Arc<KeyEntry>> {
         let catalog = Arc::new(model.catalog.clone());
-        let mut by_requestor: HashMap<RequestorId, Vec<Arc<str>>> = HashMap::new();
+        let mut by_requestor: HashMap<RequestorId, Vec<CompactString>> = HashMap::new();
         for spec in model.keys.values() {
             by_requestor
-                .entry(RequestorId::of(spec).unwrap())
+                .entry(RequestorId::of(spec))
                 .or_default()
                 .push(spec.prefix.clone());
         }
@@ -352,7 +354,7 @@ mod tests {
         let mut inactive = team_key("CarolOld01", "carol", "acme", &["ACCOUNT_ADMIN"]);
         inactive.status = KeyStatus::Inactive;
         let mut expired = team_key("CarolExp01", "carol", "acme", &["SYSTEM_OWNER"]);
-        expired.expires_at = Some(NOW - 1);
+        expired.expires_at = Expiry::at(NOW - 1).unwrap();
         for k in [inactive, expired] {
             m.keys.insert(k.prefix.clone(), Arc::new(k));
         }
@@ -702,7 +704,7 @@ mod tests {
         let d = check(&e, &key("FraudKey01"), "results.read", none);
         assert_eq!(
             d.filter_owner_key_prefixes.as_deref(),
-            Some(&[Arc::from("FraudKey01")][..])
+            Some(&[CompactString::from("FraudKey01")][..])
         );
         assert_eq!(d.filter_owner_user_id, None);
     }
@@ -711,7 +713,7 @@ mod tests {
     fn a_member_expiring_later_stops_contributing_at_its_expiry() {
         let mut m = world();
         let mut admin = team_key("CarolAdm01", "carol", "acme", &["ACCOUNT_ADMIN"]);
-        admin.expires_at = Some(NOW + 60);
+        admin.expires_at = Expiry::at(NOW + 60).unwrap();
         m.keys.insert(admin.prefix.clone(), Arc::new(admin));
         let e = entries(&m);
         let entry = &e["CarolKey01"];

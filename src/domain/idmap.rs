@@ -44,9 +44,9 @@ impl HasId for Project {
 }
 
 impl HasId for Arc<KeySpec> {
-    type Id = Arc<str>;
+    type Id = compact_str::CompactString;
 
-    fn id(&self) -> &Arc<str> {
+    fn id(&self) -> &compact_str::CompactString {
         &self.prefix
     }
 }

@@ -205,6 +205,53 @@ impl KeyType {
     }
 }
 
+/// When a key stops authenticating: unix seconds in 32 bits (from 1970 to 2106-02-07), or
+/// never. Four bytes instead of an `Option<i64>`'s sixteen keep a key's binding in a 128-byte
+/// allocation (docs/performance.md).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Expiry(u32);
+
+/// An expiry outside what [`Expiry`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "expires_at {0} is out of range: a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z (unix 0 to 4294967294)"
+)]
+pub struct ExpiryOutOfRange(pub i64);
+
+impl Expiry {
+    /// A key that does not expire.
+    pub const NEVER: Expiry = Expiry(u32::MAX);
+
+    /// The key expires at `unix` seconds.
+    pub fn at(unix: i64) -> Result<Expiry, ExpiryOutOfRange> {
+        match u32::try_from(unix) {
+            Ok(secs) if secs != u32::MAX => Ok(Expiry(secs)),
+            _ => Err(ExpiryOutOfRange(unix)),
+        }
+    }
+
+    /// The key expires at `unix` seconds, or never when `None`.
+    pub fn from_unix(unix: Option<i64>) -> Result<Expiry, ExpiryOutOfRange> {
+        unix.map_or(Ok(Expiry::NEVER), Expiry::at)
+    }
+
+    /// The instant in unix seconds; `None` for a key that does not expire.
+    pub fn unix(self) -> Option<i64> {
+        (self != Expiry::NEVER).then_some(i64::from(self.0))
+    }
+
+    /// Whether the key has expired at `now` (unix seconds).
+    pub fn is_reached(self, now: i64) -> bool {
+        (self != Expiry::NEVER) & (now >= i64::from(self.0))
+    }
+}
+
+impl fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.unix(), f)
+    }
+}
+
 /// A freshly generated key: printed once, then only its hash is kept.
 pub struct NewKey {
     pub key: String,
@@ -243,6 +290,25 @@ pub fn generate_prefix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_holds_1970_to_2106_and_never() {
+        let at = Expiry::at(1_800_000_000).unwrap();
+        assert_eq!(at.unix(), Some(1_800_000_000));
+        assert!(!at.is_reached(1_799_999_999));
+        assert!(at.is_reached(1_800_000_000));
+        assert_eq!(Expiry::at(0).unwrap().unix(), Some(0));
+        assert_eq!(
+            Expiry::at(4_294_967_294).unwrap().unix(),
+            Some(4_294_967_294)
+        );
+        for out in [-1, 4_294_967_295, i64::MAX, i64::MIN] {
+            assert_eq!(Expiry::at(out), Err(ExpiryOutOfRange(out)));
+        }
+        assert_eq!(Expiry::from_unix(None), Ok(Expiry::NEVER));
+        assert_eq!(Expiry::NEVER.unix(), None);
+        assert!(!Expiry::NEVER.is_reached(i64::MAX));
+    }
 
     #[test]
     fn splits_at_the_first_dot() {

@@ -21,6 +21,6 @@ pub use catalog::{Catalog, Grant, Role, RoleType};
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;
-pub use key::{ApiKey, KeyStatus, KeyType, MalformedKey, SecretHash};
-pub use model::{KeySpec, Model, ModelViolation, Project, Team, User};
+pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
+pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, User};
 pub use scope::Scope;

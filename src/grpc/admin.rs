@@ -9,10 +9,12 @@ use std::{
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
+use compact_str::CompactString;
+
 use crate::{
     domain::{
-        ApiKey, Decision, KeyEntry, KeySpec, KeyStatus, KeyType, Model, ModelViolation, Project,
-        RequestorId, ResourceRef, Role, RoleType, Scope, Team, User, authenticate,
+        ApiKey, Decision, Expiry, KeyEntry, KeySpec, KeyStatus, KeyType, Model, ModelViolation,
+        Project, RequestorId, ResourceRef, Role, RoleType, Scope, Team, User, authenticate,
         catalog::{Catalog, canonical_role_id},
         escalation::{Escalation, check_no_escalation},
         key::{generate_key, generate_prefix, is_valid_prefix},
@@ -289,12 +291,12 @@ fn key_pb_in(k: &KeySpec, team: Option<&str>) -> pb::Key {
             KeyType::Team => pb::KeyType::Team,
             KeyType::Project => pb::KeyType::Project,
         } as i32,
-        user: k.user.as_deref().unwrap_or_default().to_owned(),
+        user: k.user().map(|u| u.to_string()).unwrap_or_default(),
         team: team.unwrap_or_default().to_owned(),
-        project: k.project.as_deref().unwrap_or_default().to_owned(),
+        project: k.project().map(|p| p.to_string()).unwrap_or_default(),
         roles: k.roles.iter().map(|r| r.to_string()).collect(),
         status: k.status.as_str().to_owned(),
-        expires_at: k.expires_at.unwrap_or(0),
+        expires_at: k.expires_at.unix().unwrap_or(0),
     }
 }
 
@@ -357,7 +359,7 @@ fn user_teams(m: &Model, user: &str) -> BTreeSet<Arc<str>> {
         .map(|u| u.teams.iter().cloned().collect())
         .unwrap_or_default();
     for k in m.keys.values() {
-        if let (Some(t), true) = (&k.team, k.user.as_deref() == Some(user)) {
+        if let (Some(t), true) = (&k.team, k.user().is_some_and(|u| **u == *user)) {
             teams.insert(t.clone());
         }
     }
@@ -368,7 +370,7 @@ fn user_teams(m: &Model, user: &str) -> BTreeSet<Arc<str>> {
 struct Visible {
     all: bool,
     teams: BTreeSet<Arc<str>>,
-    owner_keys: BTreeSet<Arc<str>>,
+    owner_keys: BTreeSet<CompactString>,
     owner_user: Option<Arc<str>>,
 }
 
@@ -409,7 +411,7 @@ struct PageSelect<'t, T> {
 }
 
 /// An item ordered by its id alone.
-struct Ranked<T>(Arc<str>, T);
+struct Ranked<T>(CompactString, T);
 
 impl<T> PartialEq for Ranked<T> {
     fn eq(&self, other: &Self) -> bool {
@@ -442,18 +444,18 @@ impl<'t, T> PageSelect<'t, T> {
     }
 
     /// Considers the item `id`; `make` builds it only when it may be on the page.
-    fn offer(&mut self, id: &Arc<str>, make: impl FnOnce() -> T) {
-        if !self.token.is_empty() && **id <= *self.token {
+    fn offer(&mut self, id: &str, make: impl FnOnce() -> T) {
+        if !self.token.is_empty() && id <= self.token {
             return;
         }
         // One more than the page is kept, to know whether a next page exists.
         if self.heap.len() > self.size {
-            if self.heap.peek().is_some_and(|top| *id >= top.0) {
+            if self.heap.peek().is_some_and(|top| id >= top.0.as_str()) {
                 return;
             }
             self.heap.pop();
         }
-        self.heap.push(Ranked(id.clone(), make()));
+        self.heap.push(Ranked(id.into(), make()));
     }
 
     /// The page in id order, and the token of the next page (empty: none).
@@ -675,7 +677,7 @@ impl Admin for AdminService {
             let mut via_keys: BTreeSet<&Arc<str>> = BTreeSet::new();
             if !vis.all {
                 for k in m.keys.values() {
-                    if let (Some(u), Some(t)) = (&k.user, &k.team)
+                    if let (Some(u), Some(t)) = (k.user(), &k.team)
                         && vis.teams.contains(t)
                     {
                         via_keys.insert(u);
@@ -796,59 +798,55 @@ impl Admin for AdminService {
             Ok(pb::KeyType::Project) => KeyType::Project,
             _ => return Err(bad_field("key_type", "TEAM or PROJECT")),
         };
-        let (user, team, project) = match key_type {
-            KeyType::Team => (
-                Some(id_field("user", &r.user)?),
-                Some(id_field("team", &r.team)?),
-                None,
-            ),
+        let (owner, team) = match key_type {
+            KeyType::Team => (id_field("user", &r.user)?, Some(id_field("team", &r.team)?)),
             KeyType::Project => {
                 if !r.user.is_empty() {
                     return Err(bad_field("user", "a project key has no user"));
                 }
-                (None, None, Some(id_field("project", &r.project)?))
+                (id_field("project", &r.project)?, None)
             }
         };
+        let expires_at = Expiry::from_unix((r.expires_at != 0).then_some(r.expires_at))
+            .map_err(|e| bad_field("expires_at", e.to_string()))?;
         let mut roles: Vec<&str> = r.roles.iter().map(String::as_str).collect();
         if key_type == KeyType::Project && roles.is_empty() {
             roles.push("SYSTEM_KEY");
         }
         let roles = canonical_roles(roles);
         // The key's team decides which grants of the caller count.
-        let target_team: Arc<str> = match (&team, &project) {
-            (Some(t), _) => t.clone(),
-            (None, Some(p)) => self
+        let target_team: Arc<str> = match &team {
+            Some(t) => t.clone(),
+            None => self
                 .state
-                .read_model(|m| m.projects.get(p).map(|p| p.team.clone()))
-                .ok_or_else(|| bad_field("project", format!("project {p} does not exist")))?,
-            (None, None) => unreachable!("a key names a team or a project"),
+                .read_model(|m| m.projects.get(&owner).map(|p| p.team.clone()))
+                .ok_or_else(|| bad_field("project", format!("project {owner} does not exist")))?,
         };
         self.team_scoped(&caller, "keys.create", &target_team)?;
         let catalog = self.state.read_model(|m| m.catalog.clone());
         self.check_bindings(&caller, &catalog, &roles, &target_team)?;
         let new = generate_key(&prefix).map_err(|e| bad_field("prefix", e.to_string()))?;
         let spec = Arc::new(KeySpec {
-            prefix: owned(&prefix),
+            prefix: prefix.as_str().into(),
             secret_hash: new.hash,
             key_type,
-            user,
+            owner,
             team,
-            project,
             roles,
             status: KeyStatus::Active,
-            expires_at: (r.expires_at != 0).then_some(r.expires_at),
+            expires_at,
         });
         let put = spec.clone();
         let revision = Self::write(&origin, move |m| {
-            if m.keys.contains_key(&put.prefix) {
+            if m.keys.contains_key(put.prefix.as_str()) {
                 // A field violation rather than AlreadyExists: the request's prefix is at fault.
                 return Err(WriteError::Invalid(vec![ModelViolation {
-                    object: ObjectRef::Key(put.prefix.clone()),
+                    object: ObjectRef::Key(Arc::from(put.prefix.as_str())),
                     field: "prefix",
                     message: format!("prefix {} is already taken", put.prefix),
                 }]));
             }
-            if put.project.is_some() && m.key_team(&put) != Some(&target_team) {
+            if put.key_type == KeyType::Project && m.key_team(&put) != Some(&target_team) {
                 return Err(concurrent());
             }
             Ok(vec![Change::PutKey(put)])
@@ -907,8 +905,8 @@ impl Admin for AdminService {
                     || vis.owner_keys.contains(&k.prefix);
                 if visible
                     && (r.team.is_empty() || team.is_some_and(|t| **t == *r.team))
-                    && (r.user.is_empty() || k.user.as_deref() == Some(r.user.as_str()))
-                    && (r.project.is_empty() || k.project.as_deref() == Some(r.project.as_str()))
+                    && (r.user.is_empty() || k.user().is_some_and(|u| **u == *r.user))
+                    && (r.project.is_empty() || k.project().is_some_and(|p| **p == *r.project))
                     && status.is_none_or(|s| k.status == s)
                     && (role.is_empty() || k.roles.iter().any(|x| **x == *role))
                 {
@@ -955,9 +953,12 @@ impl Admin for AdminService {
             .replace_roles
             .then(|| canonical_roles(r.roles.iter().map(String::as_str)));
         let roles_change = new_roles.as_ref().is_some_and(|n| *n != entry.spec.roles);
-        let expiry_change = r
+        let expires = r
             .expires_at
-            .is_some_and(|e| (e != 0).then_some(e) != entry.spec.expires_at);
+            .map(|e| Expiry::from_unix((e != 0).then_some(e)))
+            .transpose()
+            .map_err(|e| bad_field("expires_at", e.to_string()))?;
+        let expiry_change = expires.is_some_and(|e| e != entry.spec.expires_at);
         if roles_change && matches!(caller.entry.requestor.id, RequestorId::Project(_)) {
             return Err(Status::permission_denied(
                 "project keys cannot change roles",
@@ -984,7 +985,6 @@ impl Admin for AdminService {
         }
         let prefix = entry.spec.prefix.clone();
         let team = entry.team.clone();
-        let expires = r.expires_at;
         let revision = Self::write(&origin, move |m| {
             let old = m
                 .keys
@@ -1001,7 +1001,7 @@ impl Admin for AdminService {
                 spec.roles = roles;
             }
             if let Some(e) = expires {
-                spec.expires_at = (e != 0).then_some(e);
+                spec.expires_at = e;
             }
             if spec == **old {
                 return Ok(vec![]);
@@ -1067,7 +1067,7 @@ impl Admin for AdminService {
             if !m.keys.contains_key(&prefix) {
                 return Err(WriteError::NotFound(format!("key {prefix}")));
             }
-            Ok(vec![Change::RemoveKey(prefix)])
+            Ok(vec![Change::RemoveKey(Arc::from(prefix.as_str()))])
         })
         .await?;
         tracing::info!(key = %entry.spec.prefix, by = %caller.entry.spec.prefix, revision, "key deleted");
@@ -1536,7 +1536,12 @@ mod tests {
         let items: Vec<_> = m
             .keys
             .values()
-            .map(|k| (k.prefix.clone(), (k.clone(), m.key_team(k).cloned())))
+            .map(|k| {
+                (
+                    k.prefix.as_str().into(),
+                    (k.clone(), m.key_team(k).cloned()),
+                )
+            })
             .collect();
         let collected = t0.elapsed();
         let (old_page, old_next) = sorted_page(items, 100, &token);

@@ -81,7 +81,7 @@ impl From<KeyType> for pb::KeyType {
     }
 }
 
-fn strings(list: Option<&[std::sync::Arc<str>]>) -> Vec<String> {
+fn strings<T: std::ops::Deref<Target = str>>(list: Option<&[T]>) -> Vec<String> {
     list.map(|l| l.iter().map(|s| s.to_string()).collect())
         .unwrap_or_default()
 }
@@ -92,8 +92,8 @@ impl From<&CheckOutcome> for pb::CheckResponse {
         let principal = outcome.entry.as_ref().map(|e| pb::Principal {
             key_prefix: e.spec.prefix.to_string(),
             key_type: pb::KeyType::from(e.spec.key_type).into(),
-            user_id: e.spec.user.as_deref().unwrap_or_default().to_owned(),
-            project_id: e.spec.project.as_deref().unwrap_or_default().to_owned(),
+            user_id: e.spec.user().map(|u| u.to_string()).unwrap_or_default(),
+            project_id: e.spec.project().map(|p| p.to_string()).unwrap_or_default(),
             team_id: e.team.to_string(),
             roles: e.spec.roles.iter().map(|r| r.to_string()).collect(),
         });

@@ -331,7 +331,7 @@ mod tests {
         assert!(Arc::ptr_eq(&team.id, &project.team));
         assert!(Arc::ptr_eq(&team.id, k1.team.as_ref().unwrap()));
         assert!(Arc::ptr_eq(&team.id, k2.team.as_ref().unwrap()));
-        assert!(Arc::ptr_eq(&project.id, k3.project.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&project.id, k3.project().unwrap()));
         assert!(Arc::ptr_eq(&k1.roles, &k2.roles));
         assert!(!Arc::ptr_eq(&k1.roles, &k3.roles));
         let [.., Change::PutKey(p1), Change::PutKey(p2), _] = &plain[..] else {

@@ -16,8 +16,8 @@ use tonic::Status;
 
 use crate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, ResourceRef, Role, RoleType,
-        Scope, SecretHash, Team, User, model::Change,
+        Expiry, KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, ResourceRef, Role,
+        RoleType, Scope, SecretHash, Team, User, model::Change,
     },
     grpc::{pb, status::WatchRefused},
     state::{
@@ -151,12 +151,12 @@ fn key_event(spec: &KeySpec, team: Option<&Arc<str>>, secrets: bool) -> pb::KeyU
     pb::KeyUpserted {
         prefix: spec.prefix.to_string(),
         key_type: pb::KeyType::from(spec.key_type) as i32,
-        user_id: spec.user.as_deref().unwrap_or_default().to_owned(),
+        user_id: spec.user().map(|u| u.to_string()).unwrap_or_default(),
         team_id: team.map(|t| t.to_string()).unwrap_or_default(),
-        project_id: spec.project.as_deref().unwrap_or_default().to_owned(),
+        project_id: spec.project().map(|p| p.to_string()).unwrap_or_default(),
         roles: spec.roles.iter().map(|r| r.to_string()).collect(),
         status: spec.status.as_str().to_owned(),
-        expires_at: spec.expires_at.unwrap_or(0),
+        expires_at: spec.expires_at.unix().unwrap_or(0),
         secret_sha256: if secrets {
             spec.secret_hash.to_hex()
         } else {
@@ -291,7 +291,7 @@ fn snapshot_objects(model: &Model) -> impl Iterator<Item = LoggedChange> + '_ {
             logged(
                 Change::PutKey(k.clone()),
                 model.key_team(k).cloned(),
-                k.user.clone(),
+                k.user().cloned(),
             )
         }))
 }
@@ -655,8 +655,9 @@ fn scope_from(scope: i32) -> Option<Scope> {
     }
 }
 
-fn opt(s: &str) -> Option<Arc<str>> {
-    (!s.is_empty()).then(|| Arc::from(s))
+/// A proto3 string field, absent when empty.
+fn nonempty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 /// Shares one `Arc` per distinct team id, project id, role id and role list among the objects
@@ -776,21 +777,27 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
                 ))
             })?;
             let status: KeyStatus = k.status.parse().map_err(|e: String| bad(e))?;
+            let owner = KeySpec::owner_of(key_type, nonempty(&k.user_id), nonempty(&k.project_id))
+                .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+            let expires_at = Expiry::from_unix((k.expires_at != 0).then_some(k.expires_at))
+                .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
             Change::PutKey(Arc::new(KeySpec {
-                // Prefixes are unique, and user ids nearly so (see `Interner`).
-                prefix: Arc::from(k.prefix.as_str()),
+                prefix: k.prefix.as_str().into(),
                 secret_hash,
                 key_type,
-                user: opt(&k.user_id),
+                // User ids are nearly unique (see `Interner`); projects own several keys.
+                owner: match key_type {
+                    KeyType::Team => Arc::from(owner),
+                    KeyType::Project => ids.id(owner),
+                },
                 team: if key_type == KeyType::Team {
                     ids.opt(&k.team_id)
                 } else {
                     None
                 },
-                project: ids.opt(&k.project_id),
                 roles: ids.roles(&k.roles),
                 status,
-                expires_at: (k.expires_at != 0).then_some(k.expires_at),
+                expires_at,
             }))
         }
         E::KeyRemoved(p) => Change::RemoveKey(Arc::from(p.as_str())),

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team, User,
-        key::generate_key, model::Change,
+        Expiry, KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team,
+        User, key::generate_key, model::Change,
     },
     origin::{
         policy_file::ReloadStatus,
@@ -702,12 +702,11 @@ fn bootstrap_changes(
         prefix: bootstrap.prefix.as_str().into(),
         secret_hash: hash,
         key_type: KeyType::Team,
-        user: Some(user),
+        owner: user,
         team: Some(team),
-        project: None,
         roles: vec![Arc::from("SYSTEM_OWNER")].into(),
         status: KeyStatus::Active,
-        expires_at: None,
+        expires_at: Expiry::NEVER,
     })));
     Ok((changes, key))
 }
@@ -969,10 +968,10 @@ fn role_inverse(model: &Model, id: &Arc<str>) -> Change {
     }
 }
 
-fn key_inverse(model: &Model, prefix: &Arc<str>) -> Change {
+fn key_inverse(model: &Model, prefix: &str) -> Change {
     match model.keys.get(prefix) {
         Some(k) => Change::PutKey(k.clone()),
-        None => Change::RemoveKey(prefix.clone()),
+        None => Change::RemoveKey(prefix.into()),
     }
 }
 
@@ -1352,7 +1351,7 @@ mod tests {
         let expires_at = crate::state::unix_now() + 1;
         let key = |roles: &[&str]| {
             let mut k = team_key("AliceKey01", "alice", "acme", roles);
-            k.expires_at = Some(expires_at);
+            k.expires_at = Expiry::at(expires_at).unwrap();
             k
         };
         started

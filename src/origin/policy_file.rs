@@ -16,7 +16,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     domain::{
-        Catalog, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
+        Catalog, Expiry, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
         SecretHash, Team, User,
         catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
         model::{ObjectRef, RoleLists, is_valid_role_id},
@@ -405,7 +405,11 @@ impl Builder {
         for (i, k) in doc.keys.iter().enumerate() {
             let name = format!("keys[{i}] (prefix {})", k.value.prefix);
             if let Some(key) = self.key(&name, k, &mut intern)
-                && self.define(ObjectRef::Key(key.prefix.clone()), name, k.referenced)
+                && self.define(
+                    ObjectRef::Key(key.prefix.as_str().into()),
+                    name,
+                    k.referenced,
+                )
             {
                 model.keys.insert(key.prefix.clone(), Arc::new(key));
             }
@@ -576,9 +580,15 @@ impl Builder {
             }
         };
         let expires_at = match &doc.expires_at {
-            None => Some(None),
+            None => Some(Expiry::NEVER),
             Some(text) => match OffsetDateTime::parse(text, &Rfc3339) {
-                Ok(t) => Some(Some(t.unix_timestamp())),
+                Ok(t) => match Expiry::at(t.unix_timestamp()) {
+                    Ok(at) => Some(at),
+                    Err(e) => {
+                        self.fail(at, name, format!("expires_at {text:?}: {e}"));
+                        None
+                    }
+                },
                 Err(e) => {
                     self.fail(
                         at,
@@ -595,13 +605,20 @@ impl Builder {
         if roles.len() != doc.roles.len() {
             self.fail(at, name, "a role is listed twice");
         }
+        let key_type = key_type?;
+        let owner = match KeySpec::owner_of(key_type, doc.user.as_deref(), doc.project.as_deref()) {
+            Ok(owner) => Some(intern(owner)),
+            Err(e) => {
+                self.fail(at, name, e.to_string());
+                None
+            }
+        };
         Some(KeySpec {
             prefix: doc.prefix.as_str().into(),
             secret_hash: secret_hash?,
-            key_type: key_type?,
-            user: doc.user.as_deref().map(&mut *intern),
+            key_type,
+            owner: owner?,
             team: doc.team.as_deref().map(&mut *intern),
-            project: doc.project.as_deref().map(&mut *intern),
             roles,
             status: status?,
             expires_at: expires_at?,

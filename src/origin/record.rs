@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Grant, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType, Scope, SecretHash,
-    Team, User, model::Change,
+    Expiry, Grant, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType, Scope,
+    SecretHash, Team, User, model::Change,
 };
 
 /// Why a stored record cannot be read back.
@@ -147,12 +147,12 @@ impl From<&KeySpec> for KeyRec {
             prefix: k.prefix.to_string(),
             secret_sha256: k.secret_hash.to_hex(),
             key_type: k.key_type.as_str().into(),
-            user: k.user.as_deref().map(Into::into),
+            user: k.user().map(|u| u.to_string()),
             team: k.team.as_deref().map(Into::into),
-            project: k.project.as_deref().map(Into::into),
+            project: k.project().map(|p| p.to_string()),
             roles: k.roles.iter().map(|r| r.to_string()).collect(),
             status: k.status.as_str().into(),
-            expires_at: k.expires_at,
+            expires_at: k.expires_at.unix(),
         }
     }
 }
@@ -170,16 +170,19 @@ impl TryFrom<KeyRec> for KeySpec {
             other => return Err(bad(format!("key {}: type {other:?}", k.prefix))),
         };
         let status: KeyStatus = k.status.parse().map_err(bad)?;
+        let owner = KeySpec::owner_of(key_type, k.user.as_deref(), k.project.as_deref())
+            .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+        let expires_at =
+            Expiry::from_unix(k.expires_at).map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
         Ok(KeySpec {
-            prefix: arc(&k.prefix),
+            prefix: k.prefix.as_str().into(),
             secret_hash,
             key_type,
-            user: k.user.as_deref().map(arc),
+            owner: arc(owner),
             team: k.team.as_deref().map(arc),
-            project: k.project.as_deref().map(arc),
             roles: k.roles.iter().map(|r| arc(r)).collect(),
             status,
-            expires_at: k.expires_at,
+            expires_at,
         })
     }
 }

@@ -51,11 +51,11 @@ impl LoggedChange {
         let (team, user, existed) = match change {
             Change::PutKey(spec) => (
                 model.key_team(spec).cloned(),
-                spec.user.clone(),
-                model.keys.contains_key(&spec.prefix),
+                spec.user().cloned(),
+                model.keys.contains_key(spec.prefix.as_str()),
             ),
-            Change::RemoveKey(prefix) => match model.keys.get(prefix) {
-                Some(old) => (model.key_team(old).cloned(), old.user.clone(), true),
+            Change::RemoveKey(prefix) => match model.keys.get(&**prefix) {
+                Some(old) => (model.key_team(old).cloned(), old.user().cloned(), true),
                 None => (None, None, false),
             },
             Change::PutRole(role) => (None, None, model.catalog.role(&role.id).is_some()),

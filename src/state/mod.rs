@@ -62,7 +62,7 @@ struct Writer {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The requestors a change set touches, each with all its keys after it.
-type Touched = FastMap<RequestorId, Vec<Arc<str>>>;
+type Touched = FastMap<RequestorId, Vec<CompactString>>;
 
 /// The cache's map. Keys are held inline (prefixes up to 24 bytes), so a lookup compares the
 /// prefix without reading another allocation. Only the writer inserts, so a hasher built for
@@ -298,9 +298,8 @@ impl State {
                 }
                 Change::PutKey(spec) => {
                     w.unlist_key(&mut touched, &spec.prefix);
-                    if let Some(id) = RequestorId::of(spec) {
-                        w.keys_of(&mut touched, id).push(spec.prefix.clone());
-                    }
+                    w.keys_of(&mut touched, RequestorId::of(spec))
+                        .push(spec.prefix.clone());
                 }
                 Change::RemoveKey(prefix) => {
                     w.unlist_key(&mut touched, prefix);
@@ -323,7 +322,7 @@ impl State {
                 .keys
                 .values()
                 .filter(|spec| w.model.key_team(spec).is_some_and(|t| teams.contains(t)))
-                .filter_map(|spec| RequestorId::of(spec))
+                .map(|spec| RequestorId::of(spec))
                 .collect();
             for id in in_teams {
                 w.keys_of(&mut touched, id);
@@ -331,7 +330,7 @@ impl State {
         }
 
         for prefix in &removed_keys {
-            if !w.model.keys.contains_key(prefix) {
+            if !w.model.keys.contains_key(&**prefix) {
                 self.keys.remove(&**prefix);
             }
         }
@@ -382,7 +381,7 @@ impl State {
             w.interner = interner;
             return rebuilt;
         }
-        let mut batches: Vec<Vec<(RequestorId, Vec<Arc<str>>)>> = (0..threads)
+        let mut batches: Vec<Vec<(RequestorId, Vec<CompactString>)>> = (0..threads)
             .map(|_| Vec::with_capacity(touched.len() / threads + 1))
             .collect();
         for (i, item) in touched.into_iter().enumerate() {
@@ -425,7 +424,7 @@ impl State {
     fn rebuild_batch(
         &self,
         w: &Writer,
-        batch: impl IntoIterator<Item = (RequestorId, Vec<Arc<str>>)>,
+        batch: impl IntoIterator<Item = (RequestorId, Vec<CompactString>)>,
         now: i64,
         describe: bool,
         interner: &mut GrantInterner,
@@ -438,8 +437,7 @@ impl State {
             let (requestor, entries) =
                 build_requestor(&w.model, &w.catalog, &id, &prefixes, now, interner);
             for entry in entries {
-                self.keys
-                    .insert(CompactString::new(&*entry.spec.prefix), entry);
+                self.keys.insert(entry.spec.prefix.clone(), entry);
             }
             let new = (!requestor.owned_key_prefixes.is_empty()).then_some(requestor);
             let changed = describe
@@ -452,7 +450,7 @@ impl State {
 
 impl Writer {
     /// The keys of requestor `id` as this change set leaves them, starting from those it had.
-    fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut Vec<Arc<str>> {
+    fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut Vec<CompactString> {
         touched.entry(id).or_insert_with_key(|id| {
             self.requestors
                 .get(id)
@@ -462,13 +460,8 @@ impl Writer {
     }
 
     /// Takes `prefix` off the key list of the requestor it belonged to before this change.
-    fn unlist_key(&self, touched: &mut Touched, prefix: &Arc<str>) {
-        let Some(id) = self
-            .model
-            .keys
-            .get(prefix)
-            .and_then(|old| RequestorId::of(old))
-        else {
+    fn unlist_key(&self, touched: &mut Touched, prefix: &str) {
+        let Some(id) = self.model.keys.get(prefix).map(|old| RequestorId::of(old)) else {
             return;
         };
         self.keys_of(touched, id).retain(|p| p != prefix);

@@ -41,7 +41,7 @@ fn the_example_policy_loads() {
     assert!(m.catalog.has_entitlement("reports.export"));
     assert_eq!(policy.routes, None);
     let rita = &m.keys["RitaReviewKey0000001"];
-    assert_eq!(rita.expires_at, Some(4_070_908_800));
+    assert_eq!(rita.expires_at.unix(), Some(4_070_908_800));
 }
 
 #[test]

@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use super::*;
-use crate::domain::{KeySpec, KeyStatus, KeyType, SecretHash, Team, User, model::canonical_roles};
+use crate::domain::{
+    Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, User, model::canonical_roles,
+};
 
 #[test]
 fn backoff_grows_to_its_cap_with_jitter_and_resets() {
@@ -92,12 +94,11 @@ fn world(keys: &[&str]) -> Vec<Change> {
             prefix: (*prefix).into(),
             secret_hash: SecretHash::of_secret("s"),
             key_type: KeyType::Team,
-            user: Some("u".into()),
+            owner: "u".into(),
             team: Some("acme".into()),
-            project: None,
             roles: canonical_roles(["DEVELOPER"]),
             status: KeyStatus::Active,
-            expires_at: None,
+            expires_at: Expiry::NEVER,
         })));
     }
     out
@@ -214,7 +215,7 @@ fn staged(prefixes: &[&str], dangling: &[usize]) -> Staged {
             unreachable!("world() puts the keys after a team and a user")
         };
         let mut spec = (**key).clone();
-        spec.user = Some("nobody".into());
+        spec.owner = "nobody".into();
         *key = Arc::new(spec);
     }
     let mut stage = Staged::default();

@@ -716,6 +716,22 @@ async fn bad_input_is_invalid_argument_with_field_violations() {
             team_key("no/slash", "devin", "acme", &[]),
             "prefix",
         ),
+        (
+            "an expiry after 2106",
+            pb::CreateKeyRequest {
+                expires_at: 7_258_118_400,
+                ..team_key("Late000000000001", "devin", "acme", &[])
+            },
+            "expires_at",
+        ),
+        (
+            "an expiry before 1970",
+            pb::CreateKeyRequest {
+                expires_at: -1,
+                ..team_key("Early00000000001", "devin", "acme", &[])
+            },
+            "expires_at",
+        ),
     ];
     for (what, req, field) in cases {
         let err = admin.create_key(call(BOOTSTRAP, req)).await.unwrap_err();

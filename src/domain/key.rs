@@ -213,12 +213,13 @@ pub struct Expiry(u32);
 
 /// An expiry outside what [`Expiry`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "expires_at {0} is out of range: a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z (unix 0 to 4294967294)"
-)]
+#[error("expires_at {0} is out of range: {RANGE} (unix 0 to 4294967294)", RANGE = Expiry::RANGE)]
 pub struct ExpiryOutOfRange(pub i64);
 
 impl Expiry {
+    /// What [`Expiry::at`] accepts, for error messages.
+    pub const RANGE: &str = "a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z";
+
     /// A key that does not expire.
     pub const NEVER: Expiry = Expiry(u32::MAX);
 

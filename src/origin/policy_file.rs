@@ -584,8 +584,13 @@ impl Builder {
             Some(text) => match OffsetDateTime::parse(text, &Rfc3339) {
                 Ok(t) => match Expiry::at(t.unix_timestamp()) {
                     Ok(at) => Some(at),
-                    Err(e) => {
-                        self.fail(at, name, format!("expires_at {text:?}: {e}"));
+                    Err(_) => {
+                        let range = Expiry::RANGE;
+                        self.fail(
+                            at,
+                            name,
+                            format!("expires_at {text:?} is out of range: {range}"),
+                        );
                         None
                     }
                 },

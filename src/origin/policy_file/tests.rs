@@ -117,6 +117,12 @@ fn bad_values_are_refused() {
         "secret_sha256: {HASH}, expires_at: tomorrow"
     )));
     assert!(got[0].contains("is not an RFC 3339 time"), "{got:?}");
+    assert_error(
+        &key(&format!(
+            "secret_sha256: {HASH}, expires_at: '2200-01-01T00:00:00Z'"
+        )),
+        "p.yaml:9:5: keys[0] (prefix KeyOne0001): expires_at \"2200-01-01T00:00:00Z\" is out of range: a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z",
+    );
     let got = errors(&format!(
         "{BASE}keys:\n  - {{ prefix: 'a b', secret_sha256: {HASH}, type: team, user: alice, team: acme }}\n"
     ));
@@ -124,6 +130,31 @@ fn bad_values_are_refused() {
         got[0].contains("prefix: a prefix is 4 to 64 characters"),
         "{got:?}"
     );
+}
+
+#[test]
+fn a_key_names_the_owner_its_type_has() {
+    let key = |fields: &str| {
+        format!("{BASE}keys:\n  - {{ prefix: KeyOne0001, secret_sha256: {HASH}, {fields} }}\n")
+    };
+    let at = "p.yaml:9:5: keys[0] (prefix KeyOne0001)";
+    assert_error(
+        &key("type: team, team: acme"),
+        &format!("{at}: user: a team key names its user"),
+    );
+    assert_error(
+        &key("type: team, user: alice, team: acme, project: fraud"),
+        &format!("{at}: project: a team key has no project (use type: project)"),
+    );
+    assert_error(
+        &key("type: project"),
+        &format!("{at}: project: a project key names its project"),
+    );
+    assert_error(
+        &key("type: project, project: fraud, user: alice"),
+        &format!("{at}: user: a project key has no user (use type: team)"),
+    );
+    assert!(errors(&key("type: project, project: fraud")).is_empty());
 }
 
 #[test]

@@ -72,12 +72,12 @@ fn owner_changes() -> Vec<Change> {
             name: "Bench owners".into(),
             active: true,
         }),
-        Change::PutUser(User {
+        Change::PutUser(Arc::new(User {
             id: "bench-owner".into(),
             name: "Bench owner".into(),
             active: true,
             teams: Box::default(),
-        }),
+        })),
         Change::PutKey(Arc::new(KeySpec {
             prefix: "BenchOwnerKey0001".into(),
             secret_hash: SecretHash::of_secret("bench-owner-secret"),

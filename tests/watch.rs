@@ -82,12 +82,12 @@ fn base_model() -> Model {
     for u in ["u0", "u1", "u2", "u3", "u4", "u5"] {
         m.users.insert(
             u.into(),
-            User {
+            Arc::new(User {
                 id: u.into(),
                 name: u.into(),
                 active: true,
                 teams: Box::default(),
-            },
+            }),
         );
     }
     m.projects.insert(
@@ -179,7 +179,8 @@ fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
         }
         _ => {
             let u = format!("u{}", rng.random_range(1..6));
-            m.users.get_mut(u.as_str()).unwrap().name = format!("renamed {n}").into();
+            Arc::make_mut(m.users.get_mut(u.as_str()).unwrap()).name =
+                format!("renamed {n}").into();
         }
     }
 }
@@ -1103,7 +1104,7 @@ async fn grants_events_name_only_requestors_whose_grants_changed() {
     model.keys.insert(k1.prefix.clone(), Arc::new(k1));
     commit(&state, &model).unwrap();
     // Rename bob: a user event, no grants event.
-    model.users.get_mut("u2").unwrap().name = "Bob B.".into();
+    Arc::make_mut(model.users.get_mut("u2").unwrap()).name = "Bob B.".into();
     commit(&state, &model).unwrap();
     let mut got = Vec::new();
     while got.len() < 3 {

@@ -229,12 +229,12 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
             // A user of the team, with one or two keys.
             let id: Arc<str> = Arc::from(format!("user-{users:07}"));
             users += 1;
-            changes.push(Change::PutUser(User {
+            changes.push(Change::PutUser(Arc::new(User {
                 id: id.clone(),
                 name: format!("User {id}").into(),
                 active: true,
                 teams: [team.clone()].into(),
-            }));
+            })));
             let n = (1 + rng.below(2) as usize).min(keys - made);
             for _ in 0..n {
                 let (prefix, secret_hash, status) = new_key(&mut rng, &mut probes, team);

@@ -487,7 +487,7 @@ impl Authz {
         let candidates = [
             ("x-rolegate-key", HeaderText::Inline(spec.prefix.clone())),
             ("x-rolegate-user", shared(spec.user())),
-            ("x-rolegate-team", HeaderText::Shared(entry.team.clone())),
+            ("x-rolegate-team", HeaderText::Shared(entry.team.id.clone())),
             ("x-rolegate-project", shared(spec.project())),
             (
                 "x-rolegate-scope",

@@ -134,7 +134,7 @@ pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Res
     if spec.expired_at(now) {
         return Err(Reason::KeyExpired);
     }
-    if !entry.team_active {
+    if !entry.team.active {
         return Err(Reason::TeamInactive);
     }
     if !entry.requestor.active {
@@ -254,7 +254,7 @@ impl TeamFilter {
             .members
             .iter()
             .filter(|m| m.is_live(self.now) && m.grants.scopes(self.entitlement) & bits::TEAM != 0)
-            .map(|m| &*m.team)
+            .map(|m| &m.team.id)
             .filter(move |team| {
                 let repeat = previous.is_some_and(|p| p == *team);
                 previous = Some(team);
@@ -640,7 +640,7 @@ mod tests {
     fn inactive_teams_and_users_lock_out_their_keys() {
         let mut m = world();
         m.teams.get_mut("globex").unwrap().active = false;
-        m.users.get_mut("carol").unwrap().active = false;
+        Arc::make_mut(m.users.get_mut("carol").unwrap()).active = false;
         let e = entries(&m);
         let none = ResourceRef::default();
         assert_eq!(

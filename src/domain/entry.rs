@@ -162,9 +162,32 @@ impl RoleGrants {
     }
 }
 
-/// A team id behind one thin pointer, shared by every member of the team: a [`Member`] is then
-/// three words, and a requestor with two members fits a 128-byte allocation.
-pub type TeamRef = Arc<Arc<str>>;
+/// A team as a key sees it: its id and whether it is active.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TeamInfo {
+    pub id: Arc<str>,
+    pub active: bool,
+}
+
+/// The team's id.
+impl std::ops::Deref for TeamInfo {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.id
+    }
+}
+
+impl std::fmt::Display for TeamInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+/// A team behind one thin pointer, shared by every key and member of the team: a [`Member`] is
+/// then three words, a requestor with two members fits a 128-byte allocation, and a
+/// [`KeyEntry`] three words (a 48-byte allocation with its reference counts).
+pub type TeamRef = Arc<TeamInfo>;
 
 /// Shares [`RoleGrants`] between every key bound to the same roles, and one [`TeamRef`] between
 /// every key of a team.
@@ -172,7 +195,7 @@ pub type TeamRef = Arc<Arc<str>>;
 pub struct GrantInterner {
     /// Looked up once per key built: hashed for speed (the role lists come from the origin).
     sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>, foldhash::fast::RandomState>,
-    teams: HashMap<Arc<str>, TeamRef, foldhash::fast::RandomState>,
+    teams: HashMap<(Arc<str>, bool), TeamRef, foldhash::fast::RandomState>,
 }
 
 impl GrantInterner {
@@ -186,13 +209,17 @@ impl GrantInterner {
         set
     }
 
-    /// The shared reference to `team`.
-    pub fn team(&mut self, team: &Arc<str>) -> TeamRef {
-        if let Some(shared) = self.teams.get(team) {
+    /// The shared reference to `team`, active or not.
+    pub fn team(&mut self, team: &Arc<str>, active: bool) -> TeamRef {
+        let key = (team.clone(), active);
+        if let Some(shared) = self.teams.get(&key) {
             return shared.clone();
         }
-        let shared = Arc::new(team.clone());
-        self.teams.insert(team.clone(), shared.clone());
+        let shared = Arc::new(TeamInfo {
+            id: team.clone(),
+            active,
+        });
+        self.teams.insert(key, shared.clone());
         shared
     }
 
@@ -273,7 +300,7 @@ impl Requestor {
     pub fn new(
         id: RequestorId,
         active: bool,
-        mut members: Vec<Member>,
+        mut members: Members,
         mut owned_key_prefixes: Vec<CompactString>,
         catalog: Arc<Catalog>,
     ) -> Self {
@@ -287,7 +314,7 @@ impl Requestor {
         Requestor {
             id,
             active,
-            members: members.into_iter().collect(),
+            members,
             owned_key_prefixes: owned_key_prefixes.into(),
             catalog,
         }
@@ -300,7 +327,7 @@ impl Requestor {
             self.members
                 .iter()
                 .filter(|m| m.is_live(now))
-                .map(|m| (&*m.team, &m.roles()[..])),
+                .map(|m| (&m.team.id, &m.roles()[..])),
         )
     }
 
@@ -314,16 +341,18 @@ impl Requestor {
 
 /// The cache's value for one key prefix: the key's binding (`spec`, shared with the model,
 /// which holds what authenticating the key needs), then what the binding alone does not say:
-/// whether its team is active, which team it acts in, and its requestor. A check reads `spec`
+/// which team it acts in (and whether that team is active), and its requestor. A check reads `spec`
 /// and `requestor` through two independent pointers, so their cache misses overlap.
 #[derive(Debug)]
 pub struct KeyEntry {
     pub spec: Arc<KeySpec>,
     pub requestor: Arc<Requestor>,
-    /// The key's team (a project key's is its project's).
-    pub team: Arc<str>,
-    pub team_active: bool,
+    /// The key's team (a project key's is its project's), shared with its members.
+    pub team: TeamRef,
 }
+
+/// The cache entries of one requestor's keys.
+pub type KeyEntries = SmallVec<[Arc<KeyEntry>; 2]>;
 
 /// Builds the requestor `id` from the model and all its keys (`prefixes`), with the cache entry
 /// of each key. A key contributes grants when it is active, unexpired at `now` and its team is
@@ -335,35 +364,35 @@ pub fn build_requestor(
     prefixes: &[CompactString],
     now: i64,
     interner: &mut GrantInterner,
-) -> (Arc<Requestor>, Vec<Arc<KeyEntry>>) {
+) -> (Arc<Requestor>, KeyEntries) {
     let active = match id {
         RequestorId::User(user) => model.users.get(user).is_some_and(|u| u.active),
         RequestorId::Project(project) => model.projects.contains_key(project),
     };
-    let keys: Vec<(&Arc<KeySpec>, Arc<str>, bool)> = prefixes
+    // On the stack, as the member list is inline: a first load builds a requestor per user,
+    // and short-lived allocations between the long-lived ones would leave the heap's pages
+    // partly empty once freed.
+    let keys: SmallVec<[(&Arc<KeySpec>, TeamRef); 4]> = prefixes
         .iter()
         .filter_map(|p| model.keys.get(p))
         .filter_map(|spec| {
-            let team = model.key_team(spec)?.clone();
-            let team_active = model.teams.get(&team).is_some_and(|t| t.active);
-            Some((spec, team, team_active))
+            let team = model.key_team(spec)?;
+            let team_active = model.teams.get(team).is_some_and(|t| t.active);
+            Some((spec, interner.team(team, team_active)))
         })
         .collect();
     let members = keys
         .iter()
-        .filter(|(spec, _, team_active)| {
-            *team_active && spec.status == KeyStatus::Active && !spec.expired_at(now)
+        .filter(|(spec, team)| {
+            team.active && spec.status == KeyStatus::Active && !spec.expired_at(now)
         })
-        .map(|(spec, team, _)| Member {
-            team: interner.team(team),
+        .map(|(spec, team)| Member {
+            team: team.clone(),
             grants: interner.intern(catalog, &spec.roles),
             expires_at: spec.expires_at.unix().unwrap_or(NEVER),
         })
         .collect();
-    let owned = keys
-        .iter()
-        .map(|(spec, _, _)| spec.prefix.clone())
-        .collect();
+    let owned = keys.iter().map(|(spec, _)| spec.prefix.clone()).collect();
     let requestor = Arc::new(Requestor::new(
         id.clone(),
         active,
@@ -373,12 +402,11 @@ pub fn build_requestor(
     ));
     let entries = keys
         .into_iter()
-        .map(|(spec, team, team_active)| {
+        .map(|(spec, team)| {
             Arc::new(KeyEntry {
                 spec: spec.clone(),
                 requestor: requestor.clone(),
                 team,
-                team_active,
             })
         })
         .collect();
@@ -395,7 +423,7 @@ mod tests {
     fn hot_records_stay_small() {
         assert_eq!(std::mem::size_of::<Member>(), 24);
         assert!(
-            std::mem::size_of::<KeyEntry>() <= 40,
+            std::mem::size_of::<KeyEntry>() <= 24,
             "{}",
             std::mem::size_of::<KeyEntry>()
         );

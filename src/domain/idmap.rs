@@ -27,7 +27,7 @@ impl HasId for Team {
     }
 }
 
-impl HasId for User {
+impl HasId for Arc<User> {
     type Id = Arc<str>;
 
     fn id(&self) -> &Arc<str> {

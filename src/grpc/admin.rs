@@ -640,9 +640,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::UserResponse>, Status> {
         let caller = self.caller(request.metadata())?;
         let id = request.get_ref().id.clone();
-        let (user, teams) = self
-            .state
-            .read_model(|m| (m.users.get(id.as_str()).map(user_pb), user_teams(m, &id)));
+        let (user, teams) = self.state.read_model(|m| {
+            (
+                m.users.get(id.as_str()).map(|u| user_pb(u)),
+                user_teams(m, &id),
+            )
+        });
         let own = caller.entry.requestor.id.user().is_some_and(|u| **u == *id);
         if !own {
             let mut allowed = teams
@@ -695,7 +698,7 @@ impl Admin for AdminService {
             }
         });
         Ok(Response::new(pb::ListUsersResponse {
-            users: page.items.iter().map(user_pb).collect(),
+            users: page.items.iter().map(|u| user_pb(u)).collect(),
             next_page_token: page.next_page_token,
             revision: page.revision,
         }))
@@ -984,7 +987,7 @@ impl Admin for AdminService {
             self.check_bindings(&caller, &catalog, &added, &entry.team)?;
         }
         let prefix = entry.spec.prefix.clone();
-        let team = entry.team.clone();
+        let team = entry.team.id.clone();
         let revision = Self::write(&origin, move |m| {
             let old = m
                 .keys
@@ -1344,7 +1347,7 @@ impl AdminService {
             if !user_teams(m, &put.id).is_subset(&covered) {
                 return Err(concurrent());
             }
-            Ok(vec![Change::PutUser(put)])
+            Ok(vec![Change::PutUser(Arc::new(put))])
         })
         .await?;
         Ok(Response::new(pb::UserResponse {

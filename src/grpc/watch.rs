@@ -833,12 +833,12 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
             active: t.active,
         }),
         E::TeamRemoved(id) => Change::RemoveTeam(Arc::from(id.as_str())),
-        E::UserChanged(u) => Change::PutUser(User {
+        E::UserChanged(u) => Change::PutUser(Arc::new(User {
             id: Arc::from(u.id.as_str()),
             name: u.name.as_str().into(),
             active: u.active,
             teams: u.team_ids.iter().map(|t| ids.id(t)).collect(),
-        }),
+        })),
         E::UserRemoved(id) => Change::RemoveUser(Arc::from(id.as_str())),
         E::ProjectChanged(p) => Change::PutProject(Project {
             id: ids.id(&p.id),

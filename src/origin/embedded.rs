@@ -691,12 +691,12 @@ fn bootstrap_changes(
         }));
     }
     if !model.users.contains_key(&user) {
-        changes.push(Change::PutUser(User {
+        changes.push(Change::PutUser(Arc::new(User {
             id: user.clone(),
             name: "Bootstrap operator".into(),
             active: true,
             teams: Box::default(),
-        }));
+        })));
     }
     changes.push(Change::PutKey(Arc::new(KeySpec {
         prefix: bootstrap.prefix.as_str().into(),
@@ -939,12 +939,8 @@ pub(crate) fn apply_with_undo(model: &mut Model, changes: &[Change]) -> Vec<Chan
                     None => Change::RemoveTeam(id.clone()),
                 }
             }
-            Change::PutUser(User { id, .. }) | Change::RemoveUser(id) => {
-                match model.users.get(id) {
-                    Some(u) => Change::PutUser(u.clone()),
-                    None => Change::RemoveUser(id.clone()),
-                }
-            }
+            Change::PutUser(user) => user_inverse(model, &user.id),
+            Change::RemoveUser(id) => user_inverse(model, id),
             Change::PutProject(crate::domain::Project { id, .. }) | Change::RemoveProject(id) => {
                 match model.projects.get(id) {
                     Some(p) => Change::PutProject(p.clone()),
@@ -959,6 +955,13 @@ pub(crate) fn apply_with_undo(model: &mut Model, changes: &[Change]) -> Vec<Chan
     }
     undo.reverse();
     undo
+}
+
+fn user_inverse(model: &Model, id: &Arc<str>) -> Change {
+    match model.users.get(id) {
+        Some(u) => Change::PutUser(u.clone()),
+        None => Change::RemoveUser(id.clone()),
+    }
 }
 
 fn role_inverse(model: &Model, id: &Arc<str>) -> Change {
@@ -1418,12 +1421,12 @@ mod tests {
             .write(Box::new(move |_m: &Model| {
                 Ok((0..n.div_ceil(4))
                     .map(|u| {
-                        Change::PutUser(User {
+                        Change::PutUser(Arc::new(User {
                             id: format!("user{u}").into(),
                             name: "replay".into(),
                             active: true,
                             teams: ["acme".into()].into(),
-                        })
+                        }))
                     })
                     .collect())
             }))

@@ -377,7 +377,7 @@ impl Builder {
             };
             self.check_id(&u.value.id, u.referenced, &name);
             if self.define(ObjectRef::User(user.id.clone()), name, u.referenced) {
-                model.users.insert(user.id.clone(), user);
+                model.users.insert(user.id.clone(), Arc::new(user));
             }
         }
         for (i, p) in doc.projects.iter().enumerate() {

@@ -245,12 +245,12 @@ impl TryFrom<ChangeRec> for Change {
                 active: team.active,
             }),
             ChangeRec::RemoveTeam { id } => Change::RemoveTeam(arc(&id)),
-            ChangeRec::PutUser { user } => Change::PutUser(User {
+            ChangeRec::PutUser { user } => Change::PutUser(Arc::new(User {
                 id: arc(&user.id),
                 name: user.name.into(),
                 active: user.active,
                 teams: user.teams.iter().map(|t| arc(t)).collect(),
-            }),
+            })),
             ChangeRec::RemoveUser { id } => Change::RemoveUser(arc(&id)),
             ChangeRec::PutProject { project } => Change::PutProject(Project {
                 id: arc(&project.id),

@@ -9,6 +9,7 @@ use std::{
 
 use compact_str::CompactString;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 pub mod changelog;
@@ -62,7 +63,12 @@ struct Writer {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The requestors a change set touches, each with all its keys after it.
-type Touched = FastMap<RequestorId, Vec<CompactString>>;
+type Touched = FastMap<RequestorId, KeyList>;
+
+/// A requestor's keys while a change set is applied: held in the map's slot (most requestors
+/// have one or two keys), so a first load does not interleave a million short-lived lists with
+/// the records it keeps.
+type KeyList = SmallVec<[CompactString; 2]>;
 
 /// The cache's map. Keys are held inline (prefixes up to 24 bytes), so a lookup compares the
 /// prefix without reading another allocation. Only the writer inserts, so a hasher built for
@@ -381,7 +387,7 @@ impl State {
             w.interner = interner;
             return rebuilt;
         }
-        let mut batches: Vec<Vec<(RequestorId, Vec<CompactString>)>> = (0..threads)
+        let mut batches: Vec<Vec<(RequestorId, KeyList)>> = (0..threads)
             .map(|_| Vec::with_capacity(touched.len() / threads + 1))
             .collect();
         for (i, item) in touched.into_iter().enumerate() {
@@ -424,7 +430,7 @@ impl State {
     fn rebuild_batch(
         &self,
         w: &Writer,
-        batch: impl IntoIterator<Item = (RequestorId, Vec<CompactString>)>,
+        batch: impl IntoIterator<Item = (RequestorId, KeyList)>,
         now: i64,
         describe: bool,
         interner: &mut GrantInterner,
@@ -450,11 +456,11 @@ impl State {
 
 impl Writer {
     /// The keys of requestor `id` as this change set leaves them, starting from those it had.
-    fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut Vec<CompactString> {
+    fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut KeyList {
         touched.entry(id).or_insert_with_key(|id| {
             self.requestors
                 .get(id)
-                .map(|r| r.owned_key_prefixes.to_vec())
+                .map(|r| r.owned_key_prefixes.iter().cloned().collect())
                 .unwrap_or_default()
         })
     }

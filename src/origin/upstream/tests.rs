@@ -82,12 +82,12 @@ fn world(keys: &[&str]) -> Vec<Change> {
             name: "Acme".into(),
             active: true,
         }),
-        Change::PutUser(User {
+        Change::PutUser(Arc::new(User {
             id: "u".into(),
             name: "U".into(),
             active: true,
             teams: Box::default(),
-        }),
+        })),
     ];
     for prefix in keys {
         out.push(Change::PutKey(Arc::new(KeySpec {
@@ -264,12 +264,12 @@ fn a_large_snapshot_checked_on_several_threads_gets_the_answer_of_one_pass() {
 
     // A rule broken outside the keys comes first, as in one pass.
     let mut stage = staged(&prefixes, &[n / 2]);
-    stage.add(vec![Change::PutUser(User {
+    stage.add(vec![Change::PutUser(Arc::new(User {
         id: "v".into(),
         name: "V".into(),
         active: true,
         teams: ["nowhere".into()].into(),
-    })]);
+    }))]);
     let problem = stage.first_problem().unwrap();
     assert!(problem.contains("team nowhere does not exist"), "{problem}");
     assert_eq!(Some(problem), checked_in_order(&stage));

@@ -19,7 +19,7 @@ use std::{
 
 use rolegate::{
     domain::{
-        Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, User,
+        Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, TeamList, User,
         model::{Change, canonical_roles},
     },
     grpc::{
@@ -76,7 +76,7 @@ fn owner_changes() -> Vec<Change> {
             id: "bench-owner".into(),
             name: "Bench owner".into(),
             active: true,
-            teams: Box::default(),
+            teams: TeamList::default(),
         })),
         Change::PutKey(Arc::new(KeySpec {
             prefix: "BenchOwnerKey0001".into(),

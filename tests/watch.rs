@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use rolegate::{
     domain::{
         Expiry, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
-        SecretHash, Team, User, model::Change, model::canonical_roles,
+        SecretHash, Team, TeamList, User, model::Change, model::canonical_roles,
     },
     grpc::{
         AuthorizerService,
@@ -86,7 +86,7 @@ fn base_model() -> Model {
                 id: u.into(),
                 name: u.into(),
                 active: true,
-                teams: Box::default(),
+                teams: TeamList::default(),
             }),
         );
     }

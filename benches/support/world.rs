@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use rolegate::domain::{
-    Expiry, KeySpec, KeyStatus, KeyType, Project, ResourceRef, SecretHash, Team, User,
+    Expiry, KeySpec, KeyStatus, KeyType, Project, ResourceRef, SecretHash, Team, TeamList, User,
     model::{Change, RoleLists},
 };
 use rolegate::state::{ChangeSet, State};
@@ -187,6 +187,7 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
     let team_ids: Vec<Arc<str>> = (0..team_count)
         .map(|t| Arc::from(format!("team-{t:04}")))
         .collect();
+    let team_lists: Vec<TeamList> = team_ids.iter().map(|t| [t.clone()].into()).collect();
     for id in &team_ids {
         changes.push(Change::PutTeam(Team {
             id: id.clone(),
@@ -200,7 +201,8 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
     let (mut users, mut projects) = (0usize, 0usize);
     let mut made = 0usize;
     while made < keys {
-        let team = &team_ids[rng.below(team_count as u64) as usize];
+        let t = rng.below(team_count as u64) as usize;
+        let team = &team_ids[t];
         if rng.percent(5) {
             // A project of the team, with one to three SYSTEM_KEY keys.
             let id: Arc<str> = Arc::from(format!("proj-{projects:07}"));
@@ -233,7 +235,8 @@ pub(crate) fn generate(keys: usize, seed: u64) -> World {
                 id: id.clone(),
                 name: format!("User {id}").into(),
                 active: true,
-                teams: [team.clone()].into(),
+                // One shared list per team, as the origins intern them.
+                teams: team_lists[t].clone(),
             })));
             let n = (1 + rng.below(2) as usize).min(keys - made);
             for _ in 0..n {

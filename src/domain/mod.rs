@@ -22,5 +22,7 @@ pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_pre
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
-pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, User};
+pub use model::{
+    KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, TeamLists, User,
+};
 pub use scope::Scope;

@@ -38,7 +38,65 @@ pub struct User {
     pub active: bool,
     /// The teams the user belongs to. When not empty, the user's team keys must be in one of
     /// them; when empty, membership is implied by the user's keys.
-    pub teams: Box<[Arc<str>]>,
+    pub teams: TeamList,
+}
+
+/// A user's team list behind one thin pointer, shared between users with the same list when an
+/// origin interns them ([`TeamLists`]): most users of a team list just that team. Empty without
+/// an allocation. With it, a user is 56 bytes and fills an 80-byte block with its reference
+/// counts (64 bytes would take a 96-byte one).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct TeamList(Option<Arc<Box<[Arc<str>]>>>);
+
+impl std::ops::Deref for TeamList {
+    type Target = [Arc<str>];
+
+    fn deref(&self) -> &[Arc<str>] {
+        self.0.as_deref().map_or(&[], |teams| teams)
+    }
+}
+
+impl fmt::Debug for TeamList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl FromIterator<Arc<str>> for TeamList {
+    fn from_iter<I: IntoIterator<Item = Arc<str>>>(teams: I) -> Self {
+        let teams: Box<[Arc<str>]> = teams.into_iter().collect();
+        TeamList((!teams.is_empty()).then(|| Arc::new(teams)))
+    }
+}
+
+impl From<Vec<Arc<str>>> for TeamList {
+    fn from(teams: Vec<Arc<str>>) -> Self {
+        teams.into_iter().collect()
+    }
+}
+
+impl<const N: usize> From<[Arc<str>; N]> for TeamList {
+    fn from(teams: [Arc<str>; N]) -> Self {
+        teams.into_iter().collect()
+    }
+}
+
+/// Hands out one shared copy of each distinct team list.
+#[derive(Default)]
+pub struct TeamLists {
+    lists: std::collections::HashSet<TeamList>,
+}
+
+impl TeamLists {
+    /// The list of `teams`, in the order given, shared with equal lists.
+    pub fn share(&mut self, teams: impl IntoIterator<Item = Arc<str>>) -> TeamList {
+        let list: TeamList = teams.into_iter().collect();
+        if let Some(shared) = self.lists.get(&list) {
+            return shared.clone();
+        }
+        self.lists.insert(list.clone());
+        list
+    }
 }
 
 /// A project of a team; it owns project keys.
@@ -279,7 +337,7 @@ impl Model {
             }
         }
         for user in self.users.values() {
-            for team in &user.teams {
+            for team in user.teams.iter() {
                 if !self.teams.contains_key(team) {
                     out.push(violation(
                         ObjectRef::User(user.id.clone()),
@@ -602,7 +660,7 @@ pub(crate) mod tests {
             id: id.into(),
             name: id.into(),
             active: true,
-            teams: Box::default(),
+            teams: TeamList::default(),
         }
     }
 
@@ -658,10 +716,10 @@ pub(crate) mod tests {
         m.validate().iter().map(|v| v.to_string()).collect()
     }
 
-    /// Users are held inline, a million of them in a large model.
+    /// A user and its reference counts fill an 80-byte block; a million keys have ~600,000 users.
     #[test]
-    fn a_user_is_64_bytes() {
-        assert_eq!(std::mem::size_of::<User>(), 64);
+    fn a_user_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<User>(), 56);
     }
 
     /// A binding and its two reference counts fill a 128-byte allocation: a million keys hold a

@@ -17,7 +17,7 @@ use tonic::Status;
 use crate::{
     domain::{
         Expiry, KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, ResourceRef, Role,
-        RoleType, Scope, SecretHash, Team, User, model::Change,
+        RoleType, Scope, SecretHash, Team, TeamList, TeamLists, User, model::Change,
     },
     grpc::{pb, status::WatchRefused},
     state::{
@@ -660,7 +660,7 @@ fn nonempty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Shares one `Arc` per distinct team id, project id, role id and role list among the objects
+/// Shares one `Arc` per distinct team id, project id, role id, role list and team list among the objects
 /// converted through it. A snapshot of a million keys names a thousand teams and a handful of
 /// role lists a million times: converted one by one, every key carried copies of its own, and
 /// every later pass over the keys (`State::apply` hashing role lists and cloning teams) read
@@ -677,6 +677,7 @@ fn nonempty(s: &str) -> Option<&str> {
 pub struct Interner {
     ids: HashSet<Arc<str>, foldhash::fast::RandomState>,
     role_lists: HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>,
+    team_lists: TeamLists,
     /// The role list being looked up, reused from key to key.
     scratch: Vec<Arc<str>>,
 }
@@ -721,6 +722,16 @@ impl Ids<'_> {
 
     fn opt(&mut self, s: &str) -> Option<Arc<str>> {
         (!s.is_empty()).then(|| self.id(s))
+    }
+
+    fn teams(&mut self, teams: &[String]) -> TeamList {
+        match &mut self.0 {
+            Some(interner) => {
+                let ids: Vec<Arc<str>> = teams.iter().map(|t| interner.id(t)).collect();
+                interner.team_lists.share(ids)
+            }
+            None => teams.iter().map(|t| Arc::from(t.as_str())).collect(),
+        }
     }
 
     fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
@@ -837,7 +848,7 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
             id: Arc::from(u.id.as_str()),
             name: u.name.as_str().into(),
             active: u.active,
-            teams: u.team_ids.iter().map(|t| ids.id(t)).collect(),
+            teams: ids.teams(&u.team_ids),
         })),
         E::UserRemoved(id) => Change::RemoveUser(Arc::from(id.as_str())),
         E::ProjectChanged(p) => Change::PutProject(Project {

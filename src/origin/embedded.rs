@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     domain::{
         Expiry, KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team,
-        User, key::generate_key, model::Change,
+        TeamList, User, key::generate_key, model::Change,
     },
     origin::{
         policy_file::ReloadStatus,
@@ -695,7 +695,7 @@ fn bootstrap_changes(
             id: user.clone(),
             name: "Bootstrap operator".into(),
             active: true,
-            teams: Box::default(),
+            teams: TeamList::default(),
         })));
     }
     changes.push(Change::PutKey(Arc::new(KeySpec {

@@ -17,7 +17,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     domain::{
         Catalog, Expiry, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
-        SecretHash, Team, User,
+        SecretHash, Team, TeamLists, User,
         catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
         model::{ObjectRef, RoleLists, is_valid_role_id},
     },
@@ -353,11 +353,23 @@ impl Builder {
             }
         }
         model.catalog = catalog;
+        // Ids repeat (every key names a team and a user or project, every user its teams): one
+        // allocation each, shared by every object that names it, and one per distinct team list.
+        let mut interned: HashSet<Arc<str>, foldhash::fast::RandomState> = HashSet::default();
+        let mut intern = |s: &str| -> Arc<str> {
+            if let Some(v) = interned.get(s) {
+                return v.clone();
+            }
+            let v: Arc<str> = s.into();
+            interned.insert(v.clone());
+            v
+        };
+        let mut team_lists = TeamLists::default();
         for (i, t) in doc.teams.iter().enumerate() {
             let name = format!("teams[{i}] ({})", t.value.id);
             let active = self.active_status(t.value.status.as_deref(), t.referenced, &name);
             let team = Team {
-                id: t.value.id.as_str().into(),
+                id: intern(&t.value.id),
                 name: t.value.name.clone().unwrap_or_default(),
                 active,
             };
@@ -370,10 +382,10 @@ impl Builder {
             let name = format!("users[{i}] ({})", u.value.id);
             let active = self.active_status(u.value.status.as_deref(), u.referenced, &name);
             let user = User {
-                id: u.value.id.as_str().into(),
+                id: intern(&u.value.id),
                 name: u.value.name.clone().unwrap_or_default().into(),
                 active,
-                teams: u.value.teams.iter().map(|t| t.as_str().into()).collect(),
+                teams: team_lists.share(u.value.teams.iter().map(|t| intern(t))),
             };
             self.check_id(&u.value.id, u.referenced, &name);
             if self.define(ObjectRef::User(user.id.clone()), name, u.referenced) {
@@ -383,8 +395,8 @@ impl Builder {
         for (i, p) in doc.projects.iter().enumerate() {
             let name = format!("projects[{i}] ({})", p.value.id);
             let project = Project {
-                id: p.value.id.as_str().into(),
-                team: p.value.team.as_str().into(),
+                id: intern(&p.value.id),
+                team: intern(&p.value.team),
                 name: p.value.name.clone().unwrap_or_default(),
             };
             self.check_id(&p.value.id, p.referenced, &name);
@@ -392,16 +404,6 @@ impl Builder {
                 model.projects.insert(project.id.clone(), project);
             }
         }
-        // Ids repeat across keys (every key names a team and a user): share one allocation.
-        let mut interned: HashSet<Arc<str>> = HashSet::new();
-        let mut intern = |s: &str| -> Arc<str> {
-            if let Some(v) = interned.get(s) {
-                return v.clone();
-            }
-            let v: Arc<str> = s.into();
-            interned.insert(v.clone());
-            v
-        };
         for (i, k) in doc.keys.iter().enumerate() {
             let name = format!("keys[{i}] (prefix {})", k.value.prefix);
             if let Some(key) = self.key(&name, k, &mut intern)

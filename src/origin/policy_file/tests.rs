@@ -157,6 +157,26 @@ fn a_key_names_the_owner_its_type_has() {
     assert!(errors(&key("type: project, project: fraud")).is_empty());
 }
 
+/// A million keys name a few hundred thousand users and a thousand teams: each id is stored
+/// once, and users of the same teams share one list.
+#[test]
+fn ids_and_team_lists_are_stored_once() {
+    let policy = parse(
+        &format!(
+            "teams:\n  - id: acme\nusers:\n  - {{ id: alice, teams: [acme] }}\n  - {{ id: bob, teams: [acme] }}\nkeys:\n  - {{ prefix: AliceKey01, secret_sha256: {HASH}, type: team, user: alice, team: acme }}\n"
+        ),
+        "p.yaml",
+    )
+    .unwrap();
+    let m = &policy.model;
+    let (alice, bob) = (&m.users["alice"], &m.users["bob"]);
+    let key = &m.keys["AliceKey01"];
+    assert!(Arc::ptr_eq(&key.owner, &alice.id));
+    assert!(Arc::ptr_eq(key.team.as_ref().unwrap(), &m.teams["acme"].id));
+    assert!(Arc::ptr_eq(&alice.teams[0], &m.teams["acme"].id));
+    assert!(std::ptr::eq(&alice.teams[..], &bob.teams[..]));
+}
+
 #[test]
 fn roles_are_checked() {
     assert_error(

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::domain::{
-    Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, User, model::canonical_roles,
+    Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, TeamList, User, model::canonical_roles,
 };
 
 #[test]
@@ -86,7 +86,7 @@ fn world(keys: &[&str]) -> Vec<Change> {
             id: "u".into(),
             name: "U".into(),
             active: true,
-            teams: Box::default(),
+            teams: TeamList::default(),
         })),
     ];
     for prefix in keys {

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod entry;
 pub mod escalation;
 pub mod idmap;
+pub mod intern;
 pub mod key;
 pub mod model;
 pub mod scope;
@@ -21,6 +22,7 @@ pub use catalog::{Catalog, Grant, Role, RoleType};
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;
+pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{
     KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, TeamLists, User,

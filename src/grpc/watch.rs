@@ -14,10 +14,12 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
 
+pub use crate::domain::Interner;
+
 use crate::{
     domain::{
         Expiry, KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, ResourceRef, Role,
-        RoleType, Scope, SecretHash, Team, TeamList, TeamLists, User, model::Change,
+        RoleType, Scope, SecretHash, Team, TeamList, User, model::Change,
     },
     grpc::{pb, status::WatchRefused},
     state::{
@@ -502,9 +504,12 @@ impl Subscriber {
                 Woke::Changed => {}
                 Woke::Gone => return,
                 Woke::Closing => {
-                    let _ = self.tx.try_send(Err(Status::unavailable(
-                        "rolegate is shutting down; watch again from the next revision",
-                    )));
+                    // After what is queued, whether or not the queue has room now: a send that
+                    // found it full used to end the stream without a status, as if complete.
+                    *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Err(Status::unavailable(
+                            "rolegate is shutting down; watch again from the next revision",
+                        )));
                     return;
                 }
                 Woke::Bookmark => {
@@ -660,55 +665,6 @@ fn nonempty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Shares one `Arc` per distinct team id, project id, role id, role list and team list among the objects
-/// converted through it. A snapshot of a million keys names a thousand teams and a handful of
-/// role lists a million times: converted one by one, every key carried copies of its own, and
-/// every later pass over the keys (`State::apply` hashing role lists and cloning teams) read
-/// each copy from its own cold allocation. Shared, they stay in the cache: the follower's apply
-/// of a 1M-key snapshot took 0.5–0.75 CPU-seconds less, and converting took no longer.
-///
-/// User ids are not shared: a user has one or two keys, so there is little to share, and
-/// looking each one up among 650,000 others cost more while receiving (about a CPU-second for a
-/// million keys) than it saved later. The strings are compared by content, so sharing changes
-/// nothing but where they live.
-///
-/// It holds what it has seen until dropped: a follower keeps one for the length of a snapshot.
-#[derive(Default)]
-pub struct Interner {
-    ids: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    role_lists: HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>,
-    team_lists: TeamLists,
-    /// The role list being looked up, reused from key to key.
-    scratch: Vec<Arc<str>>,
-}
-
-impl Interner {
-    fn id(&mut self, s: &str) -> Arc<str> {
-        if let Some(id) = self.ids.get(s) {
-            return id.clone();
-        }
-        let id: Arc<str> = Arc::from(s);
-        self.ids.insert(id.clone());
-        id
-    }
-
-    fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.extend(roles.iter().map(|r| self.id(r)));
-        let list = match self.role_lists.get(&scratch[..]) {
-            Some(list) => list.clone(),
-            None => {
-                let list: Arc<[Arc<str>]> = Arc::from(&scratch[..]);
-                self.role_lists.insert(list.clone());
-                list
-            }
-        };
-        self.scratch = scratch;
-        list
-    }
-}
-
 /// Makes the `Arc`s of a conversion: fresh ones, or shared through an [`Interner`].
 struct Ids<'i>(Option<&'i mut Interner>);
 
@@ -726,10 +682,7 @@ impl Ids<'_> {
 
     fn teams(&mut self, teams: &[String]) -> TeamList {
         match &mut self.0 {
-            Some(interner) => {
-                let ids: Vec<Arc<str>> = teams.iter().map(|t| interner.id(t)).collect();
-                interner.team_lists.share(ids)
-            }
+            Some(interner) => interner.teams(teams),
             None => teams.iter().map(|t| Arc::from(t.as_str())).collect(),
         }
     }

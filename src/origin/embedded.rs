@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     domain::{
-        Expiry, KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId, SecretHash, Team,
-        TeamList, User, key::generate_key, model::Change,
+        Expiry, Interner, KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId,
+        SecretHash, Team, TeamList, User, key::generate_key, model::Change,
     },
     origin::{
         policy_file::ReloadStatus,
@@ -211,14 +211,17 @@ impl Store {
         let mut model = Model::default();
         let objects = read.open_table(OBJECTS).map_err(|e| open_err(&e))?;
         let mut changes = Vec::new();
+        // One id, role list and team list shared by every object that names it.
+        let mut ids = Interner::default();
         for item in objects.iter().map_err(|e| open_err(&e))? {
             let (k, v) = item.map_err(|e| open_err(&e))?;
-            let change = record::decode_object(k.value(), v.value()).map_err(|source| {
-                OriginError::Corrupt {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
+            let change =
+                record::decode_object(&mut ids, k.value(), v.value()).map_err(|source| {
+                    OriginError::Corrupt {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
             changes.push(change);
         }
         // Entitlements and roles first, so that the order of the table does not matter.
@@ -1550,5 +1553,12 @@ mod tests {
         let (_, m, revision) = Store::open(dir.path()).unwrap();
         assert_eq!(revision, 2);
         assert_eq!(m, state.model());
+        // The loaded objects share their ids: the bootstrap key's user and team are the
+        // user's and the team's own strings, not copies.
+        let key = &m.keys["BootstrapKey01"];
+        let owner = m.users.get(&*key.owner).unwrap();
+        assert!(Arc::ptr_eq(&key.owner, &owner.id));
+        let team = key.team.as_ref().unwrap();
+        assert!(Arc::ptr_eq(team, &m.teams[&**team].id));
     }
 }

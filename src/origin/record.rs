@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Expiry, Grant, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType, Scope,
-    SecretHash, Team, User, model::Change,
+    Expiry, Grant, Interner, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType,
+    Scope, SecretHash, Team, User, model::Change,
 };
 
 /// Why a stored record cannot be read back.
@@ -160,31 +160,36 @@ impl From<&KeySpec> for KeyRec {
 impl TryFrom<KeyRec> for KeySpec {
     type Error = CorruptRecord;
     fn try_from(k: KeyRec) -> Result<Self, Self::Error> {
-        let secret_hash: SecretHash = k
-            .secret_sha256
-            .parse()
-            .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
-        let key_type = match k.key_type.as_str() {
-            "team" => KeyType::Team,
-            "project" => KeyType::Project,
-            other => return Err(bad(format!("key {}: type {other:?}", k.prefix))),
-        };
-        let status: KeyStatus = k.status.parse().map_err(bad)?;
-        let owner = KeySpec::owner_of(key_type, k.user.as_deref(), k.project.as_deref())
-            .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
-        let expires_at =
-            Expiry::from_unix(k.expires_at).map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
-        Ok(KeySpec {
-            prefix: k.prefix.as_str().into(),
-            secret_hash,
-            key_type,
-            owner: arc(owner),
-            team: k.team.as_deref().map(arc),
-            roles: k.roles.iter().map(|r| arc(r)).collect(),
-            status,
-            expires_at,
-        })
+        key_spec(k, &mut Interner::default())
     }
+}
+
+/// A key from its record, its ids and role list shared through `ids`.
+fn key_spec(k: KeyRec, ids: &mut Interner) -> Result<KeySpec, CorruptRecord> {
+    let secret_hash: SecretHash = k
+        .secret_sha256
+        .parse()
+        .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+    let key_type = match k.key_type.as_str() {
+        "team" => KeyType::Team,
+        "project" => KeyType::Project,
+        other => return Err(bad(format!("key {}: type {other:?}", k.prefix))),
+    };
+    let status: KeyStatus = k.status.parse().map_err(bad)?;
+    let owner = KeySpec::owner_of(key_type, k.user.as_deref(), k.project.as_deref())
+        .map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+    let expires_at =
+        Expiry::from_unix(k.expires_at).map_err(|e| bad(format!("key {}: {e}", k.prefix)))?;
+    Ok(KeySpec {
+        prefix: k.prefix.as_str().into(),
+        secret_hash,
+        key_type,
+        owner: ids.id(owner),
+        team: k.team.as_deref().map(|t| ids.id(t)),
+        roles: ids.roles(&k.roles),
+        status,
+        expires_at,
+    })
 }
 
 impl From<&Change> for ChangeRec {
@@ -234,34 +239,39 @@ impl From<&Change> for ChangeRec {
 impl TryFrom<ChangeRec> for Change {
     type Error = CorruptRecord;
     fn try_from(c: ChangeRec) -> Result<Self, Self::Error> {
-        Ok(match c {
-            ChangeRec::PutEntitlement { id } => Change::PutEntitlement(arc(&id)),
-            ChangeRec::RemoveEntitlement { id } => Change::RemoveEntitlement(arc(&id)),
-            ChangeRec::PutRole { role } => Change::PutRole(Arc::new(role.try_into()?)),
-            ChangeRec::RemoveRole { id } => Change::RemoveRole(arc(&id)),
-            ChangeRec::PutTeam { team } => Change::PutTeam(Team {
-                id: arc(&team.id),
-                name: team.name,
-                active: team.active,
-            }),
-            ChangeRec::RemoveTeam { id } => Change::RemoveTeam(arc(&id)),
-            ChangeRec::PutUser { user } => Change::PutUser(Arc::new(User {
-                id: arc(&user.id),
-                name: user.name.into(),
-                active: user.active,
-                teams: user.teams.iter().map(|t| arc(t)).collect(),
-            })),
-            ChangeRec::RemoveUser { id } => Change::RemoveUser(arc(&id)),
-            ChangeRec::PutProject { project } => Change::PutProject(Project {
-                id: arc(&project.id),
-                team: arc(&project.team),
-                name: project.name,
-            }),
-            ChangeRec::RemoveProject { id } => Change::RemoveProject(arc(&id)),
-            ChangeRec::PutKey { key } => Change::PutKey(Arc::new(key.try_into()?)),
-            ChangeRec::RemoveKey { prefix } => Change::RemoveKey(arc(&prefix)),
-        })
+        change(c, &mut Interner::default())
     }
+}
+
+/// A change from its record, the ids of its objects shared through `ids`.
+fn change(c: ChangeRec, ids: &mut Interner) -> Result<Change, CorruptRecord> {
+    Ok(match c {
+        ChangeRec::PutEntitlement { id } => Change::PutEntitlement(arc(&id)),
+        ChangeRec::RemoveEntitlement { id } => Change::RemoveEntitlement(arc(&id)),
+        ChangeRec::PutRole { role } => Change::PutRole(Arc::new(role.try_into()?)),
+        ChangeRec::RemoveRole { id } => Change::RemoveRole(arc(&id)),
+        ChangeRec::PutTeam { team } => Change::PutTeam(Team {
+            id: ids.id(&team.id),
+            name: team.name,
+            active: team.active,
+        }),
+        ChangeRec::RemoveTeam { id } => Change::RemoveTeam(arc(&id)),
+        ChangeRec::PutUser { user } => Change::PutUser(Arc::new(User {
+            id: ids.id(&user.id),
+            name: user.name.into(),
+            active: user.active,
+            teams: ids.teams(&user.teams),
+        })),
+        ChangeRec::RemoveUser { id } => Change::RemoveUser(arc(&id)),
+        ChangeRec::PutProject { project } => Change::PutProject(Project {
+            id: ids.id(&project.id),
+            team: ids.id(&project.team),
+            name: project.name,
+        }),
+        ChangeRec::RemoveProject { id } => Change::RemoveProject(arc(&id)),
+        ChangeRec::PutKey { key } => Change::PutKey(Arc::new(key_spec(key, ids)?)),
+        ChangeRec::RemoveKey { prefix } => Change::RemoveKey(arc(&prefix)),
+    })
 }
 
 /// Encodes a list of changes (one revision) for the change log.
@@ -273,7 +283,8 @@ pub(crate) fn encode_changes(changes: &[Change]) -> Vec<u8> {
 /// Decodes a change log entry.
 pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, CorruptRecord> {
     let recs: Vec<ChangeRec> = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    recs.into_iter().map(Change::try_from).collect()
+    let mut ids = Interner::default();
+    recs.into_iter().map(|c| change(c, &mut ids)).collect()
 }
 
 /// One requestor as stored: `user/<id>` or `project/<id>`.
@@ -334,14 +345,22 @@ pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
 }
 
 /// Turns a stored object back into the change that puts it (or removes a tombstoned role).
-pub(crate) fn decode_object(key: &str, value: &[u8]) -> Result<Change, CorruptRecord> {
+pub(crate) fn decode_object(
+    ids: &mut Interner,
+    key: &str,
+    value: &[u8],
+) -> Result<Change, CorruptRecord> {
     if value == b"null" {
         let id = key
             .strip_prefix("role/")
             .ok_or_else(|| bad(format!("{key}: tombstone outside roles")))?;
         return Ok(Change::RemoveRole(arc(id)));
     }
-    let mut changes = decode_changes(value)?;
+    let recs: Vec<ChangeRec> = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    let mut changes = recs
+        .into_iter()
+        .map(|c| change(c, ids))
+        .collect::<Result<Vec<_>, _>>()?;
     match (changes.pop(), changes.is_empty()) {
         (Some(change), true) => Ok(change),
         _ => Err(bad(format!("{key}: not exactly one object"))),
@@ -368,7 +387,11 @@ mod tests {
         for c in &changes {
             let (key, value) = object_entry(c);
             if let Some(v) = value {
-                assert_eq!(&decode_object(&key, &v).unwrap(), c, "{key}");
+                assert_eq!(
+                    &decode_object(&mut Interner::default(), &key, &v).unwrap(),
+                    c,
+                    "{key}"
+                );
             }
         }
         assert!(decode_changes(b"[{\"op\":\"put_nothing\"}]").is_err());

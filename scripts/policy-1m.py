@@ -24,9 +24,12 @@ teams = [f"team-{t:04d}" for t in range(1000)]
 users, projects, keys = [], [], []
 
 
-def new_key():
-    prefix = "".join(random.choices(ALNUM, k=20))
-    return prefix, hashlib.sha256(prefix.encode()).hexdigest()
+def add_keys(most, owner):
+    """One to `most` keys (fewer at the end); `owner()` gives each one's type, owner and roles."""
+    for _ in range(min(random.randint(1, most), total - len(keys))):
+        prefix = "".join(random.choices(ALNUM, k=20))
+        digest = hashlib.sha256(prefix.encode()).hexdigest()
+        keys.append(f"  - {{prefix: {prefix}, secret_sha256: {digest}, {owner()}}}\n")
 
 
 while len(keys) < total:
@@ -34,17 +37,12 @@ while len(keys) < total:
     if random.random() < 0.05:
         pid = f"proj-{len(projects):07d}"
         projects.append((pid, team))
-        for _ in range(min(random.randint(1, 3), total - len(keys))):
-            prefix, digest = new_key()
-            keys.append(f"  - {{prefix: {prefix}, secret_sha256: {digest}, type: project, "
-                        f"project: {pid}, roles: [SYSTEM_KEY]}}\n")
+        add_keys(3, lambda: f"type: project, project: {pid}, roles: [SYSTEM_KEY]")
     else:
         uid = f"user-{len(users):07d}"
         users.append((uid, team))
-        for _ in range(min(random.randint(1, 2), total - len(keys))):
-            prefix, digest = new_key()
-            keys.append(f"  - {{prefix: {prefix}, secret_sha256: {digest}, type: team, "
-                        f"user: {uid}, team: {team}, roles: [{random.choice(USER_ROLES)}]}}\n")
+        add_keys(2, lambda: f"type: team, user: {uid}, team: {team}, "
+                            f"roles: [{random.choice(USER_ROLES)}]")
 
 with open(path, "w") as out:
     out.write("teams:\n")

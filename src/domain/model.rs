@@ -26,10 +26,10 @@ pub struct Team {
 ///
 /// Shared (`Arc`) between the model's user map, the change that put it and any other copy of
 /// the model an origin keeps, so a user is stored once however many models name it. A name of
-/// up to 24 bytes is held inline (no allocation) and the team list is a boxed slice without
-/// spare capacity: a user is 64 bytes with nothing else to allocate but its id and teams. (Held
-/// inline in the map instead, each user cost a 64-byte slot at the table's load of ~60 %, and
-/// every copy of the model held its own.)
+/// up to 24 bytes is held inline (no allocation) and the team list is a shared [`TeamList`]: a
+/// user is 56 bytes with nothing else to allocate but its id. (Held inline in the map instead,
+/// each user cost a 64-byte slot at the table's load of ~60 %, and every copy of the model held
+/// its own.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub id: Arc<str>,

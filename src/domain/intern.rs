@@ -1,9 +1,9 @@
 //! [`Interner`]: one shared `Arc` per distinct id, role list and team list among the objects an
 //! origin decodes, so that a large state holds each once.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{borrow::Borrow, collections::HashSet, hash::Hash, sync::Arc};
 
-use super::{TeamList, TeamLists};
+use super::TeamList;
 
 /// Shares one `Arc` per distinct id (team, project, role, and whatever else its caller passes),
 /// role list and team list among the objects converted through it. A snapshot of a million keys
@@ -22,12 +22,14 @@ use super::{TeamList, TeamLists};
 /// the embedded store for its load.
 #[derive(Default)]
 pub struct Interner {
-    ids: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    role_lists: HashSet<Arc<[Arc<str>]>, foldhash::fast::RandomState>,
-    team_lists: TeamLists,
+    ids: HashSet<Arc<str>, Fast>,
+    role_lists: HashSet<Arc<[Arc<str>]>, Fast>,
+    team_lists: HashSet<TeamList, Fast>,
     /// The list being looked up, reused from object to object.
     scratch: Vec<Arc<str>>,
 }
+
+type Fast = foldhash::fast::RandomState;
 
 impl Interner {
     /// The shared copy of `s`.
@@ -42,25 +44,34 @@ impl Interner {
 
     /// The shared list of `roles` (as given: already canonical), of shared ids.
     pub fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
+        self.list(roles, |i| &mut i.role_lists)
+    }
+
+    /// The shared list of `teams`, of shared ids.
+    pub fn teams(&mut self, teams: &[String]) -> TeamList {
+        self.list(teams, |i| &mut i.team_lists)
+    }
+
+    /// The shared list of the ids `items`, from `lists`: looked up by the slice of shared ids,
+    /// so a list already held costs no allocation.
+    fn list<L>(&mut self, items: &[String], lists: fn(&mut Self) -> &mut HashSet<L, Fast>) -> L
+    where
+        L: Borrow<[Arc<str>]> + Hash + Eq + Clone + for<'s> From<&'s [Arc<str>]>,
+    {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        scratch.extend(roles.iter().map(|r| self.id(r)));
-        let list = match self.role_lists.get(&scratch[..]) {
+        scratch.extend(items.iter().map(|s| self.id(s)));
+        let lists = lists(self);
+        let list = match lists.get(&scratch[..]) {
             Some(list) => list.clone(),
             None => {
-                let list: Arc<[Arc<str>]> = Arc::from(&scratch[..]);
-                self.role_lists.insert(list.clone());
+                let list = L::from(&scratch[..]);
+                lists.insert(list.clone());
                 list
             }
         };
         self.scratch = scratch;
         list
-    }
-
-    /// The shared list of `teams`, of shared ids.
-    pub fn teams(&mut self, teams: &[String]) -> TeamList {
-        let ids: Vec<Arc<str>> = teams.iter().map(|t| self.id(t)).collect();
-        self.team_lists.share(ids)
     }
 }
 

@@ -24,7 +24,5 @@ pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;
 pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
-pub use model::{
-    KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, TeamLists, User,
-};
+pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};
 pub use scope::Scope;

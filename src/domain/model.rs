@@ -42,10 +42,11 @@ pub struct User {
 }
 
 /// A user's team list behind one thin pointer, shared between users with the same list when an
-/// origin interns them ([`TeamLists`]): most users of a team list just that team. Empty without
-/// an allocation. With it, a user is 56 bytes and fills an 80-byte block with its reference
-/// counts (64 bytes would take a 96-byte one).
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+/// origin interns them ([`super::Interner::teams`]): most users of a team list just that team.
+/// Empty without an allocation. With it, a user is 56 bytes and fills an 80-byte block with its
+/// reference counts (64 bytes would take a 96-byte one). Compared and hashed as the slice of
+/// team ids, so an interner finds a list by a slice before allocating one.
+#[derive(Clone, Default)]
 pub struct TeamList(Option<Arc<Box<[Arc<str>]>>>);
 
 impl std::ops::Deref for TeamList {
@@ -53,6 +54,26 @@ impl std::ops::Deref for TeamList {
 
     fn deref(&self) -> &[Arc<str>] {
         self.0.as_deref().map_or(&[], |teams| teams)
+    }
+}
+
+impl Borrow<[Arc<str>]> for TeamList {
+    fn borrow(&self) -> &[Arc<str>] {
+        self
+    }
+}
+
+impl PartialEq for TeamList {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for TeamList {}
+
+impl std::hash::Hash for TeamList {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
     }
 }
 
@@ -69,6 +90,12 @@ impl FromIterator<Arc<str>> for TeamList {
     }
 }
 
+impl From<&[Arc<str>]> for TeamList {
+    fn from(teams: &[Arc<str>]) -> Self {
+        teams.iter().cloned().collect()
+    }
+}
+
 impl From<Vec<Arc<str>>> for TeamList {
     fn from(teams: Vec<Arc<str>>) -> Self {
         teams.into_iter().collect()
@@ -78,24 +105,6 @@ impl From<Vec<Arc<str>>> for TeamList {
 impl<const N: usize> From<[Arc<str>; N]> for TeamList {
     fn from(teams: [Arc<str>; N]) -> Self {
         teams.into_iter().collect()
-    }
-}
-
-/// Hands out one shared copy of each distinct team list.
-#[derive(Default)]
-pub struct TeamLists {
-    lists: std::collections::HashSet<TeamList>,
-}
-
-impl TeamLists {
-    /// The list of `teams`, in the order given, shared with equal lists.
-    pub fn share(&mut self, teams: impl IntoIterator<Item = Arc<str>>) -> TeamList {
-        let list: TeamList = teams.into_iter().collect();
-        if let Some(shared) = self.lists.get(&list) {
-            return shared.clone();
-        }
-        self.lists.insert(list.clone());
-        list
     }
 }
 

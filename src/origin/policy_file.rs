@@ -3,7 +3,7 @@
 //! file, line, column and object; watched while serving and reloaded into a new revision.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -16,8 +16,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     domain::{
-        Catalog, Expiry, Grant, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope,
-        SecretHash, Team, TeamLists, User,
+        Catalog, Expiry, Grant, Interner, KeySpec, KeyStatus, KeyType, Model, Project, Role,
+        RoleType, Scope, SecretHash, Team, User,
         catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
         model::{ObjectRef, RoleLists, is_valid_role_id},
     },
@@ -355,21 +355,12 @@ impl Builder {
         model.catalog = catalog;
         // Ids repeat (every key names a team and a user or project, every user its teams): one
         // allocation each, shared by every object that names it, and one per distinct team list.
-        let mut interned: HashSet<Arc<str>, foldhash::fast::RandomState> = HashSet::default();
-        let mut intern = |s: &str| -> Arc<str> {
-            if let Some(v) = interned.get(s) {
-                return v.clone();
-            }
-            let v: Arc<str> = s.into();
-            interned.insert(v.clone());
-            v
-        };
-        let mut team_lists = TeamLists::default();
+        let mut ids = Interner::default();
         for (i, t) in doc.teams.iter().enumerate() {
             let name = format!("teams[{i}] ({})", t.value.id);
             let active = self.active_status(t.value.status.as_deref(), t.referenced, &name);
             let team = Team {
-                id: intern(&t.value.id),
+                id: ids.id(&t.value.id),
                 name: t.value.name.clone().unwrap_or_default(),
                 active,
             };
@@ -382,10 +373,10 @@ impl Builder {
             let name = format!("users[{i}] ({})", u.value.id);
             let active = self.active_status(u.value.status.as_deref(), u.referenced, &name);
             let user = User {
-                id: intern(&u.value.id),
+                id: ids.id(&u.value.id),
                 name: u.value.name.clone().unwrap_or_default().into(),
                 active,
-                teams: team_lists.share(u.value.teams.iter().map(|t| intern(t))),
+                teams: ids.teams(&u.value.teams),
             };
             self.check_id(&u.value.id, u.referenced, &name);
             if self.define(ObjectRef::User(user.id.clone()), name, u.referenced) {
@@ -395,8 +386,8 @@ impl Builder {
         for (i, p) in doc.projects.iter().enumerate() {
             let name = format!("projects[{i}] ({})", p.value.id);
             let project = Project {
-                id: intern(&p.value.id),
-                team: intern(&p.value.team),
+                id: ids.id(&p.value.id),
+                team: ids.id(&p.value.team),
                 name: p.value.name.clone().unwrap_or_default(),
             };
             self.check_id(&p.value.id, p.referenced, &name);
@@ -406,7 +397,7 @@ impl Builder {
         }
         for (i, k) in doc.keys.iter().enumerate() {
             let name = format!("keys[{i}] (prefix {})", k.value.prefix);
-            if let Some(key) = self.key(&name, k, &mut intern)
+            if let Some(key) = self.key(&name, k, &mut ids)
                 && self.define(
                     ObjectRef::Key(key.prefix.as_str().into()),
                     name,
@@ -542,12 +533,7 @@ impl Builder {
         })
     }
 
-    fn key(
-        &mut self,
-        name: &str,
-        k: &Spanned<KeyDoc>,
-        intern: &mut impl FnMut(&str) -> Arc<str>,
-    ) -> Option<KeySpec> {
+    fn key(&mut self, name: &str, k: &Spanned<KeyDoc>, ids: &mut Interner) -> Option<KeySpec> {
         let doc = &k.value;
         let at = k.referenced;
         let secret_hash = match doc.secret_sha256.parse::<SecretHash>() {
@@ -614,7 +600,7 @@ impl Builder {
         }
         let key_type = key_type?;
         let owner = match KeySpec::owner_of(key_type, doc.user.as_deref(), doc.project.as_deref()) {
-            Ok(owner) => Some(intern(owner)),
+            Ok(owner) => Some(ids.id(owner)),
             Err(e) => {
                 self.fail(at, name, e.to_string());
                 None
@@ -625,7 +611,7 @@ impl Builder {
             secret_hash: secret_hash?,
             key_type,
             owner: owner?,
-            team: doc.team.as_deref().map(&mut *intern),
+            team: doc.team.as_deref().map(|t| ids.id(t)),
             roles,
             status: status?,
             expires_at: expires_at?,

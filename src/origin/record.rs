@@ -157,13 +157,6 @@ impl From<&KeySpec> for KeyRec {
     }
 }
 
-impl TryFrom<KeyRec> for KeySpec {
-    type Error = CorruptRecord;
-    fn try_from(k: KeyRec) -> Result<Self, Self::Error> {
-        key_spec(k, &mut Interner::default())
-    }
-}
-
 /// A key from its record, its ids and role list shared through `ids`.
 fn key_spec(k: KeyRec, ids: &mut Interner) -> Result<KeySpec, CorruptRecord> {
     let secret_hash: SecretHash = k
@@ -233,13 +226,6 @@ impl From<&Change> for ChangeRec {
                 prefix: p.to_string(),
             },
         }
-    }
-}
-
-impl TryFrom<ChangeRec> for Change {
-    type Error = CorruptRecord;
-    fn try_from(c: ChangeRec) -> Result<Self, Self::Error> {
-        change(c, &mut Interner::default())
     }
 }
 

@@ -665,9 +665,12 @@ impl<B: View, A: View> Judge<'_, B, A> {
                     self.owner_risk.push(key.prefix.clone());
                 }
             }
-            self.acted.insert(requestor);
         } else if !active_before && active_after && before.is_some() {
-            self.minted.insert(requestor);
+            self.minted.insert(requestor.clone());
+        }
+        // Any change to an existing user (its name too) is a change to its requestor.
+        if before.is_some() {
+            self.acted.insert(requestor);
         }
         Ok(())
     }
@@ -702,10 +705,10 @@ impl<B: View, A: View> Judge<'_, B, A> {
                 self.over_projects("projects.update", &b.team, &what)?;
                 self.over_projects("projects.update", &a.team, &what)?;
                 if a.team != b.team {
-                    // Its keys move to another team: taken from one, handed to the other.
-                    self.acted.insert(requestor.clone());
-                    self.minted.insert(requestor);
+                    // Its keys move to another team: handed to whoever administers it.
+                    self.minted.insert(requestor.clone());
                 }
+                self.acted.insert(requestor);
             }
         }
         Ok(())

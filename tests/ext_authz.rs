@@ -327,6 +327,34 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
     assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
 }
 
+#[tokio::test]
+async fn exact_upstream_paths_lets_a_near_miss_parameter_through() {
+    let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let judge = async |server: &TestServer, path: &str| {
+        let mut client = AuthorizationClient::new(server.channel().await);
+        let r = client
+            .check(check("GET", path, &[("authorization", &devin)]))
+            .await
+            .unwrap()
+            .into_inner();
+        outcome(&r).1
+    };
+    let strict = TestServer::start(&example_policy()).await;
+    let exact = TestServer::start_with(&example_policy(), |c| {
+        c.authz.exact_upstream_paths = true;
+    })
+    .await;
+    for (path, by_default, when_exact) in [
+        ("/api/jobs/STATISTICS", 400, 200),
+        ("/api/jobs/statistics.json", 400, 200),
+        ("/api/jobs/statistics", 403, 403),
+        ("/api/jobs/statistics;x", 400, 400),
+    ] {
+        assert_eq!(judge(&strict, path).await, by_default, "{path}");
+        assert_eq!(judge(&exact, path).await, when_exact, "{path} (exact)");
+    }
+}
+
 /// `rolegate bench --mode ext-authz --baseline` with `args` (2 callers on 1 connection, no
 /// warm-up) against a server on the example policy.
 async fn ext_authz_bench(args: &[&str]) -> std::process::Output {

@@ -9,7 +9,12 @@ mod proxy;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use common::{TestServer, example_policy, http_get, keys, repo_path};
-use proxy::{EchoApp, Envoy, forged_identity_is_replaced, matrix, run_matrix, send};
+use proxy::{
+    EchoApp, Envoy, expect, forged_identity_is_replaced, header_sources_fail_closed, matrix,
+    near_miss_paths_are_refused, policy_with_report_routes, query_sources_fail_closed, run_matrix,
+    send, send_underscore_forgeries, unauthenticated_callers_learn_nothing,
+    underscore_forgeries_removed, wait_for_report_routes,
+};
 
 fn envoy(test: &str) -> Option<PathBuf> {
     common::require_tool("envoy", "ROLEGATE_ENVOY_BIN", test)
@@ -152,6 +157,16 @@ async fn envoy_grpc_ext_authz_end_to_end() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // The team source is required and its name exact: no ?team=, or ?TEAM=, is 400 — never a
+    // collection check, which Rita's TEAM grant would pass.
+    let rita_h: &[(&str, &[u8])] = &[("Authorization", rita.as_bytes())];
+    for target in [
+        "/api/reports/usage",
+        "/api/reports/usage?team=",
+        "/api/reports/usage?TEAM=globex",
+    ] {
+        expect(envoy.listen, &app, "GET", target, rita_h, 400).await;
+    }
 
     let devin = bearer(keys::DEVIN_DEVELOPER);
 
@@ -166,6 +181,12 @@ async fn envoy_grpc_ext_authz_end_to_end() {
         ],
     )
     .await;
+    // Also with '_' for '-' (Envoy passes such names on by default): removed on rolegate's word.
+    underscore_forgeries_removed(&send_underscore_forgeries(envoy.listen).await);
+
+    // Near-miss paths, and one 401 whatever is wrong with the key.
+    near_miss_paths_are_refused(envoy.listen, &app).await;
+    unauthenticated_callers_learn_nothing(envoy.listen, &app).await;
 
     // Bad input: a definite denial, and the app never sees the request.
     let aria = bearer(keys::ARIA_AUDITOR);
@@ -289,7 +310,8 @@ async fn envoy_grpc_ext_authz_end_to_end() {
     // A policy's routes replace the default map, on reload.
     let adam = bearer(keys::ADAM_ADMIN);
     let custom = format!(
-        "{policy}\nroutes:\n  - method: GET\n    path: /custom/{{teamId}}/things\n    entitlement: accounts.read\n    resource: {{ team: path.teamId }}\n"
+        "{}  - method: GET\n    path: /custom/{{teamId}}/things\n    entitlement: accounts.read\n    resource: {{ team: path.teamId }}\n",
+        policy_with_report_routes(&policy)
     );
     server.write_policy(&custom);
     let mut status = 0;
@@ -324,6 +346,10 @@ async fn envoy_grpc_ext_authz_end_to_end() {
     )
     .await;
     assert_eq!(r.status, 403, "the default map is replaced");
+    // Resources named by a query parameter or a header: required, exact query names.
+    wait_for_report_routes(envoy.listen).await;
+    query_sources_fail_closed(envoy.listen, &app).await;
+    header_sources_fail_closed(envoy.listen, &app).await;
 
     // rolegate stopped: Envoy answers 503 (failure_mode_allow: false), the app sees nothing.
     server.stop().await.unwrap();
@@ -345,7 +371,8 @@ async fn envoy_http_service_mode_end_to_end() {
     let Some(bin) = envoy("envoy_http_service_mode_end_to_end") else {
         return;
     };
-    let server = TestServer::start(&example_policy()).await;
+    let policy = example_policy();
+    let server = TestServer::start(&policy).await;
     let app = EchoApp::start().await;
     let http = server.http_addr.port();
     let envoy = Envoy::start(
@@ -376,6 +403,17 @@ async fn envoy_http_service_mode_end_to_end() {
         ],
     )
     .await;
+    // With '_' for '-': envoy-http.yaml sends them to rolegate, which names them for removal.
+    underscore_forgeries_removed(&send_underscore_forgeries(envoy.listen).await);
+
+    near_miss_paths_are_refused(envoy.listen, &app).await;
+    unauthenticated_callers_learn_nothing(envoy.listen, &app).await;
+
+    // A query source through http_service (a header source needs its header in the config's
+    // allowed_headers, which lists only the credential and rolegate's own).
+    server.write_policy(&policy_with_report_routes(&policy));
+    wait_for_report_routes(envoy.listen).await;
+    query_sources_fail_closed(envoy.listen, &app).await;
 
     server.stop().await.unwrap();
     let before = app.hits();

@@ -16,6 +16,7 @@ use envoy_types::{
         },
     },
 };
+use rolegate::grpc::pb::Reason;
 
 fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     let http = HttpRequest {
@@ -159,10 +160,62 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
         ("/api//jobs", 400),
         ("/api/jobs/%00", 400),
         ("/nothing/here", 403),
+        ("/api/jobs/statistics;x", 400),
+        ("/api/jobs/STATISTICS", 400),
+        ("/api/jobs/statistics.json", 400),
     ] {
         let r = call(check("GET", path, &[("authorization", &devin)])).await;
         assert_eq!(outcome(&r).1, want, "{path}");
     }
+
+    // Identity headers forged with '_' (or any case) are named for removal.
+    let r = call(check(
+        "GET",
+        "/api/jobs",
+        &[
+            ("authorization", &devin),
+            ("x_rolegate_user", "olivia"),
+            ("X_ROLEGATE_SCOPE", "ALL"),
+        ],
+    ))
+    .await;
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!("{r:?}")
+    };
+    let mut remove = ok.headers_to_remove.clone();
+    remove.sort();
+    assert_eq!(
+        remove,
+        ["authorization", "x_rolegate_scope", "x_rolegate_user"]
+    );
+
+    // Through ext_authz, every authentication failure is the same answer; rolegate's own Check
+    // still tells a backend the precise reason.
+    let presented = [
+        ("NoSuchKeyPrefix00001.secret", Reason::UnknownKey),
+        ("OliviaOwnerKey000001.wrong-secret", Reason::WrongSecret),
+        (keys::DEVIN_OLD_INACTIVE, Reason::KeyInactive),
+    ];
+    let mut answers = Vec::new();
+    let mut authorizer = server.client().await;
+    for (key, reason) in presented {
+        let r = call(check(
+            "GET",
+            "/api/jobs",
+            &[("authorization", &format!("ApiKey {key}"))],
+        ))
+        .await;
+        assert_eq!(outcome(&r), (16, 401), "{key}");
+        assert_eq!(r.status.as_ref().unwrap().message, "unauthenticated");
+        answers.push(r);
+        let own = authorizer
+            .check(common::check(key, "jobs.read", "acme", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((own.allowed, own.reason()), (false, reason), "{key}");
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
 }
 
 #[tokio::test]
@@ -189,9 +242,39 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
         r.to_ascii_lowercase().contains("x-rolegate-scope: own"),
         "{r}"
     );
-    // nginx passes on only 401/403: a malformed request is a 403 there.
-    let r = raw(nginx("GET", "/api/jobs%2Fx")).await;
-    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // nginx passes on only 401/403: a malformed request is a 403 there, with the status
+    // meant beside it for nginx.conf to turn back into a 400.
+    for uri in ["/api/jobs%2Fx", "/api/jobs/x;y", "/api/jobs/STATISTICS"] {
+        let r = raw(nginx("GET", uri)).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{uri}: {r}");
+        assert!(
+            r.to_ascii_lowercase().contains("x-rolegate-status: 400"),
+            "{uri}: {r}"
+        );
+    }
+    // nginx cannot remove a header on rolegate's word: one it does not overwrite is refused.
+    let with_header = |name: &str| {
+        nginx("GET", "/api/jobs").replace("\r\n\r\n", &format!("\r\n{name}: x\r\n\r\n"))
+    };
+    for (name, refused) in [
+        ("x_rolegate_user", true),
+        ("x-rolegate-admin", true),
+        ("x-rolegate-user", false),
+        ("x-other", false),
+    ] {
+        let r = raw(with_header(name)).await;
+        let status = if refused {
+            "HTTP/1.1 403"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(r.starts_with(status), "{name}: {r}");
+        assert_eq!(
+            r.to_ascii_lowercase().contains("x-rolegate-status: 400"),
+            refused,
+            "{name}: {r}"
+        );
+    }
     let r = raw(nginx("DELETE", "/api/jobs/1")).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let r = raw("GET /authz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
@@ -210,11 +293,29 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
             .contains("x-envoy-auth-headers-to-remove: authorization"),
         "{r}"
     );
+    // Envoy removes what it is told: forged names with '_' are on the list.
+    let forged = envoy("GET", "/api/jobs", &devin)
+        .replace("\r\n\r\n", "\r\nx_rolegate_user: olivia\r\n\r\n");
+    let r = raw(forged).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("x-envoy-auth-headers-to-remove: authorization,x_rolegate_user"),
+        "{r}"
+    );
+    let r = raw(envoy("GET", "/api/jobs/statistics.json", &devin)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     let r = raw(envoy("GET", "/api/audit-log", &devin)).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(r.contains(r#""statusCode":403"#), "{r}");
     let r = raw(envoy("GET", "/api/jobs", "ApiKey nope")).await;
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(
+        r.ends_with(
+            r#""message":"a valid API key is required","status":"Unauthorized","statusCode":401}"#
+        ),
+        "{r}"
+    );
     assert!(
         r.to_ascii_lowercase().contains("www-authenticate: apikey"),
         "{r}"
@@ -224,6 +325,34 @@ async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
 
     // The endpoint does not shadow the status endpoints.
     assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn exact_upstream_paths_lets_a_near_miss_parameter_through() {
+    let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let judge = async |server: &TestServer, path: &str| {
+        let mut client = AuthorizationClient::new(server.channel().await);
+        let r = client
+            .check(check("GET", path, &[("authorization", &devin)]))
+            .await
+            .unwrap()
+            .into_inner();
+        outcome(&r).1
+    };
+    let strict = TestServer::start(&example_policy()).await;
+    let exact = TestServer::start_with(&example_policy(), |c| {
+        c.authz.exact_upstream_paths = true;
+    })
+    .await;
+    for (path, by_default, when_exact) in [
+        ("/api/jobs/STATISTICS", 400, 200),
+        ("/api/jobs/statistics.json", 400, 200),
+        ("/api/jobs/statistics", 403, 403),
+        ("/api/jobs/statistics;x", 400, 400),
+    ] {
+        assert_eq!(judge(&strict, path).await, by_default, "{path}");
+        assert_eq!(judge(&exact, path).await, when_exact, "{path} (exact)");
+    }
 }
 
 /// `rolegate bench --mode ext-authz --baseline` with `args` (2 callers on 1 connection, no

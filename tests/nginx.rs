@@ -5,7 +5,12 @@ mod common;
 mod proxy;
 
 use common::{TestServer, example_policy, keys};
-use proxy::{EchoApp, Nginx, forged_identity_is_replaced, matrix, run_matrix, send};
+use proxy::{
+    EchoApp, Nginx, expect, forged_identity_is_replaced, header_sources_fail_closed, matrix,
+    near_miss_paths_are_refused, policy_with_report_routes, query_sources_fail_closed, run_matrix,
+    send, send_underscore_forgeries, unauthenticated_callers_learn_nothing,
+    underscore_forgeries_removed, wait_for_report_routes,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_end_to_end() {
@@ -16,7 +21,8 @@ async fn nginx_auth_request_end_to_end() {
     ) else {
         return;
     };
-    let server = TestServer::start(&example_policy()).await;
+    let policy = example_policy();
+    let server = TestServer::start(&policy).await;
     let app = EchoApp::start().await;
     let nginx = Nginx::start(&bin, app.addr.port(), server.http_addr.port()).await;
 
@@ -35,9 +41,22 @@ async fn nginx_auth_request_end_to_end() {
     )
     .await;
 
+    // Paths a server might serve as another route: 400 (rolegate says 403 with
+    // X-Rolegate-Status: 400, which nginx.conf turns back into a 400).
+    near_miss_paths_are_refused(nginx.listen, &app).await;
+    // One 401 whatever is wrong with the key.
+    unauthenticated_callers_learn_nothing(nginx.listen, &app).await;
+
+    // Identity headers forged with '_': nginx's defaults drop such headers before anything
+    // else sees them. Any other x-rolegate-* name nginx cannot remove: rolegate refuses it.
+    underscore_forgeries_removed(&send_underscore_forgeries(nginx.listen).await);
+    let devin_h: Vec<(&str, &[u8])> = vec![("Authorization", devin.as_bytes())];
+    let mut admin = devin_h.clone();
+    admin.push(("x-rolegate-admin", b"yes"));
+    expect(nginx.listen, &app, "GET", "/api/jobs", &admin, 400).await;
+
     // Suspicious paths and credentials: a definite denial; the app never sees them. (nginx
-    // passes the raw $request_uri on; rolegate refuses what it will not guess at, and sends
-    // 403 where it would say 400, since auth_request passes on only 401 and 403.)
+    // passes the raw $request_uri on; rolegate refuses what it will not guess at.)
     let aria = format!("ApiKey {}", keys::ARIA_AUDITOR);
     let dup: Vec<(&str, &[u8])> = vec![
         ("Authorization", devin.as_bytes()),
@@ -46,14 +65,9 @@ async fn nginx_auth_request_end_to_end() {
     let with = |v: &'static [u8]| vec![("Authorization", v)];
     let aria_h: Vec<(&str, &[u8])> = vec![("Authorization", aria.as_bytes())];
     let bad: Vec<proxy::BadRequest<'_>> = vec![
-        (
-            "DELETE",
-            "/api/models/../jobs/j-1",
-            aria_h.clone(),
-            &[400, 403],
-        ),
-        ("DELETE", "/api/jobs%2Fj-1", aria_h.clone(), &[403]),
-        ("DELETE", "/api//jobs/j-1", aria_h.clone(), &[403]),
+        ("DELETE", "/api/models/../jobs/j-1", aria_h.clone(), &[400]),
+        ("DELETE", "/api/jobs%2Fj-1", aria_h.clone(), &[400]),
+        ("DELETE", "/api//jobs/j-1", aria_h.clone(), &[400]),
         (
             "DELETE",
             "/api/jobs/j-1?/api/models",
@@ -76,6 +90,12 @@ async fn nginx_auth_request_end_to_end() {
         assert_eq!(app.hits(), before, "{method} {path} reached the app");
     }
 
+    // A route's resource named by a query parameter or a header: missing is 400.
+    server.write_policy(&policy_with_report_routes(&policy));
+    wait_for_report_routes(nginx.listen).await;
+    query_sources_fail_closed(nginx.listen, &app).await;
+    header_sources_fail_closed(nginx.listen, &app).await;
+
     // rolegate stopped: nginx fails the request (auth_request error), the app sees nothing.
     server.stop().await.unwrap();
     let before = app.hits();
@@ -88,4 +108,47 @@ async fn nginx_auth_request_end_to_end() {
     .await;
     assert!(r.status >= 500, "got {}", r.status);
     assert_eq!(app.hits(), before);
+}
+
+/// With `underscores_in_headers on`, nginx passes `x_rolegate_user` on, and cannot remove it on
+/// rolegate's word: rolegate refuses the request (400), so it never reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_underscores_in_headers_refuses_forged_identity() {
+    let Some(bin) = common::require_tool(
+        "nginx",
+        "ROLEGATE_NGINX_BIN",
+        "nginx_with_underscores_in_headers_refuses_forged_identity",
+    ) else {
+        return;
+    };
+    let server = TestServer::start(&example_policy()).await;
+    let app = EchoApp::start().await;
+    let listen = "listen 127.0.0.1:8088;";
+    let nginx = Nginx::start_with(
+        &bin,
+        app.addr.port(),
+        server.http_addr.port(),
+        &[(
+            listen,
+            format!("{listen}\n        underscores_in_headers on;"),
+        )],
+    )
+    .await;
+    let before = app.hits();
+    let r = send_underscore_forgeries(nginx.listen).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["statusCode"], 400);
+    assert_eq!(app.hits(), before, "the forged request reached the app");
+
+    // Without them, the same request is allowed: the refusal is for the forged headers.
+    let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
+    let r = send(
+        nginx.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", devin.as_bytes())],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen()["x-rolegate-user"], "devin");
 }

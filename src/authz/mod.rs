@@ -15,7 +15,7 @@ use std::{
 use compact_str::CompactString;
 
 use crate::{
-    domain::{Reason, ResourceRef, Scope},
+    domain::{ApiKey, KeyEntry, Reason, ResourceRef, Scope, authenticate, decide_presented},
     grpc::status::Unanswerable,
     origin::policy_file::{RouteSpec, ValueSource, is_valid_entitlement},
     state::{State, unix_now},
@@ -26,6 +26,21 @@ use routes::{RouteError, RouteTable, normalize_path};
 pub const MAX_ID_LEN: usize = 256;
 /// The prefix of the headers rolegate sets; a client's own are always removed.
 pub const HEADER_PREFIX: &str = "x-rolegate-";
+/// The identity headers rolegate sets on an allowed request (those with a value).
+pub const IDENTITY_HEADERS: [&str; 8] = [
+    "x-rolegate-key",
+    "x-rolegate-user",
+    "x-rolegate-team",
+    "x-rolegate-project",
+    "x-rolegate-scope",
+    "x-rolegate-filter-teams",
+    "x-rolegate-filter-owner-keys",
+    "x-rolegate-revision",
+];
+/// The one message of every 401 sent through a proxy, whatever the reason: a caller without a
+/// valid key learns nothing about which prefixes exist or what state a key is in. The precise
+/// reason is in rolegate's log and in its own gRPC Check answer.
+pub const UNAUTHENTICATED_MESSAGE: &str = "a valid API key is required";
 
 /// How proxied requests carry their credential and what happens around the decision
 /// (`rolegate serve` flags for Envoy ext_authz and the HTTP auth endpoint).
@@ -54,6 +69,12 @@ pub struct AuthzConfig {
     /// are denied with 403).
     #[arg(long = "authz-allow-unmatched", env = "ROLEGATE_AUTHZ_ALLOW_UNMATCHED")]
     pub allow_unmatched: bool,
+    /// The upstream routes paths exactly as the route map does (case-sensitive, no `.json`
+    /// format suffix): accept a parameter whose value reads like a literal route segment beside
+    /// it (`/api/jobs/STATISTICS`, `/api/jobs/statistics.json` as `/api/jobs/{id}`), which is
+    /// refused (400) by default.
+    #[arg(long = "exact-upstream-paths", env = "ROLEGATE_EXACT_UPSTREAM_PATHS")]
+    pub exact_upstream_paths: bool,
 }
 
 fn lower_case_header(name: &str) -> Result<String, String> {
@@ -70,6 +91,7 @@ impl Default for AuthzConfig {
             scheme: "ApiKey".into(),
             keep_credential: false,
             allow_unmatched: false,
+            exact_upstream_paths: false,
         }
     }
 }
@@ -87,10 +109,38 @@ pub enum Header<'a> {
 
 /// The request's headers, whatever the transport.
 pub trait RequestHeaders {
-    /// The header `name` (lower-case).
+    /// The header `name` (lower-case), its name compared case-insensitively.
     fn header(&self, name: &str) -> Header<'_>;
-    /// The names (lower-case) of every header starting with `x-rolegate-`.
-    fn rolegate_headers(&self) -> Vec<String>;
+    /// Calls `each` with the name of every header the request carries, as received (a repeated
+    /// header may come more than once).
+    fn each_name(&self, each: &mut dyn FnMut(&str));
+}
+
+/// `name` read as a CGI/WSGI-style server reads it: ASCII lower case, `_` as `-`.
+fn fold_header_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Whether a header `name` is `target` (lower case) once read case-insensitively with `_` as
+/// `-` (`X_Rolegate_User` is `x-rolegate-user`).
+pub fn header_reads_as(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| fold_header_byte(a) == fold_header_byte(b))
+}
+
+/// Whether a header `name`, read case-insensitively with `_` as `-`, is one of rolegate's
+/// `x-rolegate-*` headers or `credential` (lower case): a client must never get such a header
+/// to the upstream, where a server that folds names this way would take it for rolegate's.
+pub fn impersonates(name: &str, credential: &str) -> bool {
+    let prefix = name.get(..HEADER_PREFIX.len()).unwrap_or_default();
+    header_reads_as(prefix, HEADER_PREFIX) || header_reads_as(name, credential)
 }
 
 /// Per-route settings from the proxy (Envoy's `context_extensions`), by name.
@@ -129,8 +179,10 @@ pub struct Allowed {
     /// `x-rolegate-*` headers for the upstream, only those with a value (none when passed
     /// unmatched); they replace any the client sent.
     pub headers: Vec<(&'static str, HeaderText)>,
-    /// Headers to remove before the request goes upstream: the credential (unless kept) and
-    /// every `x-rolegate-*` header the client sent that is not set above.
+    /// Headers to remove before the request goes upstream (lower case): the credential
+    /// (unless kept) and every header the client sent that reads as an `x-rolegate-*` header
+    /// or as the credential header ignoring case and `_`/`-` ([`impersonates`]), except those
+    /// set above.
     pub remove: Vec<String>,
     /// The entitlement checked (empty when passed unmatched).
     pub entitlement: HeaderText,
@@ -378,6 +430,20 @@ impl Authz {
         let table = self.routes();
         let matched = table.find(method, &path.segments);
         let context = |name: &str| req.context.and_then(|c| c.value(name));
+        if matched.is_none() && context("entitlement").is_none() && self.config.allow_unmatched {
+            // Outside the route map, by configuration: no credential needed, no identity.
+            return Ok(Verdict::Allow(Allowed {
+                headers: Vec::new(),
+                remove: self.removals(req.headers, &[]),
+                entitlement: HeaderText::Static(""),
+            }));
+        }
+
+        // The credential before anything that depends on the route map: a caller without a
+        // valid key learns nothing about which routes exist or what they need.
+        let revision = self.state.revision();
+        let now = unix_now();
+        let (key, entry) = self.authenticate(req.headers, now)?;
 
         let entitlement = match (context("entitlement"), &matched) {
             (Some(e), _) if is_valid_entitlement(e) => e,
@@ -388,13 +454,6 @@ impl Authz {
                 ));
             }
             (None, Some(m)) => m.route.spec.entitlement.as_str(),
-            (None, None) if self.config.allow_unmatched => {
-                return Ok(Verdict::Allow(Allowed {
-                    headers: Vec::new(),
-                    remove: self.removals(req.headers, &[]),
-                    entitlement: HeaderText::Static(""),
-                }));
-            }
             (None, None) => {
                 return Err(Denied::new(
                     403,
@@ -403,6 +462,18 @@ impl Authz {
                 ));
             }
         };
+        if let Some(literal) = matched.as_ref().and_then(|m| m.resembles())
+            && !self.config.exact_upstream_paths
+        {
+            return Err(bad(
+                "ambiguous_path",
+                &format!(
+                    "a path segment taken as a parameter reads like the route segment \
+                     '{literal}' (the same but for case, or with a '.suffix'): an upstream \
+                     that ignores case or reads a format suffix would serve that route instead"
+                ),
+            ));
+        }
 
         // Where the resource's team and owner come from: the context's sources win.
         let source = |field: &str, from_route: Option<&ValueSource>| -> Result<_, Denied> {
@@ -417,6 +488,8 @@ impl Authz {
         let team_src = source("team", spec.and_then(|s| s.team.as_ref()))?;
         let key_src = source("owner_key", spec.and_then(|s| s.owner_key.as_ref()))?;
         let user_src = source("owner_user", spec.and_then(|s| s.owner_user.as_ref()))?;
+        // A source the route names must give a value: were an absent or empty one taken as "no
+        // resource", the client would choose to be judged on the collection instead.
         let value = |src: Option<ValueSource>| -> Result<String, Denied> {
             let Some(src) = src else {
                 return Ok(String::new());
@@ -426,16 +499,7 @@ impl Authz {
                     .as_ref()
                     .and_then(|m| m.route.param(p, &m.params))
                     .map(str::to_owned),
-                ValueSource::Header(h) => match req.headers.header(h) {
-                    Header::Absent => None,
-                    Header::One(v) => Some(v.to_owned()),
-                    Header::Many | Header::NotText => {
-                        return Err(bad(
-                            "bad_resource",
-                            "a header naming the resource is repeated or not text",
-                        ));
-                    }
-                },
+                ValueSource::Header(h) => header_source(req.headers, h)?.map(str::to_owned),
                 ValueSource::Query(q) => query_value(path.query, q).map_err(|()| {
                     bad(
                         "bad_resource",
@@ -443,7 +507,16 @@ impl Authz {
                     )
                 })?,
             };
-            let v = v.unwrap_or_default();
+            let Some(v) = v.filter(|v| !v.is_empty()) else {
+                return Err(bad(
+                    "missing_resource",
+                    &format!(
+                        "the route names its resource by the {}, which the request does not \
+                         carry or leaves empty",
+                        describe_source(&src)
+                    ),
+                ));
+            };
             if v.len() > MAX_ID_LEN || v.contains(',') || v.chars().any(char::is_control) {
                 return Err(bad(
                     "bad_resource",
@@ -462,28 +535,27 @@ impl Authz {
             }
         }
 
-        let key = self.credential(req.headers)?;
         let resource = ResourceRef {
             team_id: &team,
             owner_key_prefix: &owner_key,
             owner_user_id: &owner_user,
         };
-        let outcome = self.state.check(key, entitlement, resource, unix_now());
-        let d = &outcome.decision;
-        let prefix = outcome.entry.as_ref().map_or("-", |e| &*e.spec.prefix);
+        let d = decide_presented(&entry, key.prefix, entitlement, resource, now);
         tracing::debug!(
-            key = prefix,
+            key = key.prefix,
             method,
             entitlement,
             decision = if d.is_allowed() { "allow" } else { "deny" },
             reason = ?d.reason,
             "ext_authz"
         );
-        let (Some(entry), true) = (&outcome.entry, d.is_allowed()) else {
+        if !d.is_allowed() {
             return Err(self.denial(d.reason, entitlement));
-        };
+        }
         let spec = &entry.spec;
         let shared = |v: Option<&Arc<str>>| v.map_or(HeaderText::Static(""), |v| v.clone().into());
+        // The names are those of IDENTITY_HEADERS (unit test
+        // `allowed_answers_set_only_identity_headers`).
         let candidates = [
             ("x-rolegate-key", HeaderText::Inline(spec.prefix.clone())),
             ("x-rolegate-user", shared(spec.user())),
@@ -503,7 +575,7 @@ impl Authz {
             ),
             (
                 "x-rolegate-revision",
-                HeaderText::Number(Digits::new(outcome.revision)),
+                HeaderText::Number(Digits::new(revision)),
             ),
         ];
         let mut headers = Vec::with_capacity(candidates.len());
@@ -520,52 +592,43 @@ impl Authz {
         }))
     }
 
+    /// Reads the credential and authenticates its key: the key and its entry, or a 401 that
+    /// says only that a valid key is required (the reason goes to the log).
+    fn authenticate<'h, H: RequestHeaders + ?Sized>(
+        &self,
+        headers: &'h H,
+        now: i64,
+    ) -> Result<(ApiKey<'h>, Arc<KeyEntry>), Denied> {
+        let presented = self.credential(headers)?;
+        let key = ApiKey::parse(presented)
+            .map_err(|_| self.unauthenticated(reason_name(Reason::MalformedKey), None))?;
+        let entry = self.state.lookup(key.prefix);
+        match (authenticate(entry.as_deref(), &key, now), entry) {
+            (Ok(()), Some(entry)) => Ok((key, entry)),
+            (Err(reason), _) => Err(self.unauthenticated(reason_name(reason), Some(key.prefix))),
+            // `authenticate` accepts only a key it found.
+            (Ok(()), None) => {
+                Err(self.unauthenticated(reason_name(Reason::UnknownKey), Some(key.prefix)))
+            }
+        }
+    }
+
     /// The key from the credential header: `<scheme> <prefix>.<secret>`, exactly one space.
     fn credential<'h, H: RequestHeaders + ?Sized>(
         &self,
         headers: &'h H,
     ) -> Result<&'h str, Denied> {
-        let unauthenticated = |reason, message: &str| self.unauthenticated(reason, message);
         let value = match headers.header(&self.config.credential_header) {
             Header::One(v) => v,
-            Header::Absent => {
-                return Err(unauthenticated(
-                    "missing_credential",
-                    &format!(
-                        "no credential: send {}: {} <prefix>.<secret>",
-                        self.config.credential_header, self.config.scheme
-                    ),
-                ));
-            }
-            Header::Many => {
-                return Err(unauthenticated(
-                    "duplicate_credential",
-                    "the credential header is sent more than once",
-                ));
-            }
-            Header::NotText => {
-                return Err(unauthenticated(
-                    "malformed_credential",
-                    "the credential header is not text",
-                ));
-            }
-        };
-        let malformed = || {
-            unauthenticated(
-                "malformed_credential",
-                &format!(
-                    "the credential is not '{} <prefix>.<secret>'",
-                    self.config.scheme
-                ),
-            )
+            Header::Absent => return Err(self.unauthenticated("missing_credential", None)),
+            Header::Many => return Err(self.unauthenticated("duplicate_credential", None)),
+            Header::NotText => return Err(self.unauthenticated("malformed_credential", None)),
         };
         // A comma means the header was sent twice and joined by the proxy.
         if value.contains(',') {
-            return Err(unauthenticated(
-                "duplicate_credential",
-                "the credential header is sent more than once",
-            ));
+            return Err(self.unauthenticated("duplicate_credential", None));
         }
+        let malformed = || self.unauthenticated("malformed_credential", None);
         let (scheme, key) = value.split_once(' ').ok_or_else(malformed)?;
         if !scheme.eq_ignore_ascii_case(&self.config.scheme) || key.is_empty() || key.contains(' ')
         {
@@ -574,15 +637,24 @@ impl Authz {
         Ok(key)
     }
 
-    fn unauthenticated(&self, reason: &'static str, message: &str) -> Denied {
-        let mut d = Denied::new(401, reason, message);
+    /// A 401 for a proxied request: always the same body; `reason` and the presented key's
+    /// prefix (never its secret) go to the log — at debug level when no credential was sent at
+    /// all (browsers, probes), at info otherwise.
+    fn unauthenticated(&self, reason: &'static str, prefix: Option<&str>) -> Denied {
+        let key = prefix.unwrap_or("-");
+        if reason == "missing_credential" {
+            tracing::debug!(key, reason, "proxied request not authenticated");
+        } else {
+            tracing::info!(key, reason, "proxied request not authenticated");
+        }
+        let mut d = Denied::new(401, reason, UNAUTHENTICATED_MESSAGE);
         d.www_authenticate = Some(self.config.scheme.clone());
         d
     }
 
     fn denial(&self, reason: Reason, entitlement: &str) -> Denied {
         if reason.is_unauthenticated() {
-            return self.unauthenticated(reason_name(reason), reason.describe());
+            return self.unauthenticated(reason_name(reason), None);
         }
         let message = match reason {
             Reason::NoGrant => format!("the API key's roles do not grant {entitlement}"),
@@ -597,23 +669,67 @@ impl Authz {
         Denied::new(403, reason_name(reason), &message)
     }
 
-    /// The credential (unless kept) and the client's `x-rolegate-*` headers not in `set`.
+    /// The credential (unless kept), and every header the client sent that impersonates one
+    /// of rolegate's or the credential header ([`impersonates`]) and is not in `set` (those
+    /// are overwritten): lower case, each once.
     fn removals<H: RequestHeaders + ?Sized>(
         &self,
         headers: &H,
         set: &[(&'static str, HeaderText)],
     ) -> Vec<String> {
+        let credential = &self.config.credential_header;
         let mut out = Vec::new();
         if !self.config.keep_credential {
-            out.push(self.config.credential_header.clone());
+            out.push(credential.clone());
         }
-        out.extend(
-            headers
-                .rolegate_headers()
-                .into_iter()
-                .filter(|h| !set.iter().any(|(k, _)| k == h)),
-        );
+        headers.each_name(&mut |name| {
+            let forged = impersonates(name, credential)
+                && !name.eq_ignore_ascii_case(credential)
+                && !set.iter().any(|(k, _)| name.eq_ignore_ascii_case(k))
+                && !out.iter().any(|o| name.eq_ignore_ascii_case(o));
+            if forged {
+                out.push(name.to_ascii_lowercase());
+            }
+        });
         out
+    }
+}
+
+/// The value of the header a resource source names. A repeated header, one that is not text,
+/// or one also sent under a name that reads the same with `_` for `-` (`x_team` beside
+/// `x-team`: a CGI-style upstream might read either) is refused.
+fn header_source<'h, H: RequestHeaders + ?Sized>(
+    headers: &'h H,
+    name: &str,
+) -> Result<Option<&'h str>, Denied> {
+    let ambiguous = || {
+        Denied::new(
+            400,
+            "bad_resource",
+            "a header naming the resource is repeated, not text, or also sent with '_' for '-'",
+        )
+    };
+    let value = match headers.header(name) {
+        Header::Absent => None,
+        Header::One(v) => Some(v),
+        Header::Many | Header::NotText => return Err(ambiguous()),
+    };
+    let mut variant = false;
+    headers.each_name(&mut |n| {
+        variant |= header_reads_as(n, name) && !n.eq_ignore_ascii_case(name);
+    });
+    if variant {
+        return Err(ambiguous());
+    }
+    Ok(value)
+}
+
+/// A resource source as the 400 for its missing value names it.
+fn describe_source(src: &ValueSource) -> String {
+    match src {
+        ValueSource::Path(p) => format!("path parameter '{p}'"),
+        ValueSource::Header(h) => format!("header '{h}'"),
+        ValueSource::Query(q) => format!("query parameter '{q}' (names are case-sensitive)"),
     }
 }
 
@@ -684,17 +800,19 @@ fn reason_name(reason: Reason) -> &'static str {
     }
 }
 
-/// Headers in a plain map with lower-case names, one value each (tests, benches).
+/// Headers in a plain map, one value each (tests, benches).
 impl RequestHeaders for HashMap<String, String> {
     fn header(&self, name: &str) -> Header<'_> {
-        self.get(name).map_or(Header::Absent, |v| Header::One(v))
+        let mut found = self.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        match (found.next(), found.next()) {
+            (None, _) => Header::Absent,
+            (Some((_, v)), None) => Header::One(v),
+            (Some(_), Some(_)) => Header::Many,
+        }
     }
 
-    fn rolegate_headers(&self) -> Vec<String> {
-        self.keys()
-            .filter(|k| k.starts_with(HEADER_PREFIX))
-            .cloned()
-            .collect()
+    fn each_name(&self, each: &mut dyn FnMut(&str)) {
+        self.keys().for_each(|k| each(k));
     }
 }
 

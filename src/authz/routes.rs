@@ -35,6 +35,8 @@ pub enum PathError {
     BadCharacter,
     #[error("the path has a fragment ('#')")]
     Fragment,
+    #[error("the path has a ';' (matrix parameters, which some servers strip before routing)")]
+    Semicolon,
 }
 
 /// A request path split into decoded segments, and its raw query string.
@@ -56,7 +58,10 @@ pub struct NormalizedPath<'a> {
 ///    escape (`%4`, `%zz`), a control character or NUL (raw or encoded), or bytes that are not
 ///    UTF-8 after decoding are refused.
 /// 5. A segment that is `.` or `..` after decoding (so `%2e%2e` too) is refused, never resolved.
-/// 6. At most [`MAX_SEGMENTS`] segments.
+/// 6. A `;`, raw or encoded, is refused: Tomcat and Spring cut a segment at `;` (matrix
+///    parameters, `;jsessionid=`), so `/api/jobs/statistics;x` would be served as
+///    `/api/jobs/statistics` while it reads as a parameter here.
+/// 7. At most [`MAX_SEGMENTS`] segments.
 pub fn normalize_path(target: &str) -> Result<NormalizedPath<'_>, PathError> {
     if target.is_empty() {
         return Err(PathError::Missing);
@@ -113,6 +118,9 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
         if b.is_ascii_control() {
             return Err(PathError::BadCharacter);
         }
+        if b == b';' {
+            return Err(PathError::Semicolon);
+        }
     }
     if !bytes.contains(&b'%') {
         return Ok(Cow::Borrowed(raw));
@@ -133,6 +141,9 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             if b.is_ascii_control() {
                 return Err(PathError::BadCharacter);
+            }
+            if b == b';' {
+                return Err(PathError::Semicolon);
             }
             out.push(b);
             i += 3;
@@ -308,6 +319,54 @@ struct Node {
     tail: Methods,
     /// Routes whose pattern ends exactly here.
     here: Methods,
+    /// The literal children's names in ASCII lower case, sorted, when a parameter or a tail
+    /// could take a segment here (else empty): built once when the table compiles, so that
+    /// telling whether a parameter's value reads like one of them is a binary search.
+    literals_folded: Box<[Box<str>]>,
+}
+
+impl Node {
+    /// Fills `literals_folded` here and below.
+    fn fold_literals(&mut self) {
+        if self.param.is_some() || !self.tail.is_empty() {
+            let mut folded: Vec<Box<str>> = self
+                .literals
+                .keys()
+                .map(|l| l.to_ascii_lowercase().into_boxed_str())
+                .collect();
+            folded.sort();
+            folded.dedup();
+            self.literals_folded = folded.into();
+        }
+        self.literals.values_mut().for_each(Node::fold_literals);
+        if let Some(param) = &mut self.param {
+            param.fold_literals();
+        }
+    }
+
+    /// The literal child that `value`, taken by a parameter or a tail here, reads like on a
+    /// server that ignores case or takes a `.suffix` as a format: equal to it ignoring ASCII
+    /// case, or that followed by `.` and anything (`STATISTICS`, `statistics.json` for
+    /// `statistics`). Allocation-free: a binary search per `.` in the value.
+    fn resembled(&self, value: &str) -> Option<&str> {
+        if self.literals_folded.is_empty() {
+            return None;
+        }
+        let find = |candidate: &str| {
+            self.literals_folded
+                .binary_search_by(|lit| {
+                    lit.bytes()
+                        .cmp(candidate.bytes().map(|b| b.to_ascii_lowercase()))
+                })
+                .ok()
+                .map(|i| &*self.literals_folded[i])
+        };
+        find(value).or_else(|| {
+            value
+                .match_indices('.')
+                .find_map(|(at, _)| find(&value[..at]))
+        })
+    }
 }
 
 /// Why a set of routes does not compile.
@@ -342,6 +401,20 @@ pub struct RouteTable {
 pub struct RouteMatch<'t, 'p> {
     pub route: &'t Route,
     pub params: Vec<Cow<'p, str>>,
+    /// A literal segment of the table (lower case) that a segment taken by a parameter or a
+    /// tail of this match reads like, ignoring case or a `.suffix` (see [`RouteMatch::resembles`]).
+    resembled: Option<&'t str>,
+}
+
+impl<'t> RouteMatch<'t, '_> {
+    /// The literal route segment that a segment this match takes as a parameter (or under a
+    /// `*` tail) equals ignoring ASCII case, or equals followed by `.suffix`, if any: e.g.
+    /// `statistics` for `GET /api/jobs/STATISTICS` or `/api/jobs/statistics.json` matched to
+    /// `/api/jobs/{id}` beside `/api/jobs/statistics`. A server that routes case-insensitively
+    /// or reads `.json` as a format would serve the literal route, not the one judged here.
+    pub fn resembles(&self) -> Option<&'t str> {
+        self.resembled
+    }
 }
 
 impl RouteTable {
@@ -389,6 +462,7 @@ impl RouteTable {
                 entitlement: spec.entitlement.as_str().into(),
             });
         }
+        table.root.fold_literals();
         Ok(table)
     }
 
@@ -410,39 +484,48 @@ impl RouteTable {
         segments: &[Cow<'p, str>],
     ) -> Option<RouteMatch<'t, 'p>> {
         let mut params = Vec::new();
-        let index = find_in(&self.root, method, segments, &mut params)?;
+        let mut resembled = None;
+        let index = find_in(&self.root, method, segments, &mut params, &mut resembled)?;
         Some(RouteMatch {
             route: &self.routes[index],
             params,
+            resembled,
         })
     }
 }
 
-fn find_in<'p>(
-    node: &Node,
+/// The route index under `node` for `segments`; `resembled` gets the literal that a segment
+/// taken by a parameter or a tail on the way reads like (only along the path that matched).
+fn find_in<'t, 'p>(
+    node: &'t Node,
     method: &str,
     segments: &[Cow<'p, str>],
     params: &mut Vec<Cow<'p, str>>,
+    resembled: &mut Option<&'t str>,
 ) -> Option<usize> {
     let Some((first, rest)) = segments.split_first() else {
         return node.here.find(method).or_else(|| node.tail.find(method));
     };
     if let Some(child) = node.literals.get(&**first)
-        && let Some(found) = find_in(child, method, rest, params)
+        && let Some(found) = find_in(child, method, rest, params, resembled)
     {
         return Some(found);
     }
     if let Some(child) = &node.param {
         params.push(first.clone());
-        if let Some(found) = find_in(child, method, rest, params) {
+        if let Some(found) = find_in(child, method, rest, params, resembled) {
+            if resembled.is_none() {
+                *resembled = node.resembled(first);
+            }
             return Some(found);
         }
         params.pop();
     }
-    if !node.tail.is_empty() {
-        return node.tail.find(method);
+    let found = node.tail.find(method)?;
+    if resembled.is_none() {
+        *resembled = node.resembled(first);
     }
-    None
+    Some(found)
 }
 
 fn route(method: &str, path: &str, entitlement: &str) -> RouteSpec {
@@ -738,10 +821,20 @@ mod tests {
             ("/api/jo\tbs", PathError::BadCharacter),
             ("/api/%ff%fe", PathError::BadCharacter),
             ("/api/jobs#frag", PathError::Fragment),
+            ("/api/jobs/statistics;x", PathError::Semicolon),
+            ("/api/jobs/statistics;jsessionid=1", PathError::Semicolon),
+            ("/api/jobs;/statistics", PathError::Semicolon),
+            ("/api/jobs/statistics%3Bx", PathError::Semicolon),
+            ("/api/jobs/statistics%3b", PathError::Semicolon),
         ];
         for (path, want) in refused {
             assert_eq!(normalize_path(path), Err(want), "{path:?}");
         }
+        // A ';' in the query string is the query's business.
+        assert_eq!(
+            normalize_path("/api/jobs?a=1;b=2").unwrap().query,
+            "a=1;b=2"
+        );
         assert_eq!(
             normalize_path(&"/a".repeat(MAX_SEGMENTS + 1)),
             Err(PathError::TooDeep)
@@ -802,6 +895,121 @@ mod tests {
         assert_eq!(f("PUT", "/api/any").unwrap().0, "* /api/any");
         assert_eq!(f("GET", "/api"), None);
         assert_eq!(f("GET", "/api/jobs/42/close/x"), None);
+    }
+
+    /// `(route, resembled literal)` for `method path` on `table`.
+    fn resembling(table: &RouteTable, method: &str, path: &str) -> (String, Option<String>) {
+        let p = normalize_path(path).unwrap();
+        let m = table.find(method, &p.segments).unwrap();
+        (
+            format!("{} {}", m.route.spec.method, m.route.spec.path),
+            m.resembles().map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn parameters_that_read_like_a_literal_sibling_are_flagged() {
+        let specs = vec![
+            route("GET", "/api/jobs/statistics", "statistics.read"),
+            route("GET", "/api/jobs/history", "jobs.read"),
+            route("GET", "/api/jobs/v1.2", "jobs.read"),
+            route("GET", "/api/jobs/{id}", "jobs.read"),
+            route("DELETE", "/api/jobs/{id}", "jobs.cancel"),
+            route("POST", "/api/jobs/{id}/close", "jobs.close"),
+            route("GET", "/api/Teams/{team}/Reports", "jobs.read"),
+            route("GET", "/files/secret", "audit.read"),
+            route("GET", "/files/*", "jobs.read"),
+        ];
+        let t = RouteTable::compile(&specs).unwrap();
+        let jobs_id = "GET /api/jobs/{id}";
+        for (method, path, route, like) in [
+            (
+                "GET",
+                "/api/jobs/statistics",
+                "GET /api/jobs/statistics",
+                None,
+            ),
+            ("GET", "/api/jobs/job-1", jobs_id, None),
+            ("GET", "/api/jobs/STATISTICS", jobs_id, Some("statistics")),
+            ("GET", "/api/jobs/Statistics", jobs_id, Some("statistics")),
+            ("GET", "/api/jobs/statistic%53", jobs_id, Some("statistics")),
+            (
+                "GET",
+                "/api/jobs/statistics.json",
+                jobs_id,
+                Some("statistics"),
+            ),
+            (
+                "GET",
+                "/api/jobs/STATISTICS.JSON",
+                jobs_id,
+                Some("statistics"),
+            ),
+            (
+                "GET",
+                "/api/jobs/statistics.tar.gz",
+                jobs_id,
+                Some("statistics"),
+            ),
+            ("GET", "/api/jobs/history.xml", jobs_id, Some("history")),
+            // A literal with a dot: its own suffixes, not its prefix.
+            ("GET", "/api/jobs/V1.2", jobs_id, Some("v1.2")),
+            ("GET", "/api/jobs/v1.2.json", jobs_id, Some("v1.2")),
+            ("GET", "/api/jobs/v1", jobs_id, None),
+            // Near, but neither the same nor a suffix.
+            ("GET", "/api/jobs/statisticsx", jobs_id, None),
+            ("GET", "/api/jobs/xstatistics", jobs_id, None),
+            ("GET", "/api/jobs/statistic", jobs_id, None),
+            ("GET", "/api/jobs/.statistics", jobs_id, None),
+            // The literal exists but not for this method: the parameter takes it as it is.
+            (
+                "DELETE",
+                "/api/jobs/statistics",
+                "DELETE /api/jobs/{id}",
+                Some("statistics"),
+            ),
+            ("DELETE", "/api/jobs/j-1", "DELETE /api/jobs/{id}", None),
+            (
+                "POST",
+                "/api/jobs/HISTORY/close",
+                "POST /api/jobs/{id}/close",
+                Some("history"),
+            ),
+            (
+                "POST",
+                "/api/jobs/j-1/close",
+                "POST /api/jobs/{id}/close",
+                None,
+            ),
+            // Literals of the pattern compare folded too; parameters with no sibling never do.
+            (
+                "GET",
+                "/api/Teams/acme/Reports",
+                "GET /api/Teams/{team}/Reports",
+                None,
+            ),
+            // A tail takes the segment like a parameter does.
+            ("GET", "/files/SECRET", "GET /files/*", Some("secret")),
+            ("GET", "/files/secret.txt/x", "GET /files/*", Some("secret")),
+            ("GET", "/files/public/secret", "GET /files/*", None),
+        ] {
+            assert_eq!(
+                resembling(&t, method, path),
+                (route.to_owned(), like.map(str::to_owned)),
+                "{method} {path}"
+            );
+        }
+        // The default map: the platform's near-miss paths.
+        let d = default_table();
+        for path in [
+            "/api/jobs/STATISTICS",
+            "/api/jobs/statistics.json",
+            "/api/models/LATEST",
+            "/api/models/tags.json",
+        ] {
+            assert!(resembling(&d, "GET", path).1.is_some(), "{path}");
+        }
+        assert_eq!(resembling(&d, "GET", "/api/jobs/job-1").1, None);
     }
 
     #[test]

@@ -88,6 +88,26 @@ fn allowed_requests_carry_identity_and_filters() {
 }
 
 #[test]
+fn allowed_answers_set_only_identity_headers() {
+    let a = authz(AuthzConfig::default());
+    // Dana's collection call carries every header but project; the project key's the project.
+    let dana = "DanaScienceKey000001.dev-only-danascience";
+    let fraud = "FraudProjectKey00001.dev-only-fraudprojec";
+    let mut names = Vec::new();
+    for k in [dana, fraud] {
+        let Verdict::Allow(ok) = run(&a, "DELETE", "/api/jobs/j-1", &key(k)) else {
+            panic!("{k}")
+        };
+        names.extend(ok.headers.iter().map(|(name, _)| *name));
+    }
+    names.sort();
+    names.dedup();
+    let mut want = IDENTITY_HEADERS.to_vec();
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[test]
 fn denials_are_401_or_403_with_the_json_body() {
     let a = authz(AuthzConfig::default());
     let Verdict::Deny(d) = run(&a, "DELETE", "/api/jobs/j-1", &key(ARIA)) else {
@@ -102,9 +122,12 @@ fn denials_are_401_or_403_with_the_json_body() {
 
     let secret = "dev-only-devindevkez";
     let wrong = format!("DevinDevKey000000001.{secret}");
+    let unknown = format!("NoSuchKey00000000001.{secret}");
+    let mut bodies = Vec::new();
     for (h, reason) in [
         (headers(&[]), "missing_credential"),
         (key(&wrong), "wrong_secret"),
+        (key(&unknown), "unknown_key"),
         (
             key("DevinOldKey000000001.dev-only-devinoldkey"),
             "key_inactive",
@@ -139,7 +162,28 @@ fn denials_are_401_or_403_with_the_json_body() {
         assert!(!d.body.contains(secret), "the secret is never echoed");
         let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["statusCode"], 401);
+        assert_eq!(body["message"], UNAUTHENTICATED_MESSAGE);
+        bodies.push(d.body);
     }
+    // One body whatever the reason: an unknown prefix and a wrong secret look the same.
+    bodies.dedup();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    // An inactive team too (acme deactivated in a copy of the policy).
+    let text = include_str!("../../deploy/examples/policy.yaml").replacen(
+        "name: Acme Corp\n    status: active",
+        "name: Acme Corp\n    status: inactive",
+        1,
+    );
+    assert!(text.contains("status: inactive"));
+    let policy = policy_file::parse(&text, "policy.yaml").unwrap();
+    let state = Arc::new(State::from_model(&policy.model, 1).unwrap());
+    let off = Authz::new(state, AuthzConfig::default());
+    let Verdict::Deny(d) = run(&off, "GET", "/api/jobs", &key(DEVIN)) else {
+        panic!("allowed in an inactive team")
+    };
+    assert_eq!((d.status, d.reason), (401, "team_inactive"));
+    assert_eq!(d.body, bodies[0]);
+
     // The scheme is case-insensitive.
     let v = run(
         &a,
@@ -167,12 +211,181 @@ fn suspicious_paths_and_unmatched_routes_never_pass() {
         ("get", "/api/jobs", 400),
         ("GET", "/api/nothing-here", 403),
         ("GET", "/api/jobs/a\u{0}b", 400),
+        ("DELETE", "/api/jobs/j-1;x", 400),
     ] {
         let v = run(&a, method, path, &h);
         assert_eq!(status(&v), want, "{method} {path:?}");
     }
     // The query string never selects a route: only the path does.
     assert_eq!(status(&run(&a, "GET", "/api/models?x=1", &h)), 200);
+}
+
+#[test]
+fn the_credential_is_checked_before_the_route_map_answers() {
+    let a = authz(AuthzConfig::default());
+    let wrong = key("DevinDevKey000000001.not-the-secret");
+    // Unauthenticated: 401 whether a route matches, does not, or reads like another.
+    for path in [
+        "/api/jobs",
+        "/api/nothing-here",
+        "/api/jobs/STATISTICS",
+        "/api/accounting/accounts/{x}",
+    ] {
+        assert_eq!(status(&run(&a, "GET", path, &wrong)), 401, "{path}");
+        assert_eq!(status(&run(&a, "GET", path, &headers(&[]))), 401, "{path}");
+    }
+    // Authenticated: 403 for no route, as before.
+    assert_eq!(
+        status(&run(&a, "GET", "/api/nothing-here", &key(DEVIN))),
+        403
+    );
+    // Bad syntax is refused before (it says nothing about the route map).
+    assert_eq!(status(&run(&a, "GET", "/api/jobs;x", &wrong)), 400);
+    // Passing unmatched requests by configuration needs no credential.
+    let open = authz(AuthzConfig {
+        allow_unmatched: true,
+        ..AuthzConfig::default()
+    });
+    assert_eq!(status(&run(&open, "GET", "/public", &headers(&[]))), 200);
+    assert_eq!(status(&run(&open, "GET", "/api/jobs", &headers(&[]))), 401);
+}
+
+#[test]
+fn near_miss_paths_are_refused_unless_the_upstream_is_exact() {
+    let a = authz(AuthzConfig::default());
+    let devin = key(DEVIN);
+    let jobs = |a: &Authz, path: &str| status(&run(a, "GET", path, &devin));
+    // A developer lacks statistics.read; none of the spellings a server might take for
+    // /api/jobs/statistics passes as /api/jobs/{id} (jobs.read, which the developer holds).
+    assert_eq!(jobs(&a, "/api/jobs/statistics"), 403);
+    assert_eq!(jobs(&a, "/api/jobs/job-1"), 200);
+    for path in [
+        "/api/jobs/statistics;x",
+        "/api/jobs/statistics;jsessionid=1",
+        "/api/jobs/statistics%3Bx",
+        "/api/jobs/STATISTICS",
+        "/api/jobs/Statistics",
+        "/api/jobs/statistics.json",
+        "/api/jobs/STATISTICS.json",
+    ] {
+        let v = run(&a, "GET", path, &devin);
+        let Verdict::Deny(d) = &v else {
+            panic!("{path}: allowed")
+        };
+        assert_eq!(d.status, 400, "{path}: {}", d.body);
+    }
+    let Verdict::Deny(d) = run(&a, "GET", "/api/jobs/STATISTICS", &devin) else {
+        panic!()
+    };
+    assert_eq!(d.reason, "ambiguous_path");
+    assert!(d.body.contains("'statistics'"), "{}", d.body);
+
+    // With --exact-upstream-paths the parameter takes the value; ';' stays refused.
+    let exact = authz(AuthzConfig {
+        exact_upstream_paths: true,
+        ..AuthzConfig::default()
+    });
+    assert_eq!(jobs(&exact, "/api/jobs/STATISTICS"), 200);
+    assert_eq!(jobs(&exact, "/api/jobs/statistics.json"), 200);
+    assert_eq!(jobs(&exact, "/api/jobs/statistics"), 403);
+    assert_eq!(jobs(&exact, "/api/jobs/statistics;x"), 400);
+}
+
+#[test]
+fn a_missing_or_empty_resource_source_is_400_never_a_collection_check() {
+    let a = authz(AuthzConfig::default());
+    let route = |path: &str, team: ValueSource| RouteSpec {
+        method: "GET".into(),
+        path: path.into(),
+        entitlement: "accounts.read".into(),
+        team: Some(team),
+        owner_key: None,
+        owner_user: None,
+    };
+    a.set_routes(Some(&[
+        route("/by-query", ValueSource::Query("team".into())),
+        route("/by-header", ValueSource::Header("x-team".into())),
+        route("/by-path/{team}", ValueSource::Path("team".into())),
+    ]))
+    .unwrap();
+    // Adam administers acme: TEAM over acme only. Without a resource, accounts.read would be a
+    // collection check, allowed with a filter.
+    let adam = key(ADAM);
+    let with = |extra: &[(&str, &str)]| {
+        let mut h = adam.clone();
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        h
+    };
+    let judged = |path: &str, h: &HashMap<String, String>| match run(&a, "GET", path, h) {
+        Verdict::Allow(_) => (200, ""),
+        Verdict::Deny(d) => (d.status, d.reason),
+    };
+    let missing = (400, "missing_resource");
+    assert_eq!(judged("/by-query?team=acme", &adam), (200, ""));
+    assert_eq!(judged("/by-query?team=globex", &adam).0, 403);
+    assert_eq!(judged("/by-query", &adam), missing);
+    assert_eq!(judged("/by-query?team=", &adam), missing);
+    assert_eq!(judged("/by-query?team", &adam), missing);
+    // Query names are case-sensitive: ?TEAM= is not ?team=.
+    assert_eq!(judged("/by-query?TEAM=acme", &adam), missing);
+    assert_eq!(judged("/by-query?Team=acme&x=1", &adam), missing);
+    // Header names are case-insensitive; an empty value is missing; a '_' twin is refused.
+    assert_eq!(
+        judged("/by-header", &with(&[("x-team", "acme")])),
+        (200, "")
+    );
+    assert_eq!(
+        judged("/by-header", &with(&[("X-Team", "acme")])),
+        (200, "")
+    );
+    assert_eq!(judged("/by-header", &with(&[("x-team", "globex")])).0, 403);
+    assert_eq!(judged("/by-header", &adam), missing);
+    assert_eq!(judged("/by-header", &with(&[("x-team", "")])), missing);
+    let twin = (400, "bad_resource");
+    assert_eq!(judged("/by-header", &with(&[("x_team", "acme")])), twin);
+    assert_eq!(
+        judged(
+            "/by-header",
+            &with(&[("x-team", "acme"), ("x_team", "globex")])
+        ),
+        twin
+    );
+    assert_eq!(judged("/by-path/acme", &adam), (200, ""));
+    // The message names the source.
+    let Verdict::Deny(d) = run(&a, "GET", "/by-query?TEAM=acme", &adam) else {
+        panic!()
+    };
+    assert!(d.body.contains("query parameter 'team'"), "{}", d.body);
+
+    // Context extensions: a source the request lacks, or a path parameter no route gives.
+    a.set_routes(None).unwrap();
+    let ctx = |team: &str| -> HashMap<String, String> {
+        [
+            ("entitlement".to_owned(), "accounts.read".to_owned()),
+            ("team".to_owned(), team.to_owned()),
+        ]
+        .into()
+    };
+    let judge_ctx = |path: &str, ctx: &HashMap<String, String>| match a
+        .authorize(&AuthzRequest {
+            method: "GET",
+            path,
+            headers: &adam,
+            context: Some(ctx),
+        })
+        .unwrap()
+    {
+        Verdict::Allow(_) => (200, ""),
+        Verdict::Deny(d) => (d.status, d.reason),
+    };
+    assert_eq!(
+        judge_ctx("/reports?team=acme", &ctx("query.team")),
+        (200, "")
+    );
+    assert_eq!(judge_ctx("/reports", &ctx("query.team")), missing);
+    assert_eq!(judge_ctx("/reports?TEAM=acme", &ctx("query.team")), missing);
+    assert_eq!(judge_ctx("/reports", &ctx("header.x-team")), missing);
+    assert_eq!(judge_ctx("/reports/acme", &ctx("path.team")), missing);
 }
 
 #[test]
@@ -198,6 +411,7 @@ fn forged_identity_headers_and_the_credential_are_removed() {
         allow_unmatched: true,
         credential_header: "x-api-key".into(),
         scheme: "Key".into(),
+        exact_upstream_paths: false,
     });
     let mut h = headers(&[("x-api-key", &format!("Key {DEVIN}"))]);
     h.insert("x-rolegate-scope".into(), "ALL".into());
@@ -211,6 +425,75 @@ fn forged_identity_headers_and_the_credential_are_removed() {
     };
     assert!(open.headers.is_empty());
     assert_eq!(open.remove, ["x-rolegate-scope"]);
+}
+
+#[test]
+fn headers_that_read_as_rolegate_s_with_underscores_are_removed() {
+    let a = authz(AuthzConfig::default());
+    let mut h = key(DEVIN);
+    for (k, v) in [
+        ("x_rolegate_user", "olivia"),
+        ("X_ROLEGATE_SCOPE", "ALL"),
+        ("x-rolegate_team", "globex"),
+        ("x_rolegate-admin", "yes"),
+        ("X-Rolegate-Project", "fraud-detector"),
+        ("x-rolegatekey", "not-ours"),
+        ("x_team", "acme"),
+    ] {
+        h.insert(k.into(), v.into());
+    }
+    let Verdict::Allow(ok) = run(&a, "GET", "/api/jobs", &h) else {
+        panic!()
+    };
+    let mut remove = ok.remove.clone();
+    remove.sort();
+    // x-rolegate-project is not set for a user's key: removed; the others with a '_' or another
+    // case are not the header rolegate sets under that name, so they go too.
+    assert_eq!(
+        remove,
+        [
+            "authorization",
+            "x-rolegate-project",
+            "x-rolegate_team",
+            "x_rolegate-admin",
+            "x_rolegate_scope",
+            "x_rolegate_user",
+        ]
+    );
+    assert!(
+        ok.headers
+            .iter()
+            .any(|(k, v)| *k == "x-rolegate-user" && v == "devin")
+    );
+
+    // The credential header's twins go even when the credential itself is kept.
+    let keep = authz(AuthzConfig {
+        keep_credential: true,
+        credential_header: "x-api-key".into(),
+        scheme: "Key".into(),
+        ..AuthzConfig::default()
+    });
+    let mut h = headers(&[("x-api-key", &format!("Key {DEVIN}"))]);
+    h.insert("X_Api_Key".into(), format!("Key {ADAM}"));
+    h.insert("authorization".into(), "Basic eA==".into());
+    let Verdict::Allow(ok) = run(&keep, "GET", "/api/jobs", &h) else {
+        panic!()
+    };
+    assert_eq!(ok.remove, ["x_api_key"]);
+
+    for (name, forged) in [
+        ("x_rolegate_user", true),
+        ("X-ROLEGATE-ANYTHING", true),
+        ("x-rolegate-", true),
+        ("x-rolegate", false),
+        ("x_rolegatex", false),
+        ("authorization", true),
+        ("Authorization", true),
+        ("x-authorization", false),
+        ("content-type", false),
+    ] {
+        assert_eq!(impersonates(name, "authorization"), forged, "{name}");
+    }
 }
 
 #[test]

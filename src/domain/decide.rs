@@ -121,11 +121,19 @@ impl Decision {
 /// active and unexpired). `now` is unix seconds.
 ///
 /// The secret is checked before the status, so that only a holder of the secret learns whether
-/// a key is inactive or expired.
+/// a key is inactive or expired. An unknown prefix costs the same work as a wrong secret: the
+/// presented secret is hashed and compared, in constant time, with a hash no key has, so the time
+/// an answer takes does not tell whether a prefix exists.
 pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Result<(), Reason> {
-    let entry = entry.ok_or(Reason::UnknownKey)?;
+    let presented = key.secret_hash();
+    let Some(entry) = entry else {
+        // The outcome is known already; `black_box` keeps the hashing and the comparison from
+        // being optimised away, which would make an unknown prefix answer faster.
+        std::hint::black_box(NO_KEY_HASH.matches(std::hint::black_box(&presented)));
+        return Err(Reason::UnknownKey);
+    };
     let spec = &*entry.spec;
-    if !spec.secret_hash.matches(&key.secret_hash()) {
+    if !spec.secret_hash.matches(&presented) {
         return Err(Reason::WrongSecret);
     }
     if spec.status != KeyStatus::Active {
@@ -142,6 +150,10 @@ pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Res
     }
     Ok(())
 }
+
+/// What a presented secret is compared with when its prefix is unknown: a fixed value that is
+/// not the hash of any secret rolegate knows (the comparison's result is ignored either way).
+const NO_KEY_HASH: super::SecretHash = super::SecretHash([0x5a; 32]);
 
 /// Decides whether the (already authenticated) key of `entry` may use `entitlement` on
 /// `resource` at `now` (unix seconds).
@@ -634,6 +646,13 @@ mod tests {
             MalformedKey
         );
         assert!(WrongSecret.is_unauthenticated() && !OutOfScope.is_unauthenticated());
+        // An unknown prefix is told apart only in rolegate's own answer: it hashes and compares
+        // like a wrong secret, against a hash that no key has.
+        assert_eq!(
+            check(&e, "NoSuchKey001.wrong", "jobs.read", none).reason,
+            UnknownKey
+        );
+        assert!(e.values().all(|k| k.spec.secret_hash != NO_KEY_HASH));
     }
 
     #[test]

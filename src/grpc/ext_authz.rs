@@ -21,9 +21,7 @@ use tonic::{
     server::{Grpc, NamedService, UnaryService},
 };
 
-use crate::authz::{
-    Authz, AuthzRequest, Denied, HEADER_PREFIX, Header, RequestHeaders, RouteContext, Verdict,
-};
+use crate::authz::{Authz, AuthzRequest, Denied, Header, RequestHeaders, RouteContext, Verdict};
 
 pub use wire::{BufferFull, CheckAnswer, CheckRequest};
 
@@ -212,21 +210,9 @@ impl RequestHeaders for EnvoyHeaders<'_> {
         found
     }
 
-    fn rolegate_headers(&self) -> Vec<String> {
-        let from_map = self.0.header_names();
-        let from_raw = self.0.raw_headers().map(|(k, _)| k);
-        let mut names: Vec<String> = from_map
-            .chain(from_raw)
-            .filter(|k| {
-                k.len() >= HEADER_PREFIX.len()
-                    && k.as_bytes()[..HEADER_PREFIX.len()]
-                        .eq_ignore_ascii_case(HEADER_PREFIX.as_bytes())
-            })
-            .map(str::to_ascii_lowercase)
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+    fn each_name(&self, each: &mut dyn FnMut(&str)) {
+        self.0.header_names().for_each(&mut *each);
+        self.0.raw_headers().for_each(|(name, _)| each(name));
     }
 }
 
@@ -264,10 +250,17 @@ fn denied(d: Denied) -> CheckAnswer {
     if let Some(scheme) = &d.www_authenticate {
         headers.push(header("www-authenticate", scheme));
     }
+    // The status message stays with Envoy, but a 401's names no reason either: the precise
+    // one is in rolegate's log.
+    let message = if d.status == 401 {
+        "unauthenticated"
+    } else {
+        d.reason
+    };
     CheckAnswer::Other(CheckResponse {
         status: Some(rpc::Status {
             code: code as i32,
-            message: d.reason.to_owned(),
+            message: message.to_owned(),
             details: Vec::new(),
         }),
         dynamic_metadata: None,

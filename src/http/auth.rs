@@ -6,9 +6,16 @@
 //!   the original method and path are on the request line.
 //!
 //! 200 allows, with the `x-rolegate-*` headers (and `x-envoy-auth-headers-to-remove` naming the
-//! credential and any client-sent `x-rolegate-*` header, which Envoy removes upstream); 400, 401
-//! and 403 deny with the platform's JSON body (on `/authz` a 400 is sent as 403, the only denial
-//! nginx passes on); 503 when rolegate cannot answer.
+//! credential and every client-sent header that impersonates rolegate's or the credential, which
+//! Envoy removes upstream); 400, 401 and 403 deny with the platform's JSON body; 503 when
+//! rolegate cannot answer.
+//!
+//! nginx differs in two ways. `auth_request` passes on only 401 and 403, so on `/authz` a 400 is
+//! sent as 403 with `x-rolegate-status: 400`, which `deploy/nginx/nginx.conf` turns back into a
+//! 400. And nginx cannot remove headers it is told about, only overwrite the names its config
+//! sets (the eight identity headers and the credential): a request carrying any other header
+//! that impersonates one of them (`x_rolegate_user`, `x-rolegate-admin`) is refused (400) rather
+//! than allowed with the header left in.
 
 use std::sync::Arc;
 
@@ -21,12 +28,16 @@ use axum::{
     routing::any,
 };
 
-use crate::authz::{Authz, AuthzRequest, Denied, HEADER_PREFIX, Header, RequestHeaders, Verdict};
+use crate::authz::{
+    Allowed, Authz, AuthzRequest, Denied, Header, IDENTITY_HEADERS, RequestHeaders, Verdict,
+};
 
 /// Where Envoy's `http_service` sends checks (its `path_prefix`).
 pub const ENVOY_PREFIX: &str = "/authz/ext";
 /// Where nginx's `auth_request` sends checks.
 pub const NGINX_PATH: &str = "/authz";
+/// On `/authz`, the status rolegate means when it answers 403 for a 400.
+pub const NGINX_STATUS_HEADER: &str = "x-rolegate-status";
 
 /// The routes of the auth endpoint, to merge into the HTTP port's router.
 pub fn router(authz: Arc<Authz>) -> Router {
@@ -49,14 +60,19 @@ impl RequestHeaders for Headers<'_> {
         }
     }
 
-    fn rolegate_headers(&self) -> Vec<String> {
-        self.0
-            .keys()
-            .map(HeaderName::as_str)
-            .filter(|k| k.starts_with(HEADER_PREFIX))
-            .map(str::to_owned)
-            .collect()
+    fn each_name(&self, each: &mut dyn FnMut(&str)) {
+        self.0.keys().map(HeaderName::as_str).for_each(each);
     }
+}
+
+/// How the proxy behind an endpoint takes rolegate's answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    /// Envoy `http_service`: any status is passed on, `x-envoy-auth-headers-to-remove` is
+    /// honoured.
+    Envoy,
+    /// nginx `auth_request`: only 2xx, 401 and 403; headers are only overwritten by its config.
+    Nginx,
 }
 
 async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
@@ -67,22 +83,22 @@ async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     };
     let (Some(method), Some(path)) = (original("x-original-method"), original("x-original-uri"))
     else {
-        return denied(&forbidden_if_bad(Denied::bad_request(
-            "the auth request lacks X-Original-Method or X-Original-URI (exactly one of each)",
-        )));
+        return denied(
+            &Denied::bad_request(
+                "the auth request lacks X-Original-Method or X-Original-URI (exactly one of each)",
+            ),
+            Proxy::Nginx,
+        );
     };
-    judge(&authz, method, path, &headers, forbidden_if_bad)
+    judge(&authz, method, path, &headers, Proxy::Nginx)
 }
 
-/// nginx's auth_request understands only 2xx, 401 and 403 (anything else is a 500): a request
-/// refused as malformed is answered 403 there, so the client still gets a definite denial.
-fn forbidden_if_bad(mut d: Denied) -> Denied {
-    if d.status == 400 {
-        d.status = 403;
-    }
-    d
+/// The names nginx's config overwrites on every proxied request (`proxy_set_header`): the
+/// identity headers and the credential header. A removal of any other name cannot be done
+/// there.
+fn nginx_overwrites(authz: &Authz, name: &str) -> bool {
+    name == authz.config().credential_header || IDENTITY_HEADERS.contains(&name)
 }
-
 async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     let path = target.strip_prefix(ENVOY_PREFIX).unwrap_or(target);
@@ -97,17 +113,11 @@ async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
         req.method().as_str(),
         &path,
         &Headers(req.headers()),
-        |d| d,
+        Proxy::Envoy,
     )
 }
 
-fn judge(
-    authz: &Authz,
-    method: &str,
-    path: &str,
-    headers: &Headers<'_>,
-    adapt: fn(Denied) -> Denied,
-) -> Response {
+fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>, proxy: Proxy) -> Response {
     let verdict = authz.authorize(&AuthzRequest {
         method,
         path,
@@ -115,6 +125,26 @@ fn judge(
         context: None,
     });
     match verdict {
+        Ok(Verdict::Allow(Allowed { remove, .. }))
+            if proxy == Proxy::Nginx && !remove.iter().all(|r| nginx_overwrites(authz, r)) =>
+        {
+            let forged: Vec<&str> = remove
+                .iter()
+                .map(String::as_str)
+                .filter(|r| !nginx_overwrites(authz, r))
+                .collect();
+            tracing::info!(
+                headers = ?forged,
+                "refused: headers impersonating rolegate's that nginx cannot remove"
+            );
+            denied(
+                &Denied::bad_request(
+                    "the request carries a header that reads as one of rolegate's identity \
+                     headers or the credential header (ignoring case and '_' for '-')",
+                ),
+                proxy,
+            )
+        }
         Ok(Verdict::Allow(ok)) => {
             let mut res = Response::new(Body::empty());
             let h = res.headers_mut();
@@ -130,7 +160,7 @@ fn judge(
             }
             res
         }
-        Ok(Verdict::Deny(d)) => denied(&adapt(d)),
+        Ok(Verdict::Deny(d)) => denied(&d, proxy),
         Err(unanswerable) => {
             let body = serde_json::json!({
                 "statusCode": 503,
@@ -142,9 +172,20 @@ fn judge(
     }
 }
 
-fn denied(d: &Denied) -> Response {
-    let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
+fn denied(d: &Denied, proxy: Proxy) -> Response {
+    // nginx's auth_request understands only 2xx, 401 and 403 (anything else is a 500): a
+    // request refused as malformed is a 403 there, with the real status beside it.
+    let nginx_bad = proxy == Proxy::Nginx && d.status == 400;
+    let status = if nginx_bad {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN)
+    };
     let mut res = json(status, d.body.clone());
+    if nginx_bad {
+        res.headers_mut()
+            .insert(NGINX_STATUS_HEADER, HeaderValue::from_static("400"));
+    }
     if let Some(scheme) = d.www_authenticate.as_deref()
         && let Ok(v) = HeaderValue::from_str(scheme)
     {

@@ -233,6 +233,12 @@ fn an_allowed_answer_is_the_message_the_generated_types_would_build() {
         (DANA, "DELETE", "/api/jobs/job-1234", None),
         (DEVIN, "GET", "/api/jobs", Some(("x-rolegate-scope", "ALL"))),
         (DEVIN, "GET", "/api/jobs", Some(("x-rolegate-forged", "1"))),
+        (
+            DEVIN,
+            "GET",
+            "/api/jobs",
+            Some(("x_rolegate_user", "olivia")),
+        ),
         (DANA, "GET", "/api/models/m-1", None),
     ] {
         let mut req = envoy_like_request(key, method, path);
@@ -246,9 +252,12 @@ fn an_allowed_answer_is_the_message_the_generated_types_would_build() {
             panic!("{method} {path}: {answer:?}")
         };
         assert_eq!(written(&answer), reference(ok), "{method} {path}");
+        if let Some((forged, _)) = extra.filter(|(k, _)| *k != "x-rolegate-scope") {
+            assert!(ok.remove.iter().any(|r| r == forged), "{forged}: {ok:?}");
+        }
         checked += 1;
     }
-    assert_eq!(checked, 4);
+    assert_eq!(checked, 5);
 
     // Edge shapes: no headers (passed unmatched), long values (multi-byte lengths), several
     // removals.
@@ -298,6 +307,18 @@ fn denials_and_not_ready_keep_their_shape() {
         message.status.as_ref().unwrap().code,
         tonic::Code::Unauthenticated as i32
     );
+    // An unknown prefix and a wrong secret: the same answer, byte for byte (the reason is only
+    // in the log).
+    let wrong = envoy_like_request("DanaScienceKey000001.not-her-secret", "GET", "/api/jobs");
+    let wrong = service
+        .judge(&CheckRequest::decode(&wrong.encode_to_vec()[..]).unwrap())
+        .unwrap();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    answer.encode(&mut a).unwrap();
+    wrong.encode(&mut b).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(message.status.as_ref().unwrap().message, "unauthenticated");
 
     let empty = Arc::new(State::new());
     let not_ready = ExtAuthzService::new(Arc::new(Authz::new(empty, AuthzConfig::default())));

@@ -35,7 +35,7 @@ pub struct ServerTlsArgs {
     pub tls_cert: Option<PathBuf>,
 
     /// PEM file of the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Reloaded when the
-    /// file changes. Never logged.
+    /// file changes; its contents never reach a log or an error message.
     #[arg(long, env = "ROLEGATE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 

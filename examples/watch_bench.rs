@@ -291,6 +291,7 @@ async fn catchup(keys: usize) {
     let follower = rolegate::grpc::follow::follower(
         &url,
         "BenchOwnerKey0001.bench-owner-secret".into(),
+        rolegate::tls::client::ClientTls::default(),
         follower_state.clone(),
     )
     .unwrap();

@@ -7,7 +7,6 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -29,6 +28,7 @@ use crate::{
         upstream::UpstreamError,
     },
     state::{State, unix_now},
+    tls::{TlsError, client::ClientTls, server::ServerTls},
 };
 
 /// The two ports, bound before `run` so that tests can use port 0 and read the address back.
@@ -64,6 +64,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("a server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Runs the sidecar until `shutdown` resolves, then drains: health goes NOT_SERVING, the
@@ -76,12 +78,18 @@ pub async fn run(
     let state = Arc::new(State::new());
     state.change_log().set_limits(config.log_limits());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Before anything else: a TLS file that cannot be used stops the start.
+    let tls = ServerTls::load(&config.tls)?;
+    let tls_watcher = tls
+        .clone()
+        .map(|tls| tokio::spawn(tls.watch(config.tls.tls_reload_interval, stop_rx.clone())));
     let mut upstream_status = None;
     let (origin_status, admin_origin, watcher, routes) = match &config.policy {
         _ if config.upstream.is_some() => {
             let hub = config.upstream.clone().unwrap_or_default();
             let key = config.upstream_key.clone().unwrap_or_default();
-            let follower = crate::grpc::follow::follower(&hub, key, state.clone())?;
+            let hub_tls = ClientTls::from(&config.upstream_tls);
+            let follower = crate::grpc::follow::follower(&hub, key, hub_tls, state.clone())?;
             upstream_status = Some(follower.status());
             tracing::info!(hub = %hub, "follow mode: the state comes from the hub's Watch");
             let task = tokio::spawn(follower.run(stop_rx.clone()));
@@ -201,28 +209,46 @@ pub async fn run(
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let limits = config.limits.clone();
     let grpc = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(limits.keepalive_interval())
+        .http2_keepalive_timeout(Some(crate::listen::HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
         .add_service(ext_authz)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY and single-write answers: see grpc/conn.rs.
-            tokio_stream::StreamExt::map(TcpListenerStream::new(listeners.grpc), |conn| {
-                conn.and_then(crate::grpc::conn::GrpcConn::new)
-            }),
+        .add_service(admin);
+    // TCP_NODELAY, single-write answers and the preface deadline: see grpc/conn.rs.
+    let grpc: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &tls {
+        None => Box::pin(grpc.serve_with_incoming_shutdown(
+            crate::grpc::conn::plain_incoming(listeners.grpc, limits.handshake_timeout),
             stopped(stop_rx.clone()),
-        );
+        )),
+        Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
+            crate::grpc::conn::tls_incoming(listeners.grpc, tls.clone(), limits.handshake_timeout),
+            stopped(stop_rx.clone()),
+        )),
+    };
     let http_router = http::router(health.clone()).merge(http::auth::router(authz.clone()));
-    let http = axum::serve(listeners.http, http_router)
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future();
+    let http = crate::listen::serve_http(
+        listeners.http,
+        http_router,
+        tls.clone(),
+        limits,
+        stopped(stop_rx.clone()),
+    );
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(http);
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
+        "serving"
+    );
 
     tokio::select! {
         () = shutdown => {}
@@ -250,6 +276,9 @@ pub async fn run(
         let _ = watcher.await;
     }
     let _ = route_follower.await;
+    if let Some(watcher) = tls_watcher {
+        let _ = watcher.await;
+    }
     match drained {
         Ok((g, h)) => {
             g??;

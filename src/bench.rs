@@ -12,7 +12,10 @@ use std::{
 
 use hdrhistogram::Histogram;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Endpoint},
+};
 
 use crate::grpc::pb::{
     self,
@@ -23,8 +26,8 @@ use crate::grpc::pb::{
 /// One load run's parameters.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    /// `http://host:port` of the server.
-    pub endpoint: String,
+    /// The server (built with [`crate::tls::client::endpoint`]).
+    pub endpoint: Endpoint,
     /// Callers issuing requests back to back.
     pub concurrency: usize,
     /// HTTP/2 connections the callers share.
@@ -110,7 +113,7 @@ pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, tonic::transport::E
 /// How a load run is shaped, whatever it calls.
 #[derive(Clone, Debug)]
 pub struct LoadShape {
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     pub concurrency: usize,
     pub connections: usize,
     pub duration: Duration,
@@ -137,13 +140,7 @@ pub async fn drive<C: Caller>(
 ) -> Result<LoadReport, tonic::transport::Error> {
     let mut channels = Vec::new();
     for _ in 0..shape.connections.max(1) {
-        channels.push(
-            Channel::from_shared(shape.endpoint.clone())
-                .expect("endpoint was validated by the caller")
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        channels.push(shape.endpoint.clone().tcp_nodelay(true).connect().await?);
     }
     let start = Instant::now();
     let warm_until = start + shape.warmup;

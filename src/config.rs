@@ -39,8 +39,8 @@ pub struct ServeConfig {
     )]
     pub bootstrap_key_prefix: String,
 
-    /// Follow mode: serve what the rolegate hub at this URL (http://HOST:PORT) serves, taken
-    /// from its Watch; no origin of its own.
+    /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
+    /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
     #[arg(long, env = "ROLEGATE_UPSTREAM")]
     pub upstream: Option<String>,
 
@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// secret hashes travel only to such keys). Never logged.
     #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
+
+    #[command(flatten)]
+    pub upstream_tls: crate::tls::client::UpstreamTlsArgs,
 
     /// How many revisions the Watch change log keeps.
     #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
@@ -94,6 +97,12 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 
     #[command(flatten)]
+    pub tls: crate::tls::server::ServerTlsArgs,
+
+    #[command(flatten)]
+    pub limits: crate::listen::ConnLimits,
+
+    #[command(flatten)]
     pub authz: crate::authz::AuthzConfig,
 }
 
@@ -108,6 +117,7 @@ impl ServeConfig {
             bootstrap_key_prefix: "RolegateBootstrap01".into(),
             upstream: None,
             upstream_key: None,
+            upstream_tls: Default::default(),
             watch_log_revisions: 10_000,
             watch_log_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
@@ -119,6 +129,8 @@ impl ServeConfig {
             max_revision_wait: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            tls: Default::default(),
+            limits: Default::default(),
             authz: crate::authz::AuthzConfig::default(),
         }
     }

@@ -12,5 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod origin;
 pub mod state;
+pub mod tls;

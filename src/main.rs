@@ -14,7 +14,9 @@ use rolegate::{
     domain::key::{SecretHash, generate_key, generate_prefix},
     grpc::pb::{self, authorizer_client::AuthorizerClient},
     origin::policy_file,
+    tls::client::{self, ClientTlsArgs},
 };
+use tonic::transport::Endpoint;
 
 mod watch_cli;
 
@@ -36,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run the sidecar: serve a policy file (reloaded when it changes) or the embedded store
     /// (--data-dir, writable through the Admin API) over gRPC and HTTP.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Ask a running sidecar for a decision. Exits 0 when allowed, 1 when denied, 2 on error.
     Check(CheckArgs),
     /// Check a policy file; print every problem with its location. Exits 1 when it is invalid.
@@ -69,7 +71,7 @@ enum KeysCommand {
         key: String,
     },
     #[command(flatten)]
-    Admin(cli::admin::KeysAdmin),
+    Admin(Box<cli::admin::KeysAdmin>),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -81,9 +83,11 @@ enum Output {
 
 #[derive(Args)]
 struct CheckArgs {
-    /// The sidecar's gRPC address.
+    /// The sidecar's gRPC address (https:// for TLS).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// The API key to check, `<prefix>.<secret>`.
     #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
     key: String,
@@ -111,9 +115,11 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The sidecar's gRPC address.
+    /// The sidecar's gRPC address (https:// for TLS).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// Concurrent callers.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -174,7 +180,7 @@ enum BenchMode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Check(args) => exit_on_error(runtime().and_then(|rt| rt.block_on(check(args)))),
         Command::Validate { file } => validate(&file),
         Command::Watch(args) => {
@@ -231,6 +237,10 @@ fn serve(config: ServeConfig) -> ExitCode {
             tracing::error!("the policy file cannot be loaded:\n{err}");
             ExitCode::from(2)
         }
+        Err(AppError::Tls(err)) => {
+            tracing::error!(error = %err, "TLS cannot be set up");
+            ExitCode::from(2)
+        }
         Err(err) => {
             tracing::error!(error = %err, "server failed");
             ExitCode::from(1)
@@ -256,8 +266,7 @@ async fn shutdown_signal() {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad address {:?}", args.addr))?
+    let channel = client::endpoint(&args.addr, &args.tls.clone().into())?
         .timeout(args.timeout)
         .connect_timeout(args.timeout)
         .connect()
@@ -389,7 +398,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
 
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Admin(cmd) => cli::admin::run_keys(cmd)?,
+        KeysCommand::Admin(cmd) => cli::admin::run_keys(*cmd)?,
         KeysCommand::New { prefix } => {
             let prefix = prefix.unwrap_or_else(generate_prefix);
             let new =
@@ -434,9 +443,8 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }),
         min_revision: 0,
     };
-    tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad address {:?}", args.addr))?;
-    let spec = |endpoint: String| LoadSpec {
+    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
+    let spec = |endpoint: Endpoint| LoadSpec {
         endpoint,
         concurrency: args.concurrency,
         connections: args.connections,
@@ -453,7 +461,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         baseline: "no-op tonic",
         target: "rolegate",
     };
-    compare(&args, labels, noop, async |endpoint| {
+    compare(&args, target, labels, noop, async |endpoint| {
         bench::run_load(&spec(endpoint)).await
     })
     .await
@@ -464,9 +472,10 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// and the median.
 async fn compare<N>(
     args: &BenchArgs,
+    target: Endpoint,
     labels: bench::Labels,
     noop: Option<N>,
-    load: impl AsyncFn(String) -> Result<bench::LoadReport, tonic::transport::Error>,
+    load: impl AsyncFn(Endpoint) -> Result<bench::LoadReport, tonic::transport::Error>,
 ) -> anyhow::Result<ExitCode>
 where
     N: Future<Output = std::io::Result<std::net::SocketAddr>>,
@@ -481,10 +490,11 @@ where
         args.baseline,
         async || -> anyhow::Result<_> {
             let addr = noop.context("no baseline server")?;
-            Ok(load(format!("http://{addr}")).await?)
+            let baseline = Endpoint::from_shared(format!("http://{addr}"))?;
+            Ok(load(baseline).await?)
         },
         async || {
-            load(args.addr.clone())
+            load(target.clone())
                 .await
                 .with_context(|| format!("connecting to {}", args.addr))
         },
@@ -495,9 +505,8 @@ where
 
 async fn run_ext_authz_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use bench::ext_authz::{ExtAuthzLoad, envoy_like_request, run_load, start_noop_server};
-    tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad address {:?}", args.addr))?;
-    let spec = |endpoint: String| ExtAuthzLoad {
+    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
+    let spec = |endpoint: Endpoint| ExtAuthzLoad {
         endpoint,
         concurrency: args.concurrency,
         connections: args.connections,
@@ -514,7 +523,7 @@ async fn run_ext_authz_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         baseline: "no-op ext_authz",
         target: "rolegate",
     };
-    compare(&args, labels, noop, async |endpoint| {
+    compare(&args, target, labels, noop, async |endpoint| {
         run_load(&spec(endpoint)).await
     })
     .await

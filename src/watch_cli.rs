@@ -4,7 +4,10 @@ use std::{io::Write, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rolegate::grpc::pb::{self, authorizer_client::AuthorizerClient, watch_event::Event};
+use rolegate::{
+    grpc::pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
+    tls::client::ClientTlsArgs,
+};
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -27,9 +30,11 @@ pub(crate) enum Kind {
 
 #[derive(Args)]
 pub(crate) struct WatchArgs {
-    /// The sidecar's gRPC address.
+    /// The sidecar's gRPC address (https:// for TLS).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// Replay from this revision (inclusive); 0: only changes from now on.
     #[arg(long, default_value_t = 0)]
     from: u64,
@@ -65,8 +70,7 @@ pub(crate) struct WatchArgs {
 /// Runs the watch. Exit codes: 0 when the stream ended or --count was reached, 3 after a reset
 /// (watch again with --snapshot), 2 on an error.
 pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad address {:?}", args.addr))?
+    let channel = rolegate::tls::client::endpoint(&args.addr, &args.tls.clone().into())?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

@@ -61,6 +61,11 @@ fn envoy_validates_every_config_in_deploy() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        // envoy-tls.yaml names certificate files Envoy must find even to validate: tests/tls.rs
+        // runs it with certificates made for the test.
+        if path.file_name().is_some_and(|n| n == "envoy-tls.yaml") {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "yaml") {
             let out = Command::new(&bin)
                 .args([

@@ -23,8 +23,8 @@ use super::{Caller, LoadReport, LoadShape, drive};
 /// One ext_authz load run's parameters.
 #[derive(Clone, Debug)]
 pub struct ExtAuthzLoad {
-    /// `http://host:port` of the server.
-    pub endpoint: String,
+    /// The server (built with [`crate::tls::client::endpoint`]).
+    pub endpoint: tonic::transport::Endpoint,
     pub concurrency: usize,
     pub connections: usize,
     pub duration: Duration,

@@ -42,9 +42,11 @@ pub(crate) enum Output {
 /// Where to connect and as whom.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Conn {
-    /// The server's gRPC address.
+    /// The server's gRPC address (https:// for TLS).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    #[command(flatten)]
+    tls: rolegate::tls::client::ClientTlsArgs,
     /// The caller's API key, `<prefix>.<secret>`.
     #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
     key: String,
@@ -343,8 +345,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn channel(conn: &Conn) -> anyhow::Result<Channel> {
-    tonic::transport::Endpoint::from_shared(conn.addr.clone())
-        .with_context(|| format!("bad address {:?}", conn.addr))?
+    rolegate::tls::client::endpoint(&conn.addr, &conn.tls.clone().into())?
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(5))
         .connect()

@@ -17,6 +17,7 @@ use crate::{
     },
     origin::upstream::{Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin},
     state::State,
+    tls::client::ClientTls,
 };
 
 /// The largest message accepted from the hub (a batch of events is at most about 1 MiB plus one
@@ -26,23 +27,32 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// A rolegate hub reached over gRPC.
 pub struct GrpcHub {
     url: String,
-    endpoint: Endpoint,
+    /// TLS towards an `https://` hub; its files are read again at every connection, so that a
+    /// rotated client certificate is used from the next one.
+    tls: ClientTls,
     /// Presented to the hub for the secret hashes; never logged.
     key: String,
 }
 
 impl GrpcHub {
-    /// A hub at `url` (`http://HOST:PORT` or `https://…`), asked for with `key`.
-    pub fn new(url: &str, key: String) -> Result<Self, UpstreamError> {
-        let bad = |message: String| UpstreamError::BadUrl {
+    /// A hub at `url` (`http://HOST:PORT`, or `https://…` for TLS with `tls`), asked for with
+    /// `key`.
+    pub fn new(url: &str, key: String, tls: ClientTls) -> Result<Self, UpstreamError> {
+        let hub = GrpcHub {
             url: url.to_owned(),
-            message,
+            tls,
+            key,
         };
-        if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(bad("it must start with http:// or https://".into()));
-        }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| bad(e.to_string()))?
+        // The address and the TLS files are checked now, so that a mistake stops the start.
+        hub.endpoint().map_err(|e| UpstreamError::BadUrl {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(hub)
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, crate::tls::TlsError> {
+        Ok(crate::tls::client::endpoint(&self.url, &self.tls)?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -50,22 +60,34 @@ impl GrpcHub {
             // A snapshot is a bulk transfer: large windows keep the hub sending while the
             // follower stages what it received.
             .initial_stream_window_size(Some(8 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024));
-        Ok(GrpcHub {
-            url: url.to_owned(),
-            endpoint,
-            key,
-        })
+            .initial_connection_window_size(Some(16 * 1024 * 1024)))
     }
+}
+
+/// An error with its causes, `outer: inner: …`: a transport error alone does not say that the
+/// hub refused the follower's certificate, or the follower the hub's.
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let more = err.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = err.source();
+    }
+    text
 }
 
 /// A follower of the hub at `url` (what `serve --upstream` runs).
 pub fn follower(
     url: &str,
     key: String,
+    tls: ClientTls,
     state: Arc<State>,
 ) -> Result<Arc<UpstreamOrigin<GrpcHub>>, UpstreamError> {
-    Ok(UpstreamOrigin::new(GrpcHub::new(url, key)?, state))
+    Ok(UpstreamOrigin::new(GrpcHub::new(url, key, tls)?, state))
 }
 
 impl Hub for GrpcHub {
@@ -77,10 +99,11 @@ impl Hub for GrpcHub {
 
     async fn open(&self, start: Start) -> Result<GrpcFeed, UpstreamError> {
         let channel: Channel = self
-            .endpoint
+            .endpoint()
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?
             .connect()
             .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            .map_err(|e| UpstreamError::Connect(with_causes(&e)))?;
         let mut client = AuthorizerClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
         let (start_revision, snapshot, history) = match &start {
             Start::Snapshot => (0, true, String::new()),
@@ -102,7 +125,14 @@ impl Hub for GrpcHub {
                 if !snapshot && status.code() == Code::OutOfRange {
                     UpstreamError::HubBehind(status.message().to_owned())
                 } else {
-                    UpstreamError::Refused(format!("{}: {}", status.code(), status.message()))
+                    let causes = std::error::Error::source(&status)
+                        .map(|cause| format!(" ({})", with_causes(cause)))
+                        .unwrap_or_default();
+                    UpstreamError::Refused(format!(
+                        "{}: {}{causes}",
+                        status.code(),
+                        status.message()
+                    ))
                 }
             })?
             .into_inner();
@@ -345,10 +375,21 @@ mod tests {
 
     #[test]
     fn a_hub_url_must_be_http() {
+        let plain = ClientTls::default;
         assert!(matches!(
-            GrpcHub::new("hub:50051", String::new()),
+            GrpcHub::new("hub:50051", String::new(), plain()),
             Err(UpstreamError::BadUrl { .. })
         ));
-        assert!(GrpcHub::new("http://127.0.0.1:1", String::new()).is_ok());
+        assert!(GrpcHub::new("http://127.0.0.1:1", String::new(), plain()).is_ok());
+        assert!(GrpcHub::new("https://127.0.0.1:1", String::new(), plain()).is_ok());
+        // TLS options on a plaintext URL would be silently ignored: refused.
+        let with_ca = ClientTls {
+            ca: Some("ca.pem".into()),
+            ..plain()
+        };
+        assert!(matches!(
+            GrpcHub::new("http://127.0.0.1:1", String::new(), with_ca),
+            Err(UpstreamError::BadUrl { .. })
+        ));
     }
 }

@@ -434,10 +434,10 @@ async fn assert_still_serving(server: &Server, acked: &[Acked], revision: u64) {
         status["revision"], revision,
         "a refused write takes no revision: {status}"
     );
-    // The seeded example has 10 keys, the store's bootstrap key one more.
+    // The seeded example has 11 keys, the store's bootstrap key one more.
     assert_eq!(
         status["counts"]["keys"],
-        11 + acked.len(),
+        12 + acked.len(),
         "exactly the acknowledged keys are served: {status}"
     );
     assert_served(server, acked, &[], revision).await;

@@ -19,7 +19,7 @@ use std::{
 
 use rolegate::{
     domain::{
-        Expiry, KeySpec, KeyStatus, KeyType, SecretHash, Team, TeamList, User,
+        Expiry, KeySpec, KeyStatus, KeyType, Project, SecretHash, Team, TeamList, User,
         model::{Change, canonical_roles},
     },
     grpc::{
@@ -27,7 +27,7 @@ use rolegate::{
         authorizer::AuthorizerLimits,
         pb::{self, authorizer_client::AuthorizerClient, authorizer_server::AuthorizerServer},
     },
-    state::{ChangeSet, State},
+    state::{ChangeSet, State, changelog::LogLimits},
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -64,7 +64,12 @@ async fn serve(state: Arc<State>) -> String {
     format!("http://{addr}")
 }
 
-/// A small world plus one owner key (keys.read at ALL), applied as revision 1.
+/// The key the subscribers present: a project key with the FOLLOWER role (Watch, with secret
+/// hashes). No benchmark changes it, so each revision's grant check is one cache lookup.
+const FOLLOWER_KEY: &str = "BenchFollowerKey01.bench-follower-secret";
+
+/// A small world plus one owner key (SYSTEM_OWNER) and one follower key (FOLLOWER), applied as
+/// revision 1.
 fn owner_changes() -> Vec<Change> {
     vec![
         Change::PutTeam(Team {
@@ -85,6 +90,21 @@ fn owner_changes() -> Vec<Change> {
             owner: "bench-owner".into(),
             team: Some("bench-owners".into()),
             roles: canonical_roles(["SYSTEM_OWNER"]),
+            status: KeyStatus::Active,
+            expires_at: Expiry::NEVER,
+        })),
+        Change::PutProject(Project {
+            id: "bench-followers".into(),
+            team: "bench-owners".into(),
+            name: "Bench followers".into(),
+        }),
+        Change::PutKey(Arc::new(KeySpec {
+            prefix: "BenchFollowerKey01".into(),
+            secret_hash: SecretHash::of_secret("bench-follower-secret"),
+            key_type: KeyType::Project,
+            owner: "bench-followers".into(),
+            team: None,
+            roles: canonical_roles(["FOLLOWER"]),
             status: KeyStatus::Active,
             expires_at: Expiry::NEVER,
         })),
@@ -124,6 +144,7 @@ async fn latency() {
         let mut stream = c
             .watch(pb::WatchRequest {
                 start_revision: 2,
+                api_key: FOLLOWER_KEY.into(),
                 ..Default::default()
             })
             .await
@@ -184,6 +205,11 @@ const IDLE_WATCHERS: usize = 10_000;
 /// server's alone.
 async fn idle() {
     let state = Arc::new(State::new());
+    // More watchers than the default limit of a server.
+    state.change_log().set_limits(LogLimits {
+        max_subscribers: IDLE_WATCHERS,
+        ..Default::default()
+    });
     let mut changes = world::generate(10_000, 7).changes;
     changes.extend(owner_changes());
     state
@@ -226,6 +252,7 @@ async fn idle_clients(url: &str) {
         streams.push(
             c.watch(pb::WatchRequest {
                 bookmark_interval_ms: 0,
+                api_key: FOLLOWER_KEY.into(),
                 ..Default::default()
             })
             .await
@@ -265,7 +292,7 @@ async fn catchup(keys: usize) {
         .watch_batched(pb::WatchRequest {
             snapshot: true,
             include_secret_hashes: true,
-            api_key: "BenchOwnerKey0001.bench-owner-secret".into(),
+            api_key: FOLLOWER_KEY.into(),
             ..Default::default()
         })
         .await
@@ -290,7 +317,7 @@ async fn catchup(keys: usize) {
     let follower_state = Arc::new(State::new());
     let follower = rolegate::grpc::follow::follower(
         &url,
-        "BenchOwnerKey0001.bench-owner-secret".into(),
+        FOLLOWER_KEY.into(),
         rolegate::tls::client::ClientTls::default(),
         follower_state.clone(),
     )

@@ -44,8 +44,9 @@ pub struct ServeConfig {
     #[arg(long, env = "ROLEGATE_UPSTREAM")]
     pub upstream: Option<String>,
 
-    /// The key presented to the hub in follow mode; it must hold keys.read at ALL scope (the
-    /// secret hashes travel only to such keys). Never logged.
+    /// The key presented to the hub in follow mode: a project key with the FOLLOWER system role
+    /// (Watch needs the reads at ALL scope, the secret hashes keys.replicate at ALL). Never
+    /// logged.
     #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
 
@@ -63,6 +64,11 @@ pub struct ServeConfig {
     /// Events one Watch stream may queue towards a client that is not reading.
     #[arg(long, env = "ROLEGATE_WATCH_BUFFER", default_value_t = 1024)]
     pub watch_buffer: usize,
+
+    /// The most Watch streams served at once (every follower and subscriber holds one); more
+    /// are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ROLEGATE_WATCH_MAX_SUBSCRIBERS", default_value_t = crate::state::changelog::DEFAULT_MAX_SUBSCRIBERS)]
+    pub watch_max_subscribers: usize,
 
     /// Address of the gRPC port (Authorizer, health, reflection).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
@@ -121,6 +127,7 @@ impl ServeConfig {
             watch_log_revisions: 10_000,
             watch_log_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
+            watch_max_subscribers: crate::state::changelog::DEFAULT_MAX_SUBSCRIBERS,
             grpc_listen: ([127, 0, 0, 1], 0).into(),
             http_listen: ([127, 0, 0, 1], 0).into(),
             reload_interval: Duration::from_secs(1),
@@ -167,6 +174,7 @@ impl ServeConfig {
             max_revisions: self.watch_log_revisions.max(1),
             max_bytes: self.watch_log_bytes,
             subscriber_buffer: self.watch_buffer.max(1),
+            max_subscribers: self.watch_max_subscribers,
         }
     }
 }

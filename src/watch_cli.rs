@@ -35,6 +35,10 @@ pub(crate) struct WatchArgs {
     addr: String,
     #[command(flatten)]
     tls: ClientTlsArgs,
+    /// The caller's key, `<prefix>.<secret>`: it must hold the reads at ALL scope (AUDITOR,
+    /// SYSTEM_OWNER, FOLLOWER). Sent as `authorization: ApiKey` metadata; never printed.
+    #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
+    key: String,
     /// Replay from this revision (inclusive); 0: only changes from now on.
     #[arg(long, default_value_t = 0)]
     from: u64,
@@ -68,7 +72,8 @@ pub(crate) struct WatchArgs {
 }
 
 /// Runs the watch. Exit codes: 0 when the stream ended or --count was reached, 3 after a reset
-/// (watch again with --snapshot), 2 on an error.
+/// (watch again with --snapshot), 2 on an error (including a key that may not watch, or that
+/// loses its grant while watching).
 pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let channel = rolegate::tls::client::endpoint(&args.addr, &args.tls.clone().into())?
         .connect_timeout(Duration::from_secs(5))
@@ -100,6 +105,13 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         history: args.history,
         ..Default::default()
     };
+    let mut request = tonic::Request::new(request);
+    let authorization = format!("ApiKey {}", args.key)
+        .parse()
+        .context("--key has characters that cannot be sent")?;
+    request
+        .metadata_mut()
+        .insert("authorization", authorization);
     let mut stream = client
         .watch(request)
         .await

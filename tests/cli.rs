@@ -184,7 +184,7 @@ fn validate_reports_every_problem_with_its_location() {
     ]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("ok (2 teams, 7 users, 1 projects, 10 keys"),
+        out.contains("ok (2 teams, 7 users, 2 projects, 11 keys"),
         "{out}"
     );
 

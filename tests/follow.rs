@@ -86,6 +86,17 @@ async fn client(url: &str) -> AuthorizerClient<Channel> {
     panic!("cannot connect to {url}");
 }
 
+/// A Watch request carrying the platform owner's key (Watch needs the reads at ALL scope; the
+/// test revokes the auditor's key on the way).
+fn as_owner<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("ApiKey {}", keys::OLIVIA_OWNER).parse().unwrap(),
+    );
+    req
+}
+
 /// Sets the status of the key with `prefix` in the policy text.
 fn with_status(text: &str, prefix: &str, status: &str) -> String {
     let at = text.find(&format!("prefix: {prefix}")).unwrap();
@@ -152,12 +163,7 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
     let hub = spawn(&["--policy", policy.to_str().unwrap()], hub_grpc, hub_http);
     wait_ready(&hub).await;
     let follower = spawn(
-        &[
-            "--upstream",
-            &hub.grpc,
-            "--upstream-key",
-            keys::OLIVIA_OWNER,
-        ],
+        &["--upstream", &hub.grpc, "--upstream-key", keys::FOLLOWER],
         free_port(),
         free_port(),
     );
@@ -171,15 +177,15 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
 
     // A watcher on the follower, from now on.
     let mut fw = fc
-        .watch(pb::WatchRequest {
+        .watch(as_owner(pb::WatchRequest {
             bookmark_interval_ms: 100,
             ..Default::default()
-        })
+        }))
         .await
         .unwrap()
         .into_inner();
     let mut hw = hc
-        .watch(pb::WatchRequest::default())
+        .watch(as_owner(pb::WatchRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -264,7 +270,7 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
             "--upstream",
             &follower.grpc,
             "--upstream-key",
-            keys::OLIVIA_OWNER,
+            keys::FOLLOWER,
         ],
         free_port(),
         free_port(),
@@ -280,6 +286,8 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
             "watch",
             "--addr",
             &follower.grpc,
+            "--key",
+            keys::OLIVIA_OWNER,
             "--snapshot",
             "--kind",
             "key",
@@ -309,6 +317,8 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
             "watch",
             "--addr",
             &follower.grpc,
+            "--key",
+            keys::OLIVIA_OWNER,
             "--from",
             &(rev2 + 5).to_string(),
         ])
@@ -462,12 +472,7 @@ async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
     let hub = spawn(&["--policy", small.to_str().unwrap()], grpc, http);
     wait_ready(&hub).await;
     let follower = spawn(
-        &[
-            "--upstream",
-            &relay.url(),
-            "--upstream-key",
-            keys::OLIVIA_OWNER,
-        ],
+        &["--upstream", &relay.url(), "--upstream-key", keys::FOLLOWER],
         free_port(),
         free_port(),
     );

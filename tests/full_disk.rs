@@ -434,10 +434,10 @@ async fn assert_still_serving(server: &Server, acked: &[Acked], revision: u64) {
         status["revision"], revision,
         "a refused write takes no revision: {status}"
     );
-    // The seeded example has 10 keys, the store's bootstrap key one more.
+    // The seeded example has 11 keys, the store's bootstrap key one more.
     assert_eq!(
         status["counts"]["keys"],
-        11 + acked.len(),
+        12 + acked.len(),
         "exactly the acknowledged keys are served: {status}"
     );
     assert_served(server, acked, &[], revision).await;
@@ -590,7 +590,7 @@ async fn after_sigkill_on_a_full_disk_a_restart_has_every_acknowledged_write_and
         revision, last,
         "the restart is at the last acknowledged revision"
     );
-    assert_eq!(listed.len(), 11 + full.acked.len(), "{listed:?}");
+    assert_eq!(listed.len(), 12 + full.acked.len(), "{listed:?}");
     assert_served(&server, &full.acked, &full.refused, last).await;
     eprintln!(
         "after SIGKILL on the full disk and a restart on it grown to {} KiB: revision {revision}, {} acknowledged keys present, {} refused absent",

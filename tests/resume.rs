@@ -51,7 +51,11 @@ struct Watcher {
 impl Watcher {
     async fn start(addr: &str, req: pb::WatchRequest) -> Watcher {
         let mut client = AuthorizerClient::new(channel(addr).await);
-        let mut stream = client.watch(req).await.expect("watch").into_inner();
+        let mut stream = client
+            .watch(call(BOOTSTRAP, req))
+            .await
+            .expect("watch")
+            .into_inner();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(Mutex::new(None));
         let task = {
@@ -139,7 +143,8 @@ impl Watcher {
 }
 
 /// A replay from `start_revision` of the history `history` (empty: any), with bookmarks (which
-/// announce the history id).
+/// announce the history id). Sent with the bootstrap SYSTEM_OWNER key (Watch needs the reads at
+/// ALL scope).
 fn req(start_revision: u64, history: &str) -> pb::WatchRequest {
     pb::WatchRequest {
         start_revision,
@@ -397,7 +402,11 @@ async fn a_resume_from_before_the_kept_history_is_reset_after_a_restart() {
         (1, ""),
         (head, "0123456789abcdef"),
     ] {
-        let mut stream = client.watch(req(from, hist)).await.unwrap().into_inner();
+        let mut stream = client
+            .watch(call(BOOTSTRAP, req(from, hist)))
+            .await
+            .unwrap()
+            .into_inner();
         let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
             .await
             .expect("an answer")

@@ -333,7 +333,7 @@ async fn health_reflection_and_http_endpoints() {
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["revision"], 1);
-    assert_eq!(status["counts"]["keys"], 10);
+    assert_eq!(status["counts"]["keys"], 11);
     assert_eq!(status["origin"]["last_error"], serde_json::Value::Null);
     server.stop().await.unwrap();
 }

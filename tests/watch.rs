@@ -1,7 +1,8 @@
 //! Watch against a real gRPC server on a loopback socket: the six guarantees checked by an
 //! oracle against the recorded history of random changes (Admin API writes and policy edits on
 //! the embedded store) with random disconnects and resumes;
-//! a slow subscriber; 1,000 concurrent watchers; bad requests; min_revision after a write.
+//! a slow subscriber; 1,000 concurrent watchers; bad requests and keys that may not watch;
+//! min_revision after a write.
 
 mod common;
 
@@ -33,6 +34,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Streaming, transport::Channel};
 
 const OWNER_KEY: &str = "OwnerKey0001.owner-secret";
+/// A project key with the FOLLOWER role: Watch with secret hashes.
+const FOLLOWER_KEY: &str = "Follower0001.follower-secret";
+/// Keys no random edit touches: the owner's (the caller of every write) and the follower's (the
+/// subscribers' key).
+const KEPT_KEYS: [&str; 2] = ["OwnerKey0001", "Follower0001"];
 
 /// Serves `state` on an ephemeral loopback port with the real Authorizer service.
 async fn serve_state(state: Arc<State>) -> String {
@@ -66,7 +72,26 @@ fn key(prefix: &str, user: &str, team: &str, roles: &[&str], status: KeyStatus) 
     }
 }
 
-/// Three teams, six users, a project and the owner's key (which holds keys.read at ALL).
+/// The follower's project and key (FOLLOWER: the reads and keys.replicate at ALL), in team t0,
+/// which no random edit deactivates.
+fn follower_project_and_key() -> (Project, KeySpec) {
+    let project = Project {
+        id: "followers".into(),
+        team: "t0".into(),
+        name: "Followers".into(),
+    };
+    let key = KeySpec {
+        key_type: KeyType::Project,
+        owner: "followers".into(),
+        team: None,
+        roles: canonical_roles(["FOLLOWER"]),
+        secret_hash: SecretHash::of_secret("follower-secret"),
+        ..key("Follower0001", "x", "x", &[], KeyStatus::Active)
+    };
+    (project, key)
+}
+
+/// Three teams, six users, two projects, the owner's key (SYSTEM_OWNER) and the follower's.
 fn base_model() -> Model {
     let mut m = Model::default();
     for t in ["t0", "t1", "t2"] {
@@ -107,17 +132,21 @@ fn base_model() -> Model {
     );
     owner.secret_hash = SecretHash::of_secret("owner-secret");
     m.keys.insert(owner.prefix.clone(), Arc::new(owner));
+    let (project, follower) = follower_project_and_key();
+    m.projects.insert(project.id.clone(), project);
+    m.keys.insert(follower.prefix.clone(), Arc::new(follower));
     m
 }
 
 const ROLES: &[&str] = &["DEVELOPER", "DATA_SCIENTIST", "AUDITOR", "ACCOUNT_ADMIN"];
 
-/// One random edit of the kinds a policy file edit makes; never touches the owner's key or team.
+/// One random edit of the kinds a policy file edit makes; never touches the owner's or the
+/// follower's key, or team t0.
 fn mutate(m: &mut Model, rng: &mut StdRng, n: u64) {
     let others: Vec<CompactString> = m
         .keys
         .keys()
-        .filter(|k| &***k != "OwnerKey0001")
+        .filter(|k| !KEPT_KEYS.contains(&k.as_str()))
         .cloned()
         .collect();
     match rng.random_range(0..8) {
@@ -204,7 +233,7 @@ fn watch_request(start: u64, snapshot: bool, history: &str) -> pb::WatchRequest 
         snapshot,
         history: history.into(),
         include_secret_hashes: true,
-        api_key: OWNER_KEY.into(),
+        api_key: FOLLOWER_KEY.into(),
         bookmark_interval_ms: 20,
         ..Default::default()
     }
@@ -542,7 +571,7 @@ async fn admin_write(
     let others: Vec<CompactString> = current
         .keys
         .keys()
-        .filter(|k| &***k != "OwnerKey0001")
+        .filter(|k| !KEPT_KEYS.contains(&k.as_str()))
         .cloned()
         .collect();
     let some_key = others.choose(rng).map(|k| k.to_string());
@@ -671,6 +700,9 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
     seed.teams.extend(base.teams);
     seed.users.extend(base.users);
     seed.projects.extend(base.projects);
+    let (_, follower) = follower_project_and_key();
+    seed.keys
+        .insert(follower.prefix.clone(), Arc::new(follower));
     let r = admin
         .apply(as_owner(pb::ApplyRequest {
             document: policy_yaml(&seed),
@@ -786,6 +818,7 @@ async fn a_slow_subscriber_blocks_nobody_and_gets_a_reset() {
         max_revisions: 8,
         max_bytes: 1 << 20,
         subscriber_buffer: 4,
+        ..Default::default()
     });
     let model = base_model();
     commit(&state, &model).unwrap();
@@ -922,6 +955,7 @@ async fn a_thousand_watchers_all_see_every_change() {
         let mut c = channels[i % channels.len()].clone();
         let req = pb::WatchRequest {
             start_revision: 2,
+            api_key: OWNER_KEY.into(),
             ..Default::default()
         };
         streams.push(c.watch(req).await.unwrap().into_inner());
@@ -966,18 +1000,24 @@ async fn bad_watch_requests_get_clear_answers() {
     let state = Arc::new(State::new());
     let url = serve_state(state.clone()).await;
     let mut c = client(&url).await;
-    let err = c.watch(pb::WatchRequest::default()).await.unwrap_err();
+    let owner = |req: pb::WatchRequest| pb::WatchRequest {
+        api_key: OWNER_KEY.into(),
+        ..req
+    };
+    let err = c.watch(owner(Default::default())).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "not loaded yet: {err:?}");
 
     let model = base_model();
     commit(&state, &model).unwrap();
-    let err = c
-        .watch(pb::WatchRequest {
-            start_revision: 9,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    // The revision is told only to a key that may watch.
+    let future = pb::WatchRequest {
+        start_revision: 9,
+        ..Default::default()
+    };
+    let err = c.watch(future.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(!err.message().contains("revision 1"), "{err:?}");
+    let err = c.watch(owner(future)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert!(
         err.message().contains("start_revision 9") && err.message().contains("revision 1"),
@@ -985,40 +1025,79 @@ async fn bad_watch_requests_get_clear_answers() {
     );
 
     let err = c
-        .watch(pb::WatchRequest {
+        .watch(owner(pb::WatchRequest {
             snapshot: true,
             start_revision: 1,
             ..Default::default()
-        })
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    // Secrets need keys.read at ALL: a developer's key is refused, a malformed one too.
+    // Keys: none, malformed or unknown are unauthenticated; a developer's key may not watch at
+    // all; secrets need keys.replicate, which the owner's SYSTEM_OWNER key does not hold.
     let mut m2 = model.clone();
     let dev = key("DevKey0001", "u1", "t1", &["DEVELOPER"], KeyStatus::Active);
     m2.keys.insert(dev.prefix.clone(), Arc::new(dev));
     commit(&state, &m2).unwrap();
-    for bad in ["DevKey0001.DevKey0001-secret", "nonsense", ""] {
+    for (api_key, secrets, code, says) in [
+        ("", false, Code::Unauthenticated, "needs the caller's key"),
+        ("nonsense", false, Code::Unauthenticated, "malformed"),
+        (
+            "NoSuchKey01.x",
+            false,
+            Code::Unauthenticated,
+            "no API key has this prefix",
+        ),
+        (
+            "OwnerKey0001.wrong",
+            false,
+            Code::Unauthenticated,
+            "secret does not match",
+        ),
+        (
+            "DevKey0001.DevKey0001-secret",
+            false,
+            Code::PermissionDenied,
+            "accounts.read at ALL",
+        ),
+        (OWNER_KEY, true, Code::PermissionDenied, "keys.replicate"),
+    ] {
         let err = c
             .watch(pb::WatchRequest {
                 snapshot: true,
-                include_secret_hashes: true,
-                api_key: bad.into(),
+                include_secret_hashes: secrets,
+                api_key: api_key.into(),
                 ..Default::default()
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{bad}: {err:?}");
+        assert_eq!(err.code(), code, "{api_key}: {err:?}");
+        assert!(err.message().contains(says), "{api_key}: {err:?}");
     }
+    // The key in metadata and in the request must agree.
+    let mut two = tonic::Request::new(owner(pb::WatchRequest::default()));
+    two.metadata_mut().insert(
+        "authorization",
+        format!("ApiKey {FOLLOWER_KEY}").parse().unwrap(),
+    );
+    let err = c.watch(two).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut bad = tonic::Request::new(pb::WatchRequest::default());
+    bad.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {OWNER_KEY}").parse().unwrap(),
+    );
+    let err = c.watch(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
     // Without the flag, no hash travels; unknown filter values match nothing.
     let mut s = c
-        .watch(pb::WatchRequest {
+        .watch(owner(pb::WatchRequest {
             snapshot: true,
             team_ids: vec!["no-such-team".into()],
             ..Default::default()
-        })
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -1028,11 +1107,11 @@ async fn bad_watch_requests_get_clear_answers() {
         "{first:?}"
     );
     let mut s = c
-        .watch(pb::WatchRequest {
+        .watch(owner(pb::WatchRequest {
             snapshot: true,
             kinds: vec![pb::EventKind::Key as i32],
             ..Default::default()
-        })
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -1048,7 +1127,7 @@ async fn bad_watch_requests_get_clear_answers() {
             other => panic!("a filtered-out event came: {other:?}"),
         }
     }
-    assert_eq!(keys, 2);
+    assert_eq!(keys, 3);
 
     // A revision no longer kept, and another history: a reset, never a silent gap.
     state.change_log().set_limits(LogLimits {
@@ -1069,7 +1148,7 @@ async fn bad_watch_requests_get_clear_answers() {
             ..Default::default()
         },
     ] {
-        let mut s = c.watch(req).await.unwrap().into_inner();
+        let mut s = c.watch(owner(req)).await.unwrap().into_inner();
         let ev = s.message().await.unwrap().unwrap();
         assert!(matches!(ev.event, Some(Event::Reset(_))), "{ev:?}");
         assert!(s.message().await.unwrap().is_none());
@@ -1089,7 +1168,10 @@ async fn grants_events_name_only_requestors_whose_grants_changed() {
     let url = serve_state(state.clone()).await;
     let mut s = client(&url)
         .await
-        .watch(pb::WatchRequest::default())
+        .watch(pb::WatchRequest {
+            api_key: OWNER_KEY.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -1135,6 +1217,7 @@ async fn min_revision_after_a_write_sees_the_write() {
     let mut s = c
         .watch(pb::WatchRequest {
             key_prefixes: vec![common::keys::prefix(common::keys::DEVIN_DEVELOPER).into()],
+            api_key: common::keys::ARIA_AUDITOR.into(),
             ..Default::default()
         })
         .await

@@ -15,6 +15,7 @@ pub const BUILTIN_ENTITLEMENTS: &[&str] = &[
     "keys.read",
     "keys.create",
     "keys.update",
+    "keys.replicate",
     "roles.read",
     "roles.create",
     "roles.update",
@@ -54,6 +55,11 @@ pub const TEAM_ROLE: &str = "TEAM_ROLE";
 pub const SYSTEM_KEY: &str = "SYSTEM_KEY";
 /// The other name the platform uses for [`SYSTEM_KEY`].
 pub const SYSTEM_KEY_ALIAS: &str = "PROJECT";
+/// The system role of the project keys that rolegate followers present to their hub.
+pub const FOLLOWER: &str = "FOLLOWER";
+/// The entitlement that lets a Watch subscriber receive every key's secret hash. Only the
+/// [`FOLLOWER`] system role holds it: no prebuilt user role does.
+pub const KEYS_REPLICATE: &str = "keys.replicate";
 
 /// A prebuilt role: its id, type and grants as (scope, entitlements) groups.
 type PrebuiltRole = (
@@ -222,6 +228,21 @@ const PREBUILT: &[PrebuiltRole] = &[
         ],
     ),
     (
+        FOLLOWER,
+        RoleType::System,
+        &[(
+            Scope::All,
+            &[
+                "accounts.read",
+                "users.read",
+                "projects.read",
+                "keys.read",
+                "roles.read",
+                KEYS_REPLICATE,
+            ],
+        )],
+    ),
+    (
         TEAM_ROLE,
         RoleType::Implicit,
         &[(
@@ -297,7 +318,8 @@ impl Default for Catalog {
 }
 
 impl Catalog {
-    /// The platform's default catalog: its entitlements, six prebuilt roles and TEAM_ROLE.
+    /// The platform's default catalog: its entitlements, five prebuilt user roles, the system
+    /// roles SYSTEM_KEY and FOLLOWER, and TEAM_ROLE.
     pub fn builtin() -> Self {
         let entitlements: HashMap<Arc<str>, u16, _> = BUILTIN_ENTITLEMENTS
             .iter()
@@ -459,9 +481,41 @@ mod tests {
         }
         assert_eq!(
             catalog.roles().count(),
-            7,
-            "six prebuilt roles plus TEAM_ROLE"
+            8,
+            "five user roles, SYSTEM_KEY, FOLLOWER and TEAM_ROLE"
         );
+    }
+
+    #[test]
+    fn only_the_follower_system_role_may_replicate_secrets() {
+        let catalog = Catalog::builtin();
+        let holders: Vec<&str> = catalog
+            .roles()
+            .filter(|r| r.grants.iter().any(|g| &*g.entitlement == KEYS_REPLICATE))
+            .map(|r| &*r.id)
+            .collect();
+        assert_eq!(holders, [FOLLOWER]);
+        let follower = catalog.role(FOLLOWER).unwrap();
+        assert_eq!(
+            follower.role_type,
+            RoleType::System,
+            "bound to project keys"
+        );
+        assert!(follower.grants.iter().all(|g| g.scope == Scope::All));
+        let mut granted: Vec<&str> = follower.grants.iter().map(|g| &*g.entitlement).collect();
+        granted.sort();
+        assert_eq!(
+            granted,
+            [
+                "accounts.read",
+                "keys.read",
+                "keys.replicate",
+                "projects.read",
+                "roles.read",
+                "users.read"
+            ]
+        );
+        assert!(Catalog::is_prebuilt(FOLLOWER));
     }
 
     #[test]

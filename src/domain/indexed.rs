@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(prefixes(&m, &alice), ["AliceKey01", "AliceKey02"]);
         assert_eq!(prefixes(&m, &bob), ["BobKey0001"]);
         let rebuilt = IndexedModel::from(m.model().clone());
-        assert_eq!(rebuilt.by_requestor, m.by_requestor);
+        for requestor in [&alice, &bob] {
+            assert_eq!(prefixes(&rebuilt, requestor), prefixes(&m, requestor));
+        }
+        assert_eq!(rebuilt.by_requestor.len(), m.by_requestor.len());
     }
 
     #[test]

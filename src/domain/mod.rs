@@ -2,12 +2,14 @@
 //!
 //! - [`Scope`]: OWN < TEAM < ALL.
 //! - [`Catalog`]: the known entitlements and the roles that bundle them ([`catalog`] holds the
-//!   built-in default: the platform's six prebuilt roles and TEAM_ROLE).
+//!   built-in default: the platform's prebuilt user roles, the system roles SYSTEM_KEY and
+//!   FOLLOWER, and TEAM_ROLE).
 //! - [`ApiKey`]: `<prefix>.<secret>` parsing and SHA-256 hashing of secrets.
 //! - [`Model`]: teams, users, projects, keys and roles, with the validation rules of catalog.md.
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.
 //! - [`admin`]: administrative writes as commands, each judged by the [`escalation`] rule.
+//! - [`watch_access`]: whether a key may Watch, and receive secret hashes.
 
 pub mod admin;
 pub mod catalog;
@@ -20,6 +22,7 @@ pub mod intern;
 pub mod key;
 pub mod model;
 pub mod scope;
+pub mod watch_access;
 
 pub use catalog::{Catalog, Grant, Role, RoleType};
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
@@ -30,3 +33,4 @@ pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};
 pub use scope::Scope;
+pub use watch_access::{WATCH_READS, WatchAccess, WatchDenied, watch_access};

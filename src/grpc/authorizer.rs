@@ -101,7 +101,8 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        crate::grpc::watch::start(self.state.clone(), request.into_inner()).map(Response::new)
+        let (metadata, _, request) = request.into_parts();
+        crate::grpc::watch::start(self.state.clone(), &metadata, request).map(Response::new)
     }
 
     type WatchBatchedStream = crate::grpc::watch::BatchedStream;
@@ -110,7 +111,8 @@ impl Authorizer for AuthorizerService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchBatchedStream>, Status> {
-        crate::grpc::watch::start(self.state.clone(), request.into_inner())
+        let (metadata, _, request) = request.into_parts();
+        crate::grpc::watch::start(self.state.clone(), &metadata, request)
             .map(|stream| Response::new(stream.batched()))
     }
 

@@ -30,7 +30,8 @@ pub struct GrpcHub {
     /// TLS towards an `https://` hub; its files are read again at every connection, so that a
     /// rotated client certificate is used from the next one.
     tls: ClientTls,
-    /// Presented to the hub for the secret hashes; never logged.
+    /// Presented to the hub as `authorization: ApiKey <key>` metadata: a key with the FOLLOWER
+    /// role (the reads at ALL, and keys.replicate for the secret hashes). Never logged.
     key: String,
 }
 
@@ -109,15 +110,22 @@ impl Hub for GrpcHub {
             Start::Snapshot => (0, true, String::new()),
             Start::Resume { from, history } => (*from, false, history.clone()),
         };
-        let request = pb::WatchRequest {
+        let mut request = tonic::Request::new(pb::WatchRequest {
             start_revision,
             snapshot,
             include_secret_hashes: true,
-            api_key: self.key.clone(),
             history,
             bookmark_interval_ms: 1000,
             ..Default::default()
-        };
+        });
+        // The key travels as the Admin API's does; a key that cannot be sent as metadata is
+        // refused here rather than sent some other way.
+        let authorization = format!("ApiKey {}", self.key).parse().map_err(|_| {
+            UpstreamError::Refused("the upstream key has characters that cannot be sent".into())
+        })?;
+        request
+            .metadata_mut()
+            .insert("authorization", authorization);
         let stream = client
             .watch_batched(request)
             .await

@@ -7,7 +7,9 @@
 //! | not ready (no state loaded yet)         | Unavailable      | 503  |
 //! | `min_revision` not reached in time      | Unavailable      | 503  |
 //! | Watch from a future revision            | OutOfRange       | 400  |
-//! | Watch asking for secrets without keys.read at ALL | PermissionDenied | 403 |
+//! | Watch: no key, or it does not authenticate (also mid-stream) | Unauthenticated | 401 |
+//! | Watch: a read at ALL missing, or secrets without keys.replicate at ALL (also mid-stream) | PermissionDenied | 403 |
+//! | Watch: every subscriber place taken     | ResourceExhausted | 429 |
 //! | bug                                     | Internal         | 500  |
 //! | Admin: bad key / not allowed            | Unauthenticated / PermissionDenied | 401 / 403 |
 //! | Admin: rule of the model broken         | InvalidArgument + field violations | 400 |
@@ -21,7 +23,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    domain::{ModelViolation, model::ObjectRef},
+    domain::{ModelViolation, WatchDenied, catalog::KEYS_REPLICATE, model::ObjectRef},
     origin::{embedded::WriteError, policy_file::PolicyError},
 };
 
@@ -130,26 +132,72 @@ pub fn policy_invalid(e: &PolicyError) -> Status {
     Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
 }
 
-/// Why a Watch was refused before it started.
+/// Why a Watch was refused, or ended because its key lost the grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WatchRefused {
     #[error("start_revision {asked} is in the future: this instance has revision {have} (the most a watch may start from is {})", have + 1)]
     FutureRevision { asked: u64, have: u64 },
     #[error("a watch with a snapshot starts at the snapshot's revision: leave start_revision at 0")]
     SnapshotWithStart,
-    #[error("include_secret_hashes needs api_key to be a valid key holding keys.read at ALL scope")]
+    #[error(
+        "Watch needs the caller's key: `authorization: ApiKey <prefix>.<secret>` metadata, or api_key"
+    )]
+    NoKey,
+    #[error("the authorization metadata must be \"ApiKey <prefix>.<secret>\"")]
+    BadAuthorization,
+    #[error("the key is given both in the authorization metadata and in api_key, and they differ")]
+    TwoKeys,
+    /// The key does not authenticate: the reason, as a Check would give it.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error(
+        "Watch shows the whole state: it needs {0} at ALL scope (held by AUDITOR, SYSTEM_OWNER and FOLLOWER), which this key does not hold"
+    )]
+    Missing(&'static str),
+    #[error(
+        "include_secret_hashes needs keys.replicate at ALL scope (the FOLLOWER system role, bound to a project key), which this key does not hold"
+    )]
     SecretsDenied,
+    #[error(
+        "this instance serves at most {limit} Watch streams at once (--watch-max-subscribers); retry later"
+    )]
+    TooManySubscribers { limit: usize },
+    /// A running stream whose key no longer may watch: why, with the code it would get now.
+    #[error("the key of this watch may no longer watch: {0}")]
+    Lost(Box<WatchRefused>),
+}
+
+impl From<WatchDenied> for WatchRefused {
+    fn from(denied: WatchDenied) -> Self {
+        match denied {
+            WatchDenied::Unauthenticated(reason) => {
+                WatchRefused::Unauthenticated(reason.describe())
+            }
+            WatchDenied::Missing(KEYS_REPLICATE) => WatchRefused::SecretsDenied,
+            WatchDenied::Missing(entitlement) => WatchRefused::Missing(entitlement),
+        }
+    }
+}
+
+impl WatchRefused {
+    fn code(&self) -> Code {
+        match self {
+            // Like etcd's "required revision is a future revision".
+            WatchRefused::FutureRevision { .. } => Code::OutOfRange,
+            WatchRefused::SnapshotWithStart | WatchRefused::TwoKeys => Code::InvalidArgument,
+            WatchRefused::NoKey
+            | WatchRefused::BadAuthorization
+            | WatchRefused::Unauthenticated(_) => Code::Unauthenticated,
+            WatchRefused::Missing(_) | WatchRefused::SecretsDenied => Code::PermissionDenied,
+            WatchRefused::TooManySubscribers { .. } => Code::ResourceExhausted,
+            WatchRefused::Lost(now) => now.code(),
+        }
+    }
 }
 
 impl From<WatchRefused> for Status {
     fn from(err: WatchRefused) -> Self {
-        let code = match err {
-            // Like etcd's "required revision is a future revision".
-            WatchRefused::FutureRevision { .. } => Code::OutOfRange,
-            WatchRefused::SnapshotWithStart => Code::InvalidArgument,
-            WatchRefused::SecretsDenied => Code::PermissionDenied,
-        };
-        Status::new(code, err.to_string())
+        Status::new(err.code(), err.to_string())
     }
 }
 

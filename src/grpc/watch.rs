@@ -1,6 +1,19 @@
 //! `Authorizer.Watch`: one task per stream reads the change log from its own position and feeds
 //! a bounded channel towards the client. Writers only append to the log, so a slow stream never
 //! slows them or another stream; a stream whose next revision leaves the log ends with a reset.
+//!
+//! A stream shows the whole state, so it is open only to a key that could read all of it:
+//! the caller's key (`authorization: ApiKey <key>` metadata, or `api_key`) must hold the reads of
+//! [`crate::domain::WATCH_READS`] at ALL scope, and `keys.replicate` at ALL for the secret hashes
+//! ([`watch_access`]). The grant is checked again before each revision is sent and when an
+//! expiry that matters passes; a stream whose key lost it ends with `UNAUTHENTICATED` (the key no
+//! longer authenticates) or `PERMISSION_DENIED` (it lacks a grant), after the events of the
+//! revisions it could still see.
+//!
+//! Bounded: at most `max_subscribers` streams at once, and a snapshot is read from a view of the
+//! state shared by all snapshot streams ([`State::snapshot_view`]), with at most
+//! [`SNAPSHOT_QUEUE`] of its events queued per stream: a client that stops reading pins neither a
+//! copy of the state nor a long queue.
 
 use std::{
     collections::HashSet,
@@ -12,18 +25,22 @@ use std::{
 
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tonic::Status;
+use tonic::{Status, metadata::MetadataMap};
 
 pub use crate::domain::Interner;
 
 use crate::{
     domain::{
-        Expiry, KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, ResourceRef, Role,
-        RoleType, Scope, SecretHash, Team, TeamList, User, model::Change,
+        ApiKey, Expiry, KeyEntry, KeySpec, KeyStatus, KeyType, Model, Project, RequestorId, Role,
+        RoleType, Scope, SecretHash, Team, TeamList, User, WatchDenied, authenticate, entry::NEVER,
+        model::Change, watch_access,
     },
-    grpc::{pb, status::WatchRefused},
+    grpc::{
+        pb,
+        status::{Unanswerable, WatchRefused},
+    },
     state::{
-        State,
+        ModelView, State,
         changelog::{LoggedChange, LoggedRevision, Read},
         unix_now,
     },
@@ -32,24 +49,165 @@ use crate::{
 /// Bookmark intervals shorter than this are raised to it.
 const MIN_BOOKMARK: Duration = Duration::from_millis(10);
 
+/// Snapshot events queued towards the client at most. Small, because a client may stop reading
+/// in the middle of a snapshot: each waiting stream then holds this many events (about 500 bytes
+/// each) besides its share of the view. A reading client empties it as fast as the task fills
+/// it; `WatchBatched` packs what is queued, and more arrives while a batch is written.
+pub const SNAPSHOT_QUEUE: usize = 64;
+
+/// Snapshot events queued at a time: one wait for room per chunk instead of one per event (a
+/// snapshot of a million keys is a bulk transfer).
+const SNAPSHOT_CHUNK: usize = 32;
+
 type Item = Result<pb::WatchEvent, Status>;
 
-/// The stream handed to tonic: the events queued by the stream's task, then, if the task gave
-/// up on a slow client, the reset it left behind.
+/// The stream handed to tonic: the snapshot's events (if one was asked for), then the events
+/// queued by the stream's task, then, if the task ended the stream early (a slow client, a key
+/// that lost its grant, shutdown), the reset or status it left behind.
 pub struct WatchStream {
+    /// The snapshot's own small queue, until the task closes it; then `rx`.
+    snapshot: Option<mpsc::Receiver<pb::WatchEvent>>,
     rx: mpsc::Receiver<Item>,
     last: Arc<Mutex<Option<Item>>>,
+    /// This stream's place among the `max_subscribers`, given back when tonic drops the stream
+    /// (the call ended, or the client went away).
+    _slot: SubscriberSlot,
 }
 
 impl Stream for WatchStream {
     type Item = Item;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(snapshot) = &mut self.snapshot {
+            match snapshot.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => return Poll::Ready(Some(Ok(ev))),
+                Poll::Ready(None) => self.snapshot = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(None) => {
                 Poll::Ready(self.last.lock().unwrap_or_else(|p| p.into_inner()).take())
             }
             other => other,
         }
+    }
+}
+
+/// One of the `max_subscribers` places; counted in `WatchStats::subscribers` while held.
+struct SubscriberSlot(Arc<State>);
+
+impl SubscriberSlot {
+    /// Takes a place, or refuses when every place is taken.
+    fn take(state: &Arc<State>) -> Result<Self, WatchRefused> {
+        let log = state.change_log();
+        let limit = log.limits().max_subscribers;
+        let taken =
+            log.stats
+                .subscribers
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                    (open < limit as u64).then_some(open + 1)
+                });
+        match taken {
+            Ok(_) => Ok(SubscriberSlot(state.clone())),
+            Err(_) => {
+                log.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                Err(WatchRefused::TooManySubscribers { limit })
+            }
+        }
+    }
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.0
+            .change_log()
+            .stats
+            .subscribers
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The key a stream was opened with, kept so that its grant can be checked again as the state
+/// changes. It holds the key itself, to authenticate it again when its cache entry is rebuilt;
+/// it is never logged (only the prefix is), and has no `Debug`.
+struct Credential {
+    key: String,
+    /// The cache entry the grant was last decided on.
+    entry: Arc<KeyEntry>,
+    secrets: bool,
+    /// Unix seconds; from then on the same entry may answer otherwise (an expiry).
+    recheck_at: i64,
+}
+
+impl Credential {
+    /// Authenticates `key` and decides whether it may Watch (with secrets when asked for).
+    fn establish(state: &State, key: String, secrets: bool, now: i64) -> Result<Self, WatchDenied> {
+        let parsed = ApiKey::parse(&key).map_err(|e| WatchDenied::Unauthenticated(e.into()))?;
+        let entry = authenticated(state.lookup(parsed.prefix), &parsed, now)?;
+        let access = watch_access(&entry, secrets, now)?;
+        Ok(Credential {
+            entry,
+            secrets: access.secrets,
+            recheck_at: access.recheck_at,
+            key,
+        })
+    }
+
+    /// Checks the grant again at `now`: one cache lookup, and while the key's entry is the one
+    /// already decided on and no expiry has passed, nothing more (entries are immutable: any
+    /// change to the key, its requestor, their teams or the roles builds new ones). Otherwise
+    /// the key is authenticated and decided afresh.
+    fn recheck(&mut self, state: &State, now: i64) -> Result<(), WatchDenied> {
+        let current = state.lookup(&self.entry.spec.prefix);
+        if current
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+            && now < self.recheck_at
+        {
+            return Ok(());
+        }
+        let parsed =
+            ApiKey::parse(&self.key).map_err(|e| WatchDenied::Unauthenticated(e.into()))?;
+        let entry = authenticated(current, &parsed, now)?;
+        let access = watch_access(&entry, self.secrets, now)?;
+        self.entry = entry;
+        self.recheck_at = access.recheck_at;
+        Ok(())
+    }
+
+    fn prefix(&self) -> &str {
+        &self.entry.spec.prefix
+    }
+}
+
+fn authenticated(
+    entry: Option<Arc<KeyEntry>>,
+    key: &ApiKey<'_>,
+    now: i64,
+) -> Result<Arc<KeyEntry>, WatchDenied> {
+    authenticate(entry.as_deref(), key, now).map_err(WatchDenied::Unauthenticated)?;
+    Ok(entry.expect("authenticate accepts only a present entry"))
+}
+
+/// The caller's key: from `authorization: ApiKey <key>` metadata (as for the Admin API) or from
+/// the request's `api_key`; both may be given only when they are the same key.
+fn presented_key(metadata: &MetadataMap, api_key: &str) -> Result<String, WatchRefused> {
+    let from_metadata = match metadata.get("authorization") {
+        None => None,
+        Some(value) => {
+            let value = value.to_str().map_err(|_| WatchRefused::BadAuthorization)?;
+            let key = value
+                .strip_prefix("ApiKey ")
+                .ok_or(WatchRefused::BadAuthorization)?;
+            Some(key.trim())
+        }
+    };
+    match (from_metadata, api_key) {
+        (None, "") => Err(WatchRefused::NoKey),
+        (Some(key), "") => Ok(key.to_owned()),
+        (None, key) => Ok(key.to_owned()),
+        (Some(a), b) if a == b => Ok(b.to_owned()),
+        (Some(_), _) => Err(WatchRefused::TwoKeys),
     }
 }
 
@@ -241,9 +399,6 @@ fn change_event(
     filter.passes(kind, team, user, key).then_some(event)
 }
 
-/// Objects a snapshot queues at a time.
-const SNAPSHOT_CHUNK: usize = 256;
-
 /// The whole model as "defined" changes, in the order a diff from the empty model lists them
 /// (entitlements, roles, teams, users, projects, keys), described for the filter directly
 /// rather than by diffing and looking each object up again.
@@ -341,12 +496,25 @@ fn control(revision: u64, history: &str, event: pb::watch_event::Event) -> pb::W
     }
 }
 
-/// Starts a Watch: validates the request, then hands the stream to its task.
-pub fn start(state: Arc<State>, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+/// Starts a Watch: authenticates the caller, validates the request, takes a subscriber's place,
+/// then hands the stream to its task.
+pub fn start(
+    state: Arc<State>,
+    metadata: &MetadataMap,
+    req: pb::WatchRequest,
+) -> Result<WatchStream, Status> {
     let head = state.revision();
     if !state.is_loaded() {
-        return Err(crate::grpc::status::Unanswerable::NotReady.into());
+        return Err(Unanswerable::NotReady.into());
     }
+    // Before anything else is said about the state (even its revision, in a refusal).
+    let key = presented_key(metadata, &req.api_key)
+        .inspect_err(|refused| tracing::info!(key = "-", reason = %refused, "watch refused"))?;
+    // Only a well-formed key's prefix is logged: a malformed one may be a bare secret.
+    let prefix = ApiKey::parse(&key).map_or_else(|_| "-".to_owned(), |k| k.prefix.to_owned());
+    let credential = Credential::establish(&state, key, req.include_secret_hashes, unix_now())
+        .map_err(WatchRefused::from)
+        .inspect_err(|refused| tracing::info!(key = %prefix, reason = %refused, "watch refused"))?;
     if req.snapshot && req.start_revision != 0 {
         return Err(WatchRefused::SnapshotWithStart.into());
     }
@@ -357,18 +525,15 @@ pub fn start(state: Arc<State>, req: pb::WatchRequest) -> Result<WatchStream, St
         }
         .into());
     }
-    let secrets = req.include_secret_hashes;
-    if secrets {
-        let outcome = state.check(
-            &req.api_key,
-            "keys.read",
-            ResourceRef::default(),
-            unix_now(),
-        );
-        if !(outcome.decision.is_allowed() && outcome.decision.scope == Some(Scope::All)) {
-            return Err(WatchRefused::SecretsDenied.into());
-        }
-    }
+    let slot = SubscriberSlot::take(&state).inspect_err(|refused| {
+        tracing::warn!(key = credential.prefix(), reason = %refused, "watch refused");
+    })?;
+    tracing::debug!(
+        key = credential.prefix(),
+        snapshot = req.snapshot,
+        secrets = credential.secrets,
+        "watch started"
+    );
     let log = state.change_log();
     let buffer = log.limits().subscriber_buffer.max(1);
     let (tx, rx) = mpsc::channel(buffer);
@@ -378,7 +543,7 @@ pub fn start(state: Arc<State>, req: pb::WatchRequest) -> Result<WatchStream, St
         .then(|| Duration::from_millis(req.bookmark_interval_ms.into()).max(MIN_BOOKMARK));
     let task = Subscriber {
         filter: Filter::from_request(&req),
-        secrets,
+        credential,
         tx,
         last: last.clone(),
         bookmark,
@@ -404,17 +569,36 @@ pub fn start(state: Arc<State>, req: pb::WatchRequest) -> Result<WatchStream, St
         );
         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(reset));
         drop(task);
-        return Ok(WatchStream { rx, last });
+        return Ok(WatchStream {
+            snapshot: None,
+            rx,
+            last,
+            _slot: slot,
+        });
     }
-    let from = if req.snapshot {
-        None
+    let (start, snapshot) = if req.snapshot {
+        let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE);
+        (Start::Snapshot(tx), Some(rx))
     } else if req.start_revision == 0 {
-        Some(head + 1)
+        (Start::From(head + 1), None)
     } else {
-        Some(req.start_revision)
+        (Start::From(req.start_revision), None)
     };
-    tokio::spawn(task.run(from));
-    Ok(WatchStream { rx, last })
+    tokio::spawn(task.run(start));
+    Ok(WatchStream {
+        snapshot,
+        rx,
+        last,
+        _slot: slot,
+    })
+}
+
+/// Where a stream's task begins.
+enum Start {
+    /// With a snapshot, queued on its own channel.
+    Snapshot(mpsc::Sender<pb::WatchEvent>),
+    /// From this revision of the log.
+    From(u64),
 }
 
 /// What to do after trying to send.
@@ -426,7 +610,7 @@ enum Flow {
 struct Subscriber {
     state: Arc<State>,
     filter: Filter,
-    secrets: bool,
+    credential: Credential,
     tx: mpsc::Sender<Item>,
     last: Arc<Mutex<Option<Item>>>,
     bookmark: Option<Duration>,
@@ -435,31 +619,12 @@ struct Subscriber {
     closing: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Counts the stream among the subscribers while its task runs.
-struct Counted(Arc<State>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0
-            .change_log()
-            .stats
-            .subscribers
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Subscriber {
-    /// Serves the stream: the snapshot (when `from` is None), then the log from `from` on.
-    async fn run(mut self, from: Option<u64>) {
-        self.state
-            .change_log()
-            .stats
-            .subscribers
-            .fetch_add(1, Ordering::Relaxed);
-        let _counted = Counted(self.state.clone());
-        let mut next = match from {
-            Some(from) => from,
-            None => match self.snapshot().await {
+    /// Serves the stream: the snapshot (if asked for), then the log from where it starts.
+    async fn run(mut self, start: Start) {
+        let mut next = match start {
+            Start::From(from) => from,
+            Start::Snapshot(tx) => match self.snapshot(tx).await {
                 Some(next) => next,
                 None => return,
             },
@@ -477,7 +642,12 @@ impl Subscriber {
                 };
                 let after = entries.last().map_or(published, |e| e.revision) + 1;
                 for entry in &entries {
-                    for ev in revision_events(entry, &self.filter, self.secrets) {
+                    // Before any event of the revision: the state the cache holds now is at
+                    // least this revision, so a key that lost its grant in it sees none of it.
+                    if !self.still_allowed() {
+                        return;
+                    }
+                    for ev in revision_events(entry, &self.filter, self.credential.secrets) {
                         if let Flow::Stop = self.send(ev, after).await {
                             return;
                         }
@@ -488,29 +658,32 @@ impl Subscriber {
                 continue;
             }
             let bookmark_at = self.bookmark.map(|b| idle_since + b);
+            let recheck_at = instant_of(self.credential.recheck_at);
             enum Woke {
                 Changed,
                 Gone,
                 Closing,
                 Bookmark,
+                Recheck,
             }
             let woke = tokio::select! {
                 changed = self.revisions.changed() => if changed.is_err() { Woke::Gone } else { Woke::Changed },
                 () = self.tx.closed() => Woke::Gone,
                 _ = self.closing.wait_for(|c| *c) => Woke::Closing,
                 () = sleep_until(bookmark_at) => Woke::Bookmark,
+                () = sleep_until(recheck_at) => Woke::Recheck,
             };
             match woke {
                 Woke::Changed => {}
                 Woke::Gone => return,
                 Woke::Closing => {
-                    // After what is queued, whether or not the queue has room now: a send that
-                    // found it full used to end the stream without a status, as if complete.
-                    *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Err(Status::unavailable(
-                            "rolegate is shutting down; watch again from the next revision",
-                        )));
+                    self.shutting_down();
                     return;
+                }
+                Woke::Recheck => {
+                    if !self.still_allowed() {
+                        return;
+                    }
                 }
                 Woke::Bookmark => {
                     let ev = control(
@@ -527,55 +700,127 @@ impl Subscriber {
         }
     }
 
+    /// Whether the stream's key may still Watch; if not, leaves the status that ends the stream
+    /// (after what is already queued, all of it from revisions the key could see).
+    fn still_allowed(&mut self) -> bool {
+        let Err(denied) = self.credential.recheck(&self.state, unix_now()) else {
+            return true;
+        };
+        let refused = WatchRefused::from(denied);
+        tracing::info!(
+            key = self.credential.prefix(),
+            reason = %refused,
+            "watch ended: the key may no longer watch"
+        );
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Err(WatchRefused::Lost(Box::new(refused)).into()));
+        false
+    }
+
+    /// Leaves the shutdown status, after what is queued, whether or not the queue has room now
+    /// (a send that found it full used to end the stream without a status, as if complete).
+    fn shutting_down(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(Status::unavailable(
+            "rolegate is shutting down; watch again from the next revision",
+        )));
+    }
+
     /// Sends the state as of one revision, then the snapshot-end marker. Returns the next
     /// revision to read from the log.
-    async fn snapshot(&mut self) -> Option<u64> {
-        let (revision, model) = self.state.snapshot();
-        // Queued a chunk at a time: one wait for room per chunk instead of one per object (a
-        // snapshot of a million keys is a bulk transfer). A snapshot is read at the client's
-        // pace: only the log's bound (checked when the live part starts) decides whether the
-        // client kept up.
-        let chunk_len = SNAPSHOT_CHUNK.min(self.tx.max_capacity());
-        let mut chunk: Vec<pb::WatchEvent> = Vec::with_capacity(chunk_len);
-        for logged in snapshot_objects(&model) {
-            if let Some(event) = change_event(&logged, &self.filter, self.secrets) {
+    ///
+    /// The state is a view shared with every other snapshot stream, and only
+    /// [`SNAPSHOT_QUEUE`] events of it wait for the client at a time, so a client that stops
+    /// reading costs little. While it does not read, the task follows the log: once the
+    /// revision after the view's is no longer kept, the stream could not continue without a
+    /// gap, so it ends with a reset at once (letting go of the view) rather than at the end of
+    /// the snapshot. The key's grant is checked again at each new revision meanwhile.
+    async fn snapshot(&mut self, tx: mpsc::Sender<pb::WatchEvent>) -> Option<u64> {
+        let view = self.state.snapshot_view();
+        self.history = view.history.to_string();
+        let mut chunk: Vec<pb::WatchEvent> = Vec::with_capacity(SNAPSHOT_CHUNK);
+        for logged in snapshot_objects(&view.model) {
+            if let Some(event) = change_event(&logged, &self.filter, self.credential.secrets) {
                 chunk.push(pb::WatchEvent {
-                    revision,
+                    revision: view.revision,
                     end_of_revision: false,
                     history: String::new(),
                     event: Some(event),
                 });
-                if chunk.len() == chunk_len {
-                    self.queue_chunk(&mut chunk).await?;
+                if chunk.len() == SNAPSHOT_CHUNK {
+                    self.queue_snapshot(&tx, &mut chunk, &view).await?;
                 }
             }
         }
-        self.queue_chunk(&mut chunk).await?;
+        self.queue_snapshot(&tx, &mut chunk, &view).await?;
+        // The client reads the rest of the stream from the main queue once this one is drained.
+        drop(tx);
         let end = control(
-            revision,
+            view.revision,
             &self.history,
             pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {}),
         );
         self.tx.send(Ok(end)).await.ok()?;
-        Some(revision + 1)
+        Some(view.revision + 1)
     }
 
-    /// Queues the events of `chunk` (emptying it), waiting for room for all of them at once.
-    async fn queue_chunk(&self, chunk: &mut Vec<pb::WatchEvent>) -> Option<()> {
+    /// Queues the events of `chunk` (emptying it) on the snapshot's queue, waiting for room for
+    /// all of them at once. `None` when the stream ends instead.
+    async fn queue_snapshot(
+        &mut self,
+        tx: &mpsc::Sender<pb::WatchEvent>,
+        chunk: &mut Vec<pb::WatchEvent>,
+        view: &ModelView,
+    ) -> Option<()> {
         if chunk.is_empty() {
             return Some(());
         }
         let n = chunk.len();
-        let permits = self.tx.reserve_many(n).await.ok()?;
-        for (permit, ev) in permits.zip(chunk.drain(..)) {
-            permit.send(Ok(ev));
+        let state = self.state.clone();
+        let stats = &state.change_log().stats;
+        loop {
+            enum Woke {
+                Room,
+                Gone,
+                Changed,
+                Closing,
+            }
+            let woke = tokio::select! {
+                permits = tx.reserve_many(n) => match permits {
+                    Ok(permits) => {
+                        for (permit, ev) in permits.zip(chunk.drain(..)) {
+                            permit.send(ev);
+                        }
+                        Woke::Room
+                    }
+                    Err(_) => Woke::Gone,
+                },
+                changed = self.revisions.changed() => if changed.is_err() { Woke::Gone } else { Woke::Changed },
+                _ = self.closing.wait_for(|c| *c) => Woke::Closing,
+            };
+            match woke {
+                Woke::Room => {
+                    stats.events_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    return Some(());
+                }
+                Woke::Gone => return None,
+                Woke::Closing => {
+                    self.shutting_down();
+                    return None;
+                }
+                Woke::Changed => {
+                    if !self.still_allowed() {
+                        return None;
+                    }
+                    let log = state.change_log();
+                    let oldest_kept = log.oldest_kept();
+                    if oldest_kept > view.revision + 1 || *log.history() != *view.history {
+                        stats.slow_resets.fetch_add(1, Ordering::Relaxed);
+                        self.reset(view.revision + 1, oldest_kept, true);
+                        return None;
+                    }
+                }
+            }
         }
-        self.state
-            .change_log()
-            .stats
-            .events_sent
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Some(())
     }
 
     /// Queues one event. While the client is not reading, watches the log: once the revision
@@ -632,6 +877,16 @@ impl Subscriber {
         );
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(ev));
     }
+}
+
+/// The tokio instant of a unix time in seconds (`NEVER`: none). Reached no earlier than the
+/// unix second itself, so a check then sees the expiry.
+fn instant_of(unix: i64) -> Option<tokio::time::Instant> {
+    if unix == NEVER {
+        return None;
+    }
+    let wait = u64::try_from(unix.saturating_sub(unix_now())).unwrap_or(0);
+    Some(tokio::time::Instant::now() + Duration::from_secs(wait))
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -736,7 +991,7 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
             };
             let secret_hash: SecretHash = k.secret_sha256.parse().map_err(|_| {
                 bad(format!(
-                    "key {}: no secret hash (the upstream key needs keys.read at ALL)",
+                    "key {}: no secret hash (the upstream key needs keys.replicate at ALL: the FOLLOWER role)",
                     k.prefix
                 ))
             })?;
@@ -814,4 +1069,53 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
         E::EntitlementRemoved(e) => Change::RemoveEntitlement(Arc::from(e.as_str())),
         E::GrantsChanged(_) | E::Bookmark(_) | E::SnapshotEnd(_) | E::Reset(_) => return Ok(None),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_comes_from_the_metadata_or_the_request_and_only_one_key() {
+        let metadata = |value: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("authorization", value.parse().unwrap());
+            m
+        };
+        let none = MetadataMap::new();
+        let cases: &[(&MetadataMap, &str, Result<&str, WatchRefused>)] = &[
+            (&none, "", Err(WatchRefused::NoKey)),
+            (&none, "Key01.secret", Ok("Key01.secret")),
+            (&metadata("ApiKey Key01.secret"), "", Ok("Key01.secret")),
+            (&metadata("ApiKey  Key01.secret "), "", Ok("Key01.secret")),
+            (
+                &metadata("ApiKey Key01.secret"),
+                "Key01.secret",
+                Ok("Key01.secret"),
+            ),
+            (
+                &metadata("ApiKey Key01.secret"),
+                "Key02.other",
+                Err(WatchRefused::TwoKeys),
+            ),
+            (
+                &metadata("Bearer Key01.secret"),
+                "",
+                Err(WatchRefused::BadAuthorization),
+            ),
+            (
+                &metadata("Key01.secret"),
+                "Key01.secret",
+                Err(WatchRefused::BadAuthorization),
+            ),
+        ];
+        for (m, field, want) in cases {
+            let got = presented_key(m, field);
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{m:?} {field:?}"
+            );
+        }
+    }
 }

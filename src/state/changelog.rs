@@ -12,7 +12,10 @@ use std::{
 
 use crate::domain::{Model, Requestor, RequestorId, model::Change};
 
-/// How much history is kept, and how far one Watch stream may buffer.
+/// The default bound on concurrent Watch streams (`--watch-max-subscribers`).
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
+
+/// How much history is kept, how far one Watch stream may buffer, and how many may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogLimits {
     /// The most revisions kept.
@@ -22,6 +25,8 @@ pub struct LogLimits {
     pub max_bytes: usize,
     /// Events one stream may have queued towards its client before it stops reading the log.
     pub subscriber_buffer: usize,
+    /// The most Watch streams open at once; more are refused (`RESOURCE_EXHAUSTED`).
+    pub max_subscribers: usize,
 }
 
 impl Default for LogLimits {
@@ -30,6 +35,7 @@ impl Default for LogLimits {
             max_revisions: 10_000,
             max_bytes: 64 * 1024 * 1024,
             subscriber_buffer: 1024,
+            max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
         }
     }
 }
@@ -118,7 +124,10 @@ pub enum Read {
 /// Counters of the Watch machinery, for `/status`.
 #[derive(Debug, Default)]
 pub struct WatchStats {
+    /// Watch streams open now (each holds one of the `max_subscribers` places).
     pub subscribers: AtomicU64,
+    /// Watch streams refused because `max_subscribers` were open.
+    pub refused_busy: AtomicU64,
     pub streams_started: AtomicU64,
     /// Streams that fell behind the log and were reset.
     pub slow_resets: AtomicU64,
@@ -136,6 +145,8 @@ pub struct WatchStatus {
     pub kept_revisions: usize,
     pub kept_bytes: usize,
     pub subscribers: u64,
+    pub max_subscribers: usize,
+    pub refused_busy: u64,
     pub streams_started: u64,
     pub slow_resets: u64,
     pub start_resets: u64,
@@ -351,6 +362,8 @@ impl ChangeLog {
             kept_revisions: inner.entries.len(),
             kept_bytes: inner.bytes,
             subscribers: s.subscribers.load(Ordering::Relaxed),
+            max_subscribers: inner.limits.max_subscribers,
+            refused_busy: s.refused_busy.load(Ordering::Relaxed),
             streams_started: s.streams_started.load(Ordering::Relaxed),
             slow_resets: s.slow_resets.load(Ordering::Relaxed),
             start_resets: s.start_resets.load(Ordering::Relaxed),

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -57,6 +57,18 @@ struct Writer {
     /// Every requestor that has keys, as last built; its `owned_key_prefixes` are its keys.
     requestors: IdMap<Arc<Requestor>>,
     interner: GrantInterner,
+    /// The newest snapshot view, while some Watch stream still reads it ([`State::snapshot_view`]).
+    view: Weak<ModelView>,
+}
+
+/// The model as of one revision, immutable, shared by every Watch snapshot that reads it: a
+/// stream that stalls holds a reference, not a copy of the state.
+#[derive(Debug)]
+pub struct ModelView {
+    pub revision: u64,
+    /// The history `revision` belongs to.
+    pub history: Arc<str>,
+    pub model: Model,
 }
 
 /// The writer's own maps, hashed for speed: their keys come from the origin, not from callers.
@@ -118,6 +130,7 @@ impl State {
                 model,
                 requestors: IdMap::default(),
                 interner: GrantInterner::default(),
+                view: Weak::new(),
             }),
             revision: watch::Sender::new(0),
             log: ChangeLog::default(),
@@ -226,10 +239,27 @@ impl State {
         &self.log
     }
 
-    /// The model and the revision it is at, taken together (a Watch snapshot).
-    pub fn snapshot(&self) -> (u64, Model) {
-        let w = self.lock();
-        (self.revision(), w.model.clone())
+    /// The state for a Watch snapshot: the newest view still in use when the change log still
+    /// holds every revision after it (the stream replays them from the log), else a copy of the
+    /// model as of the applied revision. However many snapshot streams run, and however slowly
+    /// their clients read, they share one copy of the state (two while an old one is let go):
+    /// a stream whose view's next revision leaves the log is reset (see `grpc::watch`).
+    pub fn snapshot_view(&self) -> Arc<ModelView> {
+        let mut w = self.lock();
+        let history = self.log.history();
+        if let Some(view) = w.view.upgrade()
+            && view.history == history
+            && view.revision + 1 >= self.log.oldest_kept()
+        {
+            return view;
+        }
+        let view = Arc::new(ModelView {
+            revision: self.revision(),
+            history,
+            model: w.model.clone(),
+        });
+        w.view = Arc::downgrade(&view);
+        view
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -641,6 +671,43 @@ mod tests {
             allowed(&state, "CarolKey01", "jobs.read", ""),
             Reason::KeyInactive
         );
+    }
+
+    #[test]
+    fn snapshot_views_are_shared_while_the_log_bridges_them() {
+        let state = State::new();
+        let mut m = model(vec![team_key(
+            "CarolKey01",
+            "carol",
+            "acme",
+            &["DEVELOPER"],
+        )]);
+        load(&state, &m, 1);
+        let a = state.snapshot_view();
+        assert!(Arc::ptr_eq(&a, &state.snapshot_view()));
+        assert_eq!((a.revision, &a.model), (1, &m));
+        // A later revision, still in the log: the same view (its streams replay revision 2).
+        m.teams.get_mut("globex").unwrap().active = false;
+        load(&state, &m, 2);
+        let b = state.snapshot_view();
+        assert!(Arc::ptr_eq(&a, &b));
+        // Once nobody holds it, the next snapshot copies the model as it is now.
+        drop((a, b));
+        let c = state.snapshot_view();
+        assert_eq!((c.revision, &c.model), (2, &m));
+        // A log that no longer holds the revision after the view's: a new view.
+        state.change_log().set_limits(changelog::LogLimits {
+            max_revisions: 1,
+            ..Default::default()
+        });
+        for revision in [3, 4] {
+            m.teams.get_mut("globex").unwrap().active = revision % 2 == 0;
+            load(&state, &m, revision);
+        }
+        let d = state.snapshot_view();
+        assert!(!Arc::ptr_eq(&c, &d));
+        assert_eq!((d.revision, &d.model), (4, &m));
+        assert_eq!(*d.history, *state.change_log().history());
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub mod keys {
     pub const ARIA_AUDITOR: &str = "AriaAuditKey00000001.dev-only-ariaauditke";
     pub const GUS_DEVELOPER: &str = "GusDevKey00000000001.dev-only-gusdevkey00";
     pub const FRAUD_PROJECT: &str = "FraudProjectKey00001.dev-only-fraudprojec";
+    /// A project key with the FOLLOWER role: Watch with secret hashes (`serve --upstream`).
+    pub const FOLLOWER: &str = "FollowerKey000000001.dev-only-followerkey";
     pub const RITA_REVIEWER: &str = "RitaReviewKey0000001.dev-only-ritareviewe";
 
     /// The public prefix of a key.

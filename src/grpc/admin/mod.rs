@@ -787,7 +787,9 @@ impl AdminService {
         if r.dry_run {
             // What the document would change, judged by the same rule as a real apply, on a
             // copy of the model: the answer is the diff only when the apply would be accepted.
-            let (revision, model) = self.state.snapshot();
+            let (model, revision) = self
+                .state
+                .read_model(|m| (m.clone(), self.state.revision()));
             let mut model = crate::domain::IndexedModel::from(model);
             let (changes, _) =
                 crate::domain::admin::execute(caller.prefix(), &command, &mut model, unix_now())

@@ -35,8 +35,8 @@ const BASE: &str =
 fn the_example_policy_loads() {
     let policy = parse(&example(), "policy.yaml").unwrap_or_else(|e| panic!("{e}"));
     let m = &policy.model;
-    assert_eq!((m.teams.len(), m.projects.len()), (2, 1));
-    assert_eq!(m.keys.len(), 10);
+    assert_eq!((m.teams.len(), m.projects.len()), (2, 2));
+    assert_eq!(m.keys.len(), 11);
     assert!(m.catalog.role("MODEL_REVIEWER").is_some());
     assert!(m.catalog.has_entitlement("reports.export"));
     assert_eq!(policy.routes, None);

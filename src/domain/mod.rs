@@ -4,7 +4,9 @@
 //! - [`Catalog`]: the known entitlements and the roles that bundle them ([`catalog`] holds the
 //!   built-in default: the platform's six prebuilt roles and TEAM_ROLE).
 //! - [`ApiKey`]: `<prefix>.<secret>` parsing and SHA-256 hashing of secrets.
-//! - [`Model`]: teams, users, projects, keys and roles, with the validation rules of catalog.md.
+//! - [`Model`]: teams, users, projects, keys, roles and the route table, with the validation
+//!   rules of catalog.md.
+//! - [`RouteSpec`]: a route of the HTTP API (which entitlement a request needs).
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.
 
@@ -16,6 +18,7 @@ pub mod idmap;
 pub mod intern;
 pub mod key;
 pub mod model;
+pub mod route;
 pub mod scope;
 
 pub use catalog::{Catalog, Grant, Role, RoleType};
@@ -25,4 +28,5 @@ pub use idmap::IdMap;
 pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};
+pub use route::{RouteSpec, ValueSource};
 pub use scope::Scope;

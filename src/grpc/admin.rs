@@ -22,6 +22,7 @@ use crate::{
     },
     grpc::{
         pb::{self, admin_server::Admin},
+        routes::{self, RouteSource},
         status::{bad_field, policy_invalid, write_status},
     },
     origin::{
@@ -45,6 +46,8 @@ pub enum AdminOrigin {
 pub struct AdminService {
     state: Arc<State>,
     origin: AdminOrigin,
+    /// Where the route table comes from, for ListRoutes.
+    route_source: RouteSource,
 }
 
 /// The authenticated caller of one Admin call.
@@ -84,7 +87,17 @@ const MAX_PAGE: usize = 1000;
 
 impl AdminService {
     pub fn new(state: Arc<State>, origin: AdminOrigin) -> Self {
-        AdminService { state, origin }
+        AdminService {
+            state,
+            origin,
+            route_source: RouteSource::default(),
+        }
+    }
+
+    /// Names the origin of the route table in ListRoutes answers.
+    pub fn with_route_source(mut self, source: RouteSource) -> Self {
+        self.route_source = source;
+        self
     }
 
     /// The caller's key from `authorization: ApiKey <key>`, authenticated against the state.
@@ -1183,6 +1196,15 @@ impl Admin for AdminService {
         Ok(Response::new(pb::WriteResponse { revision }))
     }
 
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        // Like roles, the route table is not team data: roles.read at any scope shows it.
+        self.visible(request.metadata(), "roles.read")?;
+        Ok(Response::new(routes::list(&self.state, &self.route_source)))
+    }
+
     // ---- apply ----------------------------------------------------------------------------
 
     async fn apply(
@@ -1246,7 +1268,9 @@ fn describe_change(c: &Change) -> String {
         | Change::PutTeam(_)
         | Change::PutUser(_)
         | Change::PutProject(_)
-        | Change::PutKey(_) => "put",
+        | Change::PutKey(_)
+        | Change::PutRoutes(_) => "put",
+        Change::ResetRoutes => return "reset routes (to the built-in default table)".into(),
         _ => "remove",
     };
     format!("{verb} {}", c.object())

@@ -952,6 +952,10 @@ pub(crate) fn apply_with_undo(model: &mut Model, changes: &[Change]) -> Vec<Chan
             }
             Change::PutKey(k) => key_inverse(model, &k.prefix),
             Change::RemoveKey(prefix) => key_inverse(model, prefix),
+            Change::PutRoutes(_) | Change::ResetRoutes => match &model.routes {
+                Some(routes) => Change::PutRoutes(routes.clone()),
+                None => Change::ResetRoutes,
+            },
         };
         undo.push(inverse);
         model.apply(change);

@@ -229,6 +229,18 @@ impl State {
         self.routes_revision.load(Ordering::Acquire)
     }
 
+    /// Records that the route table in force was installed at `revision`, an earlier revision
+    /// than the change set that loaded it (a durable store's start: the table may be older than
+    /// the revisions it replays). Only moves the revision back; the table is unchanged.
+    pub fn date_routes(&self, revision: u64) {
+        let _writer = self.lock();
+        let current = self.routes.borrow().revision;
+        if revision < current {
+            self.routes.send_modify(|r| r.revision = revision);
+            self.routes_revision.store(revision, Ordering::Release);
+        }
+    }
+
     /// A receiver of the route table, notified when a change set changes it.
     pub fn subscribe_routes(&self) -> watch::Receiver<ActiveRoutes> {
         self.routes.subscribe()

@@ -498,5 +498,26 @@ mod tests {
         assert!(err.to_string().contains("routes[0]"), "{err}");
     }
 
+    /// Every part of a model that a policy document can give is kept by the store's objects: a
+    /// document's whole model, written as objects and read back, is the same model.
+    #[test]
+    fn a_whole_document_model_round_trips_through_the_stored_objects() {
+        let text = format!(
+            "{}\nroutes:\n  - {{ method: GET, path: \"/r/{{teamId}}\", entitlement: reports.export, resource: {{ team: path.teamId, owner_user: header.X-User }} }}\n",
+            include_str!("../../deploy/examples/policy.yaml")
+        );
+        let model = crate::origin::policy_file::parse(&text, "p.yaml")
+            .unwrap()
+            .model;
+        assert!(model.routes.is_some() && !model.catalog.added_entitlements().is_empty());
+        let mut back = Model::default();
+        let mut ids = Interner::default();
+        for change in Model::default().diff(&model) {
+            let (key, value) = object_entry(&change);
+            back.apply(&decode_object(&mut ids, &key, &value.expect("a put")).unwrap());
+        }
+        assert_eq!(back, model);
+    }
+
     use crate::domain::Model;
 }

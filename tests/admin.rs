@@ -284,10 +284,11 @@ async fn authorization_matrix() {
             ],
         ),
         (
-            // SYSTEM_OWNER's catalog grants stop at projects.read; projects belong to teams.
+            // SYSTEM_OWNER holds no projects.create, but a team's administration
+            // (accounts.update over it) covers its projects.
             "CreateProject",
             [
-                (false, false),
+                (true, true),
                 (true, false),
                 (false, false),
                 (false, false),
@@ -309,8 +310,23 @@ async fn authorization_matrix() {
     ];
 
     let users = [("acme", "devin"), ("globex", "gus")];
-    // Keys of users who are none of the callers.
-    let victims = ["dana", "rita"];
+    // Keys of users who are none of the callers and live in one team (a user with keys in
+    // another team is outside a team admin's administration).
+    let victims = ["vicky", "rita"];
+    admin
+        .create_user(call(
+            BOOTSTRAP,
+            pb::UserRequest {
+                user: Some(pb::User {
+                    id: "vicky".into(),
+                    name: "Vicky".into(),
+                    active: true,
+                    teams: vec!["acme".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap();
     let others = [
         ("acme", "AdamAdminKey00000001"),
         ("globex", "GusDevKey00000000001"),
@@ -607,7 +623,11 @@ async fn escalation_attempts_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("project keys"), "{}", err.message());
+    assert!(
+        err.message().contains("keys.update at TEAM"),
+        "{}",
+        err.message()
+    );
 
     // A custom role wider than its creator: the creator may define roles but holds models.read
     // only at TEAM.
@@ -649,18 +669,40 @@ async fn escalation_attempts_are_refused() {
         ))
         .await
         .expect("a role within the creator's grants");
-    for wider in [
-        vec![grant("models.read", "ALL")],
-        vec![grant("models.deploy", "OWN")],
-        vec![grant("models.read", "TEAM"), grant("keys.update", "TEAM")],
-    ] {
-        let err = admin
-            .create_role(call(&maker, role("WIDER", wider.clone())))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{wider:?}: {err:?}");
-        assert!(err.message().contains("escalation"), "{}", err.message());
-    }
+    // Defining a role hands out nothing at ALL that the definer lacks at ALL; grants that stop
+    // at TEAM or OWN are bound only by those who administer a team, so they may be defined.
+    let err = admin
+        .create_role(call(
+            &maker,
+            role("WIDER", vec![grant("models.read", "ALL")]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("models.read at ALL"),
+        "{}",
+        err.message()
+    );
+    admin
+        .create_role(call(
+            &maker,
+            role(
+                "TEAM_TOOLS",
+                vec![grant("models.deploy", "OWN"), grant("keys.update", "TEAM")],
+            ),
+        ))
+        .await
+        .expect("a role whose grants stop at TEAM and OWN");
+    // The maker administers no team, so it cannot bind what it defined.
+    let err = admin
+        .create_key(call(
+            &maker,
+            team_key("GusToolsKey000001", "gus", "globex", &["TEAM_TOOLS"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
 
 fn grant(entitlement: &str, scope: &str) -> pb::Grant {
@@ -918,18 +960,37 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             .iter()
             .any(|(f, _)| f.starts_with("document:"))
     );
-    // Only an owner may apply.
-    let err = admin
+    // An Apply is judged change by change with the escalation rule: a team admin may apply a
+    // document that changes only what it administers…
+    let within = doc.replace("name: Devin (developer)", "name: Devin D.");
+    let applied = admin
         .apply(call(
             keys::ADAM_ADMIN,
             pb::ApplyRequest {
-                document: doc,
-                dry_run: true,
+                document: within,
+                dry_run: false,
             },
         ))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+        .expect("a team admin applies a change within its team")
+        .into_inner();
+    assert_eq!(applied.changes, ["put user devin"]);
+    // …and nothing beyond it, dry run or not.
+    let beyond = doc.replace("name: Gus (developer)", "name: Gus G.");
+    for dry_run in [true, false] {
+        let err = admin
+            .apply(call(
+                keys::ADAM_ADMIN,
+                pb::ApplyRequest {
+                    document: beyond.clone(),
+                    dry_run,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("users.update"), "{}", err.message());
+    }
 }
 
 #[tokio::test]

@@ -43,7 +43,8 @@ async fn auth(http: SocketAddr, method: &str, path: &str) -> u16 {
 }
 
 /// Whether the server enforces the reports table (`/api/reports` allowed, `/api/jobs` without a
-/// route) or the built-in one (the reverse).
+/// route) or the built-in one (the reverse); `changing` when the two requests saw different
+/// tables (a table applied between them).
 async fn enforced(http: SocketAddr) -> &'static str {
     match (
         auth(http, "GET", "/api/reports").await,
@@ -51,6 +52,7 @@ async fn enforced(http: SocketAddr) -> &'static str {
     ) {
         (200, 403) => "reports",
         (403, 200) => "default",
+        (200, 200) | (403, 403) => "changing",
         other => panic!("neither table is enforced: {other:?}"),
     }
 }
@@ -185,6 +187,26 @@ async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
         "{}",
         err.message()
     );
+    // The table decides which entitlement every proxied request needs: a team administrator
+    // may not change it, even in a document that changes nothing else.
+    apply(&mut admin, example_with_bootstrap(), false).await;
+    let refused = admin
+        .apply(call(
+            keys::ADAM_ADMIN,
+            pb::ApplyRequest {
+                document: document_with_routes(REPORTS_ROUTE),
+                dry_run: false,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("change the route table"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(enforced(server.http_addr).await, "default");
     // A caller without roles.read sees no table.
     let denied = admin
         .list_routes(call("NoSuchKey0001.secret", pb::ListRoutesRequest {}))

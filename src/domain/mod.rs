@@ -9,12 +9,15 @@
 //! - [`RouteSpec`]: a route of the HTTP API (which entitlement a request needs).
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.
+//! - [`admin`]: administrative writes as commands, each judged by the [`escalation`] rule.
 
+pub mod admin;
 pub mod catalog;
 pub mod decide;
 pub mod entry;
 pub mod escalation;
 pub mod idmap;
+pub mod indexed;
 pub mod intern;
 pub mod key;
 pub mod model;
@@ -25,6 +28,7 @@ pub use catalog::{Catalog, Grant, Role, RoleType};
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;
+pub use indexed::IndexedModel;
 pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};

@@ -444,6 +444,22 @@ impl Model {
         }
     }
 
+    /// The rules the model breaks after `changes` were applied to a valid model: only the keys
+    /// put when the changes touch nothing but keys (the common write, and nothing refers to a
+    /// key), else the whole model.
+    pub fn validate_after(&self, changes: &[Change]) -> Vec<ModelViolation> {
+        let only_keys = changes
+            .iter()
+            .all(|c| matches!(c, Change::PutKey(_) | Change::RemoveKey(_)));
+        if !only_keys {
+            return self.validate();
+        }
+        self.validate_keys(changes.iter().filter_map(|c| match c {
+            Change::PutKey(k) => Some(&**k),
+            _ => None,
+        }))
+    }
+
     /// The rules that one key breaks. Nothing refers to a key, so after changes that only put or
     /// remove keys, checking the keys put is as good as [`Model::validate`] (writers use this to
     /// avoid a whole-model pass per write).

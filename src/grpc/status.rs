@@ -71,6 +71,7 @@ pub fn write_status(err: WriteError) -> Status {
     match err {
         WriteError::NotFound(what) => Status::not_found(format!("{what} not found")),
         WriteError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        WriteError::Unauthenticated(m) => Status::unauthenticated(m),
         WriteError::PermissionDenied(m) => Status::permission_denied(m),
         WriteError::FailedPrecondition(m) => Status::failed_precondition(m),
         // Unavailable, so that clients retry and proxies fail over; nothing was written.

@@ -15,10 +15,15 @@ use std::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use compact_str::CompactString;
+
 use crate::{
     domain::{
-        Expiry, Interner, KeySpec, KeyStatus, KeyType, Model, ModelViolation, RequestorId,
-        SecretHash, Team, TeamList, User, key::generate_key, model::Change,
+        Expiry, IndexedModel, Interner, KeySpec, KeyStatus, KeyType, Model, RequestorId,
+        SecretHash, Team, TeamList, User,
+        admin::{self, Command},
+        key::generate_key,
+        model::Change,
     },
     origin::{
         policy_file::ReloadStatus,
@@ -75,31 +80,36 @@ pub enum OriginError {
     BadBootstrapPrefix(String),
 }
 
-/// Why a write was refused. The edit itself decides the first four; the writer adds the last two.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("the change breaks {} rule(s) of the model", .0.len())]
-    Invalid(Vec<ModelViolation>),
-    /// The store could not commit (disk full, I/O error): nothing of the write is kept.
-    #[error("the store cannot commit: {0}")]
-    Unavailable(String),
+pub use crate::domain::admin::WriteError;
+
+#[cfg(test)]
+/// A trusted edit of the model, for the store's own tests: given the model as it is now
+/// (including writes queued before it), the changes to make. Runs on the writer thread.
+pub(crate) type Edit = Box<dyn FnOnce(&Model) -> Result<Vec<Change>, WriteError> + Send>;
+
+/// What the writer thread is asked to do.
+enum Work {
+    /// An administrative write, judged by the escalation rule on the writer's own model.
+    Admin {
+        caller: CompactString,
+        command: Box<Command>,
+        now: i64,
+    },
+    /// A trusted edit (tests of the store's mechanics).
+    #[cfg(test)]
+    Edit(Edit),
 }
 
-/// An edit of the model: given the model as it is now (including writes queued before it),
-/// the changes to make. Runs on the writer thread; it must not block.
-pub type Edit = Box<dyn FnOnce(&Model) -> Result<Vec<Change>, WriteError> + Send>;
-
 struct WriteRequest {
-    edit: Edit,
-    ack: oneshot::Sender<Result<u64, WriteError>>,
+    work: Work,
+    ack: oneshot::Sender<Result<Written, WriteError>>,
+}
+
+/// A committed write: its revision (the current one when it changed nothing) and its changes.
+#[derive(Clone, Debug, Default)]
+pub struct Written {
+    pub revision: u64,
+    pub changes: Vec<Change>,
 }
 
 /// How the first start on an empty store makes the bootstrap SYSTEM_OWNER key.
@@ -503,15 +513,15 @@ impl EmbeddedOrigin {
         if revision == 0 {
             let (changes, key) = bootstrap_changes(&model, bootstrap)?;
             bootstrap_key = key;
-            let mut after = model.clone();
-            let undo = apply_with_undo(&mut after, &changes);
+            let mut after = IndexedModel::from(model.clone());
+            let undo = after.apply_with_undo(&changes);
             store
                 .commit(&[(1, &changes, &undo)], &[])
                 .map_err(|e| OriginError::Open {
                     path: store.path.clone(),
                     message: e.to_string(),
                 })?;
-            model = after;
+            model = after.model().clone();
             revision = 1;
             tracing::warn!(
                 key = %bootstrap.prefix,
@@ -529,7 +539,7 @@ impl EmbeddedOrigin {
         let writer = Writer {
             store: store.clone(),
             state,
-            model,
+            model: IndexedModel::from(model),
             revision,
             broken: false,
             unflushed,
@@ -554,20 +564,33 @@ impl EmbeddedOrigin {
         })
     }
 
-    /// Queues an edit and waits until it is durably committed and applied to the state;
-    /// returns its revision (the current one when the edit changed nothing).
-    pub async fn write(&self, edit: Edit) -> Result<u64, WriteError> {
+    /// Runs an administrative `command` for the caller whose key is `caller` (authenticated by
+    /// the front end): the writer judges it with the escalation rule on the model it commits
+    /// on, and the call waits until it is durably committed and applied to the state.
+    pub async fn execute(&self, caller: &str, command: Command) -> Result<Written, WriteError> {
+        self.submit(Work::Admin {
+            caller: caller.into(),
+            command: Box::new(command),
+            now: crate::state::unix_now(),
+        })
+        .await
+    }
+
+    /// Queues a trusted edit and waits until it is committed; returns its revision.
+    #[cfg(test)]
+    pub(crate) async fn write(&self, edit: Edit) -> Result<u64, WriteError> {
+        self.submit(Work::Edit(edit)).await.map(|w| w.revision)
+    }
+
+    async fn submit(&self, work: Work) -> Result<Written, WriteError> {
+        let stopped = || WriteError::Unavailable("the store writer has stopped".into());
         let (ack, done) = oneshot::channel();
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| WriteError::Unavailable("the store writer has stopped".into()))?;
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
         queue
-            .send(WriteRequest { edit, ack })
+            .send(WriteRequest { work, ack })
             .await
-            .map_err(|_| WriteError::Unavailable("the store writer has stopped".into()))?;
-        done.await
-            .map_err(|_| WriteError::Unavailable("the store writer has stopped".into()))?
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 
     /// The store, for reading the change log.
@@ -749,7 +772,7 @@ fn bootstrap_changes(
 struct Writer {
     store: Arc<Store>,
     state: Arc<State>,
-    model: Model,
+    model: IndexedModel,
     revision: u64,
     /// A commit failed: the database must be reopened before the next one.
     broken: bool,
@@ -764,7 +787,7 @@ struct Pending {
     revision: Option<u64>,
     changes: Vec<Change>,
     undo: Vec<Change>,
-    ack: oneshot::Sender<Result<u64, WriteError>>,
+    ack: oneshot::Sender<Result<Written, WriteError>>,
 }
 
 impl Writer {
@@ -794,7 +817,7 @@ impl Writer {
     fn recover(&mut self) -> Result<(), String> {
         let (disk, revision) = self.store.reopen().map_err(|e| e.to_string())?;
         self.broken = false;
-        if revision != self.revision || disk != self.model {
+        if revision != self.revision || self.model != disk {
             tracing::warn!(
                 revision,
                 expected = self.revision,
@@ -806,7 +829,7 @@ impl Writer {
                     .apply(ChangeSet { revision, changes })
                     .map_err(|e| e.to_string())?;
             }
-            self.model = disk;
+            self.model.replace(disk);
             self.revision = self.revision.max(revision);
         }
         tracing::info!(
@@ -844,43 +867,29 @@ impl Writer {
         let start_revision = self.revision;
         let mut pending: Vec<Pending> = Vec::with_capacity(group.len());
         for req in group {
-            // An edit that panics is a bug; refuse that write and keep the writer alive.
-            let edit = req.edit;
-            let model = &self.model;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| edit(model)))
-                .unwrap_or_else(|_| Err(WriteError::Unavailable("internal error".into())));
-            let changes = match outcome {
-                Ok(changes) => changes,
+            // A write that panics is a bug; refuse that write and keep the writer alive.
+            let model = &mut self.model;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::perform(model, req.work)
+            }))
+            .unwrap_or_else(|_| Err(WriteError::Unavailable("internal error".into())));
+            match outcome {
+                Ok((changes, undo)) => {
+                    let revision = (!changes.is_empty()).then(|| {
+                        self.revision += 1;
+                        self.revision
+                    });
+                    pending.push(Pending {
+                        revision,
+                        changes,
+                        undo,
+                        ack: req.ack,
+                    });
+                }
                 Err(e) => {
                     let _ = req.ack.send(Err(e));
-                    continue;
                 }
-            };
-            if changes.is_empty() {
-                pending.push(Pending {
-                    revision: None,
-                    changes,
-                    undo: Vec::new(),
-                    ack: req.ack,
-                });
-                continue;
             }
-            let undo = apply_with_undo(&mut self.model, &changes);
-            let violations = validate(&self.model, &changes);
-            if !violations.is_empty() {
-                for c in &undo {
-                    self.model.apply(c);
-                }
-                let _ = req.ack.send(Err(WriteError::Invalid(violations)));
-                continue;
-            }
-            self.revision += 1;
-            pending.push(Pending {
-                revision: Some(self.revision),
-                changes,
-                undo,
-                ack: req.ack,
-            });
         }
 
         let sets: Vec<(u64, &[Change], &[Change])> = pending
@@ -915,6 +924,7 @@ impl Writer {
             self.report_commit(None);
         }
         for p in pending {
+            let changes = p.changes.clone();
             let result = match p.revision {
                 Some(revision) => {
                     let set = ChangeSet {
@@ -932,86 +942,31 @@ impl Writer {
                 }
                 None => Ok(self.revision),
             };
-            let _ = p.ack.send(result);
+            let _ = p
+                .ack
+                .send(result.map(|revision| Written { revision, changes }));
         }
     }
-}
 
-/// The rules the model breaks after `changes`: only the keys put when the changes touch nothing
-/// but keys (the common write, and nothing refers to a key), else the whole model.
-fn validate(model: &Model, changes: &[Change]) -> Vec<ModelViolation> {
-    let only_keys = changes
-        .iter()
-        .all(|c| matches!(c, Change::PutKey(_) | Change::RemoveKey(_)));
-    if !only_keys {
-        return model.validate();
-    }
-    model.validate_keys(changes.iter().filter_map(|c| match c {
-        Change::PutKey(k) => Some(&**k),
-        _ => None,
-    }))
-}
-
-/// Applies `changes` to `model` and returns the changes that undo them, in the order to apply.
-pub(crate) fn apply_with_undo(model: &mut Model, changes: &[Change]) -> Vec<Change> {
-    let mut undo = Vec::with_capacity(changes.len());
-    for change in changes {
-        let inverse = match change {
-            Change::PutEntitlement(id) | Change::RemoveEntitlement(id) => {
-                if model.catalog.has_entitlement(id) {
-                    Change::PutEntitlement(id.clone())
-                } else {
-                    Change::RemoveEntitlement(id.clone())
-                }
+    /// Performs one write on the writer's model: on success its changes stay applied (none
+    /// when it changes nothing) and their undo is returned; on failure the model is unchanged.
+    fn perform(
+        model: &mut IndexedModel,
+        work: Work,
+    ) -> Result<(Vec<Change>, Vec<Change>), WriteError> {
+        match work {
+            Work::Admin {
+                caller,
+                command,
+                now,
+            } => admin::execute(&caller, &command, model, now),
+            #[cfg(test)]
+            Work::Edit(edit) => {
+                let changes = edit(model)?;
+                let undo = model.apply_valid(&changes).map_err(WriteError::Invalid)?;
+                Ok((changes, undo))
             }
-            Change::PutRole(role) => role_inverse(model, &role.id),
-            Change::RemoveRole(id) => role_inverse(model, id),
-            Change::PutTeam(Team { id, .. }) | Change::RemoveTeam(id) => {
-                match model.teams.get(id) {
-                    Some(t) => Change::PutTeam(t.clone()),
-                    None => Change::RemoveTeam(id.clone()),
-                }
-            }
-            Change::PutUser(user) => user_inverse(model, &user.id),
-            Change::RemoveUser(id) => user_inverse(model, id),
-            Change::PutProject(crate::domain::Project { id, .. }) | Change::RemoveProject(id) => {
-                match model.projects.get(id) {
-                    Some(p) => Change::PutProject(p.clone()),
-                    None => Change::RemoveProject(id.clone()),
-                }
-            }
-            Change::PutKey(k) => key_inverse(model, &k.prefix),
-            Change::RemoveKey(prefix) => key_inverse(model, prefix),
-            Change::PutRoutes(_) | Change::ResetRoutes => match &model.routes {
-                Some(routes) => Change::PutRoutes(routes.clone()),
-                None => Change::ResetRoutes,
-            },
-        };
-        undo.push(inverse);
-        model.apply(change);
-    }
-    undo.reverse();
-    undo
-}
-
-fn user_inverse(model: &Model, id: &Arc<str>) -> Change {
-    match model.users.get(id) {
-        Some(u) => Change::PutUser(u.clone()),
-        None => Change::RemoveUser(id.clone()),
-    }
-}
-
-fn role_inverse(model: &Model, id: &Arc<str>) -> Change {
-    match model.catalog.role(id) {
-        Some(r) if r.id == *id => Change::PutRole(r.clone()),
-        _ => Change::RemoveRole(id.clone()),
-    }
-}
-
-fn key_inverse(model: &Model, prefix: &str) -> Change {
-    match model.keys.get(prefix) {
-        Some(k) => Change::PutKey(k.clone()),
-        None => Change::RemoveKey(prefix.into()),
+        }
     }
 }
 
@@ -1612,18 +1567,18 @@ mod tests {
             "acme",
             &["DEVELOPER"],
         )]);
-        let mut m = original.clone();
+        let mut m = IndexedModel::from(original.clone());
         let target = model(vec![team_key("BobKey0001", "bob", "globex", &["AUDITOR"])]);
         let mut changes = original.diff(&target);
         changes.push(Change::PutEntitlement("reports.export".into()));
         changes.push(Change::RemoveRole("AUDITOR".into()));
         changes.push(Change::PutRoutes(Arc::from(Vec::new())));
-        let undo = apply_with_undo(&mut m, &changes);
-        assert_ne!(m, original);
+        let undo = m.apply_with_undo(&changes);
+        assert!(m != original);
         for c in &undo {
             m.apply(c);
         }
-        assert_eq!(m, original);
+        assert!(m == original);
     }
 
     #[tokio::test]

@@ -1,0 +1,409 @@
+//! The Admin core: each administrative write as a [`Command`], turned into the changes it makes
+//! ([`plan`]) and judged by the escalation rule ([`execute`]). Writable origins run
+//! [`execute`] on their own copy of the model, so the rule sees exactly the state the write
+//! commits on, and nothing reaches a store without passing it. Pure: no I/O, no clock.
+
+use std::sync::Arc;
+
+use compact_str::CompactString;
+
+use super::{
+    Catalog, Expiry, IndexedModel, KeySpec, KeyStatus, Model, Project, Role, SecretHash, Team,
+    TeamList, User,
+    escalation::{self, Overlay, Refusal},
+    model::{Change, ModelViolation, ObjectRef},
+};
+
+/// Why a write was refused. The command and the rule decide all but the last; the store adds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The caller's key cannot act in the state the write applies to.
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the change breaks {} rule(s) of the model", .0.len())]
+    Invalid(Vec<ModelViolation>),
+    /// The store could not commit (disk full, I/O error): nothing of the write is kept.
+    #[error("the store cannot commit: {0}")]
+    Unavailable(String),
+}
+
+impl From<Refusal> for WriteError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(m) => WriteError::Unauthenticated(m),
+            Refusal::Denied(m) => WriteError::PermissionDenied(format!("escalation refused: {m}")),
+            Refusal::LockOut(m) => WriteError::FailedPrecondition(format!("lock-out refused: {m}")),
+        }
+    }
+}
+
+/// One administrative write. Updates name only the fields they change (`None`: keep).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    CreateTeam(Team),
+    UpdateTeam {
+        id: Arc<str>,
+        name: Option<String>,
+        active: Option<bool>,
+    },
+    DeleteTeam(Arc<str>),
+    CreateUser(Arc<User>),
+    UpdateUser {
+        id: Arc<str>,
+        name: Option<CompactString>,
+        active: Option<bool>,
+        teams: Option<TeamList>,
+    },
+    DeleteUser(Arc<str>),
+    CreateProject(Project),
+    UpdateProject {
+        id: Arc<str>,
+        team: Option<Arc<str>>,
+        name: Option<String>,
+    },
+    DeleteProject(Arc<str>),
+    /// A new key, its secret already hashed.
+    CreateKey(Arc<KeySpec>),
+    UpdateKey {
+        prefix: CompactString,
+        status: Option<KeyStatus>,
+        roles: Option<Arc<[Arc<str>]>>,
+        expires_at: Option<Expiry>,
+    },
+    ReplaceKeySecret {
+        prefix: CompactString,
+        hash: SecretHash,
+    },
+    DeleteKey(CompactString),
+    CreateRole(Arc<Role>),
+    UpdateRole(Arc<Role>),
+    DeleteRole(Arc<str>),
+    AddEntitlements(Vec<Arc<str>>),
+    /// Make the state equal to a whole policy document, as one write.
+    Apply(Box<Model>),
+}
+
+impl Command {
+    /// The RPC-style name of the command, for the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateTeam(_) => "CreateTeam",
+            Command::UpdateTeam { .. } => "UpdateTeam",
+            Command::DeleteTeam(_) => "DeleteTeam",
+            Command::CreateUser(_) => "CreateUser",
+            Command::UpdateUser { .. } => "UpdateUser",
+            Command::DeleteUser(_) => "DeleteUser",
+            Command::CreateProject(_) => "CreateProject",
+            Command::UpdateProject { .. } => "UpdateProject",
+            Command::DeleteProject(_) => "DeleteProject",
+            Command::CreateKey(_) => "CreateKey",
+            Command::UpdateKey { .. } => "UpdateKey",
+            Command::ReplaceKeySecret { .. } => "ReplaceKeySecret",
+            Command::DeleteKey(_) => "DeleteKey",
+            Command::CreateRole(_) => "CreateRole",
+            Command::UpdateRole(_) => "UpdateRole",
+            Command::DeleteRole(_) => "DeleteRole",
+            Command::AddEntitlements(_) => "AddEntitlements",
+            Command::Apply(_) => "Apply",
+        }
+    }
+
+    /// The object the command is about (an Apply: none; entitlements: the first).
+    fn object(&self) -> Option<ObjectRef> {
+        Some(match self {
+            Command::CreateTeam(t) => ObjectRef::Team(t.id.clone()),
+            Command::UpdateTeam { id, .. } | Command::DeleteTeam(id) => ObjectRef::Team(id.clone()),
+            Command::CreateUser(u) => ObjectRef::User(u.id.clone()),
+            Command::UpdateUser { id, .. } | Command::DeleteUser(id) => ObjectRef::User(id.clone()),
+            Command::CreateProject(p) => ObjectRef::Project(p.id.clone()),
+            Command::UpdateProject { id, .. } | Command::DeleteProject(id) => {
+                ObjectRef::Project(id.clone())
+            }
+            Command::CreateKey(k) => ObjectRef::Key(Arc::from(k.prefix.as_str())),
+            Command::UpdateKey { prefix, .. }
+            | Command::ReplaceKeySecret { prefix, .. }
+            | Command::DeleteKey(prefix) => ObjectRef::Key(Arc::from(prefix.as_str())),
+            Command::CreateRole(r) | Command::UpdateRole(r) => ObjectRef::Role(r.id.clone()),
+            Command::DeleteRole(id) => ObjectRef::Role(id.clone()),
+            Command::AddEntitlements(ids) => ObjectRef::Entitlement(ids.first()?.clone()),
+            Command::Apply(_) => return None,
+        })
+    }
+
+    /// The object the command is about (`document` for Apply), for the audit log.
+    pub fn target(&self) -> String {
+        match self {
+            Command::AddEntitlements(ids) => format!(
+                "entitlements {}",
+                ids.iter().map(|i| &**i).collect::<Vec<_>>().join(",")
+            ),
+            _ => self
+                .object()
+                .map_or_else(|| "document".into(), |o| o.to_string()),
+        }
+    }
+}
+
+/// Runs `command` for the caller whose key is `caller` on `model`, as one write: plans its
+/// changes, applies them, validates the result (every rule of the model) and judges it with the
+/// escalation rule on the model before and after. On success the changes stay applied and
+/// their undo is returned; on any refusal `model` is left as it was.
+pub fn execute(
+    caller: &str,
+    command: &Command,
+    model: &mut IndexedModel,
+    now: i64,
+) -> Result<(Vec<Change>, Vec<Change>), WriteError> {
+    let changes = plan(caller, command, model)?;
+    if changes.is_empty() {
+        // Nothing changes, but a caller who could not have made the change learns nothing
+        // from the answer either: it needs the administration of the object all the same.
+        escalation::authorize_unchanged(caller, &*model, &command.object(), now)?;
+        return Ok((changes, Vec::new()));
+    }
+    let undo = model.apply_valid(&changes).map_err(WriteError::Invalid)?;
+    let judged = {
+        let before = Overlay::new(model, &undo);
+        escalation::authorize(caller, &before, &*model, &changes, now)
+    };
+    match judged {
+        Ok(()) => Ok((changes, undo)),
+        Err(refusal) => {
+            for c in &undo {
+                model.apply(c);
+            }
+            Err(refusal.into())
+        }
+    }
+}
+
+/// The changes `command` makes to `model`: existence checks and what the request alone decides,
+/// not the escalation rule (see [`execute`]).
+pub fn plan(caller: &str, command: &Command, m: &Model) -> Result<Vec<Change>, WriteError> {
+    let not_found = |what: String| Err(WriteError::NotFound(what));
+    Ok(match command {
+        Command::CreateTeam(team) => {
+            if m.teams.contains_key(&team.id) {
+                return Err(WriteError::AlreadyExists(format!("team {}", team.id)));
+            }
+            vec![Change::PutTeam(team.clone())]
+        }
+        Command::UpdateTeam { id, name, active } => {
+            let Some(old) = m.teams.get(id) else {
+                return not_found(format!("team {id}"));
+            };
+            let mut team = old.clone();
+            if let Some(name) = name {
+                team.name = name.clone();
+            }
+            if let Some(active) = active {
+                team.active = *active;
+            }
+            changed(old, team, Change::PutTeam)
+        }
+        Command::DeleteTeam(id) => {
+            if !m.teams.contains_key(id) {
+                return not_found(format!("team {id}"));
+            }
+            vec![Change::RemoveTeam(id.clone())]
+        }
+        Command::CreateUser(user) => {
+            if m.users.contains_key(&user.id) {
+                return Err(WriteError::AlreadyExists(format!("user {}", user.id)));
+            }
+            vec![Change::PutUser(user.clone())]
+        }
+        Command::UpdateUser {
+            id,
+            name,
+            active,
+            teams,
+        } => {
+            let Some(old) = m.users.get(id) else {
+                return not_found(format!("user {id}"));
+            };
+            let mut user = (**old).clone();
+            if let Some(name) = name {
+                user.name = name.clone();
+            }
+            if let Some(active) = active {
+                user.active = *active;
+            }
+            if let Some(teams) = teams {
+                user.teams = teams.clone();
+            }
+            changed(&**old, user, |u| Change::PutUser(Arc::new(u)))
+        }
+        Command::DeleteUser(id) => {
+            if !m.users.contains_key(id) {
+                return not_found(format!("user {id}"));
+            }
+            vec![Change::RemoveUser(id.clone())]
+        }
+        Command::CreateProject(project) => {
+            if m.projects.contains_key(&project.id) {
+                return Err(WriteError::AlreadyExists(format!("project {}", project.id)));
+            }
+            vec![Change::PutProject(project.clone())]
+        }
+        Command::UpdateProject { id, team, name } => {
+            let Some(old) = m.projects.get(id) else {
+                return not_found(format!("project {id}"));
+            };
+            let mut project = old.clone();
+            if let Some(team) = team {
+                project.team = team.clone();
+            }
+            if let Some(name) = name {
+                project.name = name.clone();
+            }
+            changed(old, project, Change::PutProject)
+        }
+        Command::DeleteProject(id) => {
+            if !m.projects.contains_key(id) {
+                return not_found(format!("project {id}"));
+            }
+            vec![Change::RemoveProject(id.clone())]
+        }
+        Command::CreateKey(spec) => {
+            if m.keys.contains_key(spec.prefix.as_str()) {
+                // A field violation rather than AlreadyExists: the request's prefix is at fault.
+                return Err(WriteError::Invalid(vec![ModelViolation {
+                    object: ObjectRef::Key(Arc::from(spec.prefix.as_str())),
+                    field: "prefix",
+                    message: format!("prefix {} is already taken", spec.prefix),
+                }]));
+            }
+            vec![Change::PutKey(spec.clone())]
+        }
+        Command::UpdateKey {
+            prefix,
+            status,
+            roles,
+            expires_at,
+        } => {
+            let Some(old) = m.keys.get(prefix) else {
+                return not_found(format!("key {prefix}"));
+            };
+            let mut spec = (**old).clone();
+            if let Some(s) = status {
+                spec.status = *s;
+            }
+            if let Some(roles) = roles {
+                spec.roles = roles.clone();
+            }
+            if let Some(e) = expires_at {
+                spec.expires_at = *e;
+            }
+            changed(&**old, spec, |k| Change::PutKey(Arc::new(k)))
+        }
+        Command::ReplaceKeySecret { prefix, hash } => {
+            let Some(old) = m.keys.get(prefix) else {
+                return not_found(format!("key {prefix}"));
+            };
+            let mut spec = (**old).clone();
+            spec.secret_hash = *hash;
+            vec![Change::PutKey(Arc::new(spec))]
+        }
+        Command::DeleteKey(prefix) => {
+            if !m.keys.contains_key(prefix) {
+                return not_found(format!("key {prefix}"));
+            }
+            vec![Change::RemoveKey(Arc::from(prefix.as_str()))]
+        }
+        Command::CreateRole(role) | Command::UpdateRole(role) => {
+            let create = matches!(command, Command::CreateRole(_));
+            let existing = m.catalog.role(&role.id);
+            if existing.is_some_and(|r| r.prebuilt) || Catalog::is_prebuilt(&role.id) {
+                return Err(prebuilt(&role.id));
+            }
+            match (create, existing.is_some()) {
+                (true, true) => return Err(WriteError::AlreadyExists(format!("role {}", role.id))),
+                (false, false) => return not_found(format!("role {}", role.id)),
+                _ => vec![Change::PutRole(role.clone())],
+            }
+        }
+        Command::DeleteRole(id) => {
+            let Some(role) = m.catalog.role(id) else {
+                return not_found(format!("role {id}"));
+            };
+            if role.prebuilt {
+                return Err(prebuilt(id));
+            }
+            still_bound(m, id)?;
+            vec![Change::RemoveRole(id.clone())]
+        }
+        Command::AddEntitlements(ids) => ids
+            .iter()
+            .filter(|id| !m.catalog.has_entitlement(id))
+            .map(|id| Change::PutEntitlement(id.clone()))
+            .collect(),
+        Command::Apply(target) => {
+            let keeps_caller = target
+                .keys
+                .get(caller)
+                .is_some_and(|k| k.status == KeyStatus::Active);
+            if !keeps_caller {
+                return Err(WriteError::FailedPrecondition(format!(
+                    "the document would remove or deactivate key {caller}, which is making this call; add it to the document"
+                )));
+            }
+            m.diff(target)
+        }
+    })
+}
+
+/// The change putting `new` when it differs from `old`; none when it is the same.
+fn changed<T: PartialEq>(old: &T, new: T, put: impl FnOnce(T) -> Change) -> Vec<Change> {
+    if *old == new { vec![] } else { vec![put(new)] }
+}
+
+fn prebuilt(id: &str) -> WriteError {
+    WriteError::Invalid(vec![ModelViolation {
+        object: ObjectRef::Role(Arc::from(id)),
+        field: "id",
+        message: format!(
+            "{id} is a prebuilt role; it changes only through a policy document with override: true"
+        ),
+    }])
+}
+
+/// Refuses to delete a role that keys still hold, naming (up to 20 of) them.
+fn still_bound(m: &Model, id: &Arc<str>) -> Result<(), WriteError> {
+    let mut bound: Vec<&str> = m
+        .keys
+        .values()
+        .filter(|k| k.roles.contains(id))
+        .map(|k| &*k.prefix)
+        .collect();
+    if bound.is_empty() {
+        return Ok(());
+    }
+    bound.sort();
+    let shown = bound
+        .iter()
+        .take(20)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(WriteError::Invalid(vec![ModelViolation {
+        object: ObjectRef::Role(id.clone()),
+        field: "id",
+        message: format!(
+            "role {id} is still bound to {} key(s): {shown}{}; unbind it first",
+            bound.len(),
+            if bound.len() > 20 { ", …" } else { "" }
+        ),
+    }]))
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,8 @@ use rolegate::{
         Authz, AuthzConfig, AuthzRequest, Verdict,
         routes::{RouteTable, normalize_path},
     },
-    origin::policy_file::{self, RouteSpec, ValueSource},
+    domain::{RouteSpec, ValueSource},
+    origin::policy_file,
     state::State,
 };
 

@@ -15,6 +15,7 @@ use crate::{
     config::ServeConfig,
     grpc::admin::{AdminOrigin, AdminService},
     grpc::pb::admin_server::AdminServer,
+    grpc::routes::RouteSource,
     grpc::{
         AuthorizerService,
         authorizer::AuthorizerLimits,
@@ -84,7 +85,7 @@ pub async fn run(
         .clone()
         .map(|tls| tokio::spawn(tls.watch(config.tls.tls_reload_interval, stop_rx.clone())));
     let mut upstream_status = None;
-    let (origin_status, admin_origin, watcher, routes) = match &config.policy {
+    let (origin_status, admin_origin, watcher, route_source) = match &config.policy {
         _ if config.upstream.is_some() => {
             let hub = config.upstream.clone().unwrap_or_default();
             let key = config.upstream_key.clone().unwrap_or_default();
@@ -96,13 +97,11 @@ pub async fn run(
             let read_only = AdminOrigin::ReadOnly(format!(
                 "this instance follows the hub {hub}: write to the hub"
             ));
-            // A follower serves the default route map.
-            let (_, no_routes) = tokio::sync::watch::channel(None);
             (
                 Arc::new(Mutex::new(ReloadStatus::default())),
                 read_only,
                 Some(task),
-                no_routes,
+                RouteSource::Hub(hub),
             )
         }
         Some(policy) => {
@@ -125,7 +124,12 @@ pub async fn run(
                 "the policy file {} is the source of truth: edit it (or serve --data-dir) to change the state",
                 policy.display()
             ));
-            (origin.status(), read_only, Some(watcher), origin.routes())
+            (
+                origin.status(),
+                read_only,
+                Some(watcher),
+                RouteSource::PolicyFile(policy.display().to_string()),
+            )
         }
         None => {
             let dir = config.data_dir();
@@ -151,24 +155,20 @@ pub async fn run(
             );
             // The writer shows a failed commit (disk full, I/O error) there.
             let status = started.origin.status();
-            // The embedded store keeps no routes: the default route map serves.
-            let (_, no_routes) = tokio::sync::watch::channel(None);
             (
                 status,
                 AdminOrigin::Embedded(started.origin),
                 None,
-                no_routes,
+                RouteSource::Store(dir.display().to_string()),
             )
         }
     };
 
     // Envoy ext_authz and the HTTP auth endpoint share one decision path and route map, which
-    // follows the policy's `routes:` across reloads.
+    // follows the state's route table whatever the origin (a policy file's `routes:`, the
+    // store's, the hub's).
     let authz = Arc::new(Authz::new(state.clone(), config.authz.clone()));
-    if let Err(err) = authz.set_routes(routes.borrow().as_deref().map(|r| &r[..])) {
-        tracing::error!(error = %err, "the policy's routes do not compile; using the default map");
-    }
-    let route_follower = tokio::spawn(authz.clone().follow_routes(routes, stop_rx.clone()));
+    let route_follower = tokio::spawn(authz.clone().follow_routes(stop_rx.clone()));
     let ext_authz =
         crate::grpc::ext_authz::ExtAuthzServer::new(ExtAuthzService::new(authz.clone()))
             .max_decoding_message_size(config.max_message_bytes);
@@ -195,8 +195,10 @@ pub async fn run(
     let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
     let embedded = matches!(admin_origin, AdminOrigin::Embedded(_));
-    let admin = AdminServer::new(AdminService::new(state.clone(), admin_origin))
-        .max_decoding_message_size(config.max_message_bytes);
+    let admin = AdminServer::new(
+        AdminService::new(state.clone(), admin_origin).with_route_source(route_source),
+    )
+    .max_decoding_message_size(config.max_message_bytes);
 
     let health = Arc::new(Health {
         state: state.clone(),
@@ -205,6 +207,7 @@ pub async fn run(
         started_unix: unix_now(),
         origin_kind: if embedded { "embedded" } else { "policy_file" },
         upstream: upstream_status,
+        routes: Some(authz.clone()),
     });
 
     let grpc_addr = listeners.grpc.local_addr()?;

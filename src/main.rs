@@ -380,8 +380,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 m.projects.len(),
                 m.keys.len(),
                 m.catalog.roles().count(),
-                policy
-                    .routes
+                m.routes
                     .as_ref()
                     .map(|r| format!(", {} routes", r.len()))
                     .unwrap_or_default()

@@ -26,6 +26,7 @@ pub(crate) enum Kind {
     Project,
     Entitlement,
     Grants,
+    Routes,
 }
 
 #[derive(Args)]
@@ -92,6 +93,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             Kind::Project => pb::EventKind::Project,
             Kind::Entitlement => pb::EventKind::Entitlement,
             Kind::Grants => pb::EventKind::Grants,
+            Kind::Routes => pb::EventKind::Routes,
         } as i32)
         .collect();
     let request = pb::WatchRequest {
@@ -173,6 +175,15 @@ fn parts(ev: &pb::WatchEvent) -> (&'static str, Value) {
         Some(Event::ProjectRemoved(id)) => ("project_removed", json!({ "id": id })),
         Some(Event::EntitlementAdded(e)) => ("entitlement_added", json!({ "id": e })),
         Some(Event::EntitlementRemoved(e)) => ("entitlement_removed", json!({ "id": e })),
+        Some(Event::RoutesChanged(t)) => {
+            let routes: Vec<String> = t
+                .routes
+                .iter()
+                .map(|r| format!("{} {} {}", r.method, r.path, r.entitlement))
+                .collect();
+            ("routes_changed", json!({ "routes": routes }))
+        }
+        Some(Event::RoutesDefault(_)) => ("routes_default", json!({})),
         Some(Event::GrantsChanged(g)) => (
             "grants_changed",
             json!({ "user": g.user_id, "project": g.project_id }),

@@ -806,7 +806,7 @@ async fn a_follower_follows_a_hub_over_mutual_tls() {
 }
 
 async fn follower(hub: &TlsServer, tls: UpstreamTlsArgs) -> Running {
-    let mut config = ServeConfig::for_upstream(hub.url(), keys::OLIVIA_OWNER);
+    let mut config = ServeConfig::for_upstream(hub.url(), keys::FOLLOWER);
     config.upstream_tls = tls;
     Running::spawn(config).await
 }

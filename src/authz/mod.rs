@@ -9,15 +9,18 @@ pub mod routes;
 use std::{
     collections::HashMap,
     ops::Deref,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use compact_str::CompactString;
 
 use crate::{
-    domain::{ApiKey, KeyEntry, Reason, ResourceRef, Scope, authenticate, decide_presented},
+    domain::{
+        ApiKey, KeyEntry, Reason, ResourceRef, RouteSpec, Scope, ValueSource, authenticate,
+        decide_presented,
+    },
     grpc::status::Unanswerable,
-    origin::policy_file::{RouteSpec, ValueSource, is_valid_entitlement},
+    origin::policy_file::is_valid_entitlement,
     state::{State, unix_now},
 };
 use routes::{RouteError, RouteTable, normalize_path};
@@ -331,71 +334,186 @@ impl Denied {
     }
 }
 
-/// The decision path for proxies: the state, the settings and the current route map.
+/// The decision path for proxies: the state, the settings and the route map compiled from the
+/// state's route table.
 pub struct Authz {
     state: Arc<State>,
     config: AuthzConfig,
-    /// Swapped whole when the policy's routes change; readers clone the `Arc` and let go.
-    routes: RwLock<Arc<RouteTable>>,
+    /// Swapped whole when the state's route table changes; readers clone the `Arc` and let go.
+    routes: RwLock<Installed>,
+    /// Held while a table is compiled, so that one request or task compiles it, not each.
+    compiling: Mutex<()>,
+    /// The last table that did not compile, for `/status`.
+    route_error: Mutex<Option<RouteFailure>>,
+}
+
+/// The compiled map in force and the revision of the state's table it stands for.
+struct Installed {
+    table: Arc<RouteTable>,
+    /// [`State::routes_revision`] when it was installed: a table that failed to compile still
+    /// moves this on (the previous map stays), so it is not compiled again on every request.
+    revision: u64,
+    /// Whether the map is the built-in default.
+    default: bool,
+}
+
+/// A route table of the state that did not compile.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RouteFailure {
+    pub revision: u64,
+    pub error: String,
+    pub at_unix: i64,
+}
+
+/// What `/status` shows of the route map.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RouteStatus {
+    /// `default` (the built-in table) or `state` (the origin's table).
+    pub table: &'static str,
+    pub routes: usize,
+    /// The revision of the state's table the map in force was compiled from.
+    pub revision: u64,
+    /// The last table of the state that did not compile (the previous map kept serving).
+    pub last_error: Option<RouteFailure>,
 }
 
 impl Authz {
-    /// A decision path over `state` with the default route map.
+    /// A decision path over `state`, with the state's route table (the default map when the
+    /// state has none, or when its table does not compile).
     pub fn new(state: Arc<State>, config: AuthzConfig) -> Self {
-        Authz {
+        let authz = Authz {
             state,
             config,
-            routes: RwLock::new(routes::default_table()),
-        }
+            routes: RwLock::new(Installed {
+                table: routes::default_table(),
+                revision: 0,
+                default: true,
+            }),
+            compiling: Mutex::new(()),
+            route_error: Mutex::new(None),
+        };
+        authz.refresh_routes();
+        authz
     }
 
     pub fn config(&self) -> &AuthzConfig {
         &self.config
     }
 
-    /// Installs a policy's routes (`None`: back to the default map). On error the map in
-    /// force stays.
+    /// Installs a table given directly (`None`: the default map), in place of the state's until
+    /// the state's table next changes (tests, benchmarks). On error the map in force stays.
     pub fn set_routes(&self, specs: Option<&[RouteSpec]>) -> Result<usize, RouteError> {
         let table = match specs {
             Some(specs) => Arc::new(RouteTable::compile(specs)?),
             None => routes::default_table(),
         };
         let n = table.len();
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+        let revision = self.state.routes_revision();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Installed {
+            table,
+            revision,
+            default: specs.is_none(),
+        };
         Ok(n)
     }
 
-    /// The route map in force.
+    /// The route map in force: the one compiled from the state's current table. Checking that it
+    /// is current costs one atomic load; only the first request after the table changed (unless
+    /// [`Authz::follow_routes`] was quicker) compiles the new one.
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let want = self.state.routes_revision();
+        {
+            let installed = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            if installed.revision == want {
+                return installed.table.clone();
+            }
+        }
+        self.refresh_routes()
     }
 
-    /// Follows the policy's routes until `stop` is raised: every change replaces the map.
-    pub async fn follow_routes(
-        self: Arc<Self>,
-        mut routes: tokio::sync::watch::Receiver<Option<Arc<Vec<RouteSpec>>>>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        loop {
-            let specs = routes.borrow_and_update().clone();
-            match self.set_routes(specs.as_deref().map(|v| &v[..])) {
-                Ok(n) => tracing::info!(
-                    routes = n,
-                    source = if specs.is_some() { "policy" } else { "default" },
-                    "route map installed"
-                ),
-                Err(err) => tracing::error!(
-                    error = %err,
-                    "the policy's routes do not compile; the route map in force stays"
-                ),
+    /// Compiles the state's table when the map in force is not compiled from it. A table that
+    /// does not compile leaves the map in force and is reported on `/status`.
+    fn refresh_routes(&self) -> Arc<RouteTable> {
+        let _one = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.state.routes();
+        {
+            let installed = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            if installed.revision == active.revision {
+                return installed.table.clone();
             }
+        }
+        let compiled = match &active.specs {
+            Some(specs) => RouteTable::compile(specs).map(Arc::new),
+            None => Ok(routes::default_table()),
+        };
+        let mut installed = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        installed.revision = active.revision;
+        match compiled {
+            Ok(table) => {
+                tracing::info!(
+                    routes = table.len(),
+                    table = if active.specs.is_some() {
+                        "state"
+                    } else {
+                        "default"
+                    },
+                    revision = active.revision,
+                    "route map installed"
+                );
+                installed.table = table;
+                installed.default = active.specs.is_none();
+                *self.route_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = %err,
+                    revision = active.revision,
+                    "the state's route table does not compile; the route map in force stays"
+                );
+                *self.route_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(RouteFailure {
+                    revision: active.revision,
+                    error: err.to_string(),
+                    at_unix: unix_now(),
+                });
+            }
+        }
+        installed.table.clone()
+    }
+
+    /// Compiles each new route table of the state as soon as it is applied, until `stop` is
+    /// raised, so that requests seldom find a table to compile.
+    pub async fn follow_routes(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tables = self.state.subscribe_routes();
+        loop {
+            drop(tables.borrow_and_update());
+            self.refresh_routes();
             tokio::select! {
-                changed = routes.changed() => if changed.is_err() { return },
+                changed = tables.changed() => if changed.is_err() { return },
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// The route map in force, for `/status`.
+    pub fn route_status(&self) -> RouteStatus {
+        let (table, routes, revision) = {
+            let installed = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            let kind = if installed.default {
+                "default"
+            } else {
+                "state"
+            };
+            (kind, installed.table.len(), installed.revision)
+        };
+        RouteStatus {
+            table,
+            routes,
+            revision,
+            last_error: self
+                .route_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 

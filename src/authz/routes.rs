@@ -4,11 +4,11 @@
 
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
-use crate::origin::policy_file::{RouteSpec, ValueSource};
-
-/// The most segments a request path may have; deeper paths are rejected (400) rather than
-/// matched, which bounds the matcher's work.
-pub const MAX_SEGMENTS: usize = 32;
+pub use crate::domain::route::{MAX_SEGMENTS, PatternError, check_pattern, shape};
+use crate::domain::{
+    RouteSpec, ValueSource,
+    route::{PatternSegment, parse_pattern},
+};
 /// The longest request path (with its query string) accepted.
 pub const MAX_PATH_LEN: usize = 4096;
 
@@ -181,94 +181,6 @@ pub fn decode_query_component(raw: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// Why a route pattern is not usable.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
-    #[error("the path does not start with '/'")]
-    NotAbsolute,
-    #[error("the path has an empty segment")]
-    EmptySegment,
-    #[error("'*' may only be the last segment")]
-    TailNotLast,
-    #[error("segment {0:?}: a parameter is a whole segment, {{name}}, with a name of [A-Za-z0-9_]")]
-    BadParam(String),
-    #[error("segment {0:?} has a character a normalized path never has (%, ?, #, \\, '.'-only)")]
-    BadLiteral(String),
-    #[error("parameter {{{0}}} appears twice")]
-    DuplicateParam(String),
-    #[error("more than {MAX_SEGMENTS} segments")]
-    TooDeep,
-}
-
-enum PatternSegment<'a> {
-    Literal(&'a str),
-    Param(&'a str),
-    Tail,
-}
-
-fn parse_pattern(path: &str) -> Result<Vec<PatternSegment<'_>>, PatternError> {
-    let rest = path.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let mut out = Vec::new();
-    if rest.is_empty() {
-        return Ok(out);
-    }
-    let parts: Vec<&str> = rest.split('/').collect();
-    if parts.len() > MAX_SEGMENTS {
-        return Err(PatternError::TooDeep);
-    }
-    let mut names: Vec<&str> = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        if part.is_empty() {
-            return Err(PatternError::EmptySegment);
-        }
-        if *part == "*" {
-            if i + 1 != parts.len() {
-                return Err(PatternError::TailNotLast);
-            }
-            out.push(PatternSegment::Tail);
-        } else if let Some(inner) = part.strip_prefix('{') {
-            let name = inner
-                .strip_suffix('}')
-                .filter(|n| {
-                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                })
-                .ok_or_else(|| PatternError::BadParam((*part).to_owned()))?;
-            if names.contains(&name) {
-                return Err(PatternError::DuplicateParam(name.to_owned()));
-            }
-            names.push(name);
-            out.push(PatternSegment::Param(name));
-        } else {
-            let bad = part.contains(['%', '?', '#', '\\', '{', '}', '*'])
-                || *part == "."
-                || *part == ".."
-                || part.bytes().any(|b| b.is_ascii_control());
-            if bad {
-                return Err(PatternError::BadLiteral((*part).to_owned()));
-            }
-            out.push(PatternSegment::Literal(part));
-        }
-    }
-    Ok(out)
-}
-
-/// Checks a route pattern (for the policy file's validation).
-pub fn check_pattern(path: &str) -> Result<(), PatternError> {
-    parse_pattern(path).map(|_| ())
-}
-
-/// The method and the shape of a pattern (parameter names erased): two routes with the same
-/// shape would match the same requests.
-pub fn shape(method: &str, path: &str) -> String {
-    let mut out = format!("{method} ");
-    for part in path.trim_end_matches('/').split('/').skip(1) {
-        out.push('/');
-        out.push_str(if part.starts_with('{') { "{}" } else { part });
-    }
-    out
 }
 
 /// One compiled route.

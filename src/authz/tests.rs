@@ -594,3 +594,79 @@ fn the_error_body_is_what_serde_json_writes() {
         assert_eq!(error_body(status, text, message), want.to_string());
     }
 }
+
+#[test]
+fn the_map_follows_the_state_route_table() {
+    let a = authz(AuthzConfig::default());
+    let state = a.state.clone();
+    let h = key(DEVIN);
+    let get = |path: &str| status(&run(&a, "GET", path, &h));
+    assert_eq!(get("/api/jobs"), 200);
+    assert_eq!(get("/reports"), 403, "no route of the default map");
+    assert_eq!(a.route_status().table, "default");
+
+    let mut model = state.model();
+    model.routes = Some(Arc::from(vec![RouteSpec {
+        method: "GET".into(),
+        path: "/reports".into(),
+        entitlement: "jobs.read".into(),
+        team: None,
+        owner_key: None,
+        owner_user: None,
+    }]));
+    let changes = state.model().diff(&model);
+    state
+        .apply(crate::state::ChangeSet {
+            revision: 2,
+            changes,
+        })
+        .unwrap();
+    // The next request finds the table changed: no task needs to have run.
+    assert_eq!(get("/reports"), 200);
+    assert_eq!(
+        get("/api/jobs"),
+        403,
+        "the state's table replaces the default map"
+    );
+    let shown = a.route_status();
+    assert_eq!((shown.table, shown.routes, shown.revision), ("state", 1, 2));
+
+    // A table that does not compile (the model refuses it; a bug or a damaged origin could
+    // still bring one) keeps the map in force and is reported.
+    model.routes = Some(Arc::from(vec![RouteSpec {
+        method: "GET".into(),
+        path: "/a/*/b".into(),
+        entitlement: "jobs.read".into(),
+        team: None,
+        owner_key: None,
+        owner_user: None,
+    }]));
+    let changes = state.model().diff(&model);
+    state
+        .apply(crate::state::ChangeSet {
+            revision: 3,
+            changes,
+        })
+        .unwrap();
+    assert_eq!(get("/reports"), 200, "the previous map stays");
+    let shown = a.route_status();
+    assert_eq!(shown.table, "state");
+    let failure = shown.last_error.expect("the failure is reported");
+    assert_eq!(failure.revision, 3);
+    assert!(
+        failure.error.contains("'*' may only be the last segment"),
+        "{failure:?}"
+    );
+
+    model.routes = None;
+    let changes = state.model().diff(&model);
+    assert_eq!(changes, vec![crate::domain::model::Change::ResetRoutes]);
+    state
+        .apply(crate::state::ChangeSet {
+            revision: 4,
+            changes,
+        })
+        .unwrap();
+    assert_eq!(get("/api/jobs"), 200, "back to the default map");
+    assert_eq!(a.route_status().last_error, None);
+}

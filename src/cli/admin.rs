@@ -1,5 +1,5 @@
 //! The Admin CLI: `rolegate keys create|list|get|update|revoke|replace-secret|delete`,
-//! `rolegate roles|teams|users|projects …`, `rolegate apply -f FILE`, and `rolegate bench-writes`
+//! `rolegate roles|teams|users|projects …`, `rolegate routes list`, `rolegate apply -f FILE`, and `rolegate bench-writes`
 //! (durable write throughput and check-after-write latency). Each command is one Admin call
 //! with the caller's key from `--key` / `ROLEGATE_API_KEY`; tables for people, `--output json`
 //! for scripts.
@@ -152,6 +152,9 @@ pub(crate) enum AdminCommand {
     /// Projects.
     #[command(subcommand)]
     Projects(ProjectsCommand),
+    /// The route table of the proxy front ends (Envoy ext_authz, the HTTP auth endpoint).
+    #[command(subcommand)]
+    Routes(RoutesCommand),
     /// Make the server's state equal to a policy file, as one revision (`--dry-run`: show the
     /// diff only).
     Apply {
@@ -167,6 +170,33 @@ pub(crate) enum AdminCommand {
     /// each write with its revision as min_revision. The key must be allowed to create teams,
     /// users and keys (a SYSTEM_OWNER key).
     BenchWrites(BenchWritesArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RoutesCommand {
+    /// Show the route table a server enforces and where it came from (the built-in default, a
+    /// policy file, the store, a hub); with --policy, the table of a policy file, offline.
+    List {
+        /// Read the routes of this policy file instead of asking a server.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The server's gRPC address (https:// for TLS).
+        #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[command(flatten)]
+        tls: rolegate::tls::client::ClientTlsArgs,
+        /// The caller's API key, `<prefix>.<secret>` (needs roles.read).
+        #[arg(
+            long,
+            env = "ROLEGATE_API_KEY",
+            hide_env_values = true,
+            required_unless_present = "policy"
+        )]
+        key: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -697,6 +727,7 @@ async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Teams(cmd) => teams(cmd).await,
         AdminCommand::Users(cmd) => users(cmd).await,
         AdminCommand::Projects(cmd) => projects(cmd).await,
+        AdminCommand::Routes(cmd) => routes(cmd).await,
         AdminCommand::Apply {
             file,
             dry_run,
@@ -733,6 +764,138 @@ async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::BenchWrites(args) => bench_writes(args).await,
+    }
+}
+
+async fn routes(cmd: RoutesCommand) -> anyhow::Result<()> {
+    let RoutesCommand::List {
+        policy,
+        addr,
+        tls,
+        key,
+        output,
+    } = cmd;
+    let table = match policy {
+        Some(file) => {
+            let policy = rolegate::origin::policy_file::load(&file).map_err(|e| {
+                anyhow::anyhow!("{e}\n{}: {} problem(s)", file.display(), e.problems.len())
+            })?;
+            let (routes, source) = match &policy.model.routes {
+                Some(specs) => (specs.iter().map(Into::into).collect(), "policy_file"),
+                None => (
+                    rolegate::authz::routes::default_routes()
+                        .iter()
+                        .map(Into::into)
+                        .collect(),
+                    "default",
+                ),
+            };
+            RouteListing {
+                routes,
+                source: source.into(),
+                origin: file.display().to_string(),
+                revisions: None,
+            }
+        }
+        None => {
+            let conn = Conn {
+                addr,
+                tls,
+                key: key.unwrap_or_default(),
+                output,
+            };
+            let r = client(&conn)
+                .await?
+                .list_routes(call(&conn, pb::ListRoutesRequest {})?)
+                .await
+                .map_err(failed)?
+                .into_inner();
+            RouteListing {
+                routes: r.routes,
+                source: r.source,
+                origin: r.origin,
+                revisions: Some((r.routes_revision, r.revision)),
+            }
+        }
+    };
+    table.print(output);
+    Ok(())
+}
+
+/// A route table and where it came from, as `routes list` prints it.
+struct RouteListing {
+    routes: Vec<pb::RouteDefinition>,
+    /// default, policy_file, store or hub.
+    source: String,
+    /// The policy file, data directory or hub address.
+    origin: String,
+    /// From a server: the revision that installed the table, and the state's.
+    revisions: Option<(u64, u64)>,
+}
+
+impl RouteListing {
+    fn print(&self, output: Output) {
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        if output == Output::Json {
+            let routes: Vec<Value> = self
+                .routes
+                .iter()
+                .map(|r| {
+                    json!({ "method": r.method, "path": r.path, "entitlement": r.entitlement,
+                        "team": nonempty(&r.team), "owner_key": nonempty(&r.owner_key),
+                        "owner_user": nonempty(&r.owner_user) })
+                })
+                .collect();
+            say!(
+                "{}",
+                json!({
+                    "source": self.source, "origin": nonempty(&self.origin),
+                    "routes_revision": self.revisions.map(|r| r.0),
+                    "revision": self.revisions.map(|r| r.1),
+                    "routes": routes,
+                })
+            );
+            return;
+        }
+        let whence = match (self.source.as_str(), self.revisions) {
+            ("default", Some((_, revision))) => {
+                format!("the built-in default table (state at revision {revision})")
+            }
+            ("default", None) => format!(
+                "the built-in default table ({} has no routes:)",
+                self.origin
+            ),
+            (source, Some((installed, revision))) => format!(
+                "{} {} (installed at revision {installed}; state at revision {revision})",
+                source.replace('_', " "),
+                self.origin
+            ),
+            (source, None) => format!("{} {}", source.replace('_', " "), self.origin),
+        };
+        say!("{} route(s) from {whence}", self.routes.len());
+        table(
+            &["METHOD", "PATH", "ENTITLEMENT", "RESOURCE"],
+            self.routes
+                .iter()
+                .map(|r| {
+                    let resource: Vec<String> = [
+                        ("team", &r.team),
+                        ("owner_key", &r.owner_key),
+                        ("owner_user", &r.owner_user),
+                    ]
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                    vec![
+                        r.method.clone(),
+                        r.path.clone(),
+                        r.entitlement.clone(),
+                        resource.join(" "),
+                    ]
+                })
+                .collect(),
+        );
     }
 }
 

@@ -198,7 +198,9 @@ impl<'m> Overlay<'m> {
                 Change::PutRole(_)
                 | Change::RemoveRole(_)
                 | Change::PutEntitlement(_)
-                | Change::RemoveEntitlement(_) => {}
+                | Change::RemoveEntitlement(_)
+                | Change::PutRoutes(_)
+                | Change::ResetRoutes => {}
             }
         }
         overlay
@@ -449,6 +451,9 @@ pub fn authorize_unchanged(
             ),
             None => judge.at_all("keys.update", &format!("change key {prefix}")),
         },
+        ObjectRef::Routes | ObjectRef::Route(_) => {
+            judge.at_all("roles.update", "change the route table")
+        }
     }
 }
 
@@ -523,6 +528,11 @@ impl<B: View, A: View> Judge<'_, B, A> {
             ObjectRef::User(id) => self.user(id),
             ObjectRef::Project(id) => self.project(id),
             ObjectRef::Key(prefix) => self.key(prefix),
+            // The route table decides which entitlement every proxied request needs: changing it
+            // is as wide as redefining the roles.
+            ObjectRef::Routes | ObjectRef::Route(_) => {
+                self.at_all("roles.update", "change the route table")
+            }
         }
     }
 

@@ -159,6 +159,10 @@ impl IndexedModel {
             }
             Change::PutKey(k) => key_inverse(m, &k.prefix),
             Change::RemoveKey(prefix) => key_inverse(m, prefix),
+            Change::PutRoutes(_) | Change::ResetRoutes => match &m.routes {
+                Some(routes) => Change::PutRoutes(routes.clone()),
+                None => Change::ResetRoutes,
+            },
         }
     }
 

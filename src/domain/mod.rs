@@ -5,7 +5,9 @@
 //!   built-in default: the platform's prebuilt user roles, the system roles SYSTEM_KEY and
 //!   FOLLOWER, and TEAM_ROLE).
 //! - [`ApiKey`]: `<prefix>.<secret>` parsing and SHA-256 hashing of secrets.
-//! - [`Model`]: teams, users, projects, keys and roles, with the validation rules of catalog.md.
+//! - [`Model`]: teams, users, projects, keys, roles and the route table, with the validation
+//!   rules of catalog.md.
+//! - [`RouteSpec`]: a route of the HTTP API (which entitlement a request needs).
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.
 //! - [`admin`]: administrative writes as commands, each judged by the [`escalation`] rule.
@@ -21,6 +23,7 @@ pub mod indexed;
 pub mod intern;
 pub mod key;
 pub mod model;
+pub mod route;
 pub mod scope;
 pub mod watch_access;
 
@@ -32,5 +35,6 @@ pub use indexed::IndexedModel;
 pub use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};
+pub use route::{RouteSpec, ValueSource};
 pub use scope::Scope;
 pub use watch_access::{WATCH_READS, WatchAccess, WatchDenied, watch_access};

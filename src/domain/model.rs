@@ -1,6 +1,7 @@
-//! The whole authorization state as data: teams, users, projects, keys and the catalog; the rules
-//! a valid state obeys (catalog.md rules 1–2 and referential integrity); and [`Change`], the unit
-//! in which it evolves, with [`Model::diff`] to compute the changes between two states.
+//! The whole authorization state as data: teams, users, projects, keys, the catalog and the route
+//! table; the rules a valid state obeys (catalog.md rules 1–2 and referential integrity); and
+//! [`Change`], the unit in which it evolves, with [`Model::diff`] to compute the changes between
+//! two states.
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
@@ -11,6 +12,7 @@ use super::{
     catalog::{TEAM_ROLE, canonical_role_id},
     idmap::HasId,
     key::{Expiry, is_valid_prefix},
+    route::{RouteSpec, shape},
 };
 
 /// A group of users (an "account" on the platform). Keys and data belong to a team.
@@ -204,6 +206,10 @@ pub enum ObjectRef {
     User(Arc<str>),
     Project(Arc<str>),
     Key(Arc<str>),
+    /// The route table as a whole.
+    Routes,
+    /// One route of the table, by its position.
+    Route(usize),
 }
 
 impl fmt::Display for ObjectRef {
@@ -215,6 +221,8 @@ impl fmt::Display for ObjectRef {
             ObjectRef::User(id) => write!(f, "user {id}"),
             ObjectRef::Project(id) => write!(f, "project {id}"),
             ObjectRef::Key(prefix) => write!(f, "key {prefix}"),
+            ObjectRef::Routes => write!(f, "routes"),
+            ObjectRef::Route(i) => write!(f, "routes[{i}]"),
         }
     }
 }
@@ -250,6 +258,10 @@ pub enum Change {
     RemoveProject(Arc<str>),
     PutKey(Arc<KeySpec>),
     RemoveKey(Arc<str>),
+    /// Replaces the route table as a whole (a table is small).
+    PutRoutes(Arc<[RouteSpec]>),
+    /// Back to the built-in default route table.
+    ResetRoutes,
 }
 
 impl Change {
@@ -269,6 +281,7 @@ impl Change {
             Change::RemoveProject(id) => ObjectRef::Project(id.clone()),
             Change::PutKey(key) => ObjectRef::Key(Arc::from(key.prefix.as_str())),
             Change::RemoveKey(prefix) => ObjectRef::Key(prefix.clone()),
+            Change::PutRoutes(_) | Change::ResetRoutes => ObjectRef::Routes,
         }
     }
 }
@@ -281,6 +294,9 @@ pub struct Model {
     pub users: IdMap<Arc<User>>,
     pub projects: IdMap<Project>,
     pub keys: IdMap<Arc<KeySpec>>,
+    /// The route table of the proxy front ends: `None` is the built-in default table, `Some` a
+    /// table given by the origin (a policy document's `routes:`), replaced as a whole.
+    pub routes: Option<Arc<[RouteSpec]>>,
 }
 
 impl Model {
@@ -327,6 +343,8 @@ impl Model {
             Change::RemoveKey(prefix) => {
                 self.keys.remove(&**prefix);
             }
+            Change::PutRoutes(routes) => self.routes = Some(routes.clone()),
+            Change::ResetRoutes => self.routes = None,
         }
     }
 
@@ -359,6 +377,9 @@ impl Model {
         for key in self.keys.values() {
             self.validate_key(key, &mut out);
         }
+        if let Some(routes) = &self.routes {
+            self.validate_routes(routes, &mut out);
+        }
         out.sort_by(|a, b| {
             (format!("{}", a.object), a.field).cmp(&(format!("{}", b.object), b.field))
         });
@@ -390,6 +411,34 @@ impl Model {
                         "entitlement {} is not in the catalog (add it under entitlements:)",
                         grant.entitlement
                     ),
+                ));
+            }
+        }
+    }
+
+    /// The rules a route table breaks: each route alone ([`RouteSpec::problems`]), its
+    /// entitlement in the catalog, and no two routes matching the same requests.
+    fn validate_routes(&self, routes: &[RouteSpec], out: &mut Vec<ModelViolation>) {
+        let mut shapes: std::collections::HashMap<String, usize> = Default::default();
+        for (i, route) in routes.iter().enumerate() {
+            for (field, message) in route.problems() {
+                out.push(violation(ObjectRef::Route(i), field, message));
+            }
+            if !self.catalog.has_entitlement(&route.entitlement) {
+                out.push(violation(
+                    ObjectRef::Route(i),
+                    "entitlement",
+                    format!(
+                        "{} is not in the catalog (add it under entitlements:)",
+                        route.entitlement
+                    ),
+                ));
+            }
+            if let Some(first) = shapes.insert(shape(&route.method, &route.path), i) {
+                out.push(violation(
+                    ObjectRef::Route(i),
+                    "path",
+                    format!("matches the same requests as routes[{first}]"),
                 ));
             }
         }
@@ -528,8 +577,8 @@ impl Model {
     }
 
     /// The changes that turn `self` into `new`: puts first (entitlements, roles, teams, users,
-    /// projects, keys), then removals in the reverse order, so that every prefix of the list
-    /// only refers to objects that exist.
+    /// projects, keys, the route table), then removals in the reverse order, so that every
+    /// prefix of the list only refers to objects that exist.
     pub fn diff(&self, new: &Model) -> Vec<Change> {
         let mut changes = Vec::new();
         let old_ents = self.catalog.added_entitlements();
@@ -554,6 +603,15 @@ impl Model {
             &mut changes,
         );
         put_changed(&self.keys, &new.keys, Change::PutKey, &mut changes);
+        // The route table after the entitlements it may name are put, before those the old
+        // table named are removed.
+        match (&self.routes, &new.routes) {
+            (old, Some(routes)) if old.as_deref() != Some(&**routes) => {
+                changes.push(Change::PutRoutes(routes.clone()));
+            }
+            (Some(_), None) => changes.push(Change::ResetRoutes),
+            _ => {}
+        }
         removed(
             &self.keys,
             &new.keys,
@@ -882,5 +940,79 @@ pub(crate) mod tests {
             .filter(|c| matches!(c, Change::PutKey(_)))
             .count();
         assert_eq!(one, 1);
+    }
+
+    fn route(method: &str, path: &str, entitlement: &str) -> RouteSpec {
+        RouteSpec {
+            method: method.into(),
+            path: path.into(),
+            entitlement: entitlement.into(),
+            team: None,
+            owner_key: None,
+            owner_user: None,
+        }
+    }
+
+    #[test]
+    fn a_route_table_is_put_and_reset_as_a_whole_by_diff_and_apply() {
+        let old = model(vec![]);
+        let mut new = old.clone();
+        new.catalog.add_entitlement("reports.export");
+        new.routes = Some(Arc::from(vec![route("GET", "/reports", "reports.export")]));
+        let changes = old.diff(&new);
+        let at = |want: fn(&Change) -> bool| changes.iter().position(want).unwrap();
+        assert!(
+            at(|c| matches!(c, Change::PutEntitlement(_)))
+                < at(|c| matches!(c, Change::PutRoutes(_))),
+            "the entitlement exists before the table naming it: {changes:?}"
+        );
+        let mut applied = old.clone();
+        for c in &changes {
+            applied.apply(c);
+        }
+        assert_eq!(applied, new);
+        assert!(new.diff(&new).is_empty(), "an equal table is no change");
+        // Back to the default table: the table goes before the entitlement it named.
+        let back = new.diff(&old);
+        assert_eq!(
+            back,
+            vec![
+                Change::ResetRoutes,
+                Change::RemoveEntitlement("reports.export".into())
+            ]
+        );
+        assert_eq!(Change::ResetRoutes.object().to_string(), "routes");
+        // An empty table is a table (every request unmatched), not the default.
+        let mut empty = old.clone();
+        empty.routes = Some(Arc::from(Vec::new()));
+        assert_eq!(
+            old.diff(&empty),
+            vec![Change::PutRoutes(Arc::from(Vec::new()))]
+        );
+    }
+
+    #[test]
+    fn routes_must_name_known_entitlements_and_match_distinct_requests() {
+        let mut m = model(vec![]);
+        m.routes = Some(Arc::from(vec![
+            route("GET", "/a/{x}", "jobs.read"),
+            route("GET", "/a/{y}", "jobs.read"),
+            route("GET", "/b", "reports.export"),
+            route("get", "/c/*/d", "jobs.read"),
+        ]));
+        assert_eq!(
+            messages(&m),
+            vec![
+                "routes[1] (path): matches the same requests as routes[0]",
+                "routes[2] (entitlement): reports.export is not in the catalog (add it under entitlements:)",
+                "routes[3] (method): method is an upper-case HTTP method or *",
+                "routes[3] (path): path: '*' may only be the last segment",
+            ]
+        );
+        m.routes = None;
+        assert!(
+            m.validate().is_empty(),
+            "the default table is not validated against the catalog"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Conversions between the wire types of `rolegate.v1` and the domain.
 
 use crate::{
-    domain::{KeyType, Reason, ResourceRef, Scope},
+    domain::{KeyType, Reason, ResourceRef, RouteSpec, Scope, ValueSource},
     grpc::{pb, status::InvalidRequest},
     state::CheckOutcome,
 };
@@ -78,6 +78,42 @@ impl From<KeyType> for pb::KeyType {
             KeyType::Team => pb::KeyType::Team,
             KeyType::Project => pb::KeyType::Project,
         }
+    }
+}
+
+impl From<&RouteSpec> for pb::RouteDefinition {
+    fn from(r: &RouteSpec) -> Self {
+        let text =
+            |s: &Option<ValueSource>| s.as_ref().map(ToString::to_string).unwrap_or_default();
+        pb::RouteDefinition {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            entitlement: r.entitlement.clone(),
+            team: text(&r.team),
+            owner_key: text(&r.owner_key),
+            owner_user: text(&r.owner_user),
+        }
+    }
+}
+
+impl TryFrom<&pb::RouteDefinition> for RouteSpec {
+    type Error = String;
+    /// The route a definition names; a source that is not `path.`/`header.`/`query.` is an
+    /// error. The rest (method, pattern, entitlement) is the model's to validate.
+    fn try_from(r: &pb::RouteDefinition) -> Result<Self, String> {
+        let source = |field: &str, text: &str| {
+            (!text.is_empty())
+                .then(|| ValueSource::parse(text).map_err(|e| format!("{field}: {e}")))
+                .transpose()
+        };
+        Ok(RouteSpec {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            entitlement: r.entitlement.clone(),
+            team: source("team", &r.team)?,
+            owner_key: source("owner_key", &r.owner_key)?,
+            owner_user: source("owner_user", &r.owner_user)?,
+        })
     }
 }
 

@@ -92,6 +92,8 @@ fn field_name(v: &ModelViolation) -> String {
         ObjectRef::User(id) => format!("users[{id}]"),
         ObjectRef::Project(id) => format!("projects[{id}]"),
         ObjectRef::Key(id) => format!("keys[{id}]"),
+        ObjectRef::Routes => "routes".to_owned(),
+        ObjectRef::Route(i) => format!("routes[{i}]"),
     };
     format!("{object}.{}", v.field)
 }

@@ -395,12 +395,21 @@ fn change_event(
         Change::RemoveEntitlement(e) => {
             (K::Entitlement, None, E::EntitlementRemoved(e.to_string()))
         }
+        Change::PutRoutes(routes) => (
+            K::Routes,
+            None,
+            E::RoutesChanged(pb::RouteTable {
+                routes: routes.iter().map(pb::RouteDefinition::from).collect(),
+            }),
+        ),
+        Change::ResetRoutes => (K::Routes, None, E::RoutesDefault(pb::RoutesDefault {})),
     };
     filter.passes(kind, team, user, key).then_some(event)
 }
 
 /// The whole model as "defined" changes, in the order a diff from the empty model lists them
-/// (entitlements, roles, teams, users, projects, keys), described for the filter directly
+/// (entitlements, roles, teams, users, projects, keys, the route table unless it is the
+/// default), described for the filter directly
 /// rather than by diffing and looking each object up again.
 fn snapshot_objects(model: &Model) -> impl Iterator<Item = LoggedChange> + '_ {
     let logged = |change: Change, team: Option<Arc<str>>, user: Option<Arc<str>>| LoggedChange {
@@ -451,6 +460,12 @@ fn snapshot_objects(model: &Model) -> impl Iterator<Item = LoggedChange> + '_ {
                 k.user().cloned(),
             )
         }))
+        .chain(
+            model
+                .routes
+                .iter()
+                .map(move |r| logged(Change::PutRoutes(r.clone()), None, None)),
+        )
 }
 
 /// The events of one revision that pass the filter; the last one is marked.
@@ -1067,6 +1082,18 @@ fn convert_event(ev: &pb::WatchEvent, mut ids: Ids<'_>) -> Result<Option<Change>
         E::ProjectRemoved(id) => Change::RemoveProject(Arc::from(id.as_str())),
         E::EntitlementAdded(e) => Change::PutEntitlement(Arc::from(e.as_str())),
         E::EntitlementRemoved(e) => Change::RemoveEntitlement(Arc::from(e.as_str())),
+        E::RoutesChanged(table) => Change::PutRoutes(
+            table
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    crate::domain::RouteSpec::try_from(r)
+                        .map_err(|e| bad(format!("routes[{i}]: {e}")))
+                })
+                .collect::<Result<_, BadEvent>>()?,
+        ),
+        E::RoutesDefault(_) => Change::ResetRoutes,
         E::GrantsChanged(_) | E::Bookmark(_) | E::SnapshotEnd(_) | E::Reset(_) => return Ok(None),
     }))
 }

@@ -11,6 +11,7 @@ use axum::{Json, Router, extract::State as Extract, http::StatusCode, routing::g
 use serde::Serialize;
 
 use crate::{
+    authz::{Authz, RouteStatus},
     origin::{
         policy_file::ReloadStatus,
         upstream::{UpstreamStatus, unix_now_ms},
@@ -30,6 +31,8 @@ pub struct Health {
     pub origin_kind: &'static str,
     /// Follow mode: the connection to the hub (None: the origin is the policy file).
     pub upstream: Option<Arc<Mutex<UpstreamStatus>>>,
+    /// The proxy front ends' route map (None: not served).
+    pub routes: Option<Arc<Authz>>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +44,8 @@ struct StatusBody {
     counts: Counts,
     origin: OriginBody,
     watch: WatchStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routes: Option<RouteStatus>,
 }
 
 #[derive(Serialize)]
@@ -139,6 +144,7 @@ async fn status(Extract(health): Extract<Arc<Health>>) -> Json<serde_json::Value
             upstream: health.upstream(),
         },
         watch: health.state.change_log().status(),
+        routes: health.routes.as_ref().map(|a| a.route_status()),
     };
     Json(serde_json::to_value(body).unwrap_or_default())
 }

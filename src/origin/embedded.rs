@@ -32,8 +32,9 @@ use crate::{
     state::{ChangeSet, State, changelog::Read},
 };
 
-/// Singleton values: the last committed revision, and the history id (made once, with the
-/// store, so that a Watch resumed after a restart continues the same revision sequence).
+/// Singleton values: the last committed revision, the history id (made once, with the store, so
+/// that a Watch resumed after a restart continues the same revision sequence), and the revision
+/// that last changed the route table ([`ROUTES_REVISION`]).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Every object of the model, `kind/id` → its record.
 const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects");
@@ -248,6 +249,20 @@ impl Store {
         Ok((model, revision))
     }
 
+    /// The revision that last changed the route table (0: never, or a store from before it was
+    /// recorded).
+    pub fn routes_revision(&self) -> Result<u64, OriginError> {
+        self.with_db(|db| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            Ok(meta.get(ROUTES_REVISION)?.map_or(0, |v| v.value()))
+        })
+        .map_err(|e| OriginError::Open {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
     /// The id of the store's revision sequence, as the change log shows it.
     pub fn history(&self) -> Result<String, OriginError> {
         let err = |e: &dyn std::fmt::Display| OriginError::Open {
@@ -293,6 +308,12 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut last = 0;
             for (revision, changes, undo) in sets {
+                if changes
+                    .iter()
+                    .any(|c| matches!(c, Change::PutRoutes(_) | Change::ResetRoutes))
+                {
+                    meta.insert(ROUTES_REVISION, *revision)?;
+                }
                 log.insert(*revision, record::encode_changes(changes).as_slice())?;
                 undo_log.insert(*revision, record::encode_changes(undo).as_slice())?;
                 for change in *changes {
@@ -418,6 +439,9 @@ impl Store {
 
 /// The `META` key of the history id.
 const HISTORY: &str = "history";
+/// The `META` key of the revision that last changed the route table: after a restart the table
+/// is shown as installed then, even when the change log no longer keeps that revision.
+const ROUTES_REVISION: &str = "routes_revision";
 
 /// The history id as the change log and Watch show it.
 fn history_text(id: u64) -> String {
@@ -661,6 +685,12 @@ fn load_state(
             }
             None => unrecorded.extend(logged_grants(state, r.revision)),
         }
+    }
+    // A table older than the replayed revisions was loaded with the base: it was installed at the
+    // revision the store recorded.
+    let routes_revision = store.routes_revision()?;
+    if model.routes.is_some() && routes_revision > 0 {
+        state.date_routes(routes_revision);
     }
     tracing::info!(
         history = %history,
@@ -1446,6 +1476,89 @@ mod tests {
         );
     }
 
+    /// The route table is kept by the store, undone like any object, and after a restart shown
+    /// as installed at the revision that wrote it, even when the change log no longer keeps it.
+    #[tokio::test]
+    async fn the_route_table_survives_a_restart_with_the_revision_that_installed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::new());
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        started.origin.write(add(vec![])).await.unwrap();
+        let table: Arc<[crate::domain::RouteSpec]> = Arc::from(vec![crate::domain::RouteSpec {
+            method: "GET".into(),
+            path: "/api/reports/{teamId}".into(),
+            entitlement: "jobs.read".into(),
+            team: Some(crate::domain::ValueSource::Path("teamId".into())),
+            owner_key: None,
+            owner_user: None,
+        }]);
+        let put = table.clone();
+        let installed = started
+            .origin
+            .write(Box::new(move |_m: &Model| Ok(vec![Change::PutRoutes(put)])))
+            .await
+            .unwrap();
+        assert_eq!(state.routes().revision, installed);
+        // A table naming an entitlement the catalog lacks is refused like a role's grant.
+        let bad = started
+            .origin
+            .write(Box::new(|_m: &Model| {
+                let spec = crate::domain::RouteSpec {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                    entitlement: "reports.archive".into(),
+                    team: None,
+                    owner_key: None,
+                    owner_user: None,
+                };
+                Ok(vec![Change::PutRoutes(Arc::from(vec![spec]))])
+            }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&bad, WriteError::Invalid(v) if v[0].object == crate::domain::model::ObjectRef::Route(0)),
+            "{bad:?}"
+        );
+        for i in 0..4 {
+            started
+                .origin
+                .write(add(vec![team_key(
+                    &format!("LaterKey0{i}"),
+                    "alice",
+                    "acme",
+                    &[],
+                )]))
+                .await
+                .unwrap();
+        }
+        let head = state.revision();
+        drop(started);
+
+        let state = Arc::new(State::new());
+        state
+            .change_log()
+            .set_limits(crate::state::changelog::LogLimits {
+                max_revisions: 2,
+                ..Default::default()
+            });
+        let started = EmbeddedOrigin::start(dir.path(), state.clone(), &bootstrap()).unwrap();
+        assert_eq!(state.revision(), head);
+        assert!(state.change_log().oldest_kept() > installed, "not replayed");
+        assert_eq!(state.model().routes.as_deref(), Some(&*table));
+        assert_eq!(state.routes().revision, installed);
+        assert_eq!(state.routes_revision(), installed);
+
+        // Back to the default table: the record is gone, and so is the table after a restart.
+        started
+            .origin
+            .write(Box::new(|_m: &Model| Ok(vec![Change::ResetRoutes])))
+            .await
+            .unwrap();
+        drop(started);
+        let (_, m, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(m.routes, None);
+    }
+
     #[test]
     fn undo_restores_the_model() {
         let original = model(vec![team_key(
@@ -1459,6 +1572,7 @@ mod tests {
         let mut changes = original.diff(&target);
         changes.push(Change::PutEntitlement("reports.export".into()));
         changes.push(Change::RemoveRole("AUDITOR".into()));
+        changes.push(Change::PutRoutes(Arc::from(Vec::new())));
         let undo = m.apply_with_undo(&changes);
         assert!(m != original);
         for c in &undo {

@@ -17,7 +17,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     domain::{
         Catalog, Expiry, Grant, Interner, KeySpec, KeyStatus, KeyType, Model, Project, Role,
-        RoleType, Scope, SecretHash, Team, User,
+        RoleType, RouteSpec, Scope, SecretHash, Team, User, ValueSource,
         catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
         model::{ObjectRef, RoleLists, is_valid_role_id},
     },
@@ -57,50 +57,11 @@ impl fmt::Display for PolicyError {
     }
 }
 
-/// Where a route's resource team or owner comes from: `path.<param>`, `header.<name>` or
-/// `query.<name>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ValueSource {
-    Path(String),
-    Header(String),
-    Query(String),
-}
-
-impl ValueSource {
-    fn parse(text: &str) -> Result<Self, String> {
-        let (kind, name) = text.split_once('.').ok_or_else(|| {
-            format!("{text:?} is not path.<param>, header.<name> or query.<name>")
-        })?;
-        if name.is_empty() {
-            return Err(format!("{text:?} names no parameter"));
-        }
-        match kind {
-            "path" => Ok(ValueSource::Path(name.to_owned())),
-            "header" => Ok(ValueSource::Header(name.to_ascii_lowercase())),
-            "query" => Ok(ValueSource::Query(name.to_owned())),
-            _ => Err(format!(
-                "{text:?} is not path.<param>, header.<name> or query.<name>"
-            )),
-        }
-    }
-}
-
-/// A route of the HTTP API: which entitlement a request needs and where its resource is named.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteSpec {
-    pub method: String,
-    pub path: String,
-    pub entitlement: String,
-    pub team: Option<ValueSource>,
-    pub owner_key: Option<ValueSource>,
-    pub owner_user: Option<ValueSource>,
-}
-
-/// A loaded policy: the model, and the routes when the file gives them.
+/// A loaded policy: the model, its route table included (`None` when the file gives no
+/// `routes:`, the built-in default table).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub model: Model,
-    pub routes: Option<Vec<RouteSpec>>,
 }
 
 // ---- the file format -------------------------------------------------------------------------
@@ -407,25 +368,21 @@ impl Builder {
                 model.keys.insert(key.prefix.clone(), Arc::new(key));
             }
         }
-        let mut shapes: HashMap<String, usize> = HashMap::new();
-        let routes = doc.routes.map(|routes| {
-            routes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let spec = self.route(i, r, &model.catalog)?;
-                    let shape = crate::authz::routes::shape(&spec.method, &spec.path);
-                    if let Some(first) = shapes.insert(shape, i) {
-                        let name = format!("routes[{i}] ({} {})", spec.method, spec.path);
-                        let message = format!("matches the same requests as routes[{first}]");
-                        self.fail(r.referenced, &name, message);
-                        return None;
-                    }
-                    Some(spec)
-                })
-                .collect()
+        // The table's own rules (entitlements in the catalog, no two routes matching the same
+        // requests) are the model's: `Model::validate` reports them at the route's location.
+        model.routes = doc.routes.map(|routes| {
+            let mut table = Vec::with_capacity(routes.len());
+            for (i, r) in routes.iter().enumerate() {
+                if let Some(spec) = self.route(i, r) {
+                    let name = format!("routes[{i}] ({} {})", spec.method, spec.path);
+                    self.objects
+                        .insert(ObjectRef::Route(table.len()), (name, r.referenced));
+                    table.push(spec);
+                }
+            }
+            table.into()
         });
-        Policy { model, routes }
+        Policy { model }
     }
 
     fn check_id(&mut self, id: &str, at: Location, name: &str) {
@@ -618,63 +575,32 @@ impl Builder {
         })
     }
 
-    fn route(&mut self, i: usize, r: &Spanned<RouteDoc>, catalog: &Catalog) -> Option<RouteSpec> {
+    /// A route as written, when its sources parse and it is sound alone
+    /// ([`RouteSpec::problems`]).
+    fn route(&mut self, i: usize, r: &Spanned<RouteDoc>) -> Option<RouteSpec> {
         let doc = &r.value;
         let name = format!("routes[{i}] ({} {})", doc.method, doc.path);
         let at = r.referenced;
         let before = self.problems.len();
-        if doc.method.is_empty()
-            || !doc.method.bytes().all(|b| b.is_ascii_uppercase()) && doc.method != "*"
-        {
-            self.fail(at, &name, "method is an upper-case HTTP method or *");
-        }
-        if !doc.path.starts_with('/') {
-            self.fail(at, &name, "path starts with /");
-        } else if let Err(e) = crate::authz::routes::check_pattern(&doc.path) {
-            self.fail(at, &name, format!("path: {e}"));
-        }
-        if !catalog.has_entitlement(&doc.entitlement) {
-            self.fail(
-                at,
-                &name,
-                format!("entitlement {} is not in the catalog", doc.entitlement),
-            );
-        }
-        let params: Vec<&str> = doc
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .collect();
         let mut source = |field: &str, text: &Option<String>| -> Option<ValueSource> {
             let text = text.as_ref()?;
-            match ValueSource::parse(text) {
-                Ok(ValueSource::Path(p)) if !params.contains(&p.as_str()) => {
-                    self.fail(
-                        at,
-                        &name,
-                        format!("resource.{field}: the path has no {{{p}}}"),
-                    );
-                    None
-                }
-                Ok(src) => Some(src),
-                Err(e) => {
-                    self.fail(at, &name, format!("resource.{field}: {e}"));
-                    None
-                }
-            }
+            ValueSource::parse(text)
+                .map_err(|e| self.fail(at, &name, format!("resource.{field}: {e}")))
+                .ok()
         };
         let res = doc.resource.as_ref();
-        let team = res.and_then(|r| source("team", &r.team));
-        let owner_key = res.and_then(|r| source("owner_key", &r.owner_key));
-        let owner_user = res.and_then(|r| source("owner_user", &r.owner_user));
-        (self.problems.len() == before).then(|| RouteSpec {
+        let spec = RouteSpec {
             method: doc.method.clone(),
             path: doc.path.clone(),
             entitlement: doc.entitlement.clone(),
-            team,
-            owner_key,
-            owner_user,
-        })
+            team: res.and_then(|r| source("team", &r.team)),
+            owner_key: res.and_then(|r| source("owner_key", &r.owner_key)),
+            owner_user: res.and_then(|r| source("owner_user", &r.owner_user)),
+        };
+        for (_, message) in spec.problems() {
+            self.fail(at, &name, message);
+        }
+        (self.problems.len() == before).then_some(spec)
     }
 }
 
@@ -713,7 +639,6 @@ pub struct PolicyFileOrigin {
     state: Arc<State>,
     current: Mutex<Loaded>,
     status: Arc<Mutex<ReloadStatus>>,
-    routes: tokio::sync::watch::Sender<Option<Arc<Vec<RouteSpec>>>>,
 }
 
 /// What identifies the file's content on disk, cheaply: the symlink target's identity and
@@ -757,7 +682,6 @@ impl PolicyFileOrigin {
             path,
             state,
             current: Mutex::new(Loaded::default()),
-            routes: tokio::sync::watch::Sender::new(None),
         });
         origin.reload()?;
         Ok(origin)
@@ -766,11 +690,6 @@ impl PolicyFileOrigin {
     /// The reload status, shared with the HTTP status endpoint.
     pub fn status(&self) -> Arc<Mutex<ReloadStatus>> {
         self.status.clone()
-    }
-
-    /// The routes of the file (None: the file gives none, use the default map).
-    pub fn routes(&self) -> tokio::sync::watch::Receiver<Option<Arc<Vec<RouteSpec>>>> {
-        self.routes.subscribe()
     }
 
     /// Re-reads the file if it changed on disk. Returns the new revision when the state changed.
@@ -845,7 +764,6 @@ impl PolicyFileOrigin {
                             .expect("the policy origin is the only writer"),
                     )
                 };
-                self.routes.send_replace(policy.routes.map(Arc::new));
                 current.fingerprint = print;
                 current.digest = digest;
                 status.last_reload_unix = Some(now);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Expiry, Grant, Interner, KeySpec, KeyStatus, KeyType, Project, RequestorId, Role, RoleType,
-    Scope, SecretHash, Team, User, model::Change,
+    RouteSpec, Scope, SecretHash, Team, User, ValueSource, model::Change,
 };
 
 /// Why a stored record cannot be read back.
@@ -68,6 +68,81 @@ pub(crate) struct KeyRec {
     expires_at: Option<i64>,
 }
 
+/// The version of [`RoutesRec`] this build writes and reads.
+const ROUTES_VERSION: u32 = 1;
+
+/// The route table as stored: one record for the whole table, with its format's version (a
+/// store without one holds the built-in default table).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RoutesRec {
+    version: u32,
+    routes: Vec<RouteRec>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RouteRec {
+    method: String,
+    path: String,
+    entitlement: String,
+    /// `path.<param>`, `header.<name>` or `query.<name>`, as in a policy file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner_user: Option<String>,
+}
+
+impl From<&[RouteSpec]> for RoutesRec {
+    fn from(routes: &[RouteSpec]) -> Self {
+        let text = |s: &Option<ValueSource>| s.as_ref().map(ToString::to_string);
+        RoutesRec {
+            version: ROUTES_VERSION,
+            routes: routes
+                .iter()
+                .map(|r| RouteRec {
+                    method: r.method.clone(),
+                    path: r.path.clone(),
+                    entitlement: r.entitlement.clone(),
+                    team: text(&r.team),
+                    owner_key: text(&r.owner_key),
+                    owner_user: text(&r.owner_user),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<RoutesRec> for Arc<[RouteSpec]> {
+    type Error = CorruptRecord;
+    fn try_from(r: RoutesRec) -> Result<Self, Self::Error> {
+        if r.version != ROUTES_VERSION {
+            return Err(bad(format!(
+                "routes: record version {} (this build reads version {ROUTES_VERSION})",
+                r.version
+            )));
+        }
+        let source = |i: usize, s: Option<String>| {
+            s.map(|text| ValueSource::parse(&text).map_err(|e| bad(format!("routes[{i}]: {e}"))))
+                .transpose()
+        };
+        r.routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(RouteSpec {
+                    method: r.method,
+                    path: r.path,
+                    entitlement: r.entitlement,
+                    team: source(i, r.team)?,
+                    owner_key: source(i, r.owner_key)?,
+                    owner_user: source(i, r.owner_user)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One change as stored in the change log.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -84,6 +159,8 @@ pub(crate) enum ChangeRec {
     RemoveProject { id: String },
     PutKey { key: KeyRec },
     RemoveKey { prefix: String },
+    PutRoutes { routes: RoutesRec },
+    ResetRoutes,
 }
 
 fn arc(s: &str) -> Arc<str> {
@@ -225,6 +302,10 @@ impl From<&Change> for ChangeRec {
             Change::RemoveKey(p) => ChangeRec::RemoveKey {
                 prefix: p.to_string(),
             },
+            Change::PutRoutes(routes) => ChangeRec::PutRoutes {
+                routes: RoutesRec::from(&**routes),
+            },
+            Change::ResetRoutes => ChangeRec::ResetRoutes,
         }
     }
 }
@@ -257,6 +338,8 @@ fn change(c: ChangeRec, ids: &mut Interner) -> Result<Change, CorruptRecord> {
         ChangeRec::RemoveProject { id } => Change::RemoveProject(arc(&id)),
         ChangeRec::PutKey { key } => Change::PutKey(Arc::new(key_spec(key, ids)?)),
         ChangeRec::RemoveKey { prefix } => Change::RemoveKey(arc(&prefix)),
+        ChangeRec::PutRoutes { routes } => Change::PutRoutes(routes.try_into()?),
+        ChangeRec::ResetRoutes => Change::ResetRoutes,
     })
 }
 
@@ -315,6 +398,8 @@ pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
         Change::RemoveProject(id) => format!("project/{id}"),
         Change::PutKey(k) => format!("key/{}", k.prefix),
         Change::RemoveKey(p) => format!("key/{p}"),
+        // One record for the whole table; none for the default table.
+        Change::PutRoutes(_) | Change::ResetRoutes => "routes".to_owned(),
     };
     let value = match change {
         // A removed prebuilt role must stay removed after a restart, so its removal is stored
@@ -324,7 +409,8 @@ pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
         | Change::RemoveTeam(_)
         | Change::RemoveUser(_)
         | Change::RemoveProject(_)
-        | Change::RemoveKey(_) => None,
+        | Change::RemoveKey(_)
+        | Change::ResetRoutes => None,
         put => Some(encode_changes(std::slice::from_ref(put))),
     };
     (key, value)
@@ -368,6 +454,15 @@ mod tests {
         changes.push(Change::PutEntitlement("reports.export".into()));
         changes.push(Change::RemoveRole("AUDITOR".into()));
         changes.push(Change::RemoveKey("AliceKey01".into()));
+        changes.push(Change::PutRoutes(Arc::from(vec![RouteSpec {
+            method: "GET".into(),
+            path: "/api/teams/{teamId}/reports/*".into(),
+            entitlement: "jobs.read".into(),
+            team: Some(ValueSource::Path("teamId".into())),
+            owner_key: Some(ValueSource::Header("x-owner".into())),
+            owner_user: Some(ValueSource::Query("user".into())),
+        }])));
+        changes.push(Change::ResetRoutes);
         let back = decode_changes(&encode_changes(&changes)).unwrap();
         assert_eq!(back, changes);
         for c in &changes {
@@ -387,6 +482,41 @@ mod tests {
         ];
         assert_eq!(decode_requestors(&encode_requestors(&ids)).unwrap(), ids);
         assert!(decode_requestors(b"[\"team/acme\"]").is_err());
+    }
+
+    #[test]
+    fn a_routes_record_of_another_version_is_refused_by_name() {
+        let stored = br#"[{"op":"put_routes","routes":{"version":2,"routes":[]}}]"#;
+        let err = decode_object(&mut Interner::default(), "routes", stored).unwrap_err();
+        assert!(
+            err.to_string().contains("routes: record version 2"),
+            "{err}"
+        );
+        let bad_source = br#"[{"op":"put_routes","routes":{"version":1,"routes":[
+            {"method":"GET","path":"/a","entitlement":"jobs.read","team":"cookie.t"}]}}]"#;
+        let err = decode_object(&mut Interner::default(), "routes", bad_source).unwrap_err();
+        assert!(err.to_string().contains("routes[0]"), "{err}");
+    }
+
+    /// Every part of a model that a policy document can give is kept by the store's objects: a
+    /// document's whole model, written as objects and read back, is the same model.
+    #[test]
+    fn a_whole_document_model_round_trips_through_the_stored_objects() {
+        let text = format!(
+            "{}\nroutes:\n  - {{ method: GET, path: \"/r/{{teamId}}\", entitlement: reports.export, resource: {{ team: path.teamId, owner_user: header.X-User }} }}\n",
+            include_str!("../../deploy/examples/policy.yaml")
+        );
+        let model = crate::origin::policy_file::parse(&text, "p.yaml")
+            .unwrap()
+            .model;
+        assert!(model.routes.is_some() && !model.catalog.added_entitlements().is_empty());
+        let mut back = Model::default();
+        let mut ids = Interner::default();
+        for change in Model::default().diff(&model) {
+            let (key, value) = object_entry(&change);
+            back.apply(&decode_object(&mut ids, &key, &value.expect("a put")).unwrap());
+        }
+        assert_eq!(back, model);
     }
 
     use crate::domain::Model;

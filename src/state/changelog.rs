@@ -73,6 +73,7 @@ impl LoggedChange {
             Change::RemoveTeam(id) => (Some(id.clone()), None, true),
             Change::PutUser(u) => (None, Some(u.id.clone()), true),
             Change::RemoveUser(id) => (None, Some(id.clone()), true),
+            Change::PutRoutes(_) => (None, None, model.routes.is_some()),
             _ => (None, None, true),
         };
         LoggedChange {
@@ -96,6 +97,12 @@ impl LoggedChange {
             Change::PutUser(u) => 64 + u.name.len() + u.teams.len() * 24,
             Change::PutTeam(t) => 48 + t.name.len(),
             Change::PutProject(p) => 64 + p.name.len(),
+            Change::PutRoutes(routes) => {
+                64 + routes
+                    .iter()
+                    .map(|r| 160 + r.method.len() + r.path.len() + r.entitlement.len())
+                    .sum::<usize>()
+            }
             other => 32 + other.object().to_string().len(),
         };
         body + std::mem::size_of::<Self>()

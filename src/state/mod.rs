@@ -3,7 +3,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -20,7 +23,7 @@ use changelog::{ChangeLog, LoggedChange};
 
 use crate::domain::{
     ApiKey, Catalog, Decision, IdMap, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
-    authenticate, decide_presented,
+    RouteSpec, authenticate, decide_presented,
     entry::{GrantInterner, build_requestor},
     model::Change,
 };
@@ -97,10 +100,25 @@ pub struct Counts {
     pub roles: usize,
 }
 
+/// The route table of the state, as the proxy front ends follow it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActiveRoutes {
+    /// `None`: the built-in default table.
+    pub specs: Option<Arc<[RouteSpec]>>,
+    /// The revision of the change set that installed this table (0: the default table, never
+    /// changed since this state was created).
+    pub revision: u64,
+}
+
 /// The in-memory authorization state.
 pub struct State {
     keys: KeyMap,
     writer: Mutex<Writer>,
+    /// The route table, published by `apply` (before the revision) when a change set changes it.
+    routes: watch::Sender<ActiveRoutes>,
+    /// `routes.revision`, readable without a lock on every proxied request: a front end compares
+    /// it with the table it compiled.
+    routes_revision: AtomicU64,
     /// The applied revision; 0 until the first change set. Waiters (`min_revision`) subscribe.
     revision: watch::Sender<u64>,
     /// The recent revisions, for Watch; appended by `apply` before the revision is published.
@@ -134,6 +152,8 @@ impl State {
             }),
             revision: watch::Sender::new(0),
             log: ChangeLog::default(),
+            routes: watch::Sender::new(ActiveRoutes::default()),
+            routes_revision: AtomicU64::new(0),
         }
     }
 
@@ -209,6 +229,34 @@ impl State {
     /// A receiver of the applied revision, for whoever must follow it.
     pub fn subscribe_revision(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
+    }
+
+    /// The route table and the revision that installed it.
+    pub fn routes(&self) -> ActiveRoutes {
+        self.routes.borrow().clone()
+    }
+
+    /// The revision that installed the route table (0: the default, never changed): one atomic
+    /// load, for the proxy front ends to tell whether the table they compiled is current.
+    pub fn routes_revision(&self) -> u64 {
+        self.routes_revision.load(Ordering::Acquire)
+    }
+
+    /// Records that the route table in force was installed at `revision`, an earlier revision
+    /// than the change set that loaded it (a durable store's start: the table may be older than
+    /// the revisions it replays). Only moves the revision back; the table is unchanged.
+    pub fn date_routes(&self, revision: u64) {
+        let _writer = self.lock();
+        let current = self.routes.borrow().revision;
+        if revision < current {
+            self.routes.send_modify(|r| r.revision = revision);
+            self.routes_revision.store(revision, Ordering::Release);
+        }
+    }
+
+    /// A receiver of the route table, notified when a change set changes it.
+    pub fn subscribe_routes(&self) -> watch::Receiver<ActiveRoutes> {
+        self.routes.subscribe()
     }
 
     /// A copy of the model the cache is built from.
@@ -305,6 +353,7 @@ impl State {
         // A revision too large for the log is not described: nobody could replay it.
         let unlogged = self.log.too_large(set.changes.len());
         let mut logged: Vec<LoggedChange> = Vec::new();
+        let mut routes_changed = false;
         for change in &set.changes {
             if !unlogged {
                 logged.push(LoggedChange::describe(&w.model, change));
@@ -341,6 +390,8 @@ impl State {
                     w.unlist_key(&mut touched, prefix);
                     removed_keys.push(prefix.clone());
                 }
+                // The table changes no key's grants: the front ends recompile it.
+                Change::PutRoutes(_) | Change::ResetRoutes => routes_changed = true,
             }
             w.model.apply(change);
         }
@@ -386,6 +437,15 @@ impl State {
             w.interner.prune();
         }
         grants_changed.sort();
+        if routes_changed && w.model.routes != self.routes.borrow().specs {
+            // Published before the revision: a request answered at this revision finds the
+            // table's revision changed and does not use the old table.
+            self.routes.send_replace(ActiveRoutes {
+                specs: w.model.routes.clone(),
+                revision: set.revision,
+            });
+            self.routes_revision.store(set.revision, Ordering::Release);
+        }
         // Logged before the revision is published: a stream woken by the new revision finds it.
         if unlogged {
             self.log.append_too_large(set.revision);

@@ -36,6 +36,7 @@ revisioned!(
     pb::ListKeysResponse,
     pb::RoleResponse,
     pb::ListRolesResponse,
+    pb::ListRoutesResponse,
     pb::WriteResponse,
     pb::ApplyResponse,
 );

@@ -145,7 +145,9 @@ pub(super) fn describe_change(c: &Change) -> String {
         | Change::PutTeam(_)
         | Change::PutUser(_)
         | Change::PutProject(_)
-        | Change::PutKey(_) => "put",
+        | Change::PutKey(_)
+        | Change::PutRoutes(_) => "put",
+        Change::ResetRoutes => return "reset routes (to the built-in default table)".into(),
         _ => "remove",
     };
     format!("{verb} {}", c.object())

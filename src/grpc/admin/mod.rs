@@ -25,6 +25,7 @@ use crate::{
     },
     grpc::{
         pb::{self, admin_server::Admin},
+        routes::{self, RouteSource},
         status::{bad_field, policy_invalid, write_status},
     },
     origin::{
@@ -56,6 +57,8 @@ pub enum AdminOrigin {
 pub struct AdminService {
     state: Arc<State>,
     origin: AdminOrigin,
+    /// Where the route table comes from, for ListRoutes.
+    route_source: RouteSource,
 }
 
 /// The authenticated caller of one Admin call.
@@ -72,7 +75,17 @@ impl Caller {
 
 impl AdminService {
     pub fn new(state: Arc<State>, origin: AdminOrigin) -> Self {
-        AdminService { state, origin }
+        AdminService {
+            state,
+            origin,
+            route_source: RouteSource::default(),
+        }
+    }
+
+    /// Names the origin of the route table in ListRoutes answers.
+    pub fn with_route_source(mut self, source: RouteSource) -> Self {
+        self.route_source = source;
+        self
     }
 
     /// The caller's key from `authorization: ApiKey <key>`, authenticated against the state.
@@ -449,6 +462,15 @@ impl AdminService {
             next_page_token: page.next_page_token,
             revision: page.revision,
         }))
+    }
+
+    async fn list_routes_inner(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        // Like roles, the route table is not team data: roles.read at any scope shows it.
+        self.visible(request.metadata(), "roles.read")?;
+        Ok(Response::new(routes::list(&self.state, &self.route_source)))
     }
 
     // ---- writes -----------------------------------------------------------------------------
@@ -1124,6 +1146,18 @@ impl Admin for AdminService {
             "ListRoles",
             all("roles"),
             self.list_roles_inner(request)
+        )
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        audited!(
+            request,
+            "ListRoutes",
+            all("routes"),
+            self.list_routes_inner(request)
         )
     }
 

@@ -39,7 +39,7 @@ fn the_example_policy_loads() {
     assert_eq!(m.keys.len(), 11);
     assert!(m.catalog.role("MODEL_REVIEWER").is_some());
     assert!(m.catalog.has_entitlement("reports.export"));
-    assert_eq!(policy.routes, None);
+    assert_eq!(policy.model.routes, None);
     let rita = &m.keys["RitaReviewKey0000001"];
     assert_eq!(rita.expires_at.unix(), Some(4_070_908_800));
 }
@@ -209,7 +209,7 @@ fn routes_are_parsed_and_checked() {
         "p.yaml",
     )
     .unwrap();
-    let routes = policy.routes.unwrap();
+    let routes = policy.model.routes.unwrap();
     assert_eq!(routes[0].team, Some(ValueSource::Path("teamId".into())));
     assert_eq!(
         routes[0].owner_key,
@@ -218,6 +218,19 @@ fn routes_are_parsed_and_checked() {
     assert_error(
         "routes:\n  - method: GET\n    path: /api/jobs\n    entitlement: jobs.read\n    resource: { team: path.teamId }\n",
         "p.yaml:2:5: routes[0] (GET /api/jobs): resource.team: the path has no {teamId}",
+    ); // The model checks the table against the catalog; the file names the route's location.
+    assert_error(
+        "routes:\n  - { method: GET, path: /ok, entitlement: jobs.read }\n  - method: GET\n    path: /reports\n    entitlement: reports.export\n",
+        "p.yaml:3:5: routes[1] (GET /reports): entitlement: reports.export is not in the catalog (add it under entitlements:)",
+    );
+    let policy = parse(
+        "entitlements: [{ id: reports.export }]\nroutes:\n  - { method: GET, path: /reports, entitlement: reports.export }\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.model.routes.unwrap()[0].entitlement,
+        "reports.export"
     );
 }
 

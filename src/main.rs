@@ -231,6 +231,12 @@ fn serve(config: ServeConfig) -> ExitCode {
             tracing::error!("the policy file cannot be loaded:\n{err}");
             ExitCode::from(2)
         }
+        // The store cannot be used as it is (damaged, unreadable, in use): an operator has to
+        // act, as for a bad policy file.
+        Err(err @ AppError::Store(_)) => {
+            tracing::error!("{err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             tracing::error!(error = %err, "server failed");
             ExitCode::from(1)

@@ -174,6 +174,15 @@ fn a_bad_policy_stops_serve_with_exit_2() {
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut s.child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("p.yaml:3:"), "{logs}");
+
+    // An empty file is no policy: refused at start too.
+    std::fs::write(&path, "\n  \n").unwrap();
+    let mut s = serve(&path, &[]);
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut s.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("p.yaml:0:0: the file is empty"), "{logs}");
 }
 
 #[test]

@@ -324,3 +324,32 @@ async fn bench_with_baseline_measures_the_no_op_service_then_the_server_each_rou
         "{out}"
     );
 }
+
+#[test]
+fn max_staleness_is_a_follower_setting_of_at_least_three_seconds() {
+    let (code, _, err) = rolegate(&[
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--max-staleness",
+        "1s",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--max-staleness") && err.contains("at least 3s"),
+        "{err}"
+    );
+    for origin in [["--policy", "p.yaml"], ["--data-dir", "d"]] {
+        let mut args = vec!["serve", "--max-staleness", "10s"];
+        args.extend(origin);
+        let (code, _, err) = rolegate(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("'--max-staleness <MAX_STALENESS>' cannot be used with"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = rolegate(&["serve", "--max-staleness", "10s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--upstream"), "{err}");
+}

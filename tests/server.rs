@@ -429,3 +429,44 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_probe_listener_serves_only_liveness_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, example_policy()).unwrap();
+    let config = rolegate::config::ServeConfig::for_policy(&path);
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (grpc, http, probe) = (
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+    );
+    let (http_addr, probe_addr) = (http.local_addr().unwrap(), probe.local_addr().unwrap());
+    let listeners = rolegate::app::Listeners {
+        grpc,
+        http,
+        probe: Some(probe),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rolegate::app::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    common::wait_until_ready(probe_addr, std::time::Duration::from_secs(10)).await;
+    assert_eq!(
+        http_get(probe_addr, "/healthz").await.unwrap(),
+        (200, "ok\n".into())
+    );
+    let (code, body) = http_get(probe_addr, "/readyz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    // Nothing else: no state, no decisions.
+    for path in ["/status", "/authz", "/authz/ext/api/jobs", "/metrics"] {
+        let (code, _) = http_get(probe_addr, path).await.unwrap();
+        assert_eq!(code, 404, "{path} on the probe listener");
+    }
+    // The main HTTP port still has them.
+    assert_eq!(http_get(http_addr, "/status").await.unwrap().0, 200);
+    assert_eq!(http_get(http_addr, "/readyz").await.unwrap().0, 200);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

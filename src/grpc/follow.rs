@@ -15,7 +15,9 @@ use crate::{
         pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
         watch::{Interner, change_of, change_of_interned},
     },
-    origin::upstream::{Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin},
+    origin::upstream::{
+        BOOKMARK_INTERVAL, Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin,
+    },
     state::State,
 };
 
@@ -92,7 +94,7 @@ impl Hub for GrpcHub {
             include_secret_hashes: true,
             api_key: self.key.clone(),
             history,
-            bookmark_interval_ms: 1000,
+            bookmark_interval_ms: BOOKMARK_INTERVAL.as_millis() as u32,
             ..Default::default()
         };
         let stream = client

@@ -8,7 +8,6 @@ use std::{
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use crate::{
     authz::Authz,
@@ -32,18 +31,25 @@ use crate::{
     tls::{TlsError, client::ClientTls, server::ServerTls},
 };
 
-/// The two ports, bound before `run` so that tests can use port 0 and read the address back.
+/// The ports, bound before `run` so that tests can use port 0 and read the address back.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    /// `--probe-listen`: /healthz and /readyz only.
+    pub probe: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &ServeConfig) -> std::io::Result<Self> {
+        let probe = match config.probe_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Listeners {
             grpc: TcpListener::bind(config.grpc_listen).await?,
             http: TcpListener::bind(config.http_listen).await?,
+            probe,
         })
     }
 }
@@ -84,14 +90,14 @@ pub async fn run(
     let tls_watcher = tls
         .clone()
         .map(|tls| tokio::spawn(tls.watch(config.tls.tls_reload_interval, stop_rx.clone())));
-    let mut upstream_status = None;
+    let mut upstream_view = None;
     let (origin_status, admin_origin, watcher, route_source) = match &config.policy {
         _ if config.upstream.is_some() => {
             let hub = config.upstream.clone().unwrap_or_default();
             let key = config.upstream_key.clone().unwrap_or_default();
             let hub_tls = ClientTls::from(&config.upstream_tls);
             let follower = crate::grpc::follow::follower(&hub, key, hub_tls, state.clone())?;
-            upstream_status = Some(follower.status());
+            upstream_view = Some(follower.view(config.max_staleness));
             tracing::info!(hub = %hub, "follow mode: the state comes from the hub's Watch");
             let task = tokio::spawn(follower.run(stop_rx.clone()));
             let read_only = AdminOrigin::ReadOnly(format!(
@@ -173,13 +179,25 @@ pub async fn run(
         crate::grpc::ext_authz::ExtAuthzServer::new(ExtAuthzService::new(authz.clone()))
             .max_decoding_message_size(config.max_message_bytes);
 
+    let embedded = matches!(admin_origin, AdminOrigin::Embedded(_));
+    let health = Arc::new(Health {
+        state: state.clone(),
+        serving: true.into(),
+        origin: origin_status,
+        started_unix: unix_now(),
+        origin_kind: if embedded { "embedded" } else { "policy_file" },
+        upstream: upstream_view,
+        routes: Some(authz.clone()),
+    });
+    // gRPC health says what /readyz says, from before the port serves (a follower without its
+    // first snapshot is NOT_SERVING) and on every change after.
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<AuthorizerServer<AuthorizerService>>()
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    crate::grpc::health::report(&reporter, health.is_ready()).await;
+    let health_reporting = tokio::spawn(crate::grpc::health::follow_readiness(
+        health.clone(),
+        reporter.clone(),
+        stop_rx.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -194,25 +212,15 @@ pub async fn run(
     };
     let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
         .max_decoding_message_size(config.max_message_bytes);
-    let embedded = matches!(admin_origin, AdminOrigin::Embedded(_));
     let admin = AdminServer::new(
         AdminService::new(state.clone(), admin_origin).with_route_source(route_source),
     )
     .max_decoding_message_size(config.max_message_bytes);
 
-    let health = Arc::new(Health {
-        state: state.clone(),
-        serving: true.into(),
-        origin: origin_status,
-        started_unix: unix_now(),
-        origin_kind: if embedded { "embedded" } else { "policy_file" },
-        upstream: upstream_status,
-        routes: Some(authz.clone()),
-    });
-
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
     let limits = config.limits.clone();
+    let probe_limits = limits.clone();
     let grpc = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -245,9 +253,26 @@ pub async fn run(
     );
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(http);
+    // Probes are served in plaintext: the kubelet probes the pod IP without a client
+    // certificate, and these paths say nothing but ready or not.
+    let probe_addr = match &listeners.probe {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let mut probe = match listeners.probe {
+        Some(listener) => tokio::spawn(crate::listen::serve_http(
+            listener,
+            http::probe_router(health.clone()),
+            None,
+            probe_limits,
+            stopped(stop_rx.clone()),
+        )),
+        None => tokio::spawn(std::future::pending::<std::io::Result<()>>()),
+    };
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
+        probe = ?probe_addr,
         tls = tls.is_some(),
         mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
         "serving"
@@ -257,16 +282,15 @@ pub async fn run(
         () = shutdown => {}
         result = &mut grpc => { result??; return Ok(()); }
         result = &mut http => { result??; return Ok(()); }
+        result = &mut probe => { result??; return Ok(()); }
     }
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: NOT_SERVING, draining in-flight calls");
     health.serving.store(false, Ordering::Release);
-    reporter
-        .set_not_serving::<AuthorizerServer<AuthorizerService>>()
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    // Stopped first, so that it cannot report SERVING after this.
+    health_reporting.abort();
+    let _ = health_reporting.await;
+    crate::grpc::health::report(&reporter, false).await;
     let _ = stop_tx.send(true);
     state.change_log().close_streams();
     let drained = tokio::time::timeout(config.shutdown_grace, async {
@@ -275,6 +299,7 @@ pub async fn run(
         (g, h)
     })
     .await;
+    probe.abort();
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }

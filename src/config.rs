@@ -110,6 +110,39 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub authz: crate::authz::AuthzConfig,
+
+    /// Follow mode: once the hub has not been heard from for this long (no event, no bookmark,
+    /// no Watch accepted), report NOT_SERVING on gRPC health and 503 on /readyz until it is
+    /// again (Check keeps answering from the last state). At least 3s: an idle hub sends a
+    /// bookmark every second. Off by default: the last state serves however old.
+    #[arg(
+        long,
+        env = "ROLEGATE_MAX_STALENESS",
+        requires = "upstream",
+        conflicts_with_all = ["policy", "data_dir"],
+        value_parser = parse_max_staleness
+    )]
+    pub max_staleness: Option<Duration>,
+
+    /// An extra HTTP listener serving only /healthz and /readyz, for probes that must reach the
+    /// pod IP while --http-listen (the auth endpoint, /status) stays on loopback.
+    #[arg(long, env = "ROLEGATE_PROBE_LISTEN")]
+    pub probe_listen: Option<SocketAddr>,
+}
+
+/// `--max-staleness`: a duration of at least [`MIN_MAX_STALENESS`].
+///
+/// [`MIN_MAX_STALENESS`]: crate::origin::upstream::MIN_MAX_STALENESS
+fn parse_max_staleness(text: &str) -> Result<Duration, String> {
+    use crate::origin::upstream::MIN_MAX_STALENESS;
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < MIN_MAX_STALENESS {
+        return Err(format!(
+            "at least {} (an idle hub is heard from once a second, by its bookmarks)",
+            humantime::format_duration(MIN_MAX_STALENESS)
+        ));
+    }
+    Ok(d)
 }
 
 impl ServeConfig {
@@ -139,6 +172,8 @@ impl ServeConfig {
             tls: Default::default(),
             limits: Default::default(),
             authz: crate::authz::AuthzConfig::default(),
+            max_staleness: None,
+            probe_listen: None,
         }
     }
 

@@ -241,6 +241,12 @@ fn serve(config: ServeConfig) -> ExitCode {
             tracing::error!(error = %err, "TLS cannot be set up");
             ExitCode::from(2)
         }
+        // The store cannot be used as it is (damaged, unreadable, in use): an operator has to
+        // act, as for a bad policy file.
+        Err(err @ AppError::Store(_)) => {
+            tracing::error!("{err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             tracing::error!(error = %err, "server failed");
             ExitCode::from(1)

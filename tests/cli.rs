@@ -174,6 +174,15 @@ fn a_bad_policy_stops_serve_with_exit_2() {
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut s.child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("p.yaml:3:"), "{logs}");
+
+    // An empty file is no policy: refused at start too.
+    std::fs::write(&path, "\n  \n").unwrap();
+    let mut s = serve(&path, &[]);
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut s.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("p.yaml:0:0: the file is empty"), "{logs}");
 }
 
 #[test]
@@ -314,4 +323,33 @@ async fn bench_with_baseline_measures_the_no_op_service_then_the_server_each_rou
         lines[7].starts_with("ratio") && lines[7].contains("of 2 rounds"),
         "{out}"
     );
+}
+
+#[test]
+fn max_staleness_is_a_follower_setting_of_at_least_three_seconds() {
+    let (code, _, err) = rolegate(&[
+        "serve",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--max-staleness",
+        "1s",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--max-staleness") && err.contains("at least 3s"),
+        "{err}"
+    );
+    for origin in [["--policy", "p.yaml"], ["--data-dir", "d"]] {
+        let mut args = vec!["serve", "--max-staleness", "10s"];
+        args.extend(origin);
+        let (code, _, err) = rolegate(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("'--max-staleness <MAX_STALENESS>' cannot be used with"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = rolegate(&["serve", "--max-staleness", "10s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--upstream"), "{err}");
 }

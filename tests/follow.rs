@@ -3,7 +3,8 @@
 //! keeps answering and reports its staleness; a change made while the hub was down arrives once
 //! the hub is back, with no gap and no duplicate on the follower's own Watch. A hub killed in
 //! the middle of a snapshot leaves the follower on its previous state until a whole snapshot
-//! has arrived.
+//! has arrived. In this process (`app::run`): health is NOT_SERVING until the first snapshot,
+//! and `--max-staleness` takes a follower out of service while its hub is gone or refuses it.
 
 mod common;
 
@@ -578,4 +579,231 @@ async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
 
 fn unix_ms() -> i64 {
     rolegate::origin::upstream::unix_now_ms()
+}
+
+// ---- health and --max-staleness, with hub and follower in this process ----------------------
+
+/// The key the followers of these tests present to their hub.
+const FOLLOWER_KEY: &str = keys::FOLLOWER;
+
+/// A server running `app::run` in this process.
+struct InProcess {
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), rolegate::app::AppError>>,
+}
+
+impl InProcess {
+    /// Starts `config` on `grpc` (a port to bind) and an ephemeral HTTP port; does not wait
+    /// for it to be ready.
+    async fn start(config: rolegate::config::ServeConfig, grpc: u16) -> InProcess {
+        let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc))
+            .await
+            .unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listeners = rolegate::app::Listeners {
+            grpc,
+            http,
+            probe: None,
+        };
+        let task = tokio::spawn(rolegate::app::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            grpc: grpc_addr,
+            http: http_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// A hub on the policy file `policy`, on `grpc`.
+    async fn hub(policy: &std::path::Path, grpc: u16) -> InProcess {
+        let mut config = rolegate::config::ServeConfig::for_policy(policy);
+        config.reload_interval = Duration::from_millis(50);
+        let hub = InProcess::start(config, grpc).await;
+        common::wait_until_ready(hub.http, Duration::from_secs(30)).await;
+        hub
+    }
+
+    /// Stops the server and waits until its ports are closed.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap().unwrap();
+    }
+
+    /// The gRPC health of the overall server and of the Authorizer.
+    async fn health(&self) -> Vec<tonic_health::pb::health_check_response::ServingStatus> {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let mut seen = Vec::new();
+        for service in ["", "rolegate.v1.Authorizer"] {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.push(r.status());
+        }
+        seen
+    }
+
+    /// Waits (bounded) until gRPC health reports `want` for both services; returns /readyz and
+    /// /status then.
+    async fn until_health(
+        &self,
+        want: tonic_health::pb::health_check_response::ServingStatus,
+    ) -> ((u16, String), serde_json::Value) {
+        for _ in 0..1200 {
+            if self.health().await == [want, want] {
+                let readyz = http_get(self.http, "/readyz").await.unwrap();
+                let (_, status) = http_get(self.http, "/status").await.unwrap();
+                return (readyz, serde_json::from_str(&status).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "health never became {want:?}: {:?}",
+            http_get(self.http, "/status").await
+        );
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn follower_config(hub_grpc: u16) -> rolegate::config::ServeConfig {
+    let mut config = rolegate::config::ServeConfig::for_upstream(
+        format!("http://127.0.0.1:{hub_grpc}"),
+        FOLLOWER_KEY,
+    );
+    config.max_staleness = Some(Duration::from_secs(3));
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_only_after_its_first_snapshot() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    write_atomically(&policy, &common::example_policy());
+    let hub_port = free_port();
+
+    // No hub yet: not serving, and it says why.
+    let follower = InProcess::start(follower_config(hub_port), 0).await;
+    let ((code, body), status) = follower.until_health(ServingStatus::NotServing).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no snapshot from the hub"), "{body}");
+    assert_eq!(status["ready"], false);
+    let why = status["not_ready"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no snapshot from the hub") && why.contains("cannot reach the hub"),
+        "{status}"
+    );
+    let mut fc = client(&format!("http://{}", follower.grpc)).await;
+    let mut call = tonic::Request::new(pb::CheckRequest {
+        api_key: keys::DEVIN_DEVELOPER.into(),
+        entitlement: "jobs.read".into(),
+        ..Default::default()
+    });
+    call.set_timeout(Duration::from_secs(5));
+    let err = fc.check(call).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // The hub comes: after the snapshot, serving.
+    let hub = InProcess::hub(&policy, hub_port).await;
+    let ((code, body), status) = follower.until_health(ServingStatus::Serving).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert!(status.get("not_ready").is_none(), "{status}");
+    assert_eq!(status["origin"]["upstream"]["snapshots"], 1, "{status}");
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
+    assert!(r.allowed, "{r:?}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let text = common::example_policy();
+    write_atomically(&policy, &text);
+    let hub_port = free_port();
+    let hub = InProcess::hub(&policy, hub_port).await;
+    let follower = InProcess::start(follower_config(hub_port), 0).await;
+    let (_, first) = follower.until_health(ServingStatus::Serving).await;
+    let mut fc = client(&format!("http://{}", follower.grpc)).await;
+
+    // 0. An idle hub is still heard from: its bookmarks move the last contact on, while the
+    //    revision stays where it was.
+    let contact = |s: &serde_json::Value| s["origin"]["upstream"]["last_contact_unix_ms"].as_i64();
+    let since = contact(&first).unwrap();
+    for _ in 0..1200 {
+        let (_, now) = http_get(follower.http, "/status").await.unwrap();
+        let now: serde_json::Value = serde_json::from_str(&now).unwrap();
+        if contact(&now) > Some(since + 1500) {
+            assert_eq!(now["revision"], first["revision"], "idle: {now}");
+            assert_eq!(now["ready"], true, "{now}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // 1. The hub stops. Once it has been silent for --max-staleness: NOT_SERVING and 503,
+    //    and /status says for how long and the last error. Check still answers.
+    hub.stop().await;
+    let ((code, body), status) = follower.until_health(ServingStatus::NotServing).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no contact with the hub"), "{body}");
+    let up = &status["origin"]["upstream"];
+    assert_eq!(up["stale"], true, "{status}");
+    assert_eq!(up["max_staleness_ms"], 3000, "{status}");
+    assert!(up["since_contact_ms"].as_i64() >= Some(3000), "{status}");
+    let why = status["not_ready"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("more than --max-staleness 3s") && why.contains("cannot reach the hub"),
+        "{status}"
+    );
+    let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
+    assert!(r.allowed, "the last state still answers: {r:?}");
+
+    // 2. The hub is back: serving again.
+    let hub = InProcess::hub(&policy, hub_port).await;
+    let ((code, body), status) = follower.until_health(ServingStatus::Serving).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status["origin"]["upstream"]["stale"], false, "{status}");
+
+    // 3. The hub comes back refusing the follower's key: not serving, with the refusal.
+    hub.stop().await;
+    let refusing = with_status(&text, keys::prefix(FOLLOWER_KEY), "inactive");
+    write_atomically(&policy, &refusing);
+    let hub = InProcess::hub(&policy, hub_port).await;
+    let (_, status) = follower.until_health(ServingStatus::NotServing).await;
+    let why = status["not_ready"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no contact with the hub") && why.contains("refused"),
+        "{status}"
+    );
+
+    // 4. The key is accepted again (the hub reloads its policy): serving.
+    write_atomically(&policy, &text);
+    let ((code, body), _) = follower.until_health(ServingStatus::Serving).await;
+    assert_eq!(code, 200, "{body}");
+    hub.stop().await;
 }

@@ -414,9 +414,17 @@ async fn start_follower(hub: SocketAddr) -> (SocketAddr, SocketAddr, oneshot::Se
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app::run(config, Listeners { grpc, http }, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(app::run(
+        config,
+        Listeners {
+            grpc,
+            http,
+            probe: None,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
     common::wait_until_ready(http_addr, Duration::from_secs(30)).await;
     (grpc_addr, http_addr, tx)
 }

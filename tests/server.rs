@@ -378,3 +378,95 @@ async fn shutdown_lets_in_flight_calls_finish() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
+    // At start: an error naming the file, so that the server does not start on it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.yaml");
+    std::fs::write(&path, "").unwrap();
+    let config = rolegate::config::ServeConfig::for_policy(&path);
+    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
+    let err = rolegate::app::run(config, listeners, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("empty.yaml:0:0: the file is empty"),
+        "{err}"
+    );
+
+    // On reload: refused like any invalid file; the last good state keeps serving and /status
+    // says why.
+    let server = TestServer::start(&example_policy()).await;
+    let mut client = server.client().await;
+    for (n, blank) in ["", " \n\t\n\n"].into_iter().enumerate() {
+        server.write_policy(blank);
+        let mut origin = serde_json::Value::Null;
+        for _ in 0..400 {
+            let (_, body) = http_get(server.http_addr, "/status").await.unwrap();
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if status["origin"]["failed_reloads"] == n as u64 + 1 {
+                origin = status["origin"].clone();
+                assert_eq!(status["revision"], 1, "{status}");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(
+            origin["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("policy.yaml:0:0: the file is empty")),
+            "{blank:?}: {origin}"
+        );
+        let r = client
+            .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed && r.revision == 1, "{blank:?}: {r:?}");
+        assert_eq!(http_get(server.http_addr, "/readyz").await.unwrap().0, 200);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_probe_listener_serves_only_liveness_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, example_policy()).unwrap();
+    let config = rolegate::config::ServeConfig::for_policy(&path);
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let (grpc, http, probe) = (
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+    );
+    let (http_addr, probe_addr) = (http.local_addr().unwrap(), probe.local_addr().unwrap());
+    let listeners = rolegate::app::Listeners {
+        grpc,
+        http,
+        probe: Some(probe),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rolegate::app::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    common::wait_until_ready(probe_addr, std::time::Duration::from_secs(10)).await;
+    assert_eq!(
+        http_get(probe_addr, "/healthz").await.unwrap(),
+        (200, "ok\n".into())
+    );
+    let (code, body) = http_get(probe_addr, "/readyz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    // Nothing else: no state, no decisions.
+    for path in ["/status", "/authz", "/authz/ext/api/jobs", "/metrics"] {
+        let (code, _) = http_get(probe_addr, path).await.unwrap();
+        assert_eq!(code, 404, "{path} on the probe listener");
+    }
+    // The main HTTP port still has them.
+    assert_eq!(http_get(http_addr, "/status").await.unwrap().0, 200);
+    assert_eq!(http_get(http_addr, "/readyz").await.unwrap().0, 200);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -15,7 +15,9 @@ use crate::{
         pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
         watch::{Interner, change_of, change_of_interned},
     },
-    origin::upstream::{Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin},
+    origin::upstream::{
+        BOOKMARK_INTERVAL, Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin,
+    },
     state::State,
     tls::client::ClientTls,
 };
@@ -115,7 +117,7 @@ impl Hub for GrpcHub {
             snapshot,
             include_secret_hashes: true,
             history,
-            bookmark_interval_ms: 1000,
+            bookmark_interval_ms: BOOKMARK_INTERVAL.as_millis() as u32,
             ..Default::default()
         });
         // The key travels as the Admin API's does; a key that cannot be sent as metadata is

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod convert;
 pub mod ext_authz;
 pub mod follow;
+pub mod health;
 pub mod routes;
 pub mod status;
 pub mod watch;

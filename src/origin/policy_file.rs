@@ -192,7 +192,37 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
             message: format!("cannot read the file: {e}"),
         }],
     })?;
-    parse(&text, &file)
+    parse_file(&text, &file)
+}
+
+/// Parses the text of a policy file: like [`parse`], except that a file with no content at all
+/// (empty, or only whitespace, comments and document markers) is refused. Such a file is
+/// usually one being written, or a volume not mounted yet; taken as a policy, it would make
+/// every key unknown (and every follower of this instance would copy that outage).
+pub fn parse_file(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    if is_blank(text) {
+        return Err(PolicyError {
+            file: file.to_owned(),
+            problems: vec![PolicyProblem {
+                line: 0,
+                column: 0,
+                object: String::new(),
+                message: "the file is empty (no content but whitespace or comments): an empty \
+                          file is taken for one not written yet, never for a policy without \
+                          keys (write `{}` for a deliberately empty policy)"
+                    .into(),
+            }],
+        });
+    }
+    parse(text, file)
+}
+
+/// Whether a YAML text holds nothing: only blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
 }
 
 /// Parses a policy document; `file` names it in errors.
@@ -638,8 +668,27 @@ pub struct PolicyFileOrigin {
     path: PathBuf,
     state: Arc<State>,
     current: Mutex<Loaded>,
+    /// A change seen by the last poll and not loaded yet: the file's identity then (`None`:
+    /// it could not be read). It is loaded when the next poll finds the same identity.
+    settling: Mutex<Option<Option<Fingerprint>>>,
     status: Arc<Mutex<ReloadStatus>>,
 }
+
+/// What one poll of the file found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Poll {
+    /// The file is the one last loaded (or last refused).
+    Unchanged,
+    /// It changed since the last poll: it may still be being written, so wait for the next.
+    Settling,
+    /// It changed, and has stayed as it is since the last poll: load it (it must still be this).
+    Settled(Option<Fingerprint>),
+}
+
+/// How many times a start reads a file that keeps changing while it is read, before giving up.
+const START_ATTEMPTS: u32 = 50;
+/// The wait between those reads.
+const START_RETRY: Duration = Duration::from_millis(100);
 
 /// What identifies the file's content on disk, cheaply: the symlink target's identity and
 /// times, so a Kubernetes ConfigMap's `..data` symlink swap is seen like an edit in place.
@@ -649,6 +698,9 @@ struct Fingerprint {
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
+    /// The inode change time (seconds, nanoseconds): moves with every write and metadata
+    /// change, even one that sets the modification time back.
+    changed: (i64, i64),
 }
 
 #[derive(Default)]
@@ -667,6 +719,7 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
         ino: meta.ino(),
         len: meta.len(),
         modified: meta.modified().ok(),
+        changed: (meta.ctime(), meta.ctime_nsec()),
     })
 }
 
@@ -682,9 +735,27 @@ impl PolicyFileOrigin {
             path,
             state,
             current: Mutex::new(Loaded::default()),
+            settling: Mutex::new(None),
         });
-        origin.reload()?;
-        Ok(origin)
+        // A file that changes while it is read is read again, a little later.
+        for _ in 0..START_ATTEMPTS {
+            origin.reload()?;
+            if origin.state.is_loaded() {
+                return Ok(origin);
+            }
+            std::thread::sleep(START_RETRY);
+        }
+        Err(PolicyError {
+            file: origin.path.display().to_string(),
+            problems: vec![PolicyProblem {
+                line: 0,
+                column: 0,
+                object: String::new(),
+                message: format!(
+                    "the file kept changing while it was read ({START_ATTEMPTS} attempts)"
+                ),
+            }],
+        })
     }
 
     /// The reload status, shared with the HTTP status endpoint.
@@ -692,31 +763,69 @@ impl PolicyFileOrigin {
         self.status.clone()
     }
 
-    /// Re-reads the file if it changed on disk. Returns the new revision when the state changed.
+    /// Re-reads the file at once if it changed on disk (without waiting for it to settle, as
+    /// the watcher does). Returns the new revision when the state changed.
     pub fn reload_if_changed(&self) -> Result<Option<u64>, PolicyError> {
-        if self.unchanged_on_disk() {
+        if self.unchanged_on_disk(&fingerprint(&self.path)) {
             return Ok(None);
         }
         self.reload()
     }
 
-    /// Whether the file on disk is the one last loaded (by its identity, size and time), as far
-    /// as one `stat` tells. False while a reload holds the lock: the caller then tries again.
-    fn unchanged_on_disk(&self) -> bool {
+    /// Whether `now` is the identity of the file last loaded (or last refused), as far as one
+    /// `stat` tells. False while a reload holds the lock: the caller then tries again.
+    fn unchanged_on_disk(&self, now: &Option<Fingerprint>) -> bool {
+        self.current
+            .try_lock()
+            .is_ok_and(|current| current.fingerprint == *now)
+    }
+
+    /// One poll of the watcher: one `stat`, compared with what was loaded and with what the
+    /// previous poll saw. A change is loaded only once the file has kept the same identity
+    /// (device, inode, size, modification and change times) across two consecutive polls, so
+    /// that a file written in place is not read half-written.
+    fn poll(&self) -> Poll {
         let now = fingerprint(&self.path);
-        now.is_some()
-            && self
-                .current
-                .try_lock()
-                .is_ok_and(|current| current.fingerprint == now)
+        let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+        if self.unchanged_on_disk(&now) {
+            *settling = None;
+            return Poll::Unchanged;
+        }
+        if settling.as_ref() == Some(&now) {
+            return Poll::Settled(now);
+        }
+        *settling = Some(now);
+        Poll::Settling
     }
 
     /// Reads, parses and validates the file; applies the difference as one new revision.
-    /// A bad file changes nothing: the last good state keeps serving.
+    /// A bad file changes nothing: the last good state keeps serving. A file whose identity
+    /// changed while it was read changes nothing either (it is being written): the watcher
+    /// loads it once it has settled.
     pub fn reload(&self) -> Result<Option<u64>, PolicyError> {
+        self.reload_expecting(None)
+    }
+
+    /// [`Self::reload`] of the file the watcher saw settle as `expected`; if it is another by
+    /// now, it is left for the next polls.
+    fn reload_expecting(
+        &self,
+        expected: Option<&Option<Fingerprint>>,
+    ) -> Result<Option<u64>, PolicyError> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let print = fingerprint(&self.path);
-        let result = std::fs::read(&self.path)
+        if expected.is_some_and(|e| *e != print) {
+            *self.settling.lock().unwrap_or_else(|p| p.into_inner()) = Some(print);
+            return Ok(None);
+        }
+        let read = std::fs::read(&self.path);
+        let after = fingerprint(&self.path);
+        if after != print {
+            tracing::debug!(path = %self.path.display(), "the policy file changed while it was read; waiting for it to settle");
+            *self.settling.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
+            return Ok(None);
+        }
+        let result = read
             .map_err(|e| PolicyError {
                 file: self.path.display().to_string(),
                 problems: vec![PolicyProblem {
@@ -741,7 +850,7 @@ impl PolicyFileOrigin {
                         message: "the file is not UTF-8".into(),
                     }],
                 })?;
-                parse(&text, &self.path.display().to_string()).map(|p| Some((p, digest)))
+                parse_file(&text, &self.path.display().to_string()).map(|p| Some((p, digest)))
             });
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::state::unix_now();
@@ -804,12 +913,18 @@ impl PolicyFileOrigin {
             // each tick to the blocking pool and back woke two more threads every second, and on
             // two CPUs shared with Envoy those wake-ups showed in the tail of ext_authz calls
             // (docs/performance.md).
-            if self.unchanged_on_disk() {
-                continue;
-            }
-            // Changed (or unreadable): reload, without a second `stat` on the blocking thread.
+            let settled = match self.poll() {
+                Poll::Unchanged => continue,
+                Poll::Settling => {
+                    tracing::debug!(path = %self.path.display(), "the policy file changed; loading it once it stays unchanged for one poll");
+                    continue;
+                }
+                Poll::Settled(print) => print,
+            };
+            // Changed, and settled (or unreadable twice): reload.
             let origin = self.clone();
-            let outcome = tokio::task::spawn_blocking(move || origin.reload()).await;
+            let outcome =
+                tokio::task::spawn_blocking(move || origin.reload_expecting(Some(&settled))).await;
             match outcome {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => tracing::error!(

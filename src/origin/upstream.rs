@@ -82,6 +82,15 @@ pub trait Feed: Send {
     fn next(&mut self) -> impl Future<Output = Result<FeedItem, UpstreamError>> + Send;
 }
 
+/// How long the follower lets its feed stay quiet before the hub sends a bookmark (asked for
+/// on every Watch it opens). An idle but healthy hub is therefore heard from about this often,
+/// which is what `--max-staleness` measures against.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The smallest `--max-staleness`: three bookmark intervals, so that one late bookmark does not
+/// take a healthy follower out of service.
+pub const MIN_MAX_STALENESS: Duration = Duration::from_secs(3);
+
 /// What the follower reports on `/status` and in readiness.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct UpstreamStatus {
@@ -89,6 +98,15 @@ pub struct UpstreamStatus {
     pub connected: bool,
     /// Unix milliseconds of the last event (bookmarks and snapshot parts included) from the hub.
     pub last_event_unix_ms: Option<i64>,
+    /// Unix milliseconds of the last contact with the hub: a Watch it accepted (for a snapshot
+    /// or a resume), or any event on it, bookmarks included.
+    pub last_contact_unix_ms: Option<i64>,
+    /// Milliseconds since `last_contact_unix_ms`, filled in when reported.
+    pub since_contact_ms: Option<i64>,
+    /// The last contact on the monotonic clock: staleness is decided on it, so that a change of
+    /// the wall clock does not take a follower in or out of service.
+    #[serde(skip)]
+    pub last_contact: Option<tokio::time::Instant>,
     /// Unix milliseconds of the last moment the follower had applied everything the hub had
     /// sent (a complete revision, a snapshot end, or a bookmark outside a snapshot).
     pub in_sync_unix_ms: Option<i64>,
@@ -133,7 +151,67 @@ impl UpstreamStatus {
     pub fn at(&self, now_ms: i64) -> Self {
         let mut s = self.clone();
         s.staleness_ms = s.in_sync_unix_ms.map(|t| (now_ms - t).max(0));
+        s.since_contact_ms = s.last_contact_unix_ms.map(|t| (now_ms - t).max(0));
         s
+    }
+
+    /// How long the hub has not been heard from, when that is `max` or longer (None: heard
+    /// from within `max`, or never yet: a follower without a first snapshot is not ready
+    /// anyway).
+    pub fn silent_for(&self, max: Duration, now: tokio::time::Instant) -> Option<Duration> {
+        let silent = now.saturating_duration_since(self.last_contact?);
+        (silent >= max).then_some(silent)
+    }
+
+    /// The moment the follower goes stale if the hub is not heard from before.
+    pub fn stale_at(&self, max: Duration) -> Option<tokio::time::Instant> {
+        self.last_contact.map(|t| t + max)
+    }
+}
+
+/// What readiness reads of a follower: its status, the bound on how long the hub may go
+/// unheard, and a wake-up on every contact with the hub.
+#[derive(Clone, Debug)]
+pub struct FollowerView {
+    pub status: Arc<Mutex<UpstreamStatus>>,
+    /// `--max-staleness` (None: no bound; the last state serves however old).
+    pub max_staleness: Option<Duration>,
+    /// Notified (`notify_waiters`) on every contact with the hub.
+    pub contact: Arc<tokio::sync::Notify>,
+}
+
+impl FollowerView {
+    /// A copy of the status.
+    pub fn status(&self) -> UpstreamStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why the follower must not take traffic for staleness, if so: how long since the hub was
+    /// last heard from, and the last error.
+    pub fn stale_reason(&self, now: tokio::time::Instant) -> Option<String> {
+        let max = self.max_staleness?;
+        let status = self.status();
+        let silent = status.silent_for(max, now)?;
+        let error = status
+            .last_error
+            .as_deref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
+        Some(format!(
+            "no contact with the hub {} for {} (more than --max-staleness {}){error}",
+            status.hub,
+            humantime::format_duration(Duration::from_millis(silent.as_millis() as u64)),
+            humantime::format_duration(max),
+        ))
+    }
+
+    /// When the follower goes stale if the hub is not heard from before (None without a bound
+    /// or before any contact).
+    pub fn stale_at(&self) -> Option<tokio::time::Instant> {
+        self.status().stale_at(self.max_staleness?)
     }
 }
 
@@ -276,6 +354,8 @@ pub struct UpstreamOrigin<H: Hub> {
     state: Arc<State>,
     status: Arc<Mutex<UpstreamStatus>>,
     position: Mutex<Position>,
+    /// Wakes whoever waits for the hub to be heard from again (readiness, when stale).
+    contact: Arc<tokio::sync::Notify>,
 }
 
 /// How a session with the hub ended without an error.
@@ -296,12 +376,29 @@ impl<H: Hub> UpstreamOrigin<H> {
             state,
             status: Arc::new(Mutex::new(status)),
             position: Mutex::new(Position::default()),
+            contact: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// The status, shared with the HTTP endpoints.
     pub fn status(&self) -> Arc<Mutex<UpstreamStatus>> {
         self.status.clone()
+    }
+
+    /// What readiness reads of this follower, with `max_staleness` as the bound.
+    pub fn view(&self, max_staleness: Option<Duration>) -> FollowerView {
+        FollowerView {
+            status: self.status.clone(),
+            max_staleness,
+            contact: self.contact.clone(),
+        }
+    }
+
+    /// Records that the hub was heard from now.
+    fn contacted(&self, s: &mut UpstreamStatus) {
+        s.last_contact = Some(tokio::time::Instant::now());
+        s.last_contact_unix_ms = Some(unix_now_ms());
+        self.contact.notify_waiters();
     }
 
     fn with_status(&self, f: impl FnOnce(&mut UpstreamStatus)) {
@@ -363,6 +460,7 @@ impl<H: Hub> UpstreamOrigin<H> {
             s.last_error = None;
             s.snapshot_in_progress = snapshot;
             s.snapshot_objects_staged = 0;
+            self.contacted(s);
         });
         tracing::info!(hub = %self.hub.address(), start = ?start, "following the hub");
         let mut staged: Option<Staged> = snapshot.then(Staged::default);
@@ -370,7 +468,10 @@ impl<H: Hub> UpstreamOrigin<H> {
         loop {
             let item = feed.next().await?;
             let now_ms = unix_now_ms();
-            self.with_status(|s| s.last_event_unix_ms = Some(now_ms));
+            self.with_status(|s| {
+                s.last_event_unix_ms = Some(now_ms);
+                self.contacted(s);
+            });
             match item {
                 FeedItem::Reset { reason } => {
                     tracing::info!(hub = %self.hub.address(), reason = %reason, "reset by the hub");

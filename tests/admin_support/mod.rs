@@ -49,9 +49,17 @@ impl StoreServer {
         let grpc_addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app::run(config, Listeners { grpc, http }, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(app::run(
+            config,
+            Listeners {
+                grpc,
+                http,
+                probe: None,
+            },
+            async {
+                let _ = rx.await;
+            },
+        ));
         StoreServer {
             grpc_addr,
             http_addr,

@@ -45,10 +45,28 @@ fn the_example_policy_loads() {
 }
 
 #[test]
-fn an_empty_file_is_an_empty_state() {
+fn an_empty_document_is_an_empty_state_but_an_empty_file_is_refused() {
+    // A document (e.g. one sent to Apply) may be empty...
     let policy = parse("", "p.yaml").unwrap();
     assert!(policy.model.keys.is_empty());
     assert!(parse("version: 1\n", "p.yaml").is_ok());
+    // ...a file with no content is taken for one not written yet.
+    for blank in [
+        "",
+        "\n",
+        "  \n\t\n   ",
+        "# the policy\n\n  # more\n",
+        "---\n...\n",
+    ] {
+        let err = parse_file(blank, "p.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.yaml:0:0: the file is empty"),
+            "{blank:?}: {err}"
+        );
+    }
+    // Content, even an explicitly empty mapping, is a policy.
+    assert!(parse_file("{}\n", "p.yaml").unwrap().model.keys.is_empty());
+    assert!(parse_file("# header\nversion: 1\n", "p.yaml").is_ok());
 }
 
 #[test]
@@ -324,4 +342,145 @@ fn a_configmap_style_symlink_swap_is_seen() {
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
     assert_eq!(origin.reload_if_changed().unwrap(), Some(2));
     assert_ne!(check(&state, devin, "jobs.read"), Reason::Allowed);
+}
+
+#[test]
+fn start_on_an_empty_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    for blank in ["", " \n\n\t\n"] {
+        std::fs::write(&path, blank).unwrap();
+        let state = Arc::new(State::new());
+        let err = PolicyFileOrigin::start(path.clone(), state.clone())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("the file is empty"), "{err}");
+        assert!(!state.is_loaded());
+    }
+}
+
+/// The example with devin's key deactivated, and the text up to (not including) that status
+/// line: as YAML, the first half is a valid policy in which devin's key is active and every
+/// key after it is missing.
+fn deactivation_in_two_halves() -> (String, String, String) {
+    let edited = example().replacen(
+        "roles: [DEVELOPER]\n    status: active",
+        "roles: [DEVELOPER]\n    status: inactive",
+        1,
+    );
+    let cut = edited.find("    status: inactive").unwrap();
+    let (first, second) = edited.split_at(cut);
+    assert!(
+        parse(first, "half").is_ok(),
+        "the half is a valid policy on its own"
+    );
+    (edited.clone(), first.to_owned(), second.to_owned())
+}
+
+/// Lets the paused clock run `d` (the watcher's polls due in it run, and the reloads they start
+/// finish: a blocking task holds the paused clock).
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_written_in_place_in_two_halves_is_never_served_half_written() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, example()).unwrap();
+    let state = Arc::new(State::new());
+    let origin = PolicyFileOrigin::start(path.clone(), state.clone()).unwrap();
+    let (edited, first, second) = deactivation_in_two_halves();
+    let before = parse(&example(), "p").unwrap().model;
+    let after = parse(&edited, "p").unwrap().model;
+    let half = parse(&first, "p").unwrap().model;
+    assert!(half != before && half != after);
+    let devin = "DevinDevKey000000001.dev-only-devindevkey";
+    let aria = "AriaAuditKey00000001.dev-only-ariaauditke";
+
+    let interval = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(origin.clone().watch(interval, stopped));
+    // Half-way between polls (at 0 s, 1 s, 2 s, ...) from here on.
+    run_for(interval / 2).await;
+    // Whatever the watcher has loaded is one of the whole files, never the half.
+    let served = || {
+        let model = state.model();
+        assert!(model != half, "the half-written file was served");
+        assert!(model == before || model == after, "an unknown state");
+        model == after
+    };
+
+    // In place: truncate, write the first half, and (one poll later) the rest.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    run_for(interval).await; // the poll at 1 s sees the half
+    assert!(!served());
+    assert_eq!(check(&state, devin, "jobs.read"), Reason::Allowed);
+    assert_eq!(check(&state, aria, "jobs.read"), Reason::Allowed);
+    file.write_all(second.as_bytes()).unwrap();
+    drop(file);
+    run_for(interval).await; // the poll at 2 s sees the whole file, changed since
+    assert!(!served(), "not yet: it changed since the last poll");
+    run_for(interval).await; // the poll at 3 s sees it unchanged: loaded
+    assert!(served(), "the whole file, once settled");
+    assert_eq!(state.revision(), 2, "one revision: the half never made one");
+    assert_eq!(check(&state, devin, "jobs.read"), Reason::KeyInactive);
+    assert_eq!(check(&state, aria, "jobs.read"), Reason::Allowed);
+    let status = origin.status().lock().unwrap().clone();
+    assert_eq!((status.failed_reloads, &status.last_error), (0, &None));
+
+    stop.send(true).unwrap();
+    watcher.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_and_blank_files_are_refused_as_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, example()).unwrap();
+    let state = Arc::new(State::new());
+    let origin = PolicyFileOrigin::start(path.clone(), state.clone()).unwrap();
+    let interval = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(origin.clone().watch(interval, stopped));
+    run_for(interval / 2).await;
+    let devin = "DevinDevKey000000001.dev-only-devindevkey";
+
+    for (n, blank) in ["", "  \n\n\t \n"].into_iter().enumerate() {
+        std::fs::write(&path, blank).unwrap();
+        run_for(interval * 3).await;
+        let status = origin.status().lock().unwrap().clone();
+        assert_eq!(status.failed_reloads, n as u64 + 1, "{blank:?}: {status:?}");
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("policy.yaml:0:0: the file is empty")),
+            "{blank:?}: {status:?}"
+        );
+        assert_eq!(
+            state.revision(),
+            1,
+            "{blank:?}: the last good state keeps serving"
+        );
+        assert_eq!(check(&state, devin, "jobs.read"), Reason::Allowed);
+    }
+    // A good file again clears the error.
+    std::fs::write(&path, example().replace("version: 1", "version: 1 # again")).unwrap();
+    run_for(interval * 3).await;
+    let status = origin.status().lock().unwrap().clone();
+    assert_eq!(
+        (&status.last_error, status.reloads),
+        (&None, 2),
+        "{status:?}"
+    );
+    stop.send(true).unwrap();
+    watcher.await.unwrap();
 }

@@ -36,6 +36,55 @@ fn staleness_is_measured_from_the_last_moment_in_sync() {
     assert_eq!(UpstreamStatus::default().at(9).staleness_ms, None);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_follower_is_stale_once_the_hub_is_silent_for_max_staleness() {
+    use tokio::time::{Instant, advance};
+    let view = FollowerView {
+        status: Arc::new(Mutex::new(UpstreamStatus {
+            hub: "http://hub:50051".into(),
+            ..Default::default()
+        })),
+        max_staleness: Some(Duration::from_secs(3)),
+        contact: Default::default(),
+    };
+    // Never heard from: not stale (a follower without its first snapshot is not ready anyway).
+    assert_eq!(view.stale_reason(Instant::now()), None);
+    assert_eq!(view.stale_at(), None);
+    let contact = Instant::now();
+    view.status.lock().unwrap().last_contact = Some(contact);
+    assert_eq!(view.stale_at(), Some(contact + Duration::from_secs(3)));
+    advance(Duration::from_millis(2_999)).await;
+    assert_eq!(view.stale_reason(Instant::now()), None);
+    advance(Duration::from_millis(1)).await;
+    let why = view
+        .stale_reason(Instant::now())
+        .expect("stale at the bound");
+    assert_eq!(
+        why,
+        "no contact with the hub http://hub:50051 for 3s (more than --max-staleness 3s)"
+    );
+    view.status.lock().unwrap().last_error = Some("the hub refused the watch: x".into());
+    advance(Duration::from_millis(1_500)).await;
+    let why = view.stale_reason(Instant::now()).unwrap();
+    assert!(
+        why.ends_with(
+            "for 4s 500ms (more than --max-staleness 3s); last error: the hub refused the watch: x"
+        ),
+        "{why}"
+    );
+    // Heard from again: fresh.
+    view.status.lock().unwrap().last_contact = Some(Instant::now());
+    assert_eq!(view.stale_reason(Instant::now()), None);
+    // Without a bound, never stale.
+    let unbounded = FollowerView {
+        max_staleness: None,
+        ..view.clone()
+    };
+    advance(Duration::from_secs(3_600)).await;
+    assert_eq!(unbounded.stale_reason(Instant::now()), None);
+    assert!(view.stale_reason(Instant::now()).is_some());
+}
+
 /// A hub whose sessions are scripted: open number `i` waits until the test lets `i` sessions
 /// through, then takes the next script; a script's items are delivered in order, then the feed
 /// breaks.

@@ -358,6 +358,12 @@ fn reach(view: &impl View, requestor: &RequestorId) -> Reach {
     out
 }
 
+/// The team of a key whose team or project does not exist (a write the model's rules refuse):
+/// no caller administers it below ALL.
+fn no_team() -> Arc<str> {
+    "(none)".into()
+}
+
 fn describe(requestor: &RequestorId) -> String {
     match requestor {
         RequestorId::User(u) => format!("user {u}"),
@@ -446,7 +452,7 @@ pub fn authorize_unchanged(
             Some(k) if RequestorId::of(k) == actor.requestor => Ok(()),
             Some(k) => judge.over_team(
                 "keys.update",
-                &view.key_team(k).unwrap_or_else(|| "".into()),
+                &view.key_team(k).unwrap_or_else(no_team),
                 &format!("change key {prefix}"),
             ),
             None => judge.at_all("keys.update", &format!("change key {prefix}")),
@@ -574,7 +580,7 @@ impl<B: View, A: View> Judge<'_, B, A> {
             }
         });
         for key in holders {
-            let team = self.before.key_team(&key).unwrap_or_else(|| "".into());
+            let team = self.before.key_team(&key).unwrap_or_else(no_team);
             if !self.actor.administers(&team) {
                 return Err(self.deny(format!(
                     "{what}: key {} holds it and its team {team} is not administered by the caller",
@@ -757,7 +763,7 @@ impl<B: View, A: View> Judge<'_, B, A> {
     }
 
     fn team_of_before(&self, key: &KeySpec) -> Arc<str> {
-        self.before.key_team(key).unwrap_or_else(|| "".into())
+        self.before.key_team(key).unwrap_or_else(no_team)
     }
 
     fn remove_key(&mut self, b: &KeySpec) -> Result<(), Refusal> {
@@ -773,7 +779,7 @@ impl<B: View, A: View> Judge<'_, B, A> {
 
     fn create_key(&mut self, a: &KeySpec) -> Result<(), Refusal> {
         let what = format!("create key {}", a.prefix);
-        let team = self.after.key_team(a).unwrap_or_else(|| "".into());
+        let team = self.after.key_team(a).unwrap_or_else(no_team);
         self.over_team("keys.create", &team, &what)?;
         self.bind(&a.roles, &[], &team, &what)?;
         self.minted.insert(RequestorId::of(a));

@@ -153,8 +153,8 @@ impl Command {
 }
 
 /// Runs `command` for the caller whose key is `caller` on `model`, as one write: plans its
-/// changes, applies them, validates the result (every rule of the model) and judges it with the
-/// escalation rule on the model before and after. On success the changes stay applied and
+/// changes, applies them, judges them with the escalation rule on the model before and after,
+/// and validates the result (every rule of the model). On success the changes stay applied and
 /// their undo is returned; on any refusal `model` is left as it was.
 pub fn execute(
     caller: &str,
@@ -169,18 +169,28 @@ pub fn execute(
         escalation::authorize_unchanged(caller, &*model, &command.object(), now)?;
         return Ok((changes, Vec::new()));
     }
-    let undo = model.apply_valid(&changes).map_err(WriteError::Invalid)?;
+    // Judged before it is validated: a caller who may not make the change learns nothing about
+    // the model from the rules it would break.
+    let undo = model.apply_with_undo(&changes);
     let judged = {
         let before = Overlay::new(model, &undo);
         escalation::authorize(caller, &before, &*model, &changes, now)
     };
-    match judged {
+    let outcome = judged.map_err(WriteError::from).and_then(|()| {
+        let violations = model.validate_after(&changes);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(WriteError::Invalid(violations))
+        }
+    });
+    match outcome {
         Ok(()) => Ok((changes, undo)),
-        Err(refusal) => {
+        Err(e) => {
             for c in &undo {
                 model.apply(c);
             }
-            Err(refusal.into())
+            Err(e)
         }
     }
 }

@@ -396,12 +396,10 @@ async fn authorization_matrix() {
                     "UpdateTeam" => admin
                         .update_team(call(
                             key,
-                            pb::TeamRequest {
-                                team: Some(pb::Team {
-                                    id: team.into(),
-                                    name: format!("{team} renamed {n}"),
-                                    active: true,
-                                }),
+                            pb::UpdateTeamRequest {
+                                id: team.into(),
+                                name: Some(format!("{team} renamed {n}")),
+                                active: None,
                             },
                         ))
                         .await
@@ -1178,4 +1176,212 @@ async fn state_and_revisions_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(next.revision, created.revision + 1);
+}
+
+/// Each Update RPC changes only the fields it names: a status set alone keeps the name, a name
+/// set alone keeps the status (an operator's deactivation is never undone by a rename).
+#[tokio::test]
+async fn updates_change_only_the_fields_they_name() {
+    let (_dir, server, mut admin) = started().await;
+    let mut authz = server.authorizer().await;
+    let team = |admin: &mut AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_team(call(
+                    BOOTSTRAP,
+                    pb::GetRequest {
+                        id: "globex".into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .team
+                .unwrap()
+        }
+    };
+
+    // Teams.
+    let before = team(&mut admin).await;
+    let off = admin
+        .update_team(call(
+            BOOTSTRAP,
+            pb::UpdateTeamRequest {
+                id: "globex".into(),
+                active: Some(false),
+                name: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let t = off.team.unwrap();
+    assert_eq!((t.name.as_str(), t.active), (before.name.as_str(), false));
+    admin
+        .update_team(call(
+            BOOTSTRAP,
+            pb::UpdateTeamRequest {
+                id: "globex".into(),
+                name: Some("Globex 2".into()),
+                active: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let t = team(&mut admin).await;
+    assert_eq!((t.name.as_str(), t.active), ("Globex 2", false));
+    // The team's keys stay unauthenticated.
+    let gus = authz
+        .check(check_at(keys::GUS_DEVELOPER, "jobs.read", "", "", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!gus.allowed);
+    assert_eq!(gus.reason, pb::Reason::TeamInactive as i32, "{gus:?}");
+
+    // Users.
+    let user = |admin: &mut AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_user(call(BOOTSTRAP, pb::GetRequest { id: "rita".into() }))
+                .await
+                .unwrap()
+                .into_inner()
+                .user
+                .unwrap()
+        }
+    };
+    let before = user(&mut admin).await;
+    admin
+        .update_user(call(
+            BOOTSTRAP,
+            pb::UpdateUserRequest {
+                id: "rita".into(),
+                active: Some(false),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let u = user(&mut admin).await;
+    assert_eq!(
+        (&u.name, &u.teams, u.active),
+        (&before.name, &before.teams, false)
+    );
+    admin
+        .update_user(call(
+            BOOTSTRAP,
+            pb::UpdateUserRequest {
+                id: "rita".into(),
+                name: Some("Rita R.".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let u = user(&mut admin).await;
+    assert_eq!(
+        (u.name.as_str(), &u.teams, u.active),
+        ("Rita R.", &before.teams, false)
+    );
+    assert!(!u.teams.is_empty());
+    admin
+        .update_user(call(
+            BOOTSTRAP,
+            pb::UpdateUserRequest {
+                id: "rita".into(),
+                replace_teams: true,
+                teams: vec![],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let u = user(&mut admin).await;
+    assert_eq!(
+        (u.name.as_str(), u.teams.len(), u.active),
+        ("Rita R.", 0, false)
+    );
+
+    // Projects.
+    let project = |admin: &mut AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_project(call(
+                    BOOTSTRAP,
+                    pb::GetRequest {
+                        id: "fraud-detector".into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .project
+                .unwrap()
+        }
+    };
+    let before = project(&mut admin).await;
+    admin
+        .update_project(call(
+            BOOTSTRAP,
+            pb::UpdateProjectRequest {
+                id: "fraud-detector".into(),
+                name: Some("Fraud 2".into()),
+                team: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let p = project(&mut admin).await;
+    assert_eq!((p.name.as_str(), &p.team), ("Fraud 2", &before.team));
+
+    // Keys: a status alone keeps the roles and the expiry.
+    let key = |admin: &mut AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_key(call(
+                    BOOTSTRAP,
+                    pb::GetRequest {
+                        id: keys::prefix(keys::DEVIN_DEVELOPER).into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .key
+                .unwrap()
+        }
+    };
+    admin
+        .update_key(call(
+            BOOTSTRAP,
+            pb::UpdateKeyRequest {
+                prefix: keys::prefix(keys::DEVIN_DEVELOPER).into(),
+                expires_at: Some(4_000_000_000),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let before = key(&mut admin).await;
+    admin
+        .update_key(call(
+            BOOTSTRAP,
+            pb::UpdateKeyRequest {
+                prefix: keys::prefix(keys::DEVIN_DEVELOPER).into(),
+                status: Some("inactive".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let k = key(&mut admin).await;
+    assert_eq!(
+        (&k.roles, k.expires_at, k.status.as_str()),
+        (&before.roles, 4_000_000_000, "inactive")
+    );
 }

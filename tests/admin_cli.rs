@@ -263,3 +263,92 @@ fn list_commands_follow_every_page() {
     ids.dedup();
     assert_eq!(ids.len(), TEAMS + 1, "every team once, across pages");
 }
+
+/// `teams|users|projects update` send only the flags given: a rename keeps a deactivation.
+#[test]
+fn updates_from_the_cli_change_only_the_flags_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"));
+    let owner = server.bootstrap.clone();
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "create", "globex", "--name", "Globex"],
+    ));
+    ok(cli(
+        &server,
+        &owner,
+        &[
+            "users", "create", "gus", "--name", "Gus", "--team", "globex",
+        ],
+    ));
+    ok(cli(
+        &server,
+        &owner,
+        &[
+            "projects", "create", "p1", "--team", "globex", "--name", "P",
+        ],
+    ));
+    let get = |what: &str, id: &str| -> Value {
+        let out = ok(cli(&server, &owner, &[what, "get", id, "--output", "json"]));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array().and_then(|a| a.first()).cloned().unwrap_or(v)
+    };
+
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "update", "globex", "--inactive"],
+    ));
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "update", "globex", "--name", "Globex 2"],
+    ));
+    let team = get("teams", "globex");
+    assert_eq!(
+        (&team["name"], &team["active"]),
+        (&Value::from("Globex 2"), &Value::from(false)),
+        "{team}"
+    );
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "update", "globex", "--active"],
+    ));
+    assert_eq!(get("teams", "globex")["active"], true);
+    // --active and --inactive together are refused.
+    let both = cli(
+        &server,
+        &owner,
+        &["teams", "update", "globex", "--active", "--inactive"],
+    );
+    assert!(!both.status.success());
+
+    ok(cli(
+        &server,
+        &owner,
+        &["users", "update", "gus", "--inactive"],
+    ));
+    ok(cli(
+        &server,
+        &owner,
+        &["users", "update", "gus", "--name", "Gus G."],
+    ));
+    let gus = get("users", "gus");
+    assert_eq!(gus["name"], "Gus G.", "{gus}");
+    assert_eq!(gus["active"], false, "{gus}");
+    assert_eq!(gus["teams"], serde_json::json!(["globex"]), "{gus}");
+
+    ok(cli(
+        &server,
+        &owner,
+        &["projects", "update", "p1", "--name", "P 2"],
+    ));
+    let p1 = get("projects", "p1");
+    assert_eq!(
+        (&p1["name"], &p1["team"]),
+        (&Value::from("P 2"), &Value::from("globex")),
+        "{p1}"
+    );
+}

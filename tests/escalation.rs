@@ -125,13 +125,10 @@ async fn a_team_admin_cannot_reach_beyond_its_team() {
         admin
             .update_user(call(
                 keys::ADAM_ADMIN,
-                pb::UserRequest {
-                    user: Some(pb::User {
-                        id: "olivia".into(),
-                        name: "Olivia (platform owner)".into(),
-                        active: false,
-                        teams: vec!["acme".into()],
-                    }),
+                pb::UpdateUserRequest {
+                    id: "olivia".into(),
+                    active: Some(false),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -141,12 +138,10 @@ async fn a_team_admin_cannot_reach_beyond_its_team() {
         admin
             .update_team(call(
                 keys::ADAM_ADMIN,
-                pb::TeamRequest {
-                    team: Some(pb::Team {
-                        id: "acme".into(),
-                        name: "Acme Corp".into(),
-                        active: false,
-                    }),
+                pb::UpdateTeamRequest {
+                    id: "acme".into(),
+                    name: None,
+                    active: Some(false),
                 },
             ))
             .await,

@@ -631,26 +631,21 @@ async fn admin_write(
         (6, _) => {
             let id = ["t1", "t2"].choose(rng).unwrap();
             let team = &current.teams[*id];
-            let req = pb::TeamRequest {
-                team: Some(pb::Team {
-                    id: id.to_string(),
-                    name: team.name.clone(),
-                    active: !team.active,
-                }),
+            let req = pb::UpdateTeamRequest {
+                id: id.to_string(),
+                name: None,
+                active: Some(!team.active),
             };
             let r = admin.update_team(as_owner(req)).await;
             ("UpdateTeam", r.map(|r| r.into_inner().revision))
         }
         (7, _) => {
             let id = format!("u{}", rng.random_range(1..6));
-            let user = &current.users[id.as_str()];
-            let req = pb::UserRequest {
-                user: Some(pb::User {
-                    id,
-                    name: format!("admin-renamed {n}"),
-                    active: true,
-                    teams: user.teams.iter().map(|t| t.to_string()).collect(),
-                }),
+            let req = pb::UpdateUserRequest {
+                id,
+                name: Some(format!("admin-renamed {n}")),
+                active: Some(true),
+                ..Default::default()
             };
             let r = admin.update_user(as_owner(req)).await;
             ("UpdateUser", r.map(|r| r.into_inner().revision))

@@ -262,12 +262,15 @@ pub(crate) enum TeamsCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a team: only the fields given change.
     Update {
+        /// The team's id.
         id: String,
-        #[arg(long, default_value = "")]
-        name: String,
+        /// A new display name.
         #[arg(long)]
-        inactive: bool,
+        name: Option<String>,
+        #[command(flatten)]
+        status: StatusArgs,
         #[command(flatten)]
         conn: Conn,
     },
@@ -276,6 +279,29 @@ pub(crate) enum TeamsCommand {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// `--active` / `--inactive` for an update: neither keeps the status as it is.
+#[derive(Args, Debug)]
+#[group(multiple = false)]
+pub(crate) struct StatusArgs {
+    /// Make it active.
+    #[arg(long)]
+    active: bool,
+    /// Make it inactive (its keys stop authenticating).
+    #[arg(long)]
+    inactive: bool,
+}
+
+impl StatusArgs {
+    /// The status asked for; `None` to keep it.
+    fn active(&self) -> Option<bool> {
+        match (self.active, self.inactive) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,14 +327,21 @@ pub(crate) enum UsersCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a user: only the fields given change.
     Update {
+        /// The user's id.
         id: String,
-        #[arg(long, default_value = "")]
-        name: String,
-        #[arg(long = "team", value_delimiter = ',')]
-        teams: Vec<String>,
+        /// A new display name.
         #[arg(long)]
-        inactive: bool,
+        name: Option<String>,
+        /// Replace the user's teams with these (repeat or comma-separate).
+        #[arg(long = "team", value_delimiter = ',', conflicts_with = "no_teams")]
+        teams: Vec<String>,
+        /// Clear the user's team list (membership then follows its keys).
+        #[arg(long)]
+        no_teams: bool,
+        #[command(flatten)]
+        status: StatusArgs,
         #[command(flatten)]
         conn: Conn,
     },
@@ -339,12 +372,16 @@ pub(crate) enum ProjectsCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a project: only the fields given change.
     Update {
+        /// The project's id.
         id: String,
+        /// Move the project (and its keys) to this team.
         #[arg(long)]
-        team: String,
-        #[arg(long, default_value = "")]
-        name: String,
+        team: Option<String>,
+        /// A new display name.
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -1074,17 +1111,17 @@ async fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
         TeamsCommand::Update {
             id,
             name,
-            inactive,
+            status,
             conn,
         } => {
-            let team = pb::Team {
+            let req = pb::UpdateTeamRequest {
                 id: id.clone(),
                 name,
-                active: !inactive,
+                active: status.active(),
             };
             let r = client(&conn)
                 .await?
-                .update_team(call(&conn, pb::TeamRequest { team: Some(team) })?)
+                .update_team(call(&conn, req)?)
                 .await
                 .map_err(failed)?
                 .into_inner();
@@ -1178,18 +1215,20 @@ async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
             id,
             name,
             teams,
-            inactive,
+            no_teams,
+            status,
             conn,
         } => {
-            let user = pb::User {
+            let req = pb::UpdateUserRequest {
                 id: id.clone(),
                 name,
-                active: !inactive,
+                active: status.active(),
+                replace_teams: no_teams || !teams.is_empty(),
                 teams,
             };
             let r = client(&conn)
                 .await?
-                .update_user(call(&conn, pb::UserRequest { user: Some(user) })?)
+                .update_user(call(&conn, req)?)
                 .await
                 .map_err(failed)?
                 .into_inner();
@@ -1281,19 +1320,14 @@ async fn projects(cmd: ProjectsCommand) -> anyhow::Result<()> {
             name,
             conn,
         } => {
-            let project = pb::Project {
+            let req = pb::UpdateProjectRequest {
                 id: id.clone(),
                 team,
                 name,
             };
             let r = client(&conn)
                 .await?
-                .update_project(call(
-                    &conn,
-                    pb::ProjectRequest {
-                        project: Some(project),
-                    },
-                )?)
+                .update_project(call(&conn, req)?)
                 .await
                 .map_err(failed)?
                 .into_inner();

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use crate::{
     domain::{
-        KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope, Team, User,
+        KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope, Team, TeamList, User,
         model::Change,
     },
     grpc::{pb, status::bad_field},
@@ -38,6 +38,15 @@ pub(super) fn id_field(field: &str, value: &str) -> Result<Arc<str>, Status> {
             "an id is 1 to 128 characters of [A-Za-z0-9_.@-]",
         ))
     }
+}
+
+/// A list of team ids from a request field, each checked like any id.
+pub(super) fn team_list(field: &str, teams: &[String]) -> Result<TeamList, Status> {
+    teams
+        .iter()
+        .enumerate()
+        .map(|(i, t)| id_field(&format!("{field}[{i}]"), t))
+        .collect()
 }
 
 pub(super) fn team_pb(t: &Team) -> pb::Team {

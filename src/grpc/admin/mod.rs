@@ -39,7 +39,7 @@ use audit::Audit;
 pub(crate) use convert::key_pb;
 use convert::{
     describe_change, id_field, key_pb_in, owned, project_pb, required, role_from_pb, role_pb,
-    status_from, team_pb, user_pb,
+    status_from, team_list, team_pb, user_pb,
 };
 use page::{Page, PageSelect};
 
@@ -497,15 +497,15 @@ impl AdminService {
 
     async fn update_team_inner(
         &self,
-        request: Request<pb::TeamRequest>,
+        request: Request<pb::UpdateTeamRequest>,
     ) -> Result<Response<pb::TeamResponse>, Status> {
         let caller = self.writer(request.metadata())?;
-        let t = request.into_inner().team.unwrap_or_default();
-        let id = id_field("team.id", &t.id)?;
+        let t = request.into_inner();
+        let id = id_field("id", &t.id)?;
         let command = Command::UpdateTeam {
             id: id.clone(),
-            name: Some(t.name),
-            active: Some(t.active),
+            name: t.name,
+            active: t.active,
         };
         let written = self.execute(&caller, command).await?;
         let team = self.state.read_model(|m| m.teams.get(&id).map(team_pb));
@@ -527,34 +527,44 @@ impl AdminService {
         }))
     }
 
-    async fn put_user(
+    async fn create_user_inner(
         &self,
         request: Request<pb::UserRequest>,
-        create: bool,
     ) -> Result<Response<pb::UserResponse>, Status> {
         let caller = self.writer(request.metadata())?;
         let u = request.into_inner().user.unwrap_or_default();
         let id = id_field("user.id", &u.id)?;
-        let teams = u
-            .teams
-            .iter()
-            .enumerate()
-            .map(|(i, t)| id_field(&format!("user.teams[{i}]"), t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let command = if create {
-            Command::CreateUser(Arc::new(User {
-                id: id.clone(),
-                name: u.name.into(),
-                active: u.active,
-                teams: teams.into(),
-            }))
-        } else {
-            Command::UpdateUser {
-                id: id.clone(),
-                name: Some(u.name.into()),
-                active: Some(u.active),
-                teams: Some(teams.into()),
-            }
+        let user = Arc::new(User {
+            id: id.clone(),
+            name: u.name.into(),
+            active: u.active,
+            teams: team_list("user.teams", &u.teams)?,
+        });
+        let written = self
+            .execute(&caller, Command::CreateUser(user.clone()))
+            .await?;
+        Ok(Response::new(pb::UserResponse {
+            user: Some(user_pb(&user)),
+            revision: written.revision,
+        }))
+    }
+
+    async fn update_user_inner(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UserResponse>, Status> {
+        let caller = self.writer(request.metadata())?;
+        let u = request.into_inner();
+        let id = id_field("id", &u.id)?;
+        let teams = match u.replace_teams {
+            true => Some(team_list("teams", &u.teams)?),
+            false => None,
+        };
+        let command = Command::UpdateUser {
+            id: id.clone(),
+            name: u.name.map(Into::into),
+            active: u.active,
+            teams,
         };
         let written = self.execute(&caller, command).await?;
         let user = self
@@ -578,10 +588,9 @@ impl AdminService {
         }))
     }
 
-    async fn put_project(
+    async fn create_project_inner(
         &self,
         request: Request<pb::ProjectRequest>,
-        create: bool,
     ) -> Result<Response<pb::ProjectResponse>, Status> {
         let caller = self.writer(request.metadata())?;
         let p = request.into_inner().project.unwrap_or_default();
@@ -590,15 +599,26 @@ impl AdminService {
             team: id_field("project.team", &p.team)?,
             name: p.name,
         };
-        let id = project.id.clone();
-        let command = if create {
-            Command::CreateProject(project)
-        } else {
-            Command::UpdateProject {
-                id: project.id,
-                team: Some(project.team),
-                name: Some(project.name),
-            }
+        let written = self
+            .execute(&caller, Command::CreateProject(project.clone()))
+            .await?;
+        Ok(Response::new(pb::ProjectResponse {
+            project: Some(project_pb(&project)),
+            revision: written.revision,
+        }))
+    }
+
+    async fn update_project_inner(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Result<Response<pb::ProjectResponse>, Status> {
+        let caller = self.writer(request.metadata())?;
+        let p = request.into_inner();
+        let id = id_field("id", &p.id)?;
+        let command = Command::UpdateProject {
+            id: id.clone(),
+            team: p.team.map(|t| id_field("team", &t)).transpose()?,
+            name: p.name,
         };
         let written = self.execute(&caller, command).await?;
         let project = self
@@ -883,12 +903,13 @@ impl Admin for AdminService {
 
     async fn update_team(
         &self,
-        request: Request<pb::TeamRequest>,
+        request: Request<pb::UpdateTeamRequest>,
     ) -> Result<Response<pb::TeamResponse>, Status> {
+        let target = |r: &pb::UpdateTeamRequest| format!("team {}", r.id);
         audited!(
             request,
             "UpdateTeam",
-            team_of,
+            target,
             self.update_team_inner(request)
         )
     }
@@ -933,18 +954,24 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UserRequest>,
     ) -> Result<Response<pb::UserResponse>, Status> {
-        audited!(request, "CreateUser", user_of, self.put_user(request, true))
+        audited!(
+            request,
+            "CreateUser",
+            user_of,
+            self.create_user_inner(request)
+        )
     }
 
     async fn update_user(
         &self,
-        request: Request<pb::UserRequest>,
+        request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UserResponse>, Status> {
+        let target = |r: &pb::UpdateUserRequest| format!("user {}", r.id);
         audited!(
             request,
             "UpdateUser",
-            user_of,
-            self.put_user(request, false)
+            target,
+            self.update_user_inner(request)
         )
     }
 
@@ -992,19 +1019,20 @@ impl Admin for AdminService {
             request,
             "CreateProject",
             project_of,
-            self.put_project(request, true)
+            self.create_project_inner(request)
         )
     }
 
     async fn update_project(
         &self,
-        request: Request<pb::ProjectRequest>,
+        request: Request<pb::UpdateProjectRequest>,
     ) -> Result<Response<pb::ProjectResponse>, Status> {
+        let target = |r: &pb::UpdateProjectRequest| format!("project {}", r.id);
         audited!(
             request,
             "UpdateProject",
-            project_of,
-            self.put_project(request, false)
+            target,
+            self.update_project_inner(request)
         )
     }
 

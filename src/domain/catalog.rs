@@ -1,4 +1,4 @@
-//! Entitlements and roles: the built-in catalog of the platform (catalog.md) and the type that
+//! Entitlements and roles: the built-in catalog of the platform (docs/catalog.md) and the type that
 //! holds it together with custom additions.
 
 use std::{collections::HashMap, sync::Arc};

@@ -6,7 +6,7 @@
 //!   FOLLOWER, and TEAM_ROLE).
 //! - [`ApiKey`]: `<prefix>.<secret>` parsing and SHA-256 hashing of secrets.
 //! - [`Model`]: teams, users, projects, keys, roles and the route table, with the validation
-//!   rules of catalog.md.
+//!   rules of the model (docs/catalog.md).
 //! - [`RouteSpec`]: a route of the HTTP API (which entitlement a request needs).
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.

@@ -315,17 +315,18 @@ async fn catchup(keys: usize) {
     );
 
     let follower_state = Arc::new(State::new());
-    let follower = rolegate::grpc::follow::follower(
+    let grpc_hub = rolegate::grpc::follow::GrpcHub::new(
         &url,
         FOLLOWER_KEY.into(),
         rolegate::tls::client::ClientTls::default(),
-        follower_state.clone(),
     )
     .unwrap();
-    let status = follower.status();
+    let follower =
+        rolegate::origin::upstream::UpstreamOrigin::new(grpc_hub, follower_state.clone());
+    let status = follower.view().status;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
-    tokio::spawn(follower.run(stop_rx));
+    tokio::spawn(follower.follow(stop_rx));
     let mut rev = follower_state.subscribe_revision();
     rev.wait_for(|r| *r >= 1).await.unwrap();
     let took = start.elapsed();

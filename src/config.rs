@@ -5,6 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
+use crate::{
+    origin::{OriginConfig, embedded::Bootstrap},
+    tls::client::ClientTls,
+};
+
 /// How logs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -201,6 +206,24 @@ impl ServeConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// What the origin is configured with; [`crate::origin::start`] decides from it which
+    /// origin serves.
+    pub fn origin(&self) -> OriginConfig {
+        OriginConfig {
+            policy: self.policy.clone(),
+            reload_interval: self.reload_interval,
+            data_dir: self.data_dir(),
+            bootstrap: Bootstrap {
+                prefix: self.bootstrap_key_prefix.clone(),
+                secret_sha256: self.bootstrap_key_sha256.clone(),
+            },
+            upstream: self.upstream.clone(),
+            upstream_key: self.upstream_key.clone(),
+            upstream_tls: ClientTls::from(&self.upstream_tls),
+            max_staleness: self.max_staleness,
+        }
     }
 
     /// The Watch change log's bounds.

@@ -17,7 +17,7 @@ use rolegate::{
     },
     grpc::{
         AuthorizerService,
-        admin::{AdminOrigin, AdminService},
+        admin::AdminService,
         authorizer::AuthorizerLimits,
         pb::{
             self, admin_client::AdminClient, admin_server::AdminServer,
@@ -434,7 +434,7 @@ async fn serve_store(state: Arc<State>, dir: &std::path::Path) -> (String, Arc<E
             )))
             .add_service(AdminServer::new(AdminService::new(
                 state,
-                AdminOrigin::Embedded(started.origin.clone()),
+                started.origin.clone(),
             )))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );

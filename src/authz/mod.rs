@@ -19,9 +19,8 @@ use crate::{
         ApiKey, KeyEntry, Reason, ResourceRef, RouteSpec, Scope, ValueSource, authenticate,
         decide_presented,
     },
-    grpc::status::Unanswerable,
     origin::policy_file::is_valid_entitlement,
-    state::{State, unix_now},
+    state::{State, Unanswerable, unix_now},
 };
 use routes::{RouteError, RouteTable, normalize_path};
 

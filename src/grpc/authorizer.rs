@@ -8,9 +8,9 @@ use crate::{
     grpc::{
         convert,
         pb::{self, authorizer_server::Authorizer},
-        status::{InvalidRequest, Unanswerable},
+        status::InvalidRequest,
     },
-    state::{State, unix_now},
+    state::{State, Unanswerable, unix_now},
 };
 
 /// Limits of the service, from the server's flags.

@@ -1,7 +1,7 @@
 //! The follower's side of the wire: opens the hub's `WatchBatched` stream and turns its events
 //! into the domain-level [`FeedItem`]s that `origin::upstream` stages and applies.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, time::Duration};
 
 use tokio::sync::mpsc;
 use tonic::{
@@ -15,10 +15,7 @@ use crate::{
         pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
         watch::{Interner, change_of, change_of_interned},
     },
-    origin::upstream::{
-        BOOKMARK_INTERVAL, Feed, FeedItem, Hub, Start, UpstreamError, UpstreamOrigin,
-    },
-    state::State,
+    origin::upstream::{BOOKMARK_INTERVAL, Feed, FeedItem, Hub, Start, UpstreamError},
     tls::client::ClientTls,
 };
 
@@ -39,7 +36,8 @@ pub struct GrpcHub {
 
 impl GrpcHub {
     /// A hub at `url` (`http://HOST:PORT`, or `https://…` for TLS with `tls`), asked for with
-    /// `key`.
+    /// `key`: how `serve --upstream` reaches its hub (the [`crate::origin::upstream::Dial`] given
+    /// to [`crate::origin::start`]).
     pub fn new(url: &str, key: String, tls: ClientTls) -> Result<Self, UpstreamError> {
         let hub = GrpcHub {
             url: url.to_owned(),
@@ -81,16 +79,6 @@ fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
         cause = err.source();
     }
     text
-}
-
-/// A follower of the hub at `url` (what `serve --upstream` runs).
-pub fn follower(
-    url: &str,
-    key: String,
-    tls: ClientTls,
-    state: Arc<State>,
-) -> Result<Arc<UpstreamOrigin<GrpcHub>>, UpstreamError> {
-    Ok(UpstreamOrigin::new(GrpcHub::new(url, key, tls)?, state))
 }
 
 impl Hub for GrpcHub {
@@ -297,6 +285,8 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::domain::SecretHash;
 

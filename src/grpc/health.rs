@@ -42,11 +42,7 @@ pub async fn follow_readiness(
 ) {
     let mut revisions = health.state.subscribe_revision();
     // A follower's wake-up on contact with its hub; otherwise one that never fires.
-    let contact = health
-        .upstream
-        .as_ref()
-        .map(|u| u.contact.clone())
-        .unwrap_or_default();
+    let contact = health.origin.contact().unwrap_or_default();
     let mut reported = None;
     loop {
         // Registered before readiness is read, so that a contact in between is not missed.
@@ -65,7 +61,7 @@ pub async fn follow_readiness(
         }
         let loaded = health.state.is_loaded();
         let stale_at = if ready {
-            health.upstream.as_ref().and_then(|u| u.stale_at())
+            health.origin.stale_at()
         } else {
             None
         };

@@ -23,8 +23,11 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    domain::{ModelViolation, WatchDenied, catalog::KEYS_REPLICATE, model::ObjectRef},
-    origin::{embedded::WriteError, policy_file::PolicyError},
+    domain::{
+        ModelViolation, WatchDenied, admin::WriteError, catalog::KEYS_REPLICATE, model::ObjectRef,
+    },
+    origin::policy_file::PolicyError,
+    state::Unanswerable,
 };
 
 /// A request that cannot be judged as sent.
@@ -50,17 +53,7 @@ impl From<InvalidRequest> for Status {
     }
 }
 
-/// Why a request could not be answered at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unanswerable {
-    #[error("rolegate is not ready: no state has been loaded yet")]
-    NotReady,
-    #[error(
-        "revision {wanted} has not been applied here in time; this instance has revision {have}"
-    )]
-    Lagging { wanted: u64, have: u64 },
-}
-
+/// "Cannot answer" is UNAVAILABLE: Envoy and clients may then retry another instance.
 impl From<Unanswerable> for Status {
     fn from(err: Unanswerable) -> Self {
         Status::new(Code::Unavailable, err.to_string())

@@ -4,7 +4,7 @@
 pub mod auth;
 
 use std::sync::{
-    Arc, Mutex,
+    Arc,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -13,12 +13,9 @@ use serde::Serialize;
 
 use crate::{
     authz::{Authz, RouteStatus},
-    origin::{
-        policy_file::ReloadStatus,
-        upstream::{FollowerView, UpstreamStatus, unix_now_ms},
-    },
+    origin::{Origin, OriginStatus},
     state::changelog::WatchStatus,
-    state::{Counts, State},
+    state::{Counts, State, unix_now},
 };
 
 /// What the HTTP endpoints report on.
@@ -26,13 +23,9 @@ pub struct Health {
     pub state: Arc<State>,
     /// False before the first load and once shutdown has begun.
     pub serving: AtomicBool,
-    pub origin: Arc<Mutex<ReloadStatus>>,
+    /// The origin that serves: its status, and whether it keeps the state fresh enough.
+    pub origin: Arc<dyn Origin>,
     pub started_unix: i64,
-    /// Which origin serves: `policy_file` or `embedded`.
-    pub origin_kind: &'static str,
-    /// Follow mode: the connection to the hub and the bound on its silence (None: not a
-    /// follower).
-    pub upstream: Option<FollowerView>,
     /// The proxy front ends' route map (None: not served).
     pub routes: Option<Arc<Authz>>,
 }
@@ -47,33 +40,24 @@ struct StatusBody {
     revision: u64,
     started_unix: i64,
     counts: Counts,
-    origin: OriginBody,
+    origin: OriginStatus,
     watch: WatchStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     routes: Option<RouteStatus>,
 }
 
-#[derive(Serialize)]
-struct OriginBody {
-    kind: &'static str,
-    #[serde(flatten)]
-    reload: ReloadStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream: Option<UpstreamBody>,
-}
-
-#[derive(Serialize)]
-struct UpstreamBody {
-    #[serde(flatten)]
-    status: UpstreamStatus,
-    /// `--max-staleness` in milliseconds (absent: no bound).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_staleness_ms: Option<u64>,
-    /// Not serving because the hub has not been heard from within `max_staleness_ms`.
-    stale: bool,
-}
-
 impl Health {
+    /// Serving from now, fed by `origin`.
+    pub fn new(state: Arc<State>, origin: Arc<dyn Origin>, routes: Option<Arc<Authz>>) -> Self {
+        Health {
+            state,
+            serving: true.into(),
+            origin,
+            started_unix: unix_now(),
+            routes,
+        }
+    }
+
     /// Whether this instance should take traffic: what `/readyz` and gRPC health report.
     pub fn is_ready(&self) -> bool {
         self.not_ready().is_none()
@@ -86,22 +70,8 @@ impl Health {
         if !self.serving.load(Ordering::Acquire) {
             return Some("shutting down".into());
         }
-        if !self.state.is_loaded() {
-            return Some(match &self.upstream {
-                Some(up) => {
-                    let s = up.status();
-                    let error = s
-                        .last_error
-                        .map(|e| format!("; last error: {e}"))
-                        .unwrap_or_default();
-                    format!("no snapshot from the hub {} applied yet{error}", s.hub)
-                }
-                None => "the state is not loaded yet".into(),
-            });
-        }
-        self.upstream
-            .as_ref()?
-            .stale_reason(tokio::time::Instant::now())
+        self.origin
+            .not_ready(self.state.is_loaded(), tokio::time::Instant::now())
     }
 }
 
@@ -125,7 +95,7 @@ pub fn probe_router(health: Arc<Health>) -> Router {
 async fn readyz(Extract(health): Extract<Arc<Health>>) -> (StatusCode, String) {
     // A follower cut off from its hub stays ready (it answers from its last state) and says how
     // stale that state is, unless --max-staleness bounds how long that may last.
-    let detail = health.upstream_detail().unwrap_or_default();
+    let detail = health.origin.readiness_note().unwrap_or_default();
     match health.not_ready() {
         None => (StatusCode::OK, format!("ready{detail}\n")),
         Some(why) => (
@@ -135,57 +105,8 @@ async fn readyz(Extract(health): Extract<Arc<Health>>) -> (StatusCode, String) {
     }
 }
 
-impl Health {
-    fn upstream(&self) -> Option<UpstreamStatus> {
-        Some(self.upstream.as_ref()?.status().at(unix_now_ms()))
-    }
-
-    fn upstream_detail(&self) -> Option<String> {
-        let s = self.upstream()?;
-        let state = if s.connected {
-            "connected"
-        } else {
-            "disconnected"
-        };
-        // A snapshot in progress is staged aside: the state served is the previous one.
-        let snapshot = if s.snapshot_in_progress {
-            format!(
-                ", taking a snapshot ({} objects so far)",
-                s.snapshot_objects_staged
-            )
-        } else {
-            String::new()
-        };
-        Some(match s.staleness_ms {
-            Some(ms) => format!(
-                " (upstream {}: {state}{snapshot}, in sync {ms} ms ago)",
-                s.hub
-            ),
-            None => format!(
-                " (upstream {}: {state}{snapshot}, never in sync yet)",
-                s.hub
-            ),
-        })
-    }
-}
-
 async fn status(Extract(health): Extract<Arc<Health>>) -> Json<serde_json::Value> {
-    let reload = health
-        .origin
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
     let not_ready = health.not_ready();
-    let upstream = health.upstream().map(|status| {
-        let view = health.upstream.as_ref();
-        UpstreamBody {
-            status,
-            max_staleness_ms: view
-                .and_then(|v| v.max_staleness)
-                .map(|d| d.as_millis() as u64),
-            stale: view.is_some_and(|v| v.stale_reason(tokio::time::Instant::now()).is_some()),
-        }
-    });
     let body = StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         ready: not_ready.is_none(),
@@ -193,15 +114,7 @@ async fn status(Extract(health): Extract<Arc<Health>>) -> Json<serde_json::Value
         revision: health.state.revision(),
         started_unix: health.started_unix,
         counts: health.state.counts(),
-        origin: OriginBody {
-            kind: if health.upstream.is_some() {
-                "upstream"
-            } else {
-                health.origin_kind
-            },
-            reload,
-            upstream,
-        },
+        origin: health.origin.status(),
         watch: health.state.change_log().status(),
         routes: health.routes.as_ref().map(|a| a.route_status()),
     };

@@ -7,6 +7,8 @@
 //! hub's gRPC Watch) is behind the [`Hub`] and [`Feed`] traits, implemented in
 //! `grpc::follow`: origins do not depend on a front end.
 
+pub mod status;
+
 use std::{
     future::Future,
     sync::{Arc, Mutex},
@@ -15,8 +17,15 @@ use std::{
 
 use crate::{
     domain::{Model, model::Change},
+    origin::{
+        BoxFuture, Origin, OriginKind, OriginStatus, ReadOnly, ReloadStatus, RouteSource,
+        WritableOrigin,
+    },
     state::{ChangeSet, State},
+    tls::client::ClientTls,
 };
+
+pub use status::{FollowerView, SnapshotTiming, UpstreamStatus, unix_now_ms};
 
 /// Why following the hub stopped for now (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +91,11 @@ pub trait Feed: Send {
     fn next(&mut self) -> impl Future<Output = Result<FeedItem, UpstreamError>> + Send;
 }
 
+/// How a hub is reached: from its URL, the key presented to it, and TLS towards it. Given by the
+/// caller of [`crate::origin::start`], since the transport lives with the front end that speaks
+/// it (`grpc::follow`).
+pub type Dial<H> = fn(&str, String, ClientTls) -> Result<H, UpstreamError>;
+
 /// How long the follower lets its feed stay quiet before the hub sends a bookmark (asked for
 /// on every Watch it opens). An idle but healthy hub is therefore heard from about this often,
 /// which is what `--max-staleness` measures against.
@@ -90,130 +104,6 @@ pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 /// The smallest `--max-staleness`: three bookmark intervals, so that one late bookmark does not
 /// take a healthy follower out of service.
 pub const MIN_MAX_STALENESS: Duration = Duration::from_secs(3);
-
-/// What the follower reports on `/status` and in readiness.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct UpstreamStatus {
-    pub hub: String,
-    pub connected: bool,
-    /// Unix milliseconds of the last event (bookmarks and snapshot parts included) from the hub.
-    pub last_event_unix_ms: Option<i64>,
-    /// Unix milliseconds of the last contact with the hub: a Watch it accepted (for a snapshot
-    /// or a resume), or any event on it, bookmarks included.
-    pub last_contact_unix_ms: Option<i64>,
-    /// Milliseconds since `last_contact_unix_ms`, filled in when reported.
-    pub since_contact_ms: Option<i64>,
-    /// The last contact on the monotonic clock: staleness is decided on it, so that a change of
-    /// the wall clock does not take a follower in or out of service.
-    #[serde(skip)]
-    pub last_contact: Option<tokio::time::Instant>,
-    /// Unix milliseconds of the last moment the follower had applied everything the hub had
-    /// sent (a complete revision, a snapshot end, or a bookmark outside a snapshot).
-    pub in_sync_unix_ms: Option<i64>,
-    /// Milliseconds since `in_sync_unix_ms`, filled in when reported: how stale the state
-    /// served may be. A snapshot in progress does not count as in sync.
-    pub staleness_ms: Option<i64>,
-    /// A snapshot is being received and staged; the previous state serves until it is complete.
-    pub snapshot_in_progress: bool,
-    /// Objects of the snapshot in progress received so far.
-    pub snapshot_objects_staged: u64,
-    /// The last revision the hub reported (change or bookmark).
-    pub hub_revision: u64,
-    /// The hub's history id this follower's revisions come from.
-    pub hub_history: Option<String>,
-    /// Added to the hub's revisions when the hub's history restarted below ours.
-    pub revision_offset: u64,
-    pub connects: u64,
-    pub snapshots: u64,
-    /// Snapshots that broke off before their end marker (the previous state was kept).
-    pub snapshots_abandoned: u64,
-    pub resets: u64,
-    pub last_error: Option<String>,
-    /// Where the time of the last snapshot applied went.
-    pub last_snapshot: Option<SnapshotTiming>,
-}
-
-/// The phases of one snapshot, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SnapshotTiming {
-    pub objects: u64,
-    /// From asking the hub to its end marker: transfer, decoding and staging.
-    pub receive_ms: u64,
-    pub validate_ms: u64,
-    /// Comparing with the current state (0 when the follower was empty: no diff is made).
-    pub diff_ms: u64,
-    /// `State::apply` of the resulting change set.
-    pub apply_ms: u64,
-}
-
-impl UpstreamStatus {
-    /// The status as of `now_ms`, with the staleness computed.
-    pub fn at(&self, now_ms: i64) -> Self {
-        let mut s = self.clone();
-        s.staleness_ms = s.in_sync_unix_ms.map(|t| (now_ms - t).max(0));
-        s.since_contact_ms = s.last_contact_unix_ms.map(|t| (now_ms - t).max(0));
-        s
-    }
-
-    /// How long the hub has not been heard from, when that is `max` or longer (None: heard
-    /// from within `max`, or never yet: a follower without a first snapshot is not ready
-    /// anyway).
-    pub fn silent_for(&self, max: Duration, now: tokio::time::Instant) -> Option<Duration> {
-        let silent = now.saturating_duration_since(self.last_contact?);
-        (silent >= max).then_some(silent)
-    }
-
-    /// The moment the follower goes stale if the hub is not heard from before.
-    pub fn stale_at(&self, max: Duration) -> Option<tokio::time::Instant> {
-        self.last_contact.map(|t| t + max)
-    }
-}
-
-/// What readiness reads of a follower: its status, the bound on how long the hub may go
-/// unheard, and a wake-up on every contact with the hub.
-#[derive(Clone, Debug)]
-pub struct FollowerView {
-    pub status: Arc<Mutex<UpstreamStatus>>,
-    /// `--max-staleness` (None: no bound; the last state serves however old).
-    pub max_staleness: Option<Duration>,
-    /// Notified (`notify_waiters`) on every contact with the hub.
-    pub contact: Arc<tokio::sync::Notify>,
-}
-
-impl FollowerView {
-    /// A copy of the status.
-    pub fn status(&self) -> UpstreamStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Why the follower must not take traffic for staleness, if so: how long since the hub was
-    /// last heard from, and the last error.
-    pub fn stale_reason(&self, now: tokio::time::Instant) -> Option<String> {
-        let max = self.max_staleness?;
-        let status = self.status();
-        let silent = status.silent_for(max, now)?;
-        let error = status
-            .last_error
-            .as_deref()
-            .map(|e| format!("; last error: {e}"))
-            .unwrap_or_default();
-        Some(format!(
-            "no contact with the hub {} for {} (more than --max-staleness {}){error}",
-            status.hub,
-            humantime::format_duration(Duration::from_millis(silent.as_millis() as u64)),
-            humantime::format_duration(max),
-        ))
-    }
-
-    /// When the follower goes stale if the hub is not heard from before (None without a bound
-    /// or before any contact).
-    pub fn stale_at(&self) -> Option<tokio::time::Instant> {
-        self.status().stale_at(self.max_staleness?)
-    }
-}
 
 /// Exponential backoff with jitter: many followers of one restarted hub do not all knock at once.
 #[derive(Clone, Debug)]
@@ -356,6 +246,8 @@ pub struct UpstreamOrigin<H: Hub> {
     position: Mutex<Position>,
     /// Wakes whoever waits for the hub to be heard from again (readiness, when stale).
     contact: Arc<tokio::sync::Notify>,
+    /// `--max-staleness` (None: no bound; the last state serves however old).
+    max_staleness: Option<Duration>,
 }
 
 /// How a session with the hub ended without an error.
@@ -365,8 +257,14 @@ enum Ended {
 }
 
 impl<H: Hub> UpstreamOrigin<H> {
-    /// A follower of `hub` feeding `state`.
+    /// A follower of `hub` feeding `state`, with no bound on staleness.
     pub fn new(hub: H, state: Arc<State>) -> Arc<Self> {
+        Self::bounded(hub, state, None)
+    }
+
+    /// A follower of `hub` feeding `state` that reports itself not ready once the hub has not
+    /// been heard from for `max_staleness`.
+    pub fn bounded(hub: H, state: Arc<State>, max_staleness: Option<Duration>) -> Arc<Self> {
         let status = UpstreamStatus {
             hub: hub.address().to_owned(),
             ..Default::default()
@@ -377,19 +275,15 @@ impl<H: Hub> UpstreamOrigin<H> {
             status: Arc::new(Mutex::new(status)),
             position: Mutex::new(Position::default()),
             contact: Arc::new(tokio::sync::Notify::new()),
+            max_staleness,
         })
     }
 
-    /// The status, shared with the HTTP endpoints.
-    pub fn status(&self) -> Arc<Mutex<UpstreamStatus>> {
-        self.status.clone()
-    }
-
-    /// What readiness reads of this follower, with `max_staleness` as the bound.
-    pub fn view(&self, max_staleness: Option<Duration>) -> FollowerView {
+    /// What readiness reads of this follower.
+    pub fn view(&self) -> FollowerView {
         FollowerView {
             status: self.status.clone(),
-            max_staleness,
+            max_staleness: self.max_staleness,
             contact: self.contact.clone(),
         }
     }
@@ -411,7 +305,7 @@ impl<H: Hub> UpstreamOrigin<H> {
 
     /// Follows the hub until `shutdown` turns true: connect, watch, and on any failure wait
     /// (with backoff) and resume from the last revision applied.
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let hub = self.hub.address().to_owned();
         loop {
@@ -624,11 +518,57 @@ impl<H: Hub> UpstreamOrigin<H> {
     }
 }
 
-/// Unix milliseconds now.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+impl<H: Hub> Origin for UpstreamOrigin<H> {
+    fn kind(&self) -> OriginKind {
+        OriginKind::Upstream
+    }
+
+    fn status(&self) -> OriginStatus {
+        OriginStatus {
+            kind: OriginKind::Upstream,
+            reload: ReloadStatus::default(),
+            upstream: Some(self.view().report()),
+        }
+    }
+
+    fn routes(&self) -> RouteSource {
+        RouteSource::Hub(self.hub.address().to_owned())
+    }
+
+    fn writer(&self) -> Result<&dyn WritableOrigin, ReadOnly> {
+        Err(ReadOnly(format!(
+            "this instance follows the hub {}: write to the hub",
+            self.hub.address()
+        )))
+    }
+
+    fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        Box::pin(self.follow(stop))
+    }
+
+    /// Not ready before the first snapshot from the hub is applied, nor while the hub has been
+    /// silent for longer than `--max-staleness`.
+    fn not_ready(&self, loaded: bool, now: tokio::time::Instant) -> Option<String> {
+        let view = self.view();
+        if !loaded {
+            return Some(view.not_loaded_reason());
+        }
+        view.stale_reason(now)
+    }
+
+    /// A follower cut off from its hub stays ready (it answers from its last state) and says
+    /// how stale that state is.
+    fn readiness_note(&self) -> Option<String> {
+        Some(self.view().readiness_note())
+    }
+
+    fn stale_at(&self) -> Option<tokio::time::Instant> {
+        self.view().stale_at()
+    }
+
+    fn contact(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.contact.clone())
+    }
 }
 
 #[cfg(test)]

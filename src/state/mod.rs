@@ -42,6 +42,18 @@ pub enum StateError {
     StaleRevision { given: u64, applied: u64 },
 }
 
+/// Why a request could not be answered at all, whichever front end it came through (each maps
+/// it to its own "unavailable": gRPC `UNAVAILABLE`, HTTP 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswerable {
+    #[error("rolegate is not ready: no state has been loaded yet")]
+    NotReady,
+    #[error(
+        "revision {wanted} has not been applied here in time; this instance has revision {have}"
+    )]
+    Lagging { wanted: u64, have: u64 },
+}
+
 /// The answer to one check, with what the front ends report besides the decision.
 #[derive(Clone, Debug)]
 pub struct CheckOutcome {
@@ -331,99 +343,16 @@ impl State {
                 applied,
             });
         }
-        let mut rebuild_all = false;
-        // The requestors to rebuild, each with all its keys after this change set.
-        let mut touched: Touched = FastMap::default();
-        // A first load brings every object at once: size the maps once rather than doubling.
-        // (Only then: most puts of a later large set replace objects already counted.)
-        let puts = |f: fn(&Change) -> bool| set.changes.iter().filter(|c| f(c)).count();
-        if w.model.keys.is_empty() && set.changes.len() > 1024 {
-            let new_keys = puts(|c| matches!(c, Change::PutKey(_)));
-            let new_users = puts(|c| matches!(c, Change::PutUser(_)));
-            w.model.keys.reserve(new_keys);
-            w.model.users.reserve(new_users);
-            w.requestors.reserve(new_users);
-            touched.reserve(new_users);
-        }
-        // Without keys before, every key after this set was put by it, so its requestor is
-        // touched already: a team change needs no search for the keys in that team.
-        let had_keys = !w.model.keys.is_empty();
-        let mut teams: HashSet<Arc<str>> = HashSet::new();
-        let mut removed_keys: Vec<Arc<str>> = Vec::new();
         // A revision too large for the log is not described: nobody could replay it.
         let unlogged = self.log.too_large(set.changes.len());
-        let mut logged: Vec<LoggedChange> = Vec::new();
-        let mut routes_changed = false;
-        for change in &set.changes {
-            if !unlogged {
-                logged.push(LoggedChange::describe(&w.model, change));
-            }
-            match change {
-                Change::PutEntitlement(_)
-                | Change::RemoveEntitlement(_)
-                | Change::PutRole(_)
-                | Change::RemoveRole(_) => rebuild_all = true,
-                Change::PutTeam(team) => {
-                    teams.insert(team.id.clone());
-                }
-                Change::RemoveTeam(id) => {
-                    teams.insert(id.clone());
-                }
-                Change::PutUser(user) => {
-                    w.keys_of(&mut touched, RequestorId::User(user.id.clone()));
-                }
-                Change::RemoveUser(id) => {
-                    w.keys_of(&mut touched, RequestorId::User(id.clone()));
-                }
-                Change::PutProject(project) => {
-                    w.keys_of(&mut touched, RequestorId::Project(project.id.clone()));
-                }
-                Change::RemoveProject(id) => {
-                    w.keys_of(&mut touched, RequestorId::Project(id.clone()));
-                }
-                Change::PutKey(spec) => {
-                    w.unlist_key(&mut touched, &spec.prefix);
-                    w.keys_of(&mut touched, RequestorId::of(spec))
-                        .push(spec.prefix.clone());
-                }
-                Change::RemoveKey(prefix) => {
-                    w.unlist_key(&mut touched, prefix);
-                    removed_keys.push(prefix.clone());
-                }
-                // The table changes no key's grants: the front ends recompile it.
-                Change::PutRoutes(_) | Change::ResetRoutes => routes_changed = true,
-            }
-            w.model.apply(change);
-        }
-
-        if rebuild_all {
-            w.catalog = Arc::new(w.model.catalog.clone());
-            w.interner = GrantInterner::default();
-            let all: Vec<RequestorId> = w.requestors.keys().cloned().collect();
-            for id in all {
-                w.keys_of(&mut touched, id);
-            }
-        } else if !teams.is_empty() && had_keys {
-            let in_teams: Vec<RequestorId> = w
-                .model
-                .keys
-                .values()
-                .filter(|spec| w.model.key_team(spec).is_some_and(|t| teams.contains(t)))
-                .map(|spec| RequestorId::of(spec))
-                .collect();
-            for id in in_teams {
-                w.keys_of(&mut touched, id);
-            }
-        }
-
-        for prefix in &removed_keys {
+        let touches = w.apply_changes(&set.changes, !unlogged);
+        for prefix in &touches.removed_keys {
             if !w.model.keys.contains_key(&**prefix) {
                 self.keys.remove(&**prefix);
             }
         }
-        let now = unix_now();
         let mut grants_changed: Vec<RequestorId> = Vec::new();
-        let rebuilt = self.rebuild(w, touched, now, !unlogged);
+        let rebuilt = self.rebuild(w, touches.requestors, unix_now(), !unlogged);
         for (id, requestor, changed) in rebuilt {
             match requestor {
                 Some(requestor) => w.requestors.put(requestor),
@@ -433,11 +362,11 @@ impl State {
                 grants_changed.push(id);
             }
         }
-        if rebuild_all || !removed_keys.is_empty() {
+        if touches.all || !touches.removed_keys.is_empty() {
             w.interner.prune();
         }
         grants_changed.sort();
-        if routes_changed && w.model.routes != self.routes.borrow().specs {
+        if touches.routes && w.model.routes != self.routes.borrow().specs {
             // Published before the revision: a request answered at this revision finds the
             // table's revision changed and does not use the old table.
             self.routes.send_replace(ActiveRoutes {
@@ -450,7 +379,8 @@ impl State {
         if unlogged {
             self.log.append_too_large(set.revision);
         } else {
-            self.log.append(set.revision, logged, grants_changed);
+            self.log
+                .append(set.revision, touches.logged, grants_changed);
         }
         self.revision.send_replace(set.revision);
         Ok(set.revision)
@@ -544,7 +474,112 @@ impl State {
     }
 }
 
+/// What a change set touches, gathered while its changes are applied to the model.
+#[derive(Default)]
+struct Touches {
+    /// The requestors to rebuild, each with all its keys after the change set.
+    requestors: Touched,
+    /// A role or entitlement changed: every requestor is rebuilt, with a new catalog.
+    all: bool,
+    /// Teams put or removed.
+    teams: HashSet<Arc<str>>,
+    removed_keys: Vec<Arc<str>>,
+    /// The route table was put or reset.
+    routes: bool,
+    /// The change log's description of each change (empty when not described).
+    logged: Vec<LoggedChange>,
+}
+
 impl Writer {
+    /// Applies `changes` to the model and returns what they touch, with the change log's
+    /// description of each when `describe`.
+    fn apply_changes(&mut self, changes: &[Change], describe: bool) -> Touches {
+        let mut t = Touches::default();
+        // A first load brings every object at once: size the maps once rather than doubling.
+        // (Only then: most puts of a later large set replace objects already counted.)
+        if self.model.keys.is_empty() && changes.len() > 1024 {
+            let puts = |f: fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
+            let new_keys = puts(|c| matches!(c, Change::PutKey(_)));
+            let new_users = puts(|c| matches!(c, Change::PutUser(_)));
+            self.model.keys.reserve(new_keys);
+            self.model.users.reserve(new_users);
+            self.requestors.reserve(new_users);
+            t.requestors.reserve(new_users);
+        }
+        // Without keys before, every key after this set was put by it, so its requestor is
+        // touched already: a team change needs no search for the keys in that team.
+        let had_keys = !self.model.keys.is_empty();
+        for change in changes {
+            if describe {
+                t.logged.push(LoggedChange::describe(&self.model, change));
+            }
+            self.touch(&mut t, change);
+            self.model.apply(change);
+        }
+        if t.all {
+            self.catalog = Arc::new(self.model.catalog.clone());
+            self.interner = GrantInterner::default();
+            let all: Vec<RequestorId> = self.requestors.keys().cloned().collect();
+            for id in all {
+                self.keys_of(&mut t.requestors, id);
+            }
+        } else if !t.teams.is_empty() && had_keys {
+            let in_teams: Vec<RequestorId> = self
+                .model
+                .keys
+                .values()
+                .filter(|spec| {
+                    (self.model.key_team(spec)).is_some_and(|team| t.teams.contains(team))
+                })
+                .map(|spec| RequestorId::of(spec))
+                .collect();
+            for id in in_teams {
+                self.keys_of(&mut t.requestors, id);
+            }
+        }
+        t
+    }
+
+    /// Records what `change` touches, before it is applied to the model.
+    fn touch(&self, t: &mut Touches, change: &Change) {
+        let touched = &mut t.requestors;
+        match change {
+            Change::PutEntitlement(_)
+            | Change::RemoveEntitlement(_)
+            | Change::PutRole(_)
+            | Change::RemoveRole(_) => t.all = true,
+            Change::PutTeam(team) => {
+                t.teams.insert(team.id.clone());
+            }
+            Change::RemoveTeam(id) => {
+                t.teams.insert(id.clone());
+            }
+            Change::PutUser(user) => {
+                self.keys_of(touched, RequestorId::User(user.id.clone()));
+            }
+            Change::RemoveUser(id) => {
+                self.keys_of(touched, RequestorId::User(id.clone()));
+            }
+            Change::PutProject(project) => {
+                self.keys_of(touched, RequestorId::Project(project.id.clone()));
+            }
+            Change::RemoveProject(id) => {
+                self.keys_of(touched, RequestorId::Project(id.clone()));
+            }
+            Change::PutKey(spec) => {
+                self.unlist_key(touched, &spec.prefix);
+                self.keys_of(touched, RequestorId::of(spec))
+                    .push(spec.prefix.clone());
+            }
+            Change::RemoveKey(prefix) => {
+                self.unlist_key(touched, prefix);
+                t.removed_keys.push(prefix.clone());
+            }
+            // The table changes no key's grants: the front ends recompile it.
+            Change::PutRoutes(_) | Change::ResetRoutes => t.routes = true,
+        }
+    }
+
     /// The keys of requestor `id` as this change set leaves them, starting from those it had.
     fn keys_of<'t>(&self, touched: &'t mut Touched, id: RequestorId) -> &'t mut KeyList {
         touched.entry(id).or_insert_with_key(|id| {
@@ -572,221 +607,4 @@ impl CheckOutcome {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{
-        KeyStatus,
-        model::tests::{model, team_key},
-    };
-
-    fn load(state: &State, m: &Model, revision: u64) {
-        let changes = state.model().diff(m);
-        state.apply(ChangeSet { revision, changes }).unwrap();
-    }
-
-    fn allowed(state: &State, prefix: &str, ent: &str, team: &str) -> Reason {
-        let key = format!("{prefix}.{prefix}-secret");
-        let res = ResourceRef {
-            team_id: team,
-            ..Default::default()
-        };
-        state.check(&key, ent, res, unix_now()).decision.reason
-    }
-
-    #[test]
-    fn from_model_holds_the_model_at_its_revision_and_refuses_revision_0() {
-        let m = model(vec![team_key("AliceAcme1", "alice", "acme", &["AUDITOR"])]);
-        let state = State::from_model(&m, 5).unwrap();
-        assert_eq!(state.revision(), 5);
-        assert_eq!(state.model(), m);
-        assert_eq!(
-            allowed(&state, "AliceAcme1", "jobs.read", "globex"),
-            Reason::Allowed
-        );
-        assert_eq!(
-            State::from_model(&m, 0).err(),
-            Some(StateError::StaleRevision {
-                given: 0,
-                applied: 0
-            })
-        );
-    }
-
-    #[test]
-    fn changes_reach_the_entries_of_every_key_of_the_requestor() {
-        let state = State::new();
-        assert!(!state.is_loaded());
-        let mut m = model(vec![
-            team_key("AliceAcme1", "alice", "acme", &["DEVELOPER"]),
-            team_key("AliceGlobex", "alice", "globex", &["DEVELOPER"]),
-        ]);
-        load(&state, &m, 1);
-        assert_eq!(state.revision(), 1);
-        assert_eq!(
-            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
-            Reason::OutOfScope
-        );
-
-        // Promoting the globex key changes what the acme key may do.
-        m.keys.insert(
-            "AliceGlobex".into(),
-            Arc::new(team_key(
-                "AliceGlobex",
-                "alice",
-                "globex",
-                &["ACCOUNT_ADMIN"],
-            )),
-        );
-        load(&state, &m, 2);
-        assert_eq!(
-            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
-            Reason::Allowed
-        );
-
-        // Deactivating the globex team takes it back.
-        m.teams.get_mut("globex").unwrap().active = false;
-        load(&state, &m, 3);
-        assert_eq!(
-            allowed(&state, "AliceAcme1", "jobs.cancel", "globex"),
-            Reason::OutOfScope
-        );
-        assert_eq!(
-            allowed(&state, "AliceGlobex", "jobs.read", ""),
-            Reason::TeamInactive
-        );
-
-        // Removing a key removes it from the cache.
-        m.keys.remove("AliceGlobex");
-        load(&state, &m, 4);
-        assert_eq!(
-            allowed(&state, "AliceGlobex", "jobs.read", ""),
-            Reason::UnknownKey
-        );
-        assert_eq!(state.counts().keys, 1);
-    }
-
-    #[test]
-    fn revisions_only_grow() {
-        let state = State::new();
-        let m = model(vec![]);
-        load(&state, &m, 5);
-        let err = state
-            .apply(ChangeSet {
-                revision: 5,
-                changes: vec![],
-            })
-            .unwrap_err();
-        assert_eq!(
-            err,
-            StateError::StaleRevision {
-                given: 5,
-                applied: 5
-            }
-        );
-        assert_eq!(state.revision(), 5);
-    }
-
-    #[test]
-    fn role_changes_rebuild_every_holder() {
-        let state = State::new();
-        let mut m = model(vec![team_key(
-            "CarolKey01",
-            "carol",
-            "acme",
-            &["DEVELOPER"],
-        )]);
-        load(&state, &m, 1);
-        assert_eq!(
-            allowed(&state, "CarolKey01", "models.deploy", "acme"),
-            Reason::NoGrant
-        );
-        let mut dev = (**m.catalog.role("DEVELOPER").unwrap()).clone();
-        dev.grants.push(crate::domain::Grant {
-            entitlement: "models.deploy".into(),
-            scope: crate::domain::Scope::Team,
-        });
-        m.catalog.put_role(Arc::new(dev));
-        load(&state, &m, 2);
-        assert_eq!(
-            allowed(&state, "CarolKey01", "models.deploy", "acme"),
-            Reason::Allowed
-        );
-    }
-
-    #[test]
-    fn status_changes_apply_at_once() {
-        let state = State::new();
-        let mut m = model(vec![team_key(
-            "CarolKey01",
-            "carol",
-            "acme",
-            &["DEVELOPER"],
-        )]);
-        load(&state, &m, 1);
-        let mut revoked = team_key("CarolKey01", "carol", "acme", &["DEVELOPER"]);
-        revoked.status = KeyStatus::Inactive;
-        m.keys.insert("CarolKey01".into(), Arc::new(revoked));
-        load(&state, &m, 2);
-        assert_eq!(
-            allowed(&state, "CarolKey01", "jobs.read", ""),
-            Reason::KeyInactive
-        );
-    }
-
-    #[test]
-    fn snapshot_views_are_shared_while_the_log_bridges_them() {
-        let state = State::new();
-        let mut m = model(vec![team_key(
-            "CarolKey01",
-            "carol",
-            "acme",
-            &["DEVELOPER"],
-        )]);
-        load(&state, &m, 1);
-        let a = state.snapshot_view();
-        assert!(Arc::ptr_eq(&a, &state.snapshot_view()));
-        assert_eq!((a.revision, &a.model), (1, &m));
-        // A later revision, still in the log: the same view (its streams replay revision 2).
-        m.teams.get_mut("globex").unwrap().active = false;
-        load(&state, &m, 2);
-        let b = state.snapshot_view();
-        assert!(Arc::ptr_eq(&a, &b));
-        // Once nobody holds it, the next snapshot copies the model as it is now.
-        drop((a, b));
-        let c = state.snapshot_view();
-        assert_eq!((c.revision, &c.model), (2, &m));
-        // A log that no longer holds the revision after the view's: a new view.
-        state.change_log().set_limits(changelog::LogLimits {
-            max_revisions: 1,
-            ..Default::default()
-        });
-        for revision in [3, 4] {
-            m.teams.get_mut("globex").unwrap().active = revision % 2 == 0;
-            load(&state, &m, revision);
-        }
-        let d = state.snapshot_view();
-        assert!(!Arc::ptr_eq(&c, &d));
-        assert_eq!((d.revision, &d.model), (4, &m));
-        assert_eq!(*d.history, *state.change_log().history());
-    }
-
-    #[tokio::test]
-    async fn waiting_for_a_revision_ends_when_it_is_applied_or_at_the_timeout() {
-        let state = Arc::new(State::new());
-        let waiter = {
-            let state = state.clone();
-            tokio::spawn(async move { state.wait_for_revision(2, Duration::from_secs(30)).await })
-        };
-        load(&state, &model(vec![]), 1);
-        load(
-            &state,
-            &model(vec![team_key("CarolKey01", "carol", "acme", &[])]),
-            2,
-        );
-        assert_eq!(waiter.await.unwrap(), Ok(2));
-        assert_eq!(
-            state.wait_for_revision(9, Duration::from_millis(10)).await,
-            Err(2)
-        );
-    }
-}
+mod tests;

@@ -25,11 +25,11 @@ use crate::{
     },
     grpc::{
         pb::{self, admin_server::Admin},
-        routes::{self, RouteSource},
+        routes,
         status::{bad_field, policy_invalid, write_status},
     },
     origin::{
-        embedded::{EmbeddedOrigin, Written},
+        Origin, WritableOrigin, Written,
         policy_file::{self, is_valid_entitlement},
     },
     state::{State, unix_now},
@@ -43,22 +43,12 @@ use convert::{
 };
 use page::{Page, PageSelect};
 
-/// Where Admin writes go.
-#[derive(Clone)]
-pub enum AdminOrigin {
-    /// A writable origin.
-    Embedded(Arc<EmbeddedOrigin>),
-    /// A read-only origin: writes are refused with this explanation.
-    ReadOnly(String),
-}
-
 /// The Admin service.
 #[derive(Clone)]
 pub struct AdminService {
     state: Arc<State>,
-    origin: AdminOrigin,
-    /// Where the route table comes from, for ListRoutes.
-    route_source: RouteSource,
+    /// Where writes go (a read-only origin refuses them) and where the route table comes from.
+    origin: Arc<dyn Origin>,
 }
 
 /// The authenticated caller of one Admin call.
@@ -74,18 +64,8 @@ impl Caller {
 }
 
 impl AdminService {
-    pub fn new(state: Arc<State>, origin: AdminOrigin) -> Self {
-        AdminService {
-            state,
-            origin,
-            route_source: RouteSource::default(),
-        }
-    }
-
-    /// Names the origin of the route table in ListRoutes answers.
-    pub fn with_route_source(mut self, source: RouteSource) -> Self {
-        self.route_source = source;
-        self
+    pub fn new(state: Arc<State>, origin: Arc<dyn Origin>) -> Self {
+        AdminService { state, origin }
     }
 
     /// The caller's key from `authorization: ApiKey <key>`, authenticated against the state.
@@ -190,11 +170,11 @@ impl AdminService {
         self.require(caller, entitlement, ResourceRef::default(), Scope::All)
     }
 
-    fn origin(&self) -> Result<&Arc<EmbeddedOrigin>, Status> {
-        match &self.origin {
-            AdminOrigin::Embedded(origin) => Ok(origin),
-            AdminOrigin::ReadOnly(why) => Err(Status::failed_precondition(why.clone())),
-        }
+    /// The origin's writer; a read-only origin's explanation as FAILED_PRECONDITION.
+    fn origin(&self) -> Result<&dyn WritableOrigin, Status> {
+        self.origin
+            .writer()
+            .map_err(|read_only| Status::failed_precondition(read_only.0))
     }
 
     /// Authenticates the caller of a write, then refuses at once when the origin is read-only.
@@ -470,7 +450,10 @@ impl AdminService {
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
         // Like roles, the route table is not team data: roles.read at any scope shows it.
         self.visible(request.metadata(), "roles.read")?;
-        Ok(Response::new(routes::list(&self.state, &self.route_source)))
+        Ok(Response::new(routes::list(
+            &self.state,
+            &self.origin.routes(),
+        )))
     }
 
     // ---- writes -----------------------------------------------------------------------------

@@ -45,12 +45,9 @@ use crate::{
         RoleType, Scope, SecretHash, Team, TeamList, User, WatchDenied, authenticate, entry::NEVER,
         model::Change, watch_access,
     },
-    grpc::{
-        pb,
-        status::{Unanswerable, WatchRefused},
-    },
+    grpc::{pb, status::WatchRefused},
     state::{
-        ModelView, State,
+        ModelView, State, Unanswerable,
         changelog::{LoggedChange, LoggedRevision, Read},
         unix_now,
     },

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::domain::{Reason, ResourceRef};
+use crate::domain::{Reason, ResourceRef, ValueSource};
 
 const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
 
@@ -273,7 +273,8 @@ fn reloads_follow_the_file_and_a_bad_file_keeps_the_last_good_state() {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, example()).unwrap();
     let state = Arc::new(State::new());
-    let origin = PolicyFileOrigin::start(path.clone(), state.clone()).unwrap();
+    let origin =
+        PolicyFileOrigin::start(path.clone(), Duration::from_secs(1), state.clone()).unwrap();
     assert_eq!(state.revision(), 1);
     let devin = "DevinDevKey000000001.dev-only-devindevkey";
     assert_eq!(check(&state, devin, "jobs.read"), Reason::Allowed);
@@ -297,7 +298,7 @@ fn reloads_follow_the_file_and_a_bad_file_keeps_the_last_good_state() {
     assert!(origin.reload().is_err());
     assert_eq!(state.revision(), 2);
     assert_eq!(check(&state, devin, "jobs.read"), Reason::KeyInactive);
-    let status = origin.status().lock().unwrap().clone();
+    let status = origin.reload_status();
     assert!(
         status
             .last_error
@@ -311,7 +312,7 @@ fn reloads_follow_the_file_and_a_bad_file_keeps_the_last_good_state() {
     // Fixed again: the error clears.
     std::fs::write(&path, example()).unwrap();
     assert_eq!(origin.reload().unwrap(), Some(3));
-    assert_eq!(origin.status().lock().unwrap().last_error, None);
+    assert_eq!(origin.reload_status().last_error, None);
 }
 
 #[test]
@@ -334,7 +335,7 @@ fn a_configmap_style_symlink_swap_is_seen() {
     std::os::unix::fs::symlink("..data/policy.yaml", &path).unwrap();
 
     let state = Arc::new(State::new());
-    let origin = PolicyFileOrigin::start(path, state.clone()).unwrap();
+    let origin = PolicyFileOrigin::start(path, Duration::from_secs(1), state.clone()).unwrap();
     let devin = "DevinDevKey000000001.dev-only-devindevkey";
     assert_eq!(check(&state, devin, "jobs.read"), Reason::Allowed);
 
@@ -351,7 +352,7 @@ fn start_on_an_empty_file_is_an_error() {
     for blank in ["", " \n\n\t\n"] {
         std::fs::write(&path, blank).unwrap();
         let state = Arc::new(State::new());
-        let err = PolicyFileOrigin::start(path.clone(), state.clone())
+        let err = PolicyFileOrigin::start(path.clone(), Duration::from_secs(1), state.clone())
             .err()
             .expect("refused");
         assert!(err.to_string().contains("the file is empty"), "{err}");
@@ -390,7 +391,8 @@ async fn a_file_written_in_place_in_two_halves_is_never_served_half_written() {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, example()).unwrap();
     let state = Arc::new(State::new());
-    let origin = PolicyFileOrigin::start(path.clone(), state.clone()).unwrap();
+    let origin =
+        PolicyFileOrigin::start(path.clone(), Duration::from_secs(1), state.clone()).unwrap();
     let (edited, first, second) = deactivation_in_two_halves();
     let before = parse(&example(), "p").unwrap().model;
     let after = parse(&edited, "p").unwrap().model;
@@ -401,7 +403,7 @@ async fn a_file_written_in_place_in_two_halves_is_never_served_half_written() {
 
     let interval = Duration::from_secs(1);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(origin.clone().watch(interval, stopped));
+    let watcher = tokio::spawn(origin.clone().watch(stopped));
     // Half-way between polls (at 0 s, 1 s, 2 s, ...) from here on.
     run_for(interval / 2).await;
     // Whatever the watcher has loaded is one of the whole files, never the half.
@@ -433,7 +435,7 @@ async fn a_file_written_in_place_in_two_halves_is_never_served_half_written() {
     assert_eq!(state.revision(), 2, "one revision: the half never made one");
     assert_eq!(check(&state, devin, "jobs.read"), Reason::KeyInactive);
     assert_eq!(check(&state, aria, "jobs.read"), Reason::Allowed);
-    let status = origin.status().lock().unwrap().clone();
+    let status = origin.reload_status();
     assert_eq!((status.failed_reloads, &status.last_error), (0, &None));
 
     stop.send(true).unwrap();
@@ -446,17 +448,18 @@ async fn empty_and_blank_files_are_refused_as_reloads() {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, example()).unwrap();
     let state = Arc::new(State::new());
-    let origin = PolicyFileOrigin::start(path.clone(), state.clone()).unwrap();
+    let origin =
+        PolicyFileOrigin::start(path.clone(), Duration::from_secs(1), state.clone()).unwrap();
     let interval = Duration::from_secs(1);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(origin.clone().watch(interval, stopped));
+    let watcher = tokio::spawn(origin.clone().watch(stopped));
     run_for(interval / 2).await;
     let devin = "DevinDevKey000000001.dev-only-devindevkey";
 
     for (n, blank) in ["", "  \n\n\t \n"].into_iter().enumerate() {
         std::fs::write(&path, blank).unwrap();
         run_for(interval * 3).await;
-        let status = origin.status().lock().unwrap().clone();
+        let status = origin.reload_status();
         assert_eq!(status.failed_reloads, n as u64 + 1, "{blank:?}: {status:?}");
         assert!(
             status
@@ -475,7 +478,7 @@ async fn empty_and_blank_files_are_refused_as_reloads() {
     // A good file again clears the error.
     std::fs::write(&path, example().replace("version: 1", "version: 1 # again")).unwrap();
     run_for(interval * 3).await;
-    let status = origin.status().lock().unwrap().clone();
+    let status = origin.reload_status();
     assert_eq!(
         (&status.last_error, status.reloads),
         (&None, 2),

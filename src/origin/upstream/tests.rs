@@ -209,9 +209,9 @@ async fn a_snapshot_cut_off_or_invalid_leaves_the_previous_state() {
         gate,
     };
     let follower = UpstreamOrigin::new(hub, state.clone());
-    let status = follower.status();
+    let status = follower.view().status;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(follower.clone().run(stop_rx));
+    let task = tokio::spawn(follower.clone().follow(stop_rx));
 
     let mut revisions = state.subscribe_revision();
     revisions.wait_for(|r| *r == 3).await.unwrap();

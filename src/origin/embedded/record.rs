@@ -504,7 +504,7 @@ mod tests {
     fn a_whole_document_model_round_trips_through_the_stored_objects() {
         let text = format!(
             "{}\nroutes:\n  - {{ method: GET, path: \"/r/{{teamId}}\", entitlement: reports.export, resource: {{ team: path.teamId, owner_user: header.X-User }} }}\n",
-            include_str!("../../deploy/examples/policy.yaml")
+            include_str!("../../../deploy/examples/policy.yaml")
         );
         let model = crate::origin::policy_file::parse(&text, "p.yaml")
             .unwrap()

@@ -228,9 +228,11 @@ fn no_document_carries_session_or_issue_numbers() {
 
 #[test]
 fn the_checks_themselves_work() {
-    assert!(has_numbered("Session 4 changes", "session"));
-    assert!(has_numbered("see issue #12", "issue"));
-    assert!(has_numbered("(ISSUE 2)", "issue"));
+    // Built at run time, so that this file does not match a search for the pattern itself.
+    let numbered = |word: &str, rest: &str| format!("{word} {rest}");
+    assert!(has_numbered(&numbered("Session", "4 changes"), "session"));
+    assert!(has_numbered(&numbered("see issue", "#12"), "issue"));
+    assert!(has_numbered(&numbered("(ISSUE", "2)"), "issue"));
     assert!(!has_numbered("a TLS session, 3 streams", "session"));
     assert!(!has_numbered("an issue with 2 keys", "issue"));
 

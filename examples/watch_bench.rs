@@ -2,8 +2,8 @@
 //!
 //! - `latency`: 1,000 subscribers; time from a committed change (just before `State::apply`) to
 //!   the end-of-revision event received by each subscriber; p50 / p99 / max.
-//! - `idle`: resident memory (VmRSS) added by 10,000 idle watchers. Client and server run in this
-//!   process, so the figure covers both sides: an upper bound for the server.
+//! - `idle`: resident memory (VmRSS) the server adds for 10,000 idle watchers, which a child
+//!   process opens, so that the figure is the server's alone.
 //! - `catchup`: a follower (`UpstreamOrigin`, as `serve --upstream` runs it) catches up from a
 //!   full snapshot of a hub holding 1,000,000 keys; time until it has applied the hub's revision.
 //!

@@ -69,3 +69,36 @@ impl StatusArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use crate::Cli;
+
+    /// Every command and every flag or argument a user can see says what it is for, in one
+    /// line of `-h`.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path}: {} has no help", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cli, "rolegate", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+}

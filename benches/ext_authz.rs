@@ -19,9 +19,14 @@
 //! --toggle-collect='*measure_fixed*' target/release/deps/ext_authz-<hash>` (Ir / iters = the
 //! cost of one call).
 
+// The request `rolegate bench --mode ext-authz` sends (the load tool is part of the binary).
+#[path = "../src/cli/bench/envoy_request.rs"]
+mod envoy_request;
+
 use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group};
+use envoy_request::envoy_like_request;
 use envoy_types::{
     ext_authz::v3::pb::{CheckRequest, CheckResponse},
     pb::google::rpc,
@@ -29,7 +34,6 @@ use envoy_types::{
 use prost::Message;
 use rolegate::{
     authz::{Authz, AuthzConfig},
-    bench::ext_authz::envoy_like_request,
     grpc::ext_authz::{ExtAuthzService, WireRequest},
     origin::policy_file,
     state::State,

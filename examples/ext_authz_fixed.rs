@@ -22,6 +22,7 @@ use envoy_types::{
         rpc,
     },
 };
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
@@ -84,6 +85,18 @@ fn with_headers() -> CheckResponse {
     }
 }
 
+/// The connections `listener` accepts, with TCP_NODELAY on, as the no-op servers of `rolegate
+/// bench` accept theirs: tonic's `tcp_nodelay` applies only to listeners it binds itself, and
+/// without it a small answer written while the previous one is unacknowledged waits for the
+/// peer's (delayed) ACK.
+fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.and_then(|c| c.set_nodelay(true).map(|()| c))
+    })
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::io::Result<()> {
     let answer = match std::env::args().nth(1).as_deref() {
@@ -102,7 +115,7 @@ async fn main() -> std::io::Result<()> {
     println!("listening on {addr}");
     tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(Fixed(answer)))
-        .serve_with_incoming(rolegate::bench::nodelay_incoming(listener))
+        .serve_with_incoming(nodelay_incoming(listener))
         .await
         .map_err(std::io::Error::other)
 }

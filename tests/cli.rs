@@ -1,5 +1,5 @@
 //! The `rolegate` binary as a user runs it: serve, check, validate, keys; SIGTERM drains and
-//! exits 0; no secret reaches the logs.
+//! exits 0; no secret reaches the logs; `--help` names every command group and its commands.
 
 mod common;
 
@@ -352,4 +352,110 @@ fn max_staleness_is_a_follower_setting_of_at_least_three_seconds() {
     let (code, _, err) = rolegate(&["serve", "--max-staleness", "10s"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--upstream"), "{err}");
+}
+
+/// The commands `--help` lists (its `Commands:` section, without `help`), each with its help
+/// line; panics when one has none.
+fn listed_commands(help: &str) -> Vec<String> {
+    let section = help
+        .split("\nCommands:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Commands section in:\n{help}"));
+    section
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?.to_owned();
+            assert!(words.next().is_some(), "{name} has no help line:\n{help}");
+            (name != "help").then_some(name)
+        })
+        .collect()
+}
+
+/// `rolegate [GROUP] --help` for the binary and each command group: it succeeds and lists
+/// exactly these commands, each with a help line.
+const GROUPS: [(&str, &[&str]); 7] = [
+    (
+        "",
+        &[
+            "serve",
+            "check",
+            "validate",
+            "keys",
+            "bench",
+            "roles",
+            "teams",
+            "users",
+            "projects",
+            "routes",
+            "apply",
+            "bench-writes",
+            "watch",
+        ],
+    ),
+    (
+        "keys",
+        &[
+            "new",
+            "hash",
+            "create",
+            "list",
+            "get",
+            "update",
+            "revoke",
+            "replace-secret",
+            "delete",
+        ],
+    ),
+    (
+        "roles",
+        &["list", "create", "update", "delete", "add-entitlements"],
+    ),
+    ("teams", &["list", "get", "create", "update", "delete"]),
+    ("users", &["list", "get", "create", "update", "delete"]),
+    ("projects", &["list", "get", "create", "update", "delete"]),
+    ("routes", &["list"]),
+];
+
+#[test]
+fn help_names_every_command_group_and_its_commands() {
+    for (group, expected) in GROUPS {
+        let (args, usage) = match group {
+            "" => (vec!["--help"], "Usage: rolegate <COMMAND>".to_owned()),
+            _ => (
+                vec![group, "--help"],
+                format!("Usage: rolegate {group} <COMMAND>"),
+            ),
+        };
+        let (code, out, err) = rolegate(&args);
+        assert_eq!(code, 0, "rolegate {group} --help: {err}");
+        assert!(out.contains(&usage), "{out}");
+        assert_eq!(
+            listed_commands(&out),
+            expected,
+            "rolegate {group} --help:\n{out}"
+        );
+    }
+    // The commands without subcommands.
+    for command in [
+        "serve",
+        "check",
+        "validate",
+        "bench",
+        "apply",
+        "bench-writes",
+        "watch",
+    ] {
+        let (code, out, err) = rolegate(&[command, "--help"]);
+        assert_eq!(code, 0, "rolegate {command} --help: {err}");
+        assert!(
+            out.contains(&format!("Usage: rolegate {command} ")),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nOptions:\n") && !out.contains("\nCommands:\n"),
+            "{out}"
+        );
+    }
 }

@@ -9,13 +9,17 @@
 //!
 //! `cargo test --test ext_authz_alloc -- --nocapture`
 
+// The request `rolegate bench --mode ext-authz` sends (the load tool is part of the binary).
+#[path = "../src/cli/bench/envoy_request.rs"]
+mod envoy_request;
+
 use std::{hint::black_box, sync::Arc};
 
 use allocation_counter::measure;
+use envoy_request::envoy_like_request;
 use prost::Message;
 use rolegate::{
     authz::{Authz, AuthzConfig},
-    bench::ext_authz::envoy_like_request,
     grpc::ext_authz::{ExtAuthzService, WireRequest},
     origin::policy_file,
     state::State,

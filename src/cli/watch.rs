@@ -29,6 +29,21 @@ pub(crate) enum Kind {
     Routes,
 }
 
+impl Kind {
+    fn event_kind(self) -> pb::EventKind {
+        match self {
+            Kind::Key => pb::EventKind::Key,
+            Kind::Role => pb::EventKind::Role,
+            Kind::Team => pb::EventKind::Team,
+            Kind::User => pb::EventKind::User,
+            Kind::Project => pb::EventKind::Project,
+            Kind::Entitlement => pb::EventKind::Entitlement,
+            Kind::Grants => pb::EventKind::Grants,
+            Kind::Routes => pb::EventKind::Routes,
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct WatchArgs {
     /// The sidecar's gRPC address (https:// for TLS).
@@ -75,27 +90,26 @@ pub(crate) struct WatchArgs {
 /// Runs the watch. Exit codes: 0 when the stream ended or --count was reached, 3 after a reset
 /// (watch again with --snapshot), 2 on an error (including a key that may not watch, or that
 /// loses its grant while watching).
-pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let channel = rolegate::tls::client::endpoint(&args.addr, &args.tls.clone().into())?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     let mut client = AuthorizerClient::new(channel);
-    let kinds = args
-        .kinds
-        .iter()
-        .map(|k| match k {
-            Kind::Key => pb::EventKind::Key,
-            Kind::Role => pb::EventKind::Role,
-            Kind::Team => pb::EventKind::Team,
-            Kind::User => pb::EventKind::User,
-            Kind::Project => pb::EventKind::Project,
-            Kind::Entitlement => pb::EventKind::Entitlement,
-            Kind::Grants => pb::EventKind::Grants,
-            Kind::Routes => pb::EventKind::Routes,
-        } as i32)
-        .collect();
+    let (output, count) = (args.output, args.count);
+    let request = request(args)?;
+    let stream = client
+        .watch(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    print_events(stream, output, count).await
+}
+
+/// The Watch call the flags ask for, with the caller's key in its metadata.
+fn request(args: WatchArgs) -> anyhow::Result<tonic::Request<pb::WatchRequest>> {
+    let kinds = args.kinds.iter().map(|k| k.event_kind() as i32).collect();
     let request = pb::WatchRequest {
         start_revision: args.from,
         snapshot: args.snapshot,
@@ -114,11 +128,16 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     request
         .metadata_mut()
         .insert("authorization", authorization);
-    let mut stream = client
-        .watch(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+    Ok(request)
+}
+
+/// Prints each event as one line until the stream ends, a reset (exit 3) or `count` events
+/// (0: no limit).
+async fn print_events(
+    mut stream: tonic::Streaming<pb::WatchEvent>,
+    output: Format,
+    count: u64,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut seen = 0u64;
     loop {
@@ -127,7 +146,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             Ok(None) => return Ok(ExitCode::SUCCESS),
             Err(s) => anyhow::bail!("{}: {}", s.code(), s.message()),
         };
-        let line = match args.output {
+        let line = match output {
             Format::Text => text_line(&ev),
             Format::Json => json_line(&ev).to_string(),
         };
@@ -137,7 +156,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
         seen += 1;
-        if args.count > 0 && seen >= args.count {
+        if count > 0 && seen >= count {
             return Ok(ExitCode::SUCCESS);
         }
     }

@@ -1,0 +1,190 @@
+//! `rolegate bench`: drives Check over gRPC from many concurrent callers and reports
+//! requests/s and latency percentiles; optionally first against a no-op tonic service in this
+//! process, for the ratio "rolegate / bare tonic". [`ext_authz`] does the same for Envoy's
+//! `Authorization/Check`. [`writes`] is `rolegate bench-writes`, the Admin API's durable writes.
+
+mod envoy_request;
+mod ext_authz;
+mod load;
+mod noop;
+mod rounds;
+pub(crate) mod writes;
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use rolegate::{
+    grpc::pb,
+    tls::client::{self, ClientTlsArgs},
+};
+use tonic::transport::Endpoint;
+
+use load::{LoadReport, LoadShape};
+use rounds::Labels;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// The sidecar's gRPC address (https:// for TLS).
+    #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long to warm up before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// The API key to check.
+    #[arg(
+        long,
+        env = "ROLEGATE_API_KEY",
+        hide_env_values = true,
+        default_value = "DanaScienceKey000001.dev-only-danascience"
+    )]
+    key: String,
+    /// The entitlement to check.
+    #[arg(long, default_value = "jobs.cancel")]
+    entitlement: String,
+    /// The resource's team.
+    #[arg(long, default_value = "globex")]
+    team: String,
+    /// The resource's owner key.
+    #[arg(long, default_value = "GusDevKey00000000001")]
+    owner_key: String,
+    /// First run the same load against a no-op tonic service in this process, and print the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// What to drive: rolegate's own Check, or Envoy's ext_authz Authorization/Check.
+    #[arg(long, value_enum, default_value_t = BenchMode::Check)]
+    mode: BenchMode,
+    /// ext-authz mode: the HTTP method of the proxied request.
+    #[arg(long, default_value = "DELETE")]
+    method: String,
+    /// ext-authz mode: the path of the proxied request (judged by the route map).
+    #[arg(long, default_value = "/api/jobs/job-1234")]
+    path: String,
+    /// Measure this many rounds, each the baseline (with --baseline) and then the server, and
+    /// print every round's ratio and their median: on a shared machine two runs minutes apart
+    /// compare the machine's load more than the servers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchMode {
+    /// rolegate.v1.Authorizer/Check.
+    #[default]
+    Check,
+    /// envoy.service.auth.v3.Authorization/Check with Envoy-shaped requests.
+    ExtAuthz,
+}
+
+impl BenchArgs {
+    /// The shape of every run, against `endpoint`.
+    fn shape(&self, endpoint: Endpoint) -> LoadShape {
+        LoadShape {
+            endpoint,
+            concurrency: self.concurrency,
+            connections: self.connections,
+            duration: self.duration,
+            warmup: self.warmup,
+        }
+    }
+}
+
+/// Runs `rolegate bench` in the mode asked for.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.mode {
+        BenchMode::Check => run_check(args).await,
+        BenchMode::ExtAuthz => run_ext_authz(args).await,
+    }
+}
+
+async fn run_check(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let request = pb::CheckRequest {
+        api_key: args.key.clone(),
+        entitlement: args.entitlement.clone(),
+        resource: Some(pb::Resource {
+            team_id: args.team.clone(),
+            owner_key_prefix: args.owner_key.clone(),
+            owner_user_id: String::new(),
+        }),
+        min_revision: 0,
+    };
+    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
+    println!(
+        "load: {} callers on {} connections, {:?} warm-up, {:?} measured",
+        args.concurrency, args.connections, args.warmup, args.duration
+    );
+    let noop = args.baseline.then(noop::start_noop_server);
+    let labels = Labels {
+        baseline: "no-op tonic",
+        target: "rolegate",
+    };
+    compare(&args, target, labels, noop, async |endpoint| {
+        load::run_load(&args.shape(endpoint), request.clone()).await
+    })
+    .await
+}
+
+async fn run_ext_authz(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
+    let request = envoy_request::envoy_like_request(&args.key, &args.method, &args.path);
+    println!(
+        "ext_authz load: {} {} — {} callers on {} connections, {:?} warm-up, {:?} measured",
+        args.method, args.path, args.concurrency, args.connections, args.warmup, args.duration
+    );
+    let noop = args.baseline.then(ext_authz::start_noop_server);
+    let labels = Labels {
+        baseline: "no-op ext_authz",
+        target: "rolegate",
+    };
+    compare(&args, target, labels, noop, async |endpoint| {
+        ext_authz::run_load(&args.shape(endpoint), request.clone()).await
+    })
+    .await
+}
+
+/// Drives `load` against the server at `--addr` for `--rounds` rounds, each first against a
+/// no-op service of this process (started by `noop`, with `--baseline`), and prints every round
+/// and the median.
+async fn compare<N>(
+    args: &BenchArgs,
+    target: Endpoint,
+    labels: Labels,
+    noop: Option<N>,
+    load: impl AsyncFn(Endpoint) -> Result<LoadReport, tonic::transport::Error>,
+) -> anyhow::Result<ExitCode>
+where
+    N: Future<Output = std::io::Result<SocketAddr>>,
+{
+    let noop = match noop {
+        Some(start) => Some(start.await.context("starting the no-op service")?),
+        None => None,
+    };
+    rounds::alternate(
+        args.rounds as usize,
+        labels,
+        args.baseline,
+        async || -> anyhow::Result<_> {
+            let addr = noop.context("no baseline server")?;
+            let baseline = Endpoint::from_shared(format!("http://{addr}"))?;
+            Ok(load(baseline).await?)
+        },
+        async || {
+            load(target.clone())
+                .await
+                .with_context(|| format!("connecting to {}", args.addr))
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

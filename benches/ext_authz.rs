@@ -1,5 +1,5 @@
 //! The in-process cost of one `envoy.service.auth.v3.Authorization/Check`: what rolegate's server
-//! does per call besides HTTP/2 and tokio — decode the request body, judge it, encode the answer.
+//! does per call besides HTTP/2 and tokio — decode the request body, decide it, encode the answer.
 //!
 //! - `ext_authz_call/allowed`: an Envoy-shaped CheckRequest (`rolegate bench --mode ext-authz`'s:
 //!   pseudo-headers, nine headers, peers) for `DELETE /api/jobs/job-1234` with DATA_SCIENTIST
@@ -56,11 +56,11 @@ fn body(method: &str, path: &str) -> Vec<u8> {
     envoy_like_request(DANA, method, path).encode_to_vec()
 }
 
-/// One call of rolegate's server minus HTTP/2: decode, judge, encode into `out`.
+/// One call of rolegate's server minus HTTP/2: decode, decide, encode into `out`.
 fn call(service: &ExtAuthzService, body: &[u8], out: &mut Vec<u8>) -> usize {
     out.clear();
     let request = WireRequest::decode(body).unwrap();
-    let response = service.judge(&request).unwrap();
+    let response = service.answer(&request).unwrap();
     response.encode(out).unwrap();
     out.len()
 }

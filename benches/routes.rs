@@ -22,8 +22,7 @@ use std::{collections::HashMap, hint::black_box, sync::Arc};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use rolegate::{
     authz::{
-        Authz, AuthzConfig, AuthzRequest, Verdict,
-        routes::{RouteTable, normalize_path},
+        Authz, AuthzConfig, AuthzRequest, ProxyDecision, path::normalize_path, routes::RouteTable,
     },
     domain::{RouteSpec, ValueSource},
     origin::policy_file,
@@ -117,7 +116,7 @@ fn fixed(spec: &str) {
                         context: None,
                     })
                     .unwrap();
-                assert!(matches!(v, Verdict::Allow(_)));
+                assert!(matches!(v, ProxyDecision::Allow(_)));
                 v
             });
         }
@@ -163,7 +162,7 @@ fn benches(c: &mut Criterion) {
         let authz = Authz::new(state.clone(), AuthzConfig::default());
         authz.set_routes(Some(&routes(n))).unwrap();
         let probes = probes(n);
-        let judge = |p: &str| {
+        let decide = |p: &str| {
             authz
                 .authorize(&AuthzRequest {
                     method: "GET",
@@ -174,13 +173,13 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
         };
         for p in &probes {
-            assert!(matches!(judge(p), Verdict::Allow(_)), "{p}");
+            assert!(matches!(decide(p), ProxyDecision::Allow(_)), "{p}");
         }
         let mut i = 0;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 i = (i + 1) % probes.len();
-                black_box(judge(black_box(&probes[i])))
+                black_box(decide(black_box(&probes[i])))
             })
         });
     }

@@ -51,7 +51,7 @@ fn per_call(service: &ExtAuthzService, method: &str, path: &str) -> u64 {
     let mut call = || {
         out.clear();
         let request = WireRequest::decode(black_box(&body[..])).unwrap();
-        let answer = service.judge(&request).unwrap();
+        let answer = service.answer(&request).unwrap();
         answer.encode(&mut out).unwrap();
         black_box(out.len());
     };

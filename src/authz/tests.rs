@@ -1,7 +1,13 @@
-//! The shared decision path, judged against the example policy.
+//! The shared decision path, decided against the example policy.
 
-use super::*;
-use crate::{origin::policy_file, state::State};
+use std::collections::HashMap;
+
+use super::{denial::error_body, *};
+use crate::{
+    domain::{RouteSpec, ValueSource},
+    origin::policy_file,
+    state::State,
+};
 
 const DEVIN: &str = "DevinDevKey000000001.dev-only-devindevkey";
 const ADAM: &str = "AdamAdminKey00000001.dev-only-adamadminke";
@@ -21,7 +27,7 @@ fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-fn run(a: &Authz, method: &str, path: &str, h: &HashMap<String, String>) -> Verdict {
+fn run(a: &Authz, method: &str, path: &str, h: &HashMap<String, String>) -> ProxyDecision {
     a.authorize(&AuthzRequest {
         method,
         path,
@@ -31,15 +37,15 @@ fn run(a: &Authz, method: &str, path: &str, h: &HashMap<String, String>) -> Verd
     .unwrap()
 }
 
-fn status(v: &Verdict) -> u16 {
+fn status(v: &ProxyDecision) -> u16 {
     match v {
-        Verdict::Allow(_) => 200,
-        Verdict::Deny(d) => d.status,
+        ProxyDecision::Allow(_) => 200,
+        ProxyDecision::Deny(d) => d.status,
     }
 }
 
-fn header<'v>(v: &'v Verdict, name: &str) -> &'v str {
-    let Verdict::Allow(a) = v else {
+fn header<'v>(v: &'v ProxyDecision, name: &str) -> &'v str {
+    let ProxyDecision::Allow(a) = v else {
         panic!("denied: {v:?}")
     };
     a.headers
@@ -95,7 +101,7 @@ fn allowed_answers_set_only_identity_headers() {
     let fraud = "FraudProjectKey00001.dev-only-fraudprojec";
     let mut names = Vec::new();
     for k in [dana, fraud] {
-        let Verdict::Allow(ok) = run(&a, "DELETE", "/api/jobs/j-1", &key(k)) else {
+        let ProxyDecision::Allow(ok) = run(&a, "DELETE", "/api/jobs/j-1", &key(k)) else {
             panic!("{k}")
         };
         names.extend(ok.headers.iter().map(|(name, _)| *name));
@@ -110,7 +116,7 @@ fn allowed_answers_set_only_identity_headers() {
 #[test]
 fn denials_are_401_or_403_with_the_json_body() {
     let a = authz(AuthzConfig::default());
-    let Verdict::Deny(d) = run(&a, "DELETE", "/api/jobs/j-1", &key(ARIA)) else {
+    let ProxyDecision::Deny(d) = run(&a, "DELETE", "/api/jobs/j-1", &key(ARIA)) else {
         panic!()
     };
     assert_eq!(d.status, 403);
@@ -154,7 +160,7 @@ fn denials_are_401_or_403_with_the_json_body() {
             "malformed_key",
         ),
     ] {
-        let Verdict::Deny(d) = run(&a, "GET", "/api/jobs", &h) else {
+        let ProxyDecision::Deny(d) = run(&a, "GET", "/api/jobs", &h) else {
             panic!("{reason}: allowed")
         };
         assert_eq!((d.status, d.reason), (401, reason));
@@ -178,7 +184,7 @@ fn denials_are_401_or_403_with_the_json_body() {
     let policy = policy_file::parse(&text, "policy.yaml").unwrap();
     let state = Arc::new(State::from_model(&policy.model, 1).unwrap());
     let off = Authz::new(state, AuthzConfig::default());
-    let Verdict::Deny(d) = run(&off, "GET", "/api/jobs", &key(DEVIN)) else {
+    let ProxyDecision::Deny(d) = run(&off, "GET", "/api/jobs", &key(DEVIN)) else {
         panic!("allowed in an inactive team")
     };
     assert_eq!((d.status, d.reason), (401, "team_inactive"));
@@ -269,12 +275,12 @@ fn near_miss_paths_are_refused_unless_the_upstream_is_exact() {
         "/api/jobs/STATISTICS.json",
     ] {
         let v = run(&a, "GET", path, &devin);
-        let Verdict::Deny(d) = &v else {
+        let ProxyDecision::Deny(d) = &v else {
             panic!("{path}: allowed")
         };
         assert_eq!(d.status, 400, "{path}: {}", d.body);
     }
-    let Verdict::Deny(d) = run(&a, "GET", "/api/jobs/STATISTICS", &devin) else {
+    let ProxyDecision::Deny(d) = run(&a, "GET", "/api/jobs/STATISTICS", &devin) else {
         panic!()
     };
     assert_eq!(d.reason, "ambiguous_path");
@@ -316,43 +322,43 @@ fn a_missing_or_empty_resource_source_is_400_never_a_collection_check() {
         h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         h
     };
-    let judged = |path: &str, h: &HashMap<String, String>| match run(&a, "GET", path, h) {
-        Verdict::Allow(_) => (200, ""),
-        Verdict::Deny(d) => (d.status, d.reason),
+    let decided = |path: &str, h: &HashMap<String, String>| match run(&a, "GET", path, h) {
+        ProxyDecision::Allow(_) => (200, ""),
+        ProxyDecision::Deny(d) => (d.status, d.reason),
     };
     let missing = (400, "missing_resource");
-    assert_eq!(judged("/by-query?team=acme", &adam), (200, ""));
-    assert_eq!(judged("/by-query?team=globex", &adam).0, 403);
-    assert_eq!(judged("/by-query", &adam), missing);
-    assert_eq!(judged("/by-query?team=", &adam), missing);
-    assert_eq!(judged("/by-query?team", &adam), missing);
+    assert_eq!(decided("/by-query?team=acme", &adam), (200, ""));
+    assert_eq!(decided("/by-query?team=globex", &adam).0, 403);
+    assert_eq!(decided("/by-query", &adam), missing);
+    assert_eq!(decided("/by-query?team=", &adam), missing);
+    assert_eq!(decided("/by-query?team", &adam), missing);
     // Query names are case-sensitive: ?TEAM= is not ?team=.
-    assert_eq!(judged("/by-query?TEAM=acme", &adam), missing);
-    assert_eq!(judged("/by-query?Team=acme&x=1", &adam), missing);
+    assert_eq!(decided("/by-query?TEAM=acme", &adam), missing);
+    assert_eq!(decided("/by-query?Team=acme&x=1", &adam), missing);
     // Header names are case-insensitive; an empty value is missing; a '_' twin is refused.
     assert_eq!(
-        judged("/by-header", &with(&[("x-team", "acme")])),
+        decided("/by-header", &with(&[("x-team", "acme")])),
         (200, "")
     );
     assert_eq!(
-        judged("/by-header", &with(&[("X-Team", "acme")])),
+        decided("/by-header", &with(&[("X-Team", "acme")])),
         (200, "")
     );
-    assert_eq!(judged("/by-header", &with(&[("x-team", "globex")])).0, 403);
-    assert_eq!(judged("/by-header", &adam), missing);
-    assert_eq!(judged("/by-header", &with(&[("x-team", "")])), missing);
+    assert_eq!(decided("/by-header", &with(&[("x-team", "globex")])).0, 403);
+    assert_eq!(decided("/by-header", &adam), missing);
+    assert_eq!(decided("/by-header", &with(&[("x-team", "")])), missing);
     let twin = (400, "bad_resource");
-    assert_eq!(judged("/by-header", &with(&[("x_team", "acme")])), twin);
+    assert_eq!(decided("/by-header", &with(&[("x_team", "acme")])), twin);
     assert_eq!(
-        judged(
+        decided(
             "/by-header",
             &with(&[("x-team", "acme"), ("x_team", "globex")])
         ),
         twin
     );
-    assert_eq!(judged("/by-path/acme", &adam), (200, ""));
+    assert_eq!(decided("/by-path/acme", &adam), (200, ""));
     // The message names the source.
-    let Verdict::Deny(d) = run(&a, "GET", "/by-query?TEAM=acme", &adam) else {
+    let ProxyDecision::Deny(d) = run(&a, "GET", "/by-query?TEAM=acme", &adam) else {
         panic!()
     };
     assert!(d.body.contains("query parameter 'team'"), "{}", d.body);
@@ -366,7 +372,7 @@ fn a_missing_or_empty_resource_source_is_400_never_a_collection_check() {
         ]
         .into()
     };
-    let judge_ctx = |path: &str, ctx: &HashMap<String, String>| match a
+    let decide_ctx = |path: &str, ctx: &HashMap<String, String>| match a
         .authorize(&AuthzRequest {
             method: "GET",
             path,
@@ -375,17 +381,20 @@ fn a_missing_or_empty_resource_source_is_400_never_a_collection_check() {
         })
         .unwrap()
     {
-        Verdict::Allow(_) => (200, ""),
-        Verdict::Deny(d) => (d.status, d.reason),
+        ProxyDecision::Allow(_) => (200, ""),
+        ProxyDecision::Deny(d) => (d.status, d.reason),
     };
     assert_eq!(
-        judge_ctx("/reports?team=acme", &ctx("query.team")),
+        decide_ctx("/reports?team=acme", &ctx("query.team")),
         (200, "")
     );
-    assert_eq!(judge_ctx("/reports", &ctx("query.team")), missing);
-    assert_eq!(judge_ctx("/reports?TEAM=acme", &ctx("query.team")), missing);
-    assert_eq!(judge_ctx("/reports", &ctx("header.x-team")), missing);
-    assert_eq!(judge_ctx("/reports/acme", &ctx("path.team")), missing);
+    assert_eq!(decide_ctx("/reports", &ctx("query.team")), missing);
+    assert_eq!(
+        decide_ctx("/reports?TEAM=acme", &ctx("query.team")),
+        missing
+    );
+    assert_eq!(decide_ctx("/reports", &ctx("header.x-team")), missing);
+    assert_eq!(decide_ctx("/reports/acme", &ctx("path.team")), missing);
 }
 
 #[test]
@@ -394,7 +403,7 @@ fn forged_identity_headers_and_the_credential_are_removed() {
     let mut h = key(DEVIN);
     h.insert("x-rolegate-scope".into(), "ALL".into());
     h.insert("x-rolegate-admin".into(), "yes".into());
-    let Verdict::Allow(ok) = run(&a, "GET", "/api/jobs", &h) else {
+    let ProxyDecision::Allow(ok) = run(&a, "GET", "/api/jobs", &h) else {
         panic!()
     };
     assert!(ok.remove.contains(&"authorization".to_owned()));
@@ -415,12 +424,12 @@ fn forged_identity_headers_and_the_credential_are_removed() {
     });
     let mut h = headers(&[("x-api-key", &format!("Key {DEVIN}"))]);
     h.insert("x-rolegate-scope".into(), "ALL".into());
-    let Verdict::Allow(ok) = run(&keep, "GET", "/api/jobs", &h) else {
+    let ProxyDecision::Allow(ok) = run(&keep, "GET", "/api/jobs", &h) else {
         panic!()
     };
     assert!(!ok.remove.contains(&"x-api-key".to_owned()));
     // Unmatched routes pass when so configured, without identity and without forged headers.
-    let Verdict::Allow(open) = run(&keep, "GET", "/public/page", &h) else {
+    let ProxyDecision::Allow(open) = run(&keep, "GET", "/public/page", &h) else {
         panic!()
     };
     assert!(open.headers.is_empty());
@@ -442,7 +451,7 @@ fn headers_that_read_as_rolegate_s_with_underscores_are_removed() {
     ] {
         h.insert(k.into(), v.into());
     }
-    let Verdict::Allow(ok) = run(&a, "GET", "/api/jobs", &h) else {
+    let ProxyDecision::Allow(ok) = run(&a, "GET", "/api/jobs", &h) else {
         panic!()
     };
     let mut remove = ok.remove.clone();
@@ -476,7 +485,7 @@ fn headers_that_read_as_rolegate_s_with_underscores_are_removed() {
     let mut h = headers(&[("x-api-key", &format!("Key {DEVIN}"))]);
     h.insert("X_Api_Key".into(), format!("Key {ADAM}"));
     h.insert("authorization".into(), "Basic eA==".into());
-    let Verdict::Allow(ok) = run(&keep, "GET", "/api/jobs", &h) else {
+    let ProxyDecision::Allow(ok) = run(&keep, "GET", "/api/jobs", &h) else {
         panic!()
     };
     assert_eq!(ok.remove, ["x_api_key"]);
@@ -505,7 +514,7 @@ fn context_extensions_and_policy_routes_override_the_map() {
         ("team".to_owned(), "header.x-team".to_owned()),
     ]
     .into();
-    let judge = |path: &str, h: &HashMap<String, String>, ctx| {
+    let decide = |path: &str, h: &HashMap<String, String>, ctx| {
         status(
             &a.authorize(&AuthzRequest {
                 method: "POST",
@@ -520,9 +529,9 @@ fn context_extensions_and_policy_routes_override_the_map() {
     acme.insert("x-team".into(), "acme".into());
     let mut globex = h.clone();
     globex.insert("x-team".into(), "globex".into());
-    assert_eq!(judge("/anything", &acme, Some(&ctx)), 200);
-    assert_eq!(judge("/anything", &globex, Some(&ctx)), 403);
-    assert_eq!(judge("/anything", &acme, None), 403);
+    assert_eq!(decide("/anything", &acme, Some(&ctx)), 200);
+    assert_eq!(decide("/anything", &globex, Some(&ctx)), 403);
+    assert_eq!(decide("/anything", &acme, None), 403);
 
     // A policy's routes replace the default map; query sources are decoded; repeats refused.
     let spec = RouteSpec {

@@ -462,6 +462,20 @@ pub fn canonical_role_id(id: &str) -> &str {
     }
 }
 
+/// Whether `id` is `resource.action`: lower-case letters, digits, `_` and `-`, one dot.
+pub fn is_valid_entitlement(id: &str) -> bool {
+    let Some((resource, action)) = id.split_once('.') else {
+        return false;
+    };
+    let part = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    part(resource) && part(action)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,23 @@ impl Reason {
         )
     }
 
+    /// The reason's name in logs, denial bodies and `/status` (`no_grant`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::MalformedKey => "malformed_key",
+            Reason::UnknownKey => "unknown_key",
+            Reason::WrongSecret => "wrong_secret",
+            Reason::KeyInactive => "key_inactive",
+            Reason::KeyExpired => "key_expired",
+            Reason::TeamInactive => "team_inactive",
+            Reason::UserInactive => "user_inactive",
+            Reason::UnknownEntitlement => "unknown_entitlement",
+            Reason::NoGrant => "no_grant",
+            Reason::OutOfScope => "out_of_scope",
+        }
+    }
+
     /// A short explanation for people; never contains a secret.
     pub fn describe(self) -> &'static str {
         match self {

@@ -27,7 +27,10 @@ pub mod route;
 pub mod scope;
 pub mod watch_access;
 
-pub use catalog::{Catalog, Grant, Role, RoleType};
+pub use catalog::{Catalog, Grant, Role, RoleType, is_valid_entitlement};
+
+/// The longest id (of a team, user, project or resource) accepted from the network.
+pub const MAX_ID_LEN: usize = 256;
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
 pub use idmap::IdMap;

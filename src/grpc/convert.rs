@@ -1,15 +1,13 @@
 //! Conversions between the wire types of `rolegate.v1` and the domain.
 
 use crate::{
-    domain::{KeyType, Reason, ResourceRef, RouteSpec, Scope, ValueSource},
+    domain::{KeyType, MAX_ID_LEN, Reason, ResourceRef, RouteSpec, Scope, ValueSource},
     grpc::{pb, status::InvalidRequest},
-    state::CheckOutcome,
+    state::CheckedDecision,
 };
 
 /// The longest entitlement accepted.
 pub const MAX_ENTITLEMENT_LEN: usize = 128;
-/// The longest id accepted in a resource field.
-pub const MAX_ID_LEN: usize = 256;
 
 /// Validates a check and borrows its resource. Keys are not validated here: a malformed key is a
 /// denial (`REASON_MALFORMED_KEY`), not an invalid request.
@@ -122,8 +120,8 @@ fn strings<T: std::ops::Deref<Target = str>>(list: Option<&[T]>) -> Vec<String> 
         .unwrap_or_default()
 }
 
-impl From<&CheckOutcome> for pb::CheckResponse {
-    fn from(outcome: &CheckOutcome) -> Self {
+impl From<&CheckedDecision> for pb::CheckResponse {
+    fn from(outcome: &CheckedDecision) -> Self {
         let d = &outcome.decision;
         let principal = outcome.entry.as_ref().map(|e| pb::Principal {
             key_prefix: e.spec.prefix.to_string(),

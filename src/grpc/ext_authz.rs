@@ -21,14 +21,14 @@ use tonic::{
     server::{Grpc, NamedService, UnaryService},
 };
 
-use crate::authz::{Authz, AuthzRequest, Denied, Header, RequestHeaders, RouteContext, Verdict};
+use crate::authz::{
+    Authz, AuthzRequest, Denied, Header, ProxyDecision, RequestHeaders, RouteContext,
+};
 
-pub use wire::{BufferFull, CheckAnswer, CheckRequest};
+pub use wire::{BufferFull, CheckRequest, WireResponse};
 
 /// The message type the Check method decodes: only the fields rolegate reads ([`wire`]).
 pub type WireRequest = CheckRequest;
-/// The message type the Check method encodes.
-pub type WireResponse = CheckAnswer;
 
 /// The gRPC path of the one method.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -45,7 +45,7 @@ impl ExtAuthzService {
     }
 
     /// Judges one CheckRequest (the RPC minus tonic's wrapping; also used by benches).
-    pub fn judge(&self, req: &CheckRequest) -> Result<CheckAnswer, Status> {
+    pub fn answer(&self, req: &CheckRequest) -> Result<WireResponse, Status> {
         if !req.has_http() {
             return Ok(denied(Denied::bad_request(
                 "the CheckRequest carries no HTTP request attributes",
@@ -72,8 +72,8 @@ impl ExtAuthzService {
             context: req.has_context().then_some(&context as &dyn RouteContext),
         })?;
         Ok(match verdict {
-            Verdict::Allow(ok) => CheckAnswer::Allowed(ok),
-            Verdict::Deny(d) => denied(d),
+            ProxyDecision::Allow(ok) => WireResponse::Allowed(ok),
+            ProxyDecision::Deny(d) => denied(d),
         })
     }
 }
@@ -137,21 +137,21 @@ where
 struct CheckMethod(ExtAuthzService);
 
 impl UnaryService<CheckRequest> for CheckMethod {
-    type Response = CheckAnswer;
-    type Future = std::future::Ready<Result<tonic::Response<CheckAnswer>, Status>>;
+    type Response = WireResponse;
+    type Future = std::future::Ready<Result<tonic::Response<WireResponse>, Status>>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(self.0.judge(request.get_ref()).map(tonic::Response::new))
+        std::future::ready(self.0.answer(request.get_ref()).map(tonic::Response::new))
     }
 }
 
-/// Decodes [`CheckRequest`]s and encodes [`CheckAnswer`]s; errors as tonic's prost codec
+/// Decodes [`CheckRequest`]s and encodes [`WireResponse`]s; errors as tonic's prost codec
 /// reports them (a body that does not decode is INTERNAL).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EnvoyCodec;
 
 impl Codec for EnvoyCodec {
-    type Encode = CheckAnswer;
+    type Encode = WireResponse;
     type Decode = CheckRequest;
     type Encoder = EnvoyCodec;
     type Decoder = EnvoyCodec;
@@ -166,10 +166,10 @@ impl Codec for EnvoyCodec {
 }
 
 impl Encoder for EnvoyCodec {
-    type Item = CheckAnswer;
+    type Item = WireResponse;
     type Error = Status;
 
-    fn encode(&mut self, item: CheckAnswer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: WireResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         // EncodeBuf grows as needed, so a full buffer is a bug.
         item.encode(dst)
             .map_err(|e| Status::internal(e.to_string()))
@@ -240,7 +240,7 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn denied(d: Denied) -> CheckAnswer {
+fn denied(d: Denied) -> WireResponse {
     let code = match d.status {
         401 => tonic::Code::Unauthenticated,
         400 => tonic::Code::InvalidArgument,
@@ -257,7 +257,7 @@ fn denied(d: Denied) -> CheckAnswer {
     } else {
         d.reason
     };
-    CheckAnswer::Other(CheckResponse {
+    WireResponse::Other(CheckResponse {
         status: Some(rpc::Status {
             code: code as i32,
             message: message.to_owned(),

@@ -29,7 +29,7 @@ use axum::{
 };
 
 use crate::authz::{
-    Allowed, Authz, AuthzRequest, Denied, Header, IDENTITY_HEADERS, RequestHeaders, Verdict,
+    Allowed, Authz, AuthzRequest, Denied, Header, IDENTITY_HEADERS, ProxyDecision, RequestHeaders,
 };
 
 /// Where Envoy's `http_service` sends checks (its `path_prefix`).
@@ -90,7 +90,7 @@ async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
             Proxy::Nginx,
         );
     };
-    judge(&authz, method, path, &headers, Proxy::Nginx)
+    respond(&authz, method, path, &headers, Proxy::Nginx)
 }
 
 /// The names nginx's config overwrites on every proxied request (`proxy_set_header`): the
@@ -108,7 +108,7 @@ async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     } else {
         path.to_owned()
     };
-    judge(
+    respond(
         &authz,
         req.method().as_str(),
         &path,
@@ -117,7 +117,13 @@ async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     )
 }
 
-fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>, proxy: Proxy) -> Response {
+fn respond(
+    authz: &Authz,
+    method: &str,
+    path: &str,
+    headers: &Headers<'_>,
+    proxy: Proxy,
+) -> Response {
     let verdict = authz.authorize(&AuthzRequest {
         method,
         path,
@@ -125,7 +131,7 @@ fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>, proxy: 
         context: None,
     });
     match verdict {
-        Ok(Verdict::Allow(Allowed { remove, .. }))
+        Ok(ProxyDecision::Allow(Allowed { remove, .. }))
             if proxy == Proxy::Nginx && !remove.iter().all(|r| nginx_overwrites(authz, r)) =>
         {
             let forged: Vec<&str> = remove
@@ -145,7 +151,7 @@ fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>, proxy: 
                 proxy,
             )
         }
-        Ok(Verdict::Allow(ok)) => {
+        Ok(ProxyDecision::Allow(ok)) => {
             let mut res = Response::new(Body::empty());
             let h = res.headers_mut();
             for (k, v) in &ok.headers {
@@ -160,7 +166,7 @@ fn judge(authz: &Authz, method: &str, path: &str, headers: &Headers<'_>, proxy: 
             }
             res
         }
-        Ok(Verdict::Deny(d)) => denied(&d, proxy),
+        Ok(ProxyDecision::Deny(d)) => denied(&d, proxy),
         Err(unanswerable) => {
             let body = serde_json::json!({
                 "statusCode": 503,

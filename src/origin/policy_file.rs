@@ -18,9 +18,7 @@ use crate::{
     state::{ChangeSet, State},
 };
 
-pub use parse::{
-    Policy, PolicyError, PolicyProblem, is_valid_entitlement, load, parse, parse_file,
-};
+pub use parse::{Policy, PolicyError, PolicyProblem, load, parse, parse_file};
 
 /// The policy file origin while serving: the path, what was last loaded, and the status.
 pub struct PolicyFileOrigin {

@@ -56,7 +56,7 @@ pub enum Unanswerable {
 
 /// The answer to one check, with what the front ends report besides the decision.
 #[derive(Clone, Debug)]
-pub struct CheckOutcome {
+pub struct CheckedDecision {
     pub decision: Decision,
     /// The presented key's entry, once the key is authenticated (also when forbidden).
     pub entry: Option<Arc<KeyEntry>>,
@@ -200,9 +200,9 @@ impl State {
         entitlement: &str,
         resource: ResourceRef<'_>,
         now: i64,
-    ) -> CheckOutcome {
+    ) -> CheckedDecision {
         let revision = self.revision();
-        let denied = |reason| CheckOutcome {
+        let denied = |reason| CheckedDecision {
             decision: Decision::denied(reason),
             entry: None,
             revision,
@@ -220,7 +220,7 @@ impl State {
             return denied(reason);
         }
         let entry = entry.expect("authenticate accepts only a present entry");
-        CheckOutcome {
+        CheckedDecision {
             decision: decide_presented(entry, key.prefix, entitlement, resource, now),
             entry: Some(entry.clone()),
             revision,
@@ -599,7 +599,7 @@ impl Writer {
     }
 }
 
-impl CheckOutcome {
+impl CheckedDecision {
     /// The reason, for logs and metrics.
     pub fn reason(&self) -> Reason {
         self.decision.reason

@@ -7,10 +7,9 @@ use tonic::Status;
 use crate::{
     domain::{
         KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType, Scope, Team, TeamList, User,
-        model::Change,
+        is_valid_entitlement, model::Change,
     },
     grpc::{pb, status::bad_field},
-    origin::policy_file::is_valid_entitlement,
 };
 
 pub(super) fn owned(s: &str) -> Arc<str> {

@@ -20,6 +20,7 @@ use crate::{
         admin::Command,
         authenticate,
         catalog::canonical_role_id,
+        is_valid_entitlement,
         key::{generate_key, generate_prefix, is_valid_prefix},
         model::canonical_roles,
     },
@@ -28,10 +29,7 @@ use crate::{
         routes,
         status::{bad_field, policy_invalid, write_status},
     },
-    origin::{
-        Origin, WritableOrigin, Written,
-        policy_file::{self, is_valid_entitlement},
-    },
+    origin::{Origin, WritableOrigin, Written, policy_file},
     state::{State, unix_now},
 };
 

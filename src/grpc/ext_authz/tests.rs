@@ -1,5 +1,5 @@
 //! The hand-written messages against the generated ones: what [`wire::CheckRequest`] reads is
-//! what the generated `CheckRequest` decodes, and an allowed [`CheckAnswer`] decodes, with the
+//! what the generated `CheckRequest` decodes, and an allowed [`WireResponse`] decodes, with the
 //! generated `CheckResponse`, to exactly the message rolegate built with the generated types
 //! before the lean codec (kept below as the reference).
 
@@ -218,7 +218,7 @@ fn reference(ok: &Allowed) -> pb::CheckResponse {
     }
 }
 
-fn written(answer: &CheckAnswer) -> pb::CheckResponse {
+fn written(answer: &WireResponse) -> pb::CheckResponse {
     let mut buf = Vec::new();
     answer.encode(&mut buf).unwrap();
     assert_eq!(buf.len(), answer.encoded_len());
@@ -247,8 +247,8 @@ fn an_allowed_answer_is_the_message_the_generated_types_would_build() {
             http.headers.insert(k.into(), v.into());
         }
         let lean = CheckRequest::decode(&req.encode_to_vec()[..]).unwrap();
-        let answer = service.judge(&lean).unwrap();
-        let CheckAnswer::Allowed(ok) = &answer else {
+        let answer = service.answer(&lean).unwrap();
+        let WireResponse::Allowed(ok) = &answer else {
             panic!("{method} {path}: {answer:?}")
         };
         assert_eq!(written(&answer), reference(ok), "{method} {path}");
@@ -283,7 +283,7 @@ fn an_allowed_answer_is_the_message_the_generated_types_would_build() {
             entitlement: wire_text(&"e".repeat(130)),
         },
     ] {
-        let answer = CheckAnswer::Allowed(ok.clone());
+        let answer = WireResponse::Allowed(ok.clone());
         assert_eq!(written(&answer), reference(&ok));
     }
 }
@@ -297,9 +297,9 @@ fn denials_and_not_ready_keep_their_shape() {
     let service = service();
     let req = envoy_like_request("Nope00000000000000000.secret", "GET", "/api/jobs");
     let answer = service
-        .judge(&CheckRequest::decode(&req.encode_to_vec()[..]).unwrap())
+        .answer(&CheckRequest::decode(&req.encode_to_vec()[..]).unwrap())
         .unwrap();
-    let CheckAnswer::Other(message) = &answer else {
+    let WireResponse::Other(message) = &answer else {
         panic!("{answer:?}")
     };
     assert_eq!(&written(&answer), message);
@@ -311,7 +311,7 @@ fn denials_and_not_ready_keep_their_shape() {
     // in the log).
     let wrong = envoy_like_request("DanaScienceKey000001.not-her-secret", "GET", "/api/jobs");
     let wrong = service
-        .judge(&CheckRequest::decode(&wrong.encode_to_vec()[..]).unwrap())
+        .answer(&CheckRequest::decode(&wrong.encode_to_vec()[..]).unwrap())
         .unwrap();
     let mut a = Vec::new();
     let mut b = Vec::new();
@@ -323,7 +323,7 @@ fn denials_and_not_ready_keep_their_shape() {
     let empty = Arc::new(State::new());
     let not_ready = ExtAuthzService::new(Arc::new(Authz::new(empty, AuthzConfig::default())));
     let status = not_ready
-        .judge(&CheckRequest::decode(&req.encode_to_vec()[..]).unwrap())
+        .answer(&CheckRequest::decode(&req.encode_to_vec()[..]).unwrap())
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
 }

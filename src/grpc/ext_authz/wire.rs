@@ -288,7 +288,7 @@ impl CheckRequest {
 /// `envoy.service.auth.v3.CheckResponse`: an allow written field by field, anything else as the
 /// generated message.
 #[derive(Clone, Debug, PartialEq)]
-pub enum CheckAnswer {
+pub enum WireResponse {
     Allowed(Allowed),
     Other(CheckResponse),
 }
@@ -401,20 +401,20 @@ impl AllowedSizes {
     }
 }
 
-impl CheckAnswer {
+impl WireResponse {
     /// The size of the serialized answer.
     pub fn encoded_len(&self) -> usize {
         match self {
-            CheckAnswer::Allowed(ok) => AllowedSizes::of(ok).total(),
-            CheckAnswer::Other(message) => message.encoded_len(),
+            WireResponse::Allowed(ok) => AllowedSizes::of(ok).total(),
+            WireResponse::Other(message) => message.encoded_len(),
         }
     }
 
     /// Serializes the answer into `buf`.
     pub fn encode(&self, buf: &mut impl BufMut) -> Result<(), BufferFull> {
         let ok = match self {
-            CheckAnswer::Allowed(ok) => ok,
-            CheckAnswer::Other(message) => {
+            WireResponse::Allowed(ok) => ok,
+            WireResponse::Other(message) => {
                 return message.encode(buf).map_err(|e| BufferFull {
                     required: e.required_capacity(),
                     remaining: e.remaining(),

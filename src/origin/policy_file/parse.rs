@@ -10,6 +10,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::domain::{
     Catalog, Expiry, Grant, Interner, KeySpec, KeyStatus, KeyType, Model, Project, Role, RoleType,
     RouteSpec, Scope, SecretHash, Team, User, ValueSource,
+    catalog::is_valid_entitlement,
     catalog::{SYSTEM_KEY, TEAM_ROLE, canonical_role_id},
     model::{ObjectRef, RoleLists, is_valid_role_id},
 };
@@ -635,18 +636,4 @@ impl Builder {
         }
         (self.problems.len() == before).then_some(spec)
     }
-}
-
-/// Whether `id` is `resource.action`: lower-case letters, digits, `_` and `-`, one dot.
-pub fn is_valid_entitlement(id: &str) -> bool {
-    let Some((resource, action)) = id.split_once('.') else {
-        return false;
-    };
-    let part = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    };
-    part(resource) && part(action)
 }

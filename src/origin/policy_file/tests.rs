@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::domain::{Reason, ResourceRef, ValueSource};
+use crate::domain::{Reason, ResourceRef, ValueSource, is_valid_entitlement};
 
 const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
 

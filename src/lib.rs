@@ -16,15 +16,7 @@ pub mod origin;
 pub mod state;
 pub mod tls;
 
-// The unit tests of the ext_authz front end judge the request the load tool of the binary sends
-// (src/cli/bench/envoy_request.rs); they name it `crate::bench::ext_authz::envoy_like_request`.
-// Nothing of the load tool is part of the library.
+// The unit tests of the ext_authz front end decide the request the binary's load tool sends.
 #[cfg(test)]
 #[path = "cli/bench/envoy_request.rs"]
 mod envoy_request;
-#[cfg(test)]
-mod bench {
-    pub(crate) mod ext_authz {
-        pub(crate) use crate::envoy_request::envoy_like_request;
-    }
-}

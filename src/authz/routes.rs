@@ -287,7 +287,7 @@ fn of_team(mut spec: RouteSpec, param: &str) -> RouteSpec {
     spec
 }
 
-/// The default route map: the platform API of modzy-api.md, plus paths rolegate names for the
+/// The default route map: the platform's published REST API, plus paths rolegate names for the
 /// routes the platform does not publish (marked "invented" below and in docs/ext-authz.md).
 ///
 /// Routes whose path names no owner or team (e.g. `/api/jobs/{id}`) are collection checks: the

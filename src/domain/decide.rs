@@ -1,5 +1,5 @@
 //! The decision: authenticate the presented key against its [`KeyEntry`], then judge the
-//! entitlement and resource with the requestor's grants (rules 3–7 of catalog.md). Pure: no I/O,
+//! entitlement and resource with the requestor's grants (rules 3–7 of "How a check is decided" in the README). Pure: no I/O,
 //! no locks, and no heap allocation on the allow path.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! What one decision needs, precomputed when bindings change: a [`KeyEntry`] per key, pointing at
 //! the [`Requestor`] shared by all keys of one user or project, whose active keys' grants are
-//! united at decision time (rule 3 of the model, docs/catalog.md: the wider scope wins).
+//! united at decision time (rule 3 of "How a check is decided" in the README: the wider scope wins).
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -162,7 +162,7 @@ mod tests {
     /// How long a ListKeys page holds the model lock (writers wait meanwhile) when it picks the
     /// page while scanning, against collecting every visible key and sorting them (as before).
     /// `ROLEGATE_LIST_KEYS` sets the number of keys (default 20,000); the timings are printed
-    /// (docs/admin.md has the measured numbers); both ways must give the same page.
+    /// (docs/performance.md has the measured numbers); both ways must give the same page.
     #[test]
     fn listing_keys_holds_the_model_lock_for_a_scan_only() {
         let n: usize = std::env::var("ROLEGATE_LIST_KEYS")

@@ -20,7 +20,7 @@ use prost::Message;
 use super::*;
 use crate::{
     authz::{Allowed, AuthzConfig, HeaderText},
-    bench::ext_authz::envoy_like_request,
+    envoy_request::envoy_like_request,
     origin::policy_file,
     state::State,
 };

@@ -426,7 +426,7 @@ async fn a_restart_keeps_the_changed_grants_as_first_computed() {
 /// single-key revisions (default 300; four keys per user) are written by 16 concurrent
 /// writers, then the store
 /// is started twice, with the default log (every revision replayed) and with a log of one
-/// revision (nothing but the load); the times are printed (docs/admin.md has the measured
+/// revision (nothing but the load); the times are printed (docs/performance.md has the measured
 /// numbers) and the replayed log must hold every revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_cost_of_replaying_the_kept_revisions() {

@@ -24,12 +24,12 @@ pub struct ServeConfig {
     /// The policy file to serve; it is watched and reloaded when it changes. The file is then
     /// the source of truth and Admin writes are refused.
     #[arg(long, env = "ROLEGATE_POLICY", conflicts_with_all = ["data_dir", "upstream"])]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
 
     /// The directory of the embedded durable store (writable through the Admin API). Used, with
     /// the default directory, when neither --policy nor --upstream is given.
     #[arg(long, env = "ROLEGATE_DATA_DIR", conflicts_with = "upstream")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 
     /// On the first start on an empty store: the SHA-256 (hex) of the bootstrap SYSTEM_OWNER
     /// key's secret. Without it a key is generated and printed once.
@@ -42,33 +42,33 @@ pub struct ServeConfig {
         env = "ROLEGATE_BOOTSTRAP_KEY_PREFIX",
         default_value = "RolegateBootstrap01"
     )]
-    pub bootstrap_key_prefix: String,
+    pub(crate) bootstrap_key_prefix: String,
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
     #[arg(long, env = "ROLEGATE_UPSTREAM")]
-    pub upstream: Option<String>,
+    pub(crate) upstream: Option<String>,
 
     /// The key presented to the hub in follow mode: a project key with the FOLLOWER system role
     /// (Watch needs the reads at ALL scope, the secret hashes keys.replicate at ALL). Never
     /// logged.
     #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
-    pub upstream_key: Option<String>,
+    pub(crate) upstream_key: Option<String>,
 
     #[command(flatten)]
     pub upstream_tls: crate::tls::client::UpstreamTlsArgs,
 
     /// How many revisions the Watch change log keeps.
     #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
-    pub watch_log_revisions: usize,
+    pub(crate) watch_log_revisions: usize,
 
     /// How many bytes (estimated) the Watch change log keeps.
     #[arg(long, env = "ROLEGATE_WATCH_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub watch_log_bytes: usize,
+    pub(crate) watch_log_bytes: usize,
 
     /// Events one Watch stream may queue towards a client that is not reading.
     #[arg(long, env = "ROLEGATE_WATCH_BUFFER", default_value_t = 1024)]
-    pub watch_buffer: usize,
+    pub(crate) watch_buffer: usize,
 
     /// The most Watch streams served at once (every follower and subscriber holds one); more
     /// are refused with RESOURCE_EXHAUSTED.
@@ -77,11 +77,11 @@ pub struct ServeConfig {
 
     /// Address of the gRPC port (Authorizer, health, reflection).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: SocketAddr,
+    pub(crate) grpc_listen: SocketAddr,
 
     /// Address of the HTTP port (/healthz, /readyz, /status).
     #[arg(long, env = "ROLEGATE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub http_listen: SocketAddr,
+    pub(crate) http_listen: SocketAddr,
 
     /// How often the policy file is checked for changes.
     #[arg(long, env = "ROLEGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -93,15 +93,15 @@ pub struct ServeConfig {
 
     /// The most checks one CheckBatch may hold.
     #[arg(long, env = "ROLEGATE_MAX_BATCH", default_value_t = 1000)]
-    pub max_batch: usize,
+    pub(crate) max_batch: usize,
 
     /// The longest a check waits for its min_revision (also bounded by the call's deadline).
     #[arg(long, env = "ROLEGATE_MAX_REVISION_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub max_revision_wait: Duration,
+    pub(crate) max_revision_wait: Duration,
 
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "ROLEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "ROLEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -132,7 +132,7 @@ pub struct ServeConfig {
     /// An extra HTTP listener serving only /healthz and /readyz, for probes that must reach the
     /// pod IP while --http-listen (the auth endpoint, /status) stays on loopback.
     #[arg(long, env = "ROLEGATE_PROBE_LISTEN")]
-    pub probe_listen: Option<SocketAddr>,
+    pub(crate) probe_listen: Option<SocketAddr>,
 }
 
 /// `--max-staleness`: a duration of at least [`MIN_MAX_STALENESS`].
@@ -202,7 +202,7 @@ impl ServeConfig {
     }
 
     /// The data directory to use when serving the embedded store.
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
@@ -210,7 +210,7 @@ impl ServeConfig {
 
     /// What the origin is configured with; [`crate::origin::start`] decides from it which
     /// origin serves.
-    pub fn origin(&self) -> OriginConfig {
+    pub(crate) fn origin(&self) -> OriginConfig {
         OriginConfig {
             policy: self.policy.clone(),
             reload_interval: self.reload_interval,
@@ -227,7 +227,7 @@ impl ServeConfig {
     }
 
     /// The Watch change log's bounds.
-    pub fn log_limits(&self) -> crate::state::changelog::LogLimits {
+    pub(crate) fn log_limits(&self) -> crate::state::changelog::LogLimits {
         crate::state::changelog::LogLimits {
             max_revisions: self.watch_log_revisions.max(1),
             max_bytes: self.watch_log_bytes,
@@ -239,4 +239,4 @@ impl ServeConfig {
 
 /// The embedded store's directory when neither --policy nor --data-dir is given (relative to
 /// the working directory, so that a container's volume mount decides where it lives).
-pub const DEFAULT_DATA_DIR: &str = "rolegate-data";
+pub(crate) const DEFAULT_DATA_DIR: &str = "rolegate-data";

@@ -40,11 +40,11 @@ pub struct ConnLimits {
     /// How often the gRPC port sends an HTTP/2 PING on a connection; a peer that has not
     /// answered within 20 s is disconnected, so dead peers do not hold streams. 0s: no pings.
     #[arg(long, env = "ROLEGATE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub http2_keepalive_interval: Duration,
+    pub(crate) http2_keepalive_interval: Duration,
 }
 
 /// How long a PING may go unanswered before the connection is closed.
-pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for ConnLimits {
     fn default() -> Self {
@@ -59,7 +59,7 @@ impl Default for ConnLimits {
 
 impl ConnLimits {
     /// The PING interval, `None` when pings are off.
-    pub fn keepalive_interval(&self) -> Option<Duration> {
+    pub(crate) fn keepalive_interval(&self) -> Option<Duration> {
         (!self.http2_keepalive_interval.is_zero()).then_some(self.http2_keepalive_interval)
     }
 }
@@ -67,7 +67,7 @@ impl ConnLimits {
 /// Serves `router` on `listener` (HTTP/1.1; TLS when `tls` is given) until `shutdown`
 /// resolves, then stops accepting, lets each connection finish its request, and returns once
 /// every connection is closed.
-pub async fn serve_http(
+pub(crate) async fn serve_http(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerTls>>,

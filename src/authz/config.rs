@@ -11,22 +11,22 @@ pub struct AuthzConfig {
         default_value = "authorization",
         value_parser = lower_case_header
     )]
-    pub credential_header: String,
+    pub(crate) credential_header: String,
     /// The scheme before the key in that header, compared case-insensitively.
     #[arg(
         long = "authz-scheme",
         env = "ROLEGATE_AUTHZ_SCHEME",
         default_value = "ApiKey"
     )]
-    pub scheme: String,
+    pub(crate) scheme: String,
     /// Keep the credential header on allowed requests (by default it is removed before the
     /// request goes upstream).
     #[arg(long = "authz-keep-credential", env = "ROLEGATE_AUTHZ_KEEP_CREDENTIAL")]
-    pub keep_credential: bool,
+    pub(crate) keep_credential: bool,
     /// Let requests that no route matches through, without identity headers (by default they
     /// are denied with 403).
     #[arg(long = "authz-allow-unmatched", env = "ROLEGATE_AUTHZ_ALLOW_UNMATCHED")]
-    pub allow_unmatched: bool,
+    pub(crate) allow_unmatched: bool,
     /// The upstream routes paths exactly as the route map does (case-sensitive, no `.json`
     /// format suffix): accept a parameter whose value reads like a literal route segment beside
     /// it (`/api/jobs/STATISTICS`, `/api/jobs/statistics.json` as `/api/jobs/{id}`), which is

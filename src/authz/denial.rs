@@ -8,18 +8,18 @@ use super::{Authz, UNAUTHENTICATED_MESSAGE};
 /// A denied request: the HTTP answer for the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied {
-    pub status: u16,
+    pub(crate) status: u16,
     /// `www-authenticate` value for 401s.
-    pub www_authenticate: Option<String>,
+    pub(crate) www_authenticate: Option<String>,
     /// The platform's error body: `{"statusCode", "status", "message"}`.
-    pub body: String,
+    pub(crate) body: String,
     /// Why, for logs and metrics.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl Denied {
     /// A request that cannot be judged as sent (HTTP 400).
-    pub fn bad_request(message: &str) -> Self {
+    pub(crate) fn bad_request(message: &str) -> Self {
         Denied::new(400, "bad_request", message)
     }
 

@@ -38,7 +38,7 @@ fn fold_header_byte(b: u8) -> u8 {
 
 /// Whether a header `name` is `target` (lower case) once read case-insensitively with `_` as
 /// `-` (`X_Rolegate_User` is `x-rolegate-user`).
-pub fn header_reads_as(name: &str, target: &str) -> bool {
+pub(crate) fn header_reads_as(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name
             .bytes()
@@ -49,7 +49,7 @@ pub fn header_reads_as(name: &str, target: &str) -> bool {
 /// Whether a header `name`, read case-insensitively with `_` as `-`, is one of rolegate's
 /// `x-rolegate-*` headers or `credential` (lower case): a client must never get such a header
 /// to the upstream, where a server that folds names this way would take it for rolegate's.
-pub fn impersonates(name: &str, credential: &str) -> bool {
+pub(crate) fn impersonates(name: &str, credential: &str) -> bool {
     let prefix = name.get(..HEADER_PREFIX.len()).unwrap_or_default();
     header_reads_as(prefix, HEADER_PREFIX) || header_reads_as(name, credential)
 }
@@ -86,7 +86,7 @@ impl RequestHeaders for HashMap<String, String> {
 /// route map as `Arc<str>`: sharing them, rather than copying each into a new `String`, keeps
 /// an allowed answer down to a few allocations (ext_authz answers every request of the mesh).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HeaderText {
+pub(crate) enum HeaderText {
     Static(&'static str),
     Shared(Arc<str>),
     /// A key prefix, held inline as the state holds it.
@@ -97,7 +97,7 @@ pub enum HeaderText {
 }
 
 impl HeaderText {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             HeaderText::Static(s) => s,
             HeaderText::Shared(s) => s,
@@ -150,13 +150,13 @@ impl PartialEq<&str> for HeaderText {
 
 /// A `u64` in decimal, without a heap allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Digits {
+pub(crate) struct Digits {
     buf: [u8; 20],
     start: u8,
 }
 
 impl Digits {
-    pub fn new(mut n: u64) -> Self {
+    pub(crate) fn new(mut n: u64) -> Self {
         let mut buf = [b'0'; 20];
         let mut start = buf.len();
         loop {
@@ -173,7 +173,7 @@ impl Digits {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits are ever written, so this never fails.
         std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or("0")
     }

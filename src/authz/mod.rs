@@ -19,17 +19,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::state::{State, Unanswerable};
 
 pub use config::AuthzConfig;
-pub use denial::Denied;
-pub use headers::{
-    Digits, Header, HeaderText, RequestHeaders, RouteContext, header_reads_as, impersonates,
-};
+pub(crate) use denial::Denied;
+#[cfg(test)]
+pub(crate) use headers::Digits;
+pub(crate) use headers::{Header, HeaderText, RequestHeaders, RouteContext, impersonates};
 use route_map::Installed;
-pub use route_map::{RouteFailure, RouteStatus};
+pub(crate) use route_map::{RouteFailure, RouteStatus};
 
 /// The prefix of the headers rolegate sets; a client's own are always removed.
-pub const HEADER_PREFIX: &str = "x-rolegate-";
+pub(crate) const HEADER_PREFIX: &str = "x-rolegate-";
 /// The identity headers rolegate sets on an allowed request (those with a value).
-pub const IDENTITY_HEADERS: [&str; 8] = [
+pub(crate) const IDENTITY_HEADERS: [&str; 8] = [
     "x-rolegate-key",
     "x-rolegate-user",
     "x-rolegate-team",
@@ -42,7 +42,7 @@ pub const IDENTITY_HEADERS: [&str; 8] = [
 /// The one message of every 401 sent through a proxy, whatever the reason: a caller without a
 /// valid key learns nothing about which prefixes exist or what state a key is in. The precise
 /// reason is in rolegate's log and in its own gRPC Check answer.
-pub const UNAUTHENTICATED_MESSAGE: &str = "a valid API key is required";
+pub(crate) const UNAUTHENTICATED_MESSAGE: &str = "a valid API key is required";
 
 /// A request to decide.
 pub struct AuthzRequest<'a, H: ?Sized> {
@@ -67,14 +67,14 @@ pub enum ProxyDecision {
 pub struct Allowed {
     /// `x-rolegate-*` headers for the upstream, only those with a value (none when passed
     /// unmatched); they replace any the client sent.
-    pub headers: Vec<(&'static str, HeaderText)>,
+    pub(crate) headers: Vec<(&'static str, HeaderText)>,
     /// Headers to remove before the request goes upstream (lower case): the credential
     /// (unless kept) and every header the client sent that reads as an `x-rolegate-*` header
     /// or as the credential header ignoring case and `_`/`-` ([`impersonates`]), except those
     /// set above.
-    pub remove: Vec<String>,
+    pub(crate) remove: Vec<String>,
     /// The entitlement checked (empty when passed unmatched).
-    pub entitlement: HeaderText,
+    pub(crate) entitlement: HeaderText,
 }
 
 /// The decision path for proxies: the state, the settings and the route map compiled from the
@@ -109,7 +109,7 @@ impl Authz {
         authz
     }
 
-    pub fn config(&self) -> &AuthzConfig {
+    pub(crate) fn config(&self) -> &AuthzConfig {
         &self.config
     }
 

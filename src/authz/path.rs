@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use crate::domain::route::MAX_SEGMENTS;
 
 /// The longest request path (with its query string) accepted.
-pub const MAX_PATH_LEN: usize = 4096;
+pub(crate) const MAX_PATH_LEN: usize = 4096;
 
 /// Why a request path is refused before matching (HTTP 400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum PathError {
 pub struct NormalizedPath<'a> {
     pub segments: Vec<Cow<'a, str>>,
     /// The raw query string (after the first `?`), not decoded.
-    pub query: &'a str,
+    pub(crate) query: &'a str,
 }
 
 /// Normalizes a request target before matching. The rules, chosen so that a path the backend
@@ -154,7 +154,7 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Percent-decodes a query-string component (`+` is a space there).
-pub fn decode_query_component(raw: &str) -> Option<String> {
+pub(crate) fn decode_query_component(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -22,22 +22,22 @@ pub(super) struct Installed {
 
 /// A route table of the state that did not compile.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct RouteFailure {
-    pub revision: u64,
-    pub error: String,
-    pub at_unix: i64,
+pub(crate) struct RouteFailure {
+    pub(crate) revision: u64,
+    pub(crate) error: String,
+    pub(crate) at_unix: i64,
 }
 
 /// What `/status` shows of the route map.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct RouteStatus {
+pub(crate) struct RouteStatus {
     /// `default` (the built-in table) or `state` (the origin's table).
-    pub table: &'static str,
-    pub routes: usize,
+    pub(crate) table: &'static str,
+    pub(crate) routes: usize,
     /// The revision of the state's table the map in force was compiled from.
-    pub revision: u64,
+    pub(crate) revision: u64,
     /// The last table of the state that did not compile (the previous map kept serving).
-    pub last_error: Option<RouteFailure>,
+    pub(crate) last_error: Option<RouteFailure>,
 }
 
 impl Authz {
@@ -61,7 +61,7 @@ impl Authz {
     /// The route map in force: the one compiled from the state's current table. Checking that it
     /// is current costs one atomic load; only the first request after the table changed (unless
     /// [`Authz::follow_routes`] was quicker) compiles the new one.
-    pub fn routes(&self) -> Arc<RouteTable> {
+    pub(crate) fn routes(&self) -> Arc<RouteTable> {
         let want = self.state.routes_revision();
         {
             let installed = self.routes.read().unwrap_or_else(|p| p.into_inner());
@@ -123,7 +123,10 @@ impl Authz {
 
     /// Compiles each new route table of the state as soon as it is applied, until `stop` is
     /// raised, so that requests seldom find a table to compile.
-    pub async fn follow_routes(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn follow_routes(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tables = self.state.subscribe_routes();
         loop {
             drop(tables.borrow_and_update());
@@ -136,7 +139,7 @@ impl Authz {
     }
 
     /// The route map in force, for `/status`.
-    pub fn route_status(&self) -> RouteStatus {
+    pub(crate) fn route_status(&self) -> RouteStatus {
         let (table, routes, revision) = {
             let installed = self.routes.read().unwrap_or_else(|p| p.into_inner());
             let kind = if installed.default {

@@ -4,15 +4,15 @@
 
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
-pub use crate::domain::route::{MAX_SEGMENTS, PatternError, check_pattern, shape};
+pub(crate) use crate::domain::route::PatternError;
 use crate::domain::{
     RouteSpec, ValueSource,
     route::{PatternSegment, parse_pattern},
 };
 /// One compiled route.
 #[derive(Debug)]
-pub struct Route {
-    pub spec: RouteSpec,
+pub(crate) struct Route {
+    pub(crate) spec: RouteSpec,
     /// The parameter names in path order: captured values come in the same order.
     params: Box<[Box<str>]>,
     /// `spec.entitlement`, shared with every allowed answer that names it.
@@ -21,12 +21,12 @@ pub struct Route {
 
 impl Route {
     /// The entitlement the route needs.
-    pub fn entitlement(&self) -> &Arc<str> {
+    pub(crate) fn entitlement(&self) -> &Arc<str> {
         &self.entitlement
     }
 
     /// The value of a path parameter among `captured` (the values in path order).
-    pub fn param<'v>(&self, name: &str, captured: &'v [Cow<'v, str>]) -> Option<&'v str> {
+    pub(crate) fn param<'v>(&self, name: &str, captured: &'v [Cow<'v, str>]) -> Option<&'v str> {
         let i = self.params.iter().position(|p| &**p == name)?;
         captured.get(i).map(|c| &**c)
     }
@@ -137,7 +137,7 @@ pub struct RouteTable {
 /// A request matched to a route: the route and the captured parameter values, in path order.
 #[derive(Debug)]
 pub struct RouteMatch<'t, 'p> {
-    pub route: &'t Route,
+    pub(crate) route: &'t Route,
     pub params: Vec<Cow<'p, str>>,
     /// A literal segment of the table (lower case) that a segment taken by a parameter or a
     /// tail of this match reads like, ignoring case or a `.suffix` (see [`RouteMatch::resembles`]).
@@ -150,7 +150,7 @@ impl<'t> RouteMatch<'t, '_> {
     /// `statistics` for `GET /api/jobs/STATISTICS` or `/api/jobs/statistics.json` matched to
     /// `/api/jobs/{id}` beside `/api/jobs/statistics`. A server that routes case-insensitively
     /// or reads `.json` as a format would serve the literal route, not the one judged here.
-    pub fn resembles(&self) -> Option<&'t str> {
+    pub(crate) fn resembles(&self) -> Option<&'t str> {
         self.resembled
     }
 }
@@ -508,7 +508,7 @@ fn invented_routes() -> Vec<RouteSpec> {
 }
 
 /// The default map, compiled once.
-pub fn default_table() -> Arc<RouteTable> {
+pub(crate) fn default_table() -> Arc<RouteTable> {
     static DEFAULT: std::sync::OnceLock<Arc<RouteTable>> = std::sync::OnceLock::new();
     DEFAULT
         .get_or_init(|| {
@@ -520,7 +520,10 @@ pub fn default_table() -> Arc<RouteTable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authz::path::normalize_path;
+    use crate::{
+        authz::path::normalize_path,
+        domain::route::{check_pattern, shape},
+    };
 
     fn find(table: &RouteTable, method: &str, path: &str) -> Option<(String, Vec<String>)> {
         let p = normalize_path(path).unwrap();

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::Scope;
 
 /// Every entitlement of the default platform API, `resource.action`.
-pub const BUILTIN_ENTITLEMENTS: &[&str] = &[
+pub(crate) const BUILTIN_ENTITLEMENTS: &[&str] = &[
     "accounts.read",
     "accounts.update",
     "users.read",
@@ -50,16 +50,16 @@ pub const BUILTIN_ENTITLEMENTS: &[&str] = &[
 ];
 
 /// The role every key carries implicitly.
-pub const TEAM_ROLE: &str = "TEAM_ROLE";
+pub(crate) const TEAM_ROLE: &str = "TEAM_ROLE";
 /// The system role of project keys.
-pub const SYSTEM_KEY: &str = "SYSTEM_KEY";
+pub(crate) const SYSTEM_KEY: &str = "SYSTEM_KEY";
 /// The other name the platform uses for [`SYSTEM_KEY`].
-pub const SYSTEM_KEY_ALIAS: &str = "PROJECT";
+pub(crate) const SYSTEM_KEY_ALIAS: &str = "PROJECT";
 /// The system role of the project keys that rolegate followers present to their hub.
-pub const FOLLOWER: &str = "FOLLOWER";
+pub(crate) const FOLLOWER: &str = "FOLLOWER";
 /// The entitlement that lets a Watch subscriber receive every key's secret hash. Only the
 /// [`FOLLOWER`] system role holds it: no prebuilt user role does.
-pub const KEYS_REPLICATE: &str = "keys.replicate";
+pub(crate) const KEYS_REPLICATE: &str = "keys.replicate";
 
 /// A prebuilt role: its id, type and grants as (scope, entitlements) groups.
 type PrebuiltRole = (
@@ -320,7 +320,7 @@ impl Default for Catalog {
 impl Catalog {
     /// The platform's default catalog: its entitlements, five prebuilt user roles, the system
     /// roles SYSTEM_KEY and FOLLOWER, and TEAM_ROLE.
-    pub fn builtin() -> Self {
+    pub(crate) fn builtin() -> Self {
         let entitlements: HashMap<Arc<str>, u16, _> = BUILTIN_ENTITLEMENTS
             .iter()
             .zip(0u16..)
@@ -356,22 +356,22 @@ impl Catalog {
     }
 
     /// Whether `entitlement` is known (built in or added).
-    pub fn has_entitlement(&self, entitlement: &str) -> bool {
+    pub(crate) fn has_entitlement(&self, entitlement: &str) -> bool {
         self.entitlements.contains_key(entitlement)
     }
 
     /// The id of a known entitlement.
-    pub fn entitlement_id(&self, entitlement: &str) -> Option<u16> {
+    pub(crate) fn entitlement_id(&self, entitlement: &str) -> Option<u16> {
         self.entitlements.get(entitlement).copied()
     }
 
     /// One more than the largest entitlement id: the length of a dense per-entitlement array.
-    pub fn id_bound(&self) -> usize {
+    pub(crate) fn id_bound(&self) -> usize {
         self.next_id as usize
     }
 
     /// Adds an entitlement; returns false when it was already known.
-    pub fn add_entitlement(&mut self, entitlement: &str) -> bool {
+    pub(crate) fn add_entitlement(&mut self, entitlement: &str) -> bool {
         if self.entitlements.contains_key(entitlement) || self.next_id == u16::MAX {
             return false;
         }
@@ -382,7 +382,7 @@ impl Catalog {
     }
 
     /// Removes an added entitlement (built-in ones stay); returns whether it was removed.
-    pub fn remove_entitlement(&mut self, entitlement: &str) -> bool {
+    pub(crate) fn remove_entitlement(&mut self, entitlement: &str) -> bool {
         !BUILTIN_ENTITLEMENTS.contains(&entitlement)
             && self.entitlements.remove(entitlement).is_some()
     }
@@ -423,7 +423,7 @@ impl Catalog {
     }
 
     /// Removes a role; a prebuilt role goes back to its built-in definition.
-    pub fn remove_role(&mut self, id: &str) {
+    pub(crate) fn remove_role(&mut self, id: &str) {
         match Catalog::builtin().roles.remove(id) {
             Some(builtin) => self.put_role(builtin),
             None => {
@@ -433,7 +433,7 @@ impl Catalog {
     }
 
     /// Whether `id` names one of the built-in roles (or the `PROJECT` alias).
-    pub fn is_prebuilt(id: &str) -> bool {
+    pub(crate) fn is_prebuilt(id: &str) -> bool {
         let id = canonical_role_id(id);
         PREBUILT.iter().any(|(name, _, _)| *name == id)
     }
@@ -454,7 +454,7 @@ impl PartialEq for Catalog {
 impl Eq for Catalog {}
 
 /// Maps the `PROJECT` alias to `SYSTEM_KEY`; every other id is returned as is.
-pub fn canonical_role_id(id: &str) -> &str {
+pub(crate) fn canonical_role_id(id: &str) -> &str {
     if id == SYSTEM_KEY_ALIAS {
         SYSTEM_KEY
     } else {

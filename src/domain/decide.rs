@@ -27,7 +27,7 @@ pub enum Reason {
 impl Reason {
     /// Denied because the key could not be authenticated (HTTP 401), as opposed to a key that is
     /// fine but lacks the grant (HTTP 403).
-    pub fn is_unauthenticated(self) -> bool {
+    pub(crate) fn is_unauthenticated(self) -> bool {
         matches!(
             self,
             Reason::MalformedKey
@@ -41,7 +41,7 @@ impl Reason {
     }
 
     /// The reason's name in logs, denial bodies and `/status` (`no_grant`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
             Reason::MalformedKey => "malformed_key",
@@ -58,7 +58,7 @@ impl Reason {
     }
 
     /// A short explanation for people; never contains a secret.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
             Reason::MalformedKey => "the API key is malformed (expected <prefix>.<secret>)",
@@ -91,7 +91,7 @@ pub struct ResourceRef<'a> {
 
 impl ResourceRef<'_> {
     /// No resource named: the answer carries a filter instead.
-    pub fn is_collection(&self) -> bool {
+    pub(crate) fn is_collection(&self) -> bool {
         self.team_id.is_empty() && self.owner_key_prefix.is_empty() && self.owner_user_id.is_empty()
     }
 }
@@ -99,20 +99,20 @@ impl ResourceRef<'_> {
 /// The outcome of [`decide`]. Filters are shared with the cache (cloning them bumps a counter).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// The widest scope that granted; `None` when denied.
-    pub scope: Option<Scope>,
+    pub(crate) scope: Option<Scope>,
     /// For collection calls below ALL: the visible data is that of these teams…
-    pub filter_team_ids: Option<TeamFilter>,
+    pub(crate) filter_team_ids: Option<TeamFilter>,
     /// …or owned by these keys…
     pub filter_owner_key_prefixes: Option<OwnerKeys>,
     /// …or owned by this user.
-    pub filter_owner_user_id: Option<Arc<str>>,
+    pub(crate) filter_owner_user_id: Option<Arc<str>>,
 }
 
 impl Decision {
     /// A denial with no scope and no filter.
-    pub fn denied(reason: Reason) -> Self {
+    pub(crate) fn denied(reason: Reason) -> Self {
         Decision {
             reason,
             scope: None,
@@ -268,7 +268,7 @@ pub fn decide_presented(
 /// The teams whose data a TEAM grant shows: the teams of the live members that hold the grant
 /// at TEAM scope. Read from the shared requestor when iterated, so a decision never copies it.
 #[derive(Clone, Debug)]
-pub struct TeamFilter {
+pub(crate) struct TeamFilter {
     requestor: Arc<Requestor>,
     entitlement: u16,
     now: i64,
@@ -276,7 +276,7 @@ pub struct TeamFilter {
 
 impl TeamFilter {
     /// The team ids, sorted, each once.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
         // Members are sorted by team, so repeats are neighbours.
         let mut previous: Option<&Arc<str>> = None;
         self.requestor

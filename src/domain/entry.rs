@@ -19,7 +19,7 @@ pub enum RequestorId {
 
 impl RequestorId {
     /// The requestor of a key (rule 2).
-    pub fn of(key: &KeySpec) -> RequestorId {
+    pub(crate) fn of(key: &KeySpec) -> RequestorId {
         match key.key_type {
             KeyType::Team => RequestorId::User(key.owner.clone()),
             KeyType::Project => RequestorId::Project(key.owner.clone()),
@@ -27,7 +27,7 @@ impl RequestorId {
     }
 
     /// The user id, for user requestors.
-    pub fn user(&self) -> Option<&Arc<str>> {
+    pub(crate) fn user(&self) -> Option<&Arc<str>> {
         match self {
             RequestorId::User(id) => Some(id),
             RequestorId::Project(_) => None,
@@ -38,26 +38,15 @@ impl RequestorId {
 /// Everything the requestor holds for one entitlement, merged over its active keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntitlementGrants {
-    pub all: bool,
+    pub(crate) all: bool,
     /// Teams covered by TEAM grants: the teams of the keys that carry them. Sorted, no repeats.
-    pub teams: Arc<[Arc<str>]>,
-    pub own: bool,
+    pub(crate) teams: Arc<[Arc<str>]>,
+    pub(crate) own: bool,
 }
 
 impl EntitlementGrants {
-    /// The widest scope held.
-    pub fn widest(&self) -> Scope {
-        if self.all {
-            Scope::All
-        } else if !self.teams.is_empty() {
-            Scope::Team
-        } else {
-            Scope::Own
-        }
-    }
-
     /// Whether a TEAM grant covers `team`.
-    pub fn covers_team(&self, team: &str) -> bool {
+    pub(crate) fn covers_team(&self, team: &str) -> bool {
         self.teams.binary_search_by(|t| (**t).cmp(team)).is_ok()
     }
 }
@@ -71,7 +60,7 @@ pub struct GrantSet {
 
 impl GrantSet {
     /// The union of the grants of `members` (each with TEAM_ROLE) as `(team, roles)` pairs.
-    pub fn build<'a>(
+    pub(crate) fn build<'a>(
         catalog: &Catalog,
         members: impl IntoIterator<Item = (&'a Arc<str>, &'a [Arc<str>])>,
     ) -> Self {
@@ -104,27 +93,22 @@ impl GrantSet {
     }
 
     /// What is held for `entitlement`, if anything.
-    pub fn get(&self, entitlement: &str) -> Option<&EntitlementGrants> {
+    pub(crate) fn get(&self, entitlement: &str) -> Option<&EntitlementGrants> {
         self.by_entitlement.get(entitlement)
-    }
-
-    /// Every entitlement held, with its grants.
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &EntitlementGrants)> {
-        self.by_entitlement.iter()
     }
 }
 
 /// Scope bits of one entitlement in [`RoleGrants`].
-pub mod bits {
-    pub const OWN: u8 = 1;
-    pub const TEAM: u8 = 2;
-    pub const ALL: u8 = 4;
+pub(crate) mod bits {
+    pub(crate) const OWN: u8 = 1;
+    pub(crate) const TEAM: u8 = 2;
+    pub(crate) const ALL: u8 = 4;
 }
 
 /// What one combination of roles (plus TEAM_ROLE) grants, as scope bits indexed by entitlement
 /// id. Independent of teams, so a handful of these serve a million keys.
 #[derive(Debug, PartialEq, Eq)]
-pub struct RoleGrants {
+pub(crate) struct RoleGrants {
     /// The bound roles this was built from (sorted, without TEAM_ROLE).
     roles: Arc<[Arc<str>]>,
     scopes: Box<[u8]>,
@@ -152,21 +136,21 @@ impl RoleGrants {
     }
 
     /// The bound roles these grants come from.
-    pub fn roles(&self) -> &Arc<[Arc<str>]> {
+    pub(crate) fn roles(&self) -> &Arc<[Arc<str>]> {
         &self.roles
     }
 
     /// The scope bits held for entitlement `id`.
-    pub fn scopes(&self, id: u16) -> u8 {
+    pub(crate) fn scopes(&self, id: u16) -> u8 {
         self.scopes.get(id as usize).copied().unwrap_or(0)
     }
 }
 
 /// A team as a key sees it: its id and whether it is active.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TeamInfo {
-    pub id: Arc<str>,
-    pub active: bool,
+pub(crate) struct TeamInfo {
+    pub(crate) id: Arc<str>,
+    pub(crate) active: bool,
 }
 
 /// The team's id.
@@ -187,12 +171,12 @@ impl std::fmt::Display for TeamInfo {
 /// A team behind one thin pointer, shared by every key and member of the team: a [`Member`] is
 /// then three words, a requestor with two members fits a 128-byte allocation, and a
 /// [`KeyEntry`] three words (a 48-byte allocation with its reference counts).
-pub type TeamRef = Arc<TeamInfo>;
+pub(crate) type TeamRef = Arc<TeamInfo>;
 
 /// Shares [`RoleGrants`] between every key bound to the same roles, and one [`TeamRef`] between
 /// every key of a team.
 #[derive(Clone, Default)]
-pub struct GrantInterner {
+pub(crate) struct GrantInterner {
     /// Looked up once per key built: hashed for speed (the role lists come from the origin).
     sets: HashMap<Arc<[Arc<str>]>, Arc<RoleGrants>, foldhash::fast::RandomState>,
     teams: HashMap<(Arc<str>, bool), TeamRef, foldhash::fast::RandomState>,
@@ -200,7 +184,7 @@ pub struct GrantInterner {
 
 impl GrantInterner {
     /// The grants of `roles` (sorted, as in [`KeySpec::roles`]).
-    pub fn intern(&mut self, catalog: &Catalog, roles: &Arc<[Arc<str>]>) -> Arc<RoleGrants> {
+    pub(crate) fn intern(&mut self, catalog: &Catalog, roles: &Arc<[Arc<str>]>) -> Arc<RoleGrants> {
         if let Some(set) = self.sets.get(roles) {
             return set.clone();
         }
@@ -210,7 +194,7 @@ impl GrantInterner {
     }
 
     /// The shared reference to `team`, active or not.
-    pub fn team(&mut self, team: &Arc<str>, active: bool) -> TeamRef {
+    pub(crate) fn team(&mut self, team: &Arc<str>, active: bool) -> TeamRef {
         let key = (team.clone(), active);
         if let Some(shared) = self.teams.get(&key) {
             return shared.clone();
@@ -225,7 +209,7 @@ impl GrantInterner {
 
     /// Takes in the sets and teams of `other` (a copy that interned on another thread) that this
     /// one lacks.
-    pub fn absorb(&mut self, other: GrantInterner) {
+    pub(crate) fn absorb(&mut self, other: GrantInterner) {
         for (roles, set) in other.sets {
             self.sets.entry(roles).or_insert(set);
         }
@@ -235,56 +219,56 @@ impl GrantInterner {
     }
 
     /// Drops the sets no key uses any more.
-    pub fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         self.sets.retain(|_, set| Arc::strong_count(set) > 1);
         self.teams.retain(|_, shared| Arc::strong_count(shared) > 1);
     }
 }
 
 /// An expiry that never comes: `expires_at` of a key without one.
-pub const NEVER: i64 = i64::MAX;
+pub(crate) const NEVER: i64 = i64::MAX;
 
 /// One active key's contribution to its requestor's grants. 24 bytes: a requestor keeps its
 /// members inline, so that a decision reads them from the cache line it already has.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// The team its TEAM grants cover.
-    pub team: TeamRef,
-    pub grants: Arc<RoleGrants>,
+    pub(crate) team: TeamRef,
+    pub(crate) grants: Arc<RoleGrants>,
     /// From this instant on (unix seconds), the member no longer contributes; [`NEVER`] if the
     /// key does not expire.
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
 }
 
 impl Member {
     /// Whether the member still contributes at `now`.
-    pub fn is_live(&self, now: i64) -> bool {
+    pub(crate) fn is_live(&self, now: i64) -> bool {
         now < self.expires_at
     }
 
     /// The roles bound to the member's key.
-    pub fn roles(&self) -> &Arc<[Arc<str>]> {
+    pub(crate) fn roles(&self) -> &Arc<[Arc<str>]> {
         self.grants.roles()
     }
 }
 
 /// The members of a requestor: most have one or two keys, held without a separate allocation.
-pub type Members = SmallVec<[Member; 2]>;
+pub(crate) type Members = SmallVec<[Member; 2]>;
 
 /// A user or project, with the active keys whose grants it unites (rule 3).
 #[derive(Debug)]
 pub struct Requestor {
-    pub id: RequestorId,
+    pub(crate) id: RequestorId,
     /// False when the user is inactive: every key of the requestor is then unauthenticated.
-    pub active: bool,
+    pub(crate) active: bool,
     /// The active keys (active, in an active team, unexpired when built). A decision looks at
     /// each live member: a user has a few keys, so this beats a merged per-user map in both
     /// speed and memory.
-    pub members: Members,
+    pub(crate) members: Members,
     /// Every key of the requestor, whatever its status: the owners that an OWN grant covers.
     /// Sorted; held inline (prefixes of up to 24 bytes), so an OWN check reads no other memory.
-    pub owned_key_prefixes: Box<[CompactString]>,
-    pub catalog: Arc<Catalog>,
+    pub(crate) owned_key_prefixes: Box<[CompactString]>,
+    pub(crate) catalog: Arc<Catalog>,
 }
 
 impl super::idmap::HasId for Arc<Requestor> {
@@ -297,7 +281,7 @@ impl super::idmap::HasId for Arc<Requestor> {
 
 impl Requestor {
     /// Builds a requestor from its active members and all its key prefixes.
-    pub fn new(
+    pub(crate) fn new(
         id: RequestorId,
         active: bool,
         mut members: Members,
@@ -320,19 +304,8 @@ impl Requestor {
         }
     }
 
-    /// The merged grants of the members live at `now` (built on demand; allocates).
-    pub fn grants_at(&self, now: i64) -> GrantSet {
-        GrantSet::build(
-            &self.catalog,
-            self.members
-                .iter()
-                .filter(|m| m.is_live(now))
-                .map(|m| (&m.team.id, &m.roles()[..])),
-        )
-    }
-
     /// Whether `prefix` is one of the requestor's keys.
-    pub fn owns_key(&self, prefix: &str) -> bool {
+    pub(crate) fn owns_key(&self, prefix: &str) -> bool {
         self.owned_key_prefixes
             .binary_search_by(|p| p.as_str().cmp(prefix))
             .is_ok()
@@ -345,19 +318,19 @@ impl Requestor {
 /// and `requestor` through two independent pointers, so their cache misses overlap.
 #[derive(Debug)]
 pub struct KeyEntry {
-    pub spec: Arc<KeySpec>,
-    pub requestor: Arc<Requestor>,
+    pub(crate) spec: Arc<KeySpec>,
+    pub(crate) requestor: Arc<Requestor>,
     /// The key's team (a project key's is its project's), shared with its members.
-    pub team: TeamRef,
+    pub(crate) team: TeamRef,
 }
 
 /// The cache entries of one requestor's keys.
-pub type KeyEntries = SmallVec<[Arc<KeyEntry>; 2]>;
+pub(crate) type KeyEntries = SmallVec<[Arc<KeyEntry>; 2]>;
 
 /// Builds the requestor `id` from the model and all its keys (`prefixes`), with the cache entry
 /// of each key. A key contributes grants when it is active, unexpired at `now` and its team is
 /// active (rule 3).
-pub fn build_requestor(
+pub(crate) fn build_requestor(
     model: &super::Model,
     catalog: &Arc<Catalog>,
     id: &RequestorId,

@@ -73,12 +73,12 @@ impl<V: HasId> IdMap<V> {
         self.table.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
     /// Makes room for `additional` more objects.
-    pub fn reserve(&mut self, additional: usize) {
+    pub(crate) fn reserve(&mut self, additional: usize) {
         let hasher = &self.hasher;
         self.table.reserve(additional, |v| hasher.hash_one(v.id()));
     }
@@ -120,7 +120,7 @@ impl<V: HasId> IdMap<V> {
     }
 
     /// Inserts `value` under its own id, returning the object it replaces.
-    pub fn put(&mut self, value: V) -> Option<V> {
+    pub(crate) fn put(&mut self, value: V) -> Option<V> {
         let hash = self.hash(value.id());
         let hasher = &self.hasher;
         match self
@@ -147,16 +147,17 @@ impl<V: HasId> IdMap<V> {
         }
     }
 
+    /// Every (id, object) pair, in no particular order.
     /// Keeps only the objects for which `keep` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&V::Id, &mut V) -> bool) {
+    #[cfg(test)]
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&V::Id, &mut V) -> bool) {
         self.table.retain(|v| {
             let id = v.id().clone();
             keep(&id, v)
         });
     }
 
-    /// Every (id, object) pair, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&V::Id, &V)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&V::Id, &V)> + '_ {
         self.table.iter().map(|v| (v.id(), v))
     }
 
@@ -166,10 +167,6 @@ impl<V: HasId> IdMap<V> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
         self.table.iter()
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
-        self.table.iter_mut()
     }
 }
 

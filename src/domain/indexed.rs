@@ -8,10 +8,7 @@ use std::{collections::HashMap, ops::Deref, sync::Arc};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
-use super::{
-    KeySpec, Model, Project, RequestorId, Team,
-    model::{Change, ModelViolation},
-};
+use super::{KeySpec, Model, Project, RequestorId, Team, model::Change};
 
 /// The prefixes of one requestor's keys (most have one or two).
 type Prefixes = SmallVec<[CompactString; 2]>;
@@ -62,7 +59,7 @@ impl IndexedModel {
     }
 
     /// Every key of `requestor`, whatever its status.
-    pub fn keys_of<'m>(
+    pub(crate) fn keys_of<'m>(
         &'m self,
         requestor: &RequestorId,
     ) -> impl Iterator<Item = &'m Arc<KeySpec>> {
@@ -107,7 +104,7 @@ impl IndexedModel {
     }
 
     /// Applies `changes` and returns the changes that undo them, in the order to apply.
-    pub fn apply_with_undo(&mut self, changes: &[Change]) -> Vec<Change> {
+    pub(crate) fn apply_with_undo(&mut self, changes: &[Change]) -> Vec<Change> {
         let mut undo = Vec::with_capacity(changes.len());
         for change in changes {
             undo.push(self.inverse(change));
@@ -117,9 +114,13 @@ impl IndexedModel {
         undo
     }
 
+    #[cfg(test)]
     /// Applies `changes`, validates the result, and undoes them when it breaks a rule. Returns the
     /// undo on success (see [`Model::validate_after`]).
-    pub fn apply_valid(&mut self, changes: &[Change]) -> Result<Vec<Change>, Vec<ModelViolation>> {
+    pub(crate) fn apply_valid(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Vec<Change>, Vec<super::ModelViolation>> {
         let undo = self.apply_with_undo(changes);
         let violations = self.model.validate_after(changes);
         if violations.is_empty() {
@@ -167,7 +168,7 @@ impl IndexedModel {
     }
 
     /// Replaces the whole model (after reading it back from disk).
-    pub fn replace(&mut self, model: Model) {
+    pub(crate) fn replace(&mut self, model: Model) {
         *self = IndexedModel::from(model);
     }
 }

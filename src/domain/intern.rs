@@ -33,7 +33,7 @@ type Fast = foldhash::fast::RandomState;
 
 impl Interner {
     /// The shared copy of `s`.
-    pub fn id(&mut self, s: &str) -> Arc<str> {
+    pub(crate) fn id(&mut self, s: &str) -> Arc<str> {
         if let Some(id) = self.ids.get(s) {
             return id.clone();
         }
@@ -43,12 +43,12 @@ impl Interner {
     }
 
     /// The shared list of `roles` (as given: already canonical), of shared ids.
-    pub fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
+    pub(crate) fn roles(&mut self, roles: &[String]) -> Arc<[Arc<str>]> {
         self.list(roles, |i| &mut i.role_lists)
     }
 
     /// The shared list of `teams`, of shared ids.
-    pub fn teams(&mut self, teams: &[String]) -> TeamList {
+    pub(crate) fn teams(&mut self, teams: &[String]) -> TeamList {
         self.list(teams, |i| &mut i.team_lists)
     }
 

@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The longest key accepted, prefix and secret together.
-pub const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 /// Shortest and longest prefix, as in the policy file format.
-pub const PREFIX_LEN: std::ops::RangeInclusive<usize> = 4..=64;
+pub(crate) const PREFIX_LEN: std::ops::RangeInclusive<usize> = 4..=64;
 
 /// A presented key, borrowed from the request: parsing never allocates.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl<'a> ApiKey<'a> {
 }
 
 /// Whether `prefix` is 4 to 64 characters of `[A-Za-z0-9_-]`.
-pub fn is_valid_prefix(prefix: &str) -> bool {
+pub(crate) fn is_valid_prefix(prefix: &str) -> bool {
     // Without an early exit or short-circuits, for the same reason as in `ApiKey::parse`.
     PREFIX_LEN.contains(&prefix.len())
         && prefix.bytes().fold(true, |ok, b| {
@@ -102,7 +102,7 @@ impl SecretHash {
     /// Compares in constant time, so the time taken does not tell how many bytes matched. As
     /// four words rather than 32 bytes: `subtle` puts an optimisation barrier on each element
     /// compared, and this runs on every check.
-    pub fn matches(&self, other: &SecretHash) -> bool {
+    pub(crate) fn matches(&self, other: &SecretHash) -> bool {
         self.words().ct_eq(&other.words()).into()
     }
 
@@ -197,7 +197,7 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KeyType::Team => "team",
             KeyType::Project => "project",
@@ -218,7 +218,8 @@ pub struct ExpiryOutOfRange(pub i64);
 
 impl Expiry {
     /// What [`Expiry::at`] accepts, for error messages.
-    pub const RANGE: &str = "a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z";
+    pub(crate) const RANGE: &str =
+        "a key expires between 1970-01-01T00:00:00Z and 2106-02-07T06:28:14Z";
 
     /// A key that does not expire.
     pub const NEVER: Expiry = Expiry(u32::MAX);
@@ -232,7 +233,7 @@ impl Expiry {
     }
 
     /// The key expires at `unix` seconds, or never when `None`.
-    pub fn from_unix(unix: Option<i64>) -> Result<Expiry, ExpiryOutOfRange> {
+    pub(crate) fn from_unix(unix: Option<i64>) -> Result<Expiry, ExpiryOutOfRange> {
         unix.map_or(Ok(Expiry::NEVER), Expiry::at)
     }
 

@@ -14,30 +14,30 @@
 //! - [`watch_access`]: whether a key may Watch, and receive secret hashes.
 
 pub mod admin;
-pub mod catalog;
+pub(crate) mod catalog;
 pub mod decide;
-pub mod entry;
-pub mod escalation;
-pub mod idmap;
-pub mod indexed;
-pub mod intern;
+pub(crate) mod entry;
+pub(crate) mod escalation;
+pub(crate) mod idmap;
+pub(crate) mod indexed;
+pub(crate) mod intern;
 pub mod key;
 pub mod model;
-pub mod route;
-pub mod scope;
-pub mod watch_access;
+pub(crate) mod route;
+pub(crate) mod scope;
+pub(crate) mod watch_access;
 
 pub use catalog::{Catalog, Grant, Role, RoleType, is_valid_entitlement};
 
 /// The longest id (of a team, user, project or resource) accepted from the network.
-pub const MAX_ID_LEN: usize = 256;
+pub(crate) const MAX_ID_LEN: usize = 256;
 pub use decide::{Decision, Reason, ResourceRef, authenticate, decide, decide_presented};
 pub use entry::{EntitlementGrants, GrantSet, KeyEntry, Requestor, RequestorId};
-pub use idmap::IdMap;
+pub(crate) use idmap::IdMap;
 pub use indexed::IndexedModel;
-pub use intern::Interner;
+pub(crate) use intern::Interner;
 pub use key::{ApiKey, Expiry, ExpiryOutOfRange, KeyStatus, KeyType, MalformedKey, SecretHash};
 pub use model::{KeySpec, Model, ModelViolation, OwnerError, Project, Team, TeamList, User};
 pub use route::{RouteSpec, ValueSource};
 pub use scope::Scope;
-pub use watch_access::{WATCH_READS, WatchAccess, WatchDenied, watch_access};
+pub(crate) use watch_access::{WatchDenied, watch_access};

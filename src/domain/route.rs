@@ -6,7 +6,7 @@ use std::fmt;
 
 /// The most segments a request path (or a route pattern) may have; deeper paths are rejected
 /// rather than matched, which bounds the matcher's work.
-pub const MAX_SEGMENTS: usize = 32;
+pub(crate) const MAX_SEGMENTS: usize = 32;
 
 /// Where a route's resource team or owner comes from: `path.<param>`, `header.<name>` or
 /// `query.<name>`.
@@ -63,7 +63,7 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     /// The resource sources with the field that names each: `team`, `owner_key`, `owner_user`.
-    pub fn sources(&self) -> impl Iterator<Item = (&'static str, &ValueSource)> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (&'static str, &ValueSource)> {
         [
             ("team", &self.team),
             ("owner_key", &self.owner_key),
@@ -75,7 +75,7 @@ impl RouteSpec {
 
     /// What is wrong with this route taken alone (method, pattern, sources), as
     /// `(field, message)`; the entitlement and duplicates are the model's to check.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if !is_valid_method(&self.method) {
             out.push(("method", "method is an upper-case HTTP method or *".into()));
@@ -105,7 +105,7 @@ impl RouteSpec {
 }
 
 /// Whether `method` is an upper-case HTTP method (`GET`, `PATCH`, ...) or `*`.
-pub fn is_valid_method(method: &str) -> bool {
+pub(crate) fn is_valid_method(method: &str) -> bool {
     method == "*"
         || (!method.is_empty()
             && method.len() <= 32
@@ -140,7 +140,7 @@ pub enum PatternError {
 
 /// One segment of a parsed pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PatternSegment<'a> {
+pub(crate) enum PatternSegment<'a> {
     Literal(&'a str),
     Param(&'a str),
     /// A last `*`: this segment and anything below.
@@ -148,7 +148,7 @@ pub enum PatternSegment<'a> {
 }
 
 /// Parses a route pattern into its segments.
-pub fn parse_pattern(path: &str) -> Result<Vec<PatternSegment<'_>>, PatternError> {
+pub(crate) fn parse_pattern(path: &str) -> Result<Vec<PatternSegment<'_>>, PatternError> {
     let rest = path.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let mut out = Vec::new();
@@ -196,13 +196,13 @@ pub fn parse_pattern(path: &str) -> Result<Vec<PatternSegment<'_>>, PatternError
 }
 
 /// Checks a route pattern.
-pub fn check_pattern(path: &str) -> Result<(), PatternError> {
+pub(crate) fn check_pattern(path: &str) -> Result<(), PatternError> {
     parse_pattern(path).map(|_| ())
 }
 
 /// The method and the shape of a pattern (parameter names erased): two routes with the same
 /// shape would match the same requests.
-pub fn shape(method: &str, path: &str) -> String {
+pub(crate) fn shape(method: &str, path: &str) -> String {
     let mut out = format!("{method} ");
     for part in path.trim_end_matches('/').split('/').skip(1) {
         out.push('/');

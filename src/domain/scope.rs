@@ -15,7 +15,7 @@ pub enum Scope {
 
 impl Scope {
     /// The upper-case name used in policy files and messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Own => "OWN",
             Scope::Team => "TEAM",

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// The entitlements a key must hold at ALL scope to Watch at all.
-pub const WATCH_READS: [&str; 5] = [
+pub(crate) const WATCH_READS: [&str; 5] = [
     "accounts.read",
     "users.read",
     "projects.read",
@@ -25,7 +25,7 @@ pub const WATCH_READS: [&str; 5] = [
 
 /// Why a key may not (or may no longer) Watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchDenied {
+pub(crate) enum WatchDenied {
     /// The key does not authenticate (unknown, wrong secret, inactive, expired, team or user
     /// inactive).
     Unauthenticated(Reason),
@@ -35,20 +35,24 @@ pub enum WatchDenied {
 
 /// What a key that may Watch receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WatchAccess {
+pub(crate) struct WatchAccess {
     /// Whether the key's secret hashes are sent (asked for, and [`KEYS_REPLICATE`] held).
-    pub secrets: bool,
+    pub(crate) secrets: bool,
     /// The next instant (unix seconds) at which the answer may change with no new revision: the
     /// expiry of the key itself or of another key of its requestor whose grants it shares
     /// ([`NEVER`] when there is none).
-    pub recheck_at: i64,
+    pub(crate) recheck_at: i64,
 }
 
 /// Decides whether the key of `entry`, already authenticated ([`super::authenticate`]), may
 /// Watch at `now`, and with the
 /// secret hashes when `secrets` is asked for (asking without [`KEYS_REPLICATE`] is refused, not
 /// quietly answered without them).
-pub fn watch_access(entry: &KeyEntry, secrets: bool, now: i64) -> Result<WatchAccess, WatchDenied> {
+pub(crate) fn watch_access(
+    entry: &KeyEntry,
+    secrets: bool,
+    now: i64,
+) -> Result<WatchAccess, WatchDenied> {
     let needed = WATCH_READS.iter().chain(secrets.then_some(&KEYS_REPLICATE));
     for entitlement in needed {
         let decision = decide(entry, entitlement, ResourceRef::default(), now);

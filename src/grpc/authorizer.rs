@@ -17,9 +17,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AuthorizerLimits {
     /// The most checks one CheckBatch may hold.
-    pub max_batch: usize,
+    pub(crate) max_batch: usize,
     /// The longest a check waits for its `min_revision` when the call sets no deadline.
-    pub max_revision_wait: Duration,
+    pub(crate) max_revision_wait: Duration,
 }
 
 impl Default for AuthorizerLimits {
@@ -162,7 +162,7 @@ impl Authorizer for AuthorizerService {
 }
 
 /// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
-pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 || value.len() > 9 {
         return None;

@@ -39,7 +39,7 @@ const MAX_HANDSHAKES: usize = 1024;
 
 /// An accepted connection of the gRPC port: plain TCP, or TLS over TCP.
 #[derive(Debug)]
-pub struct GrpcConn<S = TcpStream> {
+pub(crate) struct GrpcConn<S = TcpStream> {
     io: S,
     /// Until the client's preface has been read: when it must have been.
     preface: Option<Preface>,
@@ -54,7 +54,7 @@ struct Preface {
 
 impl GrpcConn<TcpStream> {
     /// A plaintext connection, accepted now, whose preface must arrive within `timeout`.
-    pub fn new(stream: TcpStream, timeout: Duration) -> io::Result<Self> {
+    pub(crate) fn new(stream: TcpStream, timeout: Duration) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         Ok(GrpcConn::with_deadline(stream, Instant::now() + timeout))
     }
@@ -144,7 +144,7 @@ impl Connected for GrpcConn<TlsStream<TcpStream>> {
 }
 
 /// The plaintext connections of `listener`.
-pub fn plain_incoming(
+pub(crate) fn plain_incoming(
     listener: TcpListener,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<GrpcConn>> {
@@ -157,7 +157,7 @@ pub fn plain_incoming(
 /// The TLS connections of `listener`: each accepted connection's handshake runs in a task of
 /// its own (a slow client delays no one else) and must complete within `handshake_timeout`;
 /// the connections that made it are yielded. Accepting stops when the stream is dropped.
-pub fn tls_incoming(
+pub(crate) fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     handshake_timeout: Duration,

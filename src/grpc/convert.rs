@@ -7,11 +7,11 @@ use crate::{
 };
 
 /// The longest entitlement accepted.
-pub const MAX_ENTITLEMENT_LEN: usize = 128;
+pub(crate) const MAX_ENTITLEMENT_LEN: usize = 128;
 
 /// Validates a check and borrows its resource. Keys are not validated here: a malformed key is a
 /// denial (`REASON_MALFORMED_KEY`), not an invalid request.
-pub fn resource(req: &pb::CheckRequest) -> Result<ResourceRef<'_>, InvalidRequest> {
+pub(crate) fn resource(req: &pb::CheckRequest) -> Result<ResourceRef<'_>, InvalidRequest> {
     if req.entitlement.is_empty() {
         return Err(InvalidRequest::EmptyEntitlement);
     }

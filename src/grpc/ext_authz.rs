@@ -25,7 +25,7 @@ use crate::authz::{
     Authz, AuthzRequest, Denied, Header, ProxyDecision, RequestHeaders, RouteContext,
 };
 
-pub use wire::{BufferFull, CheckRequest, WireResponse};
+pub(crate) use wire::{CheckRequest, WireResponse};
 
 /// The message type the Check method decodes: only the fields rolegate reads ([`wire`]).
 pub type WireRequest = CheckRequest;
@@ -82,13 +82,13 @@ impl ExtAuthzService {
 /// the generated server's prost codec (what the generated `AuthorizationServer` does, for the
 /// one method, with the lean messages).
 #[derive(Clone)]
-pub struct ExtAuthzServer {
+pub(crate) struct ExtAuthzServer {
     service: ExtAuthzService,
     max_decoding_message_size: Option<usize>,
 }
 
 impl ExtAuthzServer {
-    pub fn new(service: ExtAuthzService) -> Self {
+    pub(crate) fn new(service: ExtAuthzService) -> Self {
         ExtAuthzServer {
             service,
             max_decoding_message_size: None,
@@ -97,7 +97,7 @@ impl ExtAuthzServer {
 
     /// Limits the size of a request (default: tonic's 4 MiB).
     #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+    pub(crate) fn max_decoding_message_size(mut self, limit: usize) -> Self {
         self.max_decoding_message_size = Some(limit);
         self
     }
@@ -148,7 +148,7 @@ impl UnaryService<CheckRequest> for CheckMethod {
 /// Decodes [`CheckRequest`]s and encodes [`WireResponse`]s; errors as tonic's prost codec
 /// reports them (a body that does not decode is INTERNAL).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EnvoyCodec;
+pub(crate) struct EnvoyCodec;
 
 impl Codec for EnvoyCodec {
     type Encode = WireResponse;

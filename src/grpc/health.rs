@@ -21,7 +21,7 @@ const SERVICES: [&str; 2] = [
 ];
 
 /// Sets every reported service to `ready`.
-pub async fn report(reporter: &HealthReporter, ready: bool) {
+pub(crate) async fn report(reporter: &HealthReporter, ready: bool) {
     let status = if ready {
         ServingStatus::Serving
     } else {
@@ -35,7 +35,7 @@ pub async fn report(reporter: &HealthReporter, ready: bool) {
 /// Keeps the reported status equal to [`Health::is_ready`] until `stop` turns true. It wakes
 /// only when readiness can change: the first revision applied, the moment a follower would go
 /// stale, and (while stale) the next contact with the hub.
-pub async fn follow_readiness(
+pub(crate) async fn follow_readiness(
     health: Arc<Health>,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,

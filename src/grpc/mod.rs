@@ -4,13 +4,13 @@
 
 pub mod admin;
 pub mod authorizer;
-pub mod conn;
-pub mod convert;
+pub(crate) mod conn;
+pub(crate) mod convert;
 pub mod ext_authz;
 pub mod follow;
-pub mod health;
-pub mod routes;
-pub mod status;
+pub(crate) mod health;
+pub(crate) mod routes;
+pub(crate) mod status;
 pub mod watch;
 
 /// Code generated from `proto/` by `build.rs`.
@@ -19,7 +19,7 @@ pub mod pb {
     tonic::include_proto!("rolegate.v1");
 
     /// The file descriptor set of `proto/`, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
+    pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/rolegate_descriptor.bin"));
 }
 

@@ -13,7 +13,7 @@ fn describe(source: &RouteSource) -> (&'static str, &str) {
 
 /// The answer of `ListRoutes`: the state's table (the built-in one when it has none), read with
 /// the revision it is at.
-pub fn list(state: &State, source: &RouteSource) -> pb::ListRoutesResponse {
+pub(crate) fn list(state: &State, source: &RouteSource) -> pb::ListRoutesResponse {
     let (revision, active) = state.read_model(|_| (state.revision(), state.routes()));
     let (routes, source, origin) = match &active.specs {
         Some(specs) => {

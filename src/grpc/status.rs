@@ -32,7 +32,7 @@ use crate::{
 
 /// A request that cannot be judged as sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidRequest {
+pub(crate) enum InvalidRequest {
     #[error("entitlement is empty")]
     EmptyEntitlement,
     #[error("{field} is longer than {max} bytes")]
@@ -62,7 +62,7 @@ impl From<Unanswerable> for Status {
 
 /// Admin write failures. Model violations become `google.rpc.BadRequest` field violations
 /// (tonic-types), one per object field, named like `keys[PREFIX].roles`.
-pub fn write_status(err: WriteError) -> Status {
+pub(crate) fn write_status(err: WriteError) -> Status {
     match err {
         WriteError::NotFound(what) => Status::not_found(format!("{what} not found")),
         WriteError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
@@ -91,7 +91,7 @@ fn field_name(v: &ModelViolation) -> String {
     format!("{object}.{}", v.field)
 }
 
-pub fn invalid(violations: &[ModelViolation]) -> Status {
+pub(crate) fn invalid(violations: &[ModelViolation]) -> Status {
     let mut details = ErrorDetails::new();
     for v in violations {
         details.add_bad_request_violation(field_name(v), v.message.clone());
@@ -101,7 +101,7 @@ pub fn invalid(violations: &[ModelViolation]) -> Status {
 }
 
 /// A request field that is wrong before the model is even consulted.
-pub fn bad_field(field: &str, message: impl Into<String>) -> Status {
+pub(crate) fn bad_field(field: &str, message: impl Into<String>) -> Status {
     let message = message.into();
     let mut details = ErrorDetails::new();
     details.add_bad_request_violation(field, message.clone());
@@ -114,7 +114,7 @@ pub fn bad_field(field: &str, message: impl Into<String>) -> Status {
 
 /// A policy document refused by `Apply`: one field violation per problem, located as
 /// `document:LINE:COLUMN`.
-pub fn policy_invalid(e: &PolicyError) -> Status {
+pub(crate) fn policy_invalid(e: &PolicyError) -> Status {
     let mut details = ErrorDetails::new();
     for p in &e.problems {
         let message = if p.object.is_empty() {
@@ -129,7 +129,7 @@ pub fn policy_invalid(e: &PolicyError) -> Status {
 
 /// Why a Watch was refused, or ended because its key lost the grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WatchRefused {
+pub(crate) enum WatchRefused {
     #[error("start_revision {asked} is in the future: this instance has revision {have} (the most a watch may start from is {})", have + 1)]
     FutureRevision { asked: u64, have: u64 },
     #[error("a watch with a snapshot starts at the snapshot's revision: leave start_revision at 0")]
@@ -193,21 +193,5 @@ impl WatchRefused {
 impl From<WatchRefused> for Status {
     fn from(err: WatchRefused) -> Self {
         Status::new(err.code(), err.to_string())
-    }
-}
-
-/// The HTTP status that goes with a gRPC code, for the HTTP front ends.
-pub fn http_status(code: Code) -> u16 {
-    match code {
-        Code::Ok => 200,
-        Code::InvalidArgument | Code::OutOfRange => 400,
-        Code::Unauthenticated => 401,
-        Code::PermissionDenied => 403,
-        Code::NotFound => 404,
-        Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => 409,
-        Code::ResourceExhausted => 429,
-        Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        _ => 500,
     }
 }

@@ -33,14 +33,14 @@ use crate::authz::{
 };
 
 /// Where Envoy's `http_service` sends checks (its `path_prefix`).
-pub const ENVOY_PREFIX: &str = "/authz/ext";
+pub(crate) const ENVOY_PREFIX: &str = "/authz/ext";
 /// Where nginx's `auth_request` sends checks.
-pub const NGINX_PATH: &str = "/authz";
+pub(crate) const NGINX_PATH: &str = "/authz";
 /// On `/authz`, the status rolegate means when it answers 403 for a 400.
-pub const NGINX_STATUS_HEADER: &str = "x-rolegate-status";
+pub(crate) const NGINX_STATUS_HEADER: &str = "x-rolegate-status";
 
 /// The routes of the auth endpoint, to merge into the HTTP port's router.
-pub fn router(authz: Arc<Authz>) -> Router {
+pub(crate) fn router(authz: Arc<Authz>) -> Router {
     Router::new()
         .route(NGINX_PATH, any(nginx))
         .route(ENVOY_PREFIX, any(envoy))

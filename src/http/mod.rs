@@ -1,7 +1,7 @@
 //! The HTTP front end: liveness (`/healthz`), readiness (`/readyz`) and `/status`; the first two
 //! also on a listener of their own for probes (`--probe-listen`).
 
-pub mod auth;
+pub(crate) mod auth;
 
 use std::sync::{
     Arc,
@@ -19,15 +19,15 @@ use crate::{
 };
 
 /// What the HTTP endpoints report on.
-pub struct Health {
-    pub state: Arc<State>,
+pub(crate) struct Health {
+    pub(crate) state: Arc<State>,
     /// False before the first load and once shutdown has begun.
-    pub serving: AtomicBool,
+    pub(crate) serving: AtomicBool,
     /// The origin that serves: its status, and whether it keeps the state fresh enough.
-    pub origin: Arc<dyn Origin>,
-    pub started_unix: i64,
+    pub(crate) origin: Arc<dyn Origin>,
+    pub(crate) started_unix: i64,
     /// The proxy front ends' route map (None: not served).
-    pub routes: Option<Arc<Authz>>,
+    pub(crate) routes: Option<Arc<Authz>>,
 }
 
 #[derive(Serialize)]
@@ -48,7 +48,11 @@ struct StatusBody {
 
 impl Health {
     /// Serving from now, fed by `origin`.
-    pub fn new(state: Arc<State>, origin: Arc<dyn Origin>, routes: Option<Arc<Authz>>) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        origin: Arc<dyn Origin>,
+        routes: Option<Arc<Authz>>,
+    ) -> Self {
         Health {
             state,
             serving: true.into(),
@@ -59,14 +63,14 @@ impl Health {
     }
 
     /// Whether this instance should take traffic: what `/readyz` and gRPC health report.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.not_ready().is_none()
     }
 
     /// Why this instance should not take traffic, if so: shutting down, no state loaded yet (a
     /// follower: no snapshot from its hub applied yet), or a follower whose hub has not been
     /// heard from for longer than `--max-staleness`.
-    pub fn not_ready(&self) -> Option<String> {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if !self.serving.load(Ordering::Acquire) {
             return Some("shutting down".into());
         }
@@ -76,7 +80,7 @@ impl Health {
 }
 
 /// The router of the HTTP port.
-pub fn router(health: Arc<Health>) -> Router {
+pub(crate) fn router(health: Arc<Health>) -> Router {
     Router::new()
         .route("/status", get(status))
         .with_state(health.clone())
@@ -85,7 +89,7 @@ pub fn router(health: Arc<Health>) -> Router {
 
 /// The router of the probe listener (`--probe-listen`): liveness and readiness only, nothing
 /// that tells a caller about the state or decides a request.
-pub fn probe_router(health: Arc<Health>) -> Router {
+pub(crate) fn probe_router(health: Arc<Health>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

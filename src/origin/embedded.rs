@@ -35,7 +35,7 @@ use crate::{
 };
 
 use store::Replayed;
-pub use store::{KEPT_REVISIONS, STORE_FILE, Store, StoreError};
+pub(crate) use store::{Store, StoreError};
 #[cfg(test)]
 pub(crate) use writer::Edit;
 use writer::{Work, WriteRequest, Writer, logged_grants};
@@ -54,6 +54,8 @@ pub struct Bootstrap {
 pub struct EmbeddedOrigin {
     /// `None` only while dropping.
     queue: Option<mpsc::Sender<WriteRequest>>,
+    /// The tests read the change log through it.
+    #[cfg(test)]
     store: Arc<Store>,
     data_dir: PathBuf,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -77,7 +79,7 @@ impl Drop for EmbeddedOrigin {
 pub struct Started {
     pub origin: Arc<EmbeddedOrigin>,
     /// The bootstrap key, when this start created it with a generated secret: show it once.
-    pub bootstrap_key: Option<String>,
+    pub(crate) bootstrap_key: Option<String>,
 }
 
 impl EmbeddedOrigin {
@@ -148,6 +150,7 @@ impl EmbeddedOrigin {
         Ok(Started {
             origin: Arc::new(EmbeddedOrigin {
                 queue: Some(queue),
+                #[cfg(test)]
                 store,
                 data_dir: dir.to_owned(),
                 writer: Some(writer),
@@ -174,19 +177,15 @@ impl EmbeddedOrigin {
         done.await.map_err(|_| stopped())?
     }
 
+    #[cfg(test)]
     /// The store, for reading the change log.
-    pub fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// What `/status` shows as `origin`: the data directory and, while writes are refused
     /// because the store cannot commit (disk full, I/O error), the last such error.
-    pub fn reload_status(&self) -> ReloadStatus {
+    pub(crate) fn reload_status(&self) -> ReloadStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -28,8 +28,8 @@ use crate::domain::{
     model::Change,
 };
 
-pub use start::{OriginConfig, StartError, start};
-pub use upstream::status::UpstreamReport;
+pub(crate) use start::{OriginConfig, StartError, start};
+pub(crate) use upstream::status::UpstreamReport;
 
 /// A boxed, sendable future: what the origin traits' async methods return.
 ///
@@ -37,7 +37,7 @@ pub use upstream::status::UpstreamReport;
 /// origin is chosen once at start and the front ends carry no type parameter for it; an
 /// `async fn` in a trait cannot be called through `dyn`. The box is one allocation per write
 /// (which waits for an fsync anyway) and one per server start, never on the decision path.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Which origin serves, by the name `/status` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -53,7 +53,7 @@ pub enum OriginKind {
 
 impl OriginKind {
     /// The name `/status` shows.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OriginKind::PolicyFile => "policy_file",
             OriginKind::Embedded => "embedded",
@@ -65,28 +65,28 @@ impl OriginKind {
 /// What the last load or commit of an origin did: the part of `/status`'s `origin` that every
 /// origin reports (a follower leaves it at its defaults and reports its hub instead).
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// The policy file or the data directory.
-    pub path: String,
+    pub(crate) path: String,
     /// Unix seconds of the last successful load.
-    pub last_reload_unix: Option<i64>,
+    pub(crate) last_reload_unix: Option<i64>,
     /// The last failed load (a policy file) or commit (the store), until the next success.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Unix seconds of the last failure.
-    pub last_error_unix: Option<i64>,
-    pub reloads: u64,
-    pub failed_reloads: u64,
+    pub(crate) last_error_unix: Option<i64>,
+    pub(crate) reloads: u64,
+    pub(crate) failed_reloads: u64,
 }
 
 /// What `/status` shows under `origin`.
 #[derive(Clone, Debug, Serialize)]
 pub struct OriginStatus {
-    pub kind: OriginKind,
+    pub(crate) kind: OriginKind,
     #[serde(flatten)]
-    pub reload: ReloadStatus,
+    pub(crate) reload: ReloadStatus,
     /// Follow mode: the hub, the connection and how stale the state is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<UpstreamReport>,
+    pub(crate) upstream: Option<UpstreamReport>,
 }
 
 /// Where the state's route table comes from when it is not the built-in default.
@@ -103,8 +103,8 @@ pub enum RouteSource {
 /// A committed write: its revision (the current one when it changed nothing) and its changes.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
-    pub revision: u64,
-    pub changes: Vec<Change>,
+    pub(crate) revision: u64,
+    pub(crate) changes: Vec<Change>,
 }
 
 /// Why an origin takes no writes, in words for the caller (what to do instead).

@@ -21,7 +21,7 @@ use crate::{
 pub use parse::{Policy, PolicyError, PolicyProblem, load, parse, parse_file};
 
 /// The policy file origin while serving: the path, what was last loaded, and the status.
-pub struct PolicyFileOrigin {
+pub(crate) struct PolicyFileOrigin {
     path: PathBuf,
     /// How often the file is polled for changes.
     interval: Duration,
@@ -85,7 +85,7 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 impl PolicyFileOrigin {
     /// Loads the file into `state` as revision 1; a bad file is an error (the server does not
     /// start on it). While serving, [`Self::watch`] polls it every `interval`.
-    pub fn start(
+    pub(crate) fn start(
         path: PathBuf,
         interval: Duration,
         state: Arc<State>,
@@ -115,7 +115,7 @@ impl PolicyFileOrigin {
     }
 
     /// What the last (re)load did.
-    pub fn reload_status(&self) -> ReloadStatus {
+    pub(crate) fn reload_status(&self) -> ReloadStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -126,9 +126,10 @@ impl PolicyFileOrigin {
         PolicyError::whole_file(&self.path.display().to_string(), message)
     }
 
+    #[cfg(test)]
     /// Re-reads the file at once if it changed on disk (without waiting for it to settle, as
     /// the watcher does). Returns the new revision when the state changed.
-    pub fn reload_if_changed(&self) -> Result<Option<u64>, PolicyError> {
+    pub(crate) fn reload_if_changed(&self) -> Result<Option<u64>, PolicyError> {
         if self.unchanged_on_disk(&fingerprint(&self.path)) {
             return Ok(None);
         }
@@ -165,7 +166,7 @@ impl PolicyFileOrigin {
     /// A bad file changes nothing: the last good state keeps serving. A file whose identity
     /// changed while it was read changes nothing either (it is being written): the watcher
     /// loads it once it has settled.
-    pub fn reload(&self) -> Result<Option<u64>, PolicyError> {
+    pub(crate) fn reload(&self) -> Result<Option<u64>, PolicyError> {
         self.reload_expecting(None)
     }
 
@@ -261,7 +262,7 @@ impl PolicyFileOrigin {
     /// changes.
     /// Polling the resolved path's identity catches edits in place, editors that write a new file
     /// and rename it, and the symlink swap of a Kubernetes ConfigMap.
-    pub async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

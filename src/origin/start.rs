@@ -15,29 +15,29 @@ use crate::{
 
 /// What the origins are configured with (`rolegate serve`'s flags that concern them).
 #[derive(Clone, Debug)]
-pub struct OriginConfig {
+pub(crate) struct OriginConfig {
     /// `--policy`: serve this file.
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// How often the policy file is checked for changes.
-    pub reload_interval: Duration,
+    pub(crate) reload_interval: Duration,
     /// `--data-dir` (or its default): the embedded store, when neither a policy file nor a hub
     /// is given.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// The bootstrap key of a new store.
-    pub bootstrap: Bootstrap,
+    pub(crate) bootstrap: Bootstrap,
     /// `--upstream`: follow this hub.
-    pub upstream: Option<String>,
+    pub(crate) upstream: Option<String>,
     /// The key presented to the hub.
-    pub upstream_key: Option<String>,
+    pub(crate) upstream_key: Option<String>,
     /// TLS towards the hub.
-    pub upstream_tls: ClientTls,
+    pub(crate) upstream_tls: ClientTls,
     /// `--max-staleness`: how long the hub may go unheard before the follower is not ready.
-    pub max_staleness: Option<Duration>,
+    pub(crate) max_staleness: Option<Duration>,
 }
 
 /// Why the origin could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("the policy file cannot be loaded:\n{0}")]
     Policy(#[from] PolicyError),
     #[error("the embedded store cannot be opened: {0}")]
@@ -52,7 +52,7 @@ pub enum StartError {
 /// `dial`), else a policy file, else the embedded store. Its state is loaded when this returns,
 /// except a follower's, which arrives from the hub once its background task runs
 /// ([`Origin::run`]).
-pub async fn start<H: Hub>(
+pub(crate) async fn start<H: Hub>(
     config: OriginConfig,
     state: Arc<State>,
     dial: Dial<H>,

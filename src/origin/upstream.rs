@@ -7,7 +7,7 @@
 //! hub's gRPC Watch) is behind the [`Hub`] and [`Feed`] traits, implemented in
 //! `grpc::follow`: origins do not depend on a front end.
 
-pub mod status;
+pub(crate) mod status;
 
 use std::{
     future::Future,
@@ -94,27 +94,27 @@ pub trait Feed: Send {
 /// How a hub is reached: from its URL, the key presented to it, and TLS towards it. Given by the
 /// caller of [`crate::origin::start`], since the transport lives with the front end that speaks
 /// it (`grpc::follow`).
-pub type Dial<H> = fn(&str, String, ClientTls) -> Result<H, UpstreamError>;
+pub(crate) type Dial<H> = fn(&str, String, ClientTls) -> Result<H, UpstreamError>;
 
 /// How long the follower lets its feed stay quiet before the hub sends a bookmark (asked for
 /// on every Watch it opens). An idle but healthy hub is therefore heard from about this often,
 /// which is what `--max-staleness` measures against.
-pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The smallest `--max-staleness`: three bookmark intervals, so that one late bookmark does not
 /// take a healthy follower out of service.
-pub const MIN_MAX_STALENESS: Duration = Duration::from_secs(3);
+pub(crate) const MIN_MAX_STALENESS: Duration = Duration::from_secs(3);
 
 /// Exponential backoff with jitter: many followers of one restarted hub do not all knock at once.
 #[derive(Clone, Debug)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
             max,
@@ -123,14 +123,14 @@ impl Backoff {
     }
 
     /// The next delay: between half and all of the current step, which then doubles.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.current;
         self.current = (self.current * 2).min(self.max);
         step.mul_f64(rand::random_range(0.5..=1.0))
     }
 
     /// Back to the first step, after a session that worked.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.initial;
     }
 }
@@ -264,7 +264,7 @@ impl<H: Hub> UpstreamOrigin<H> {
 
     /// A follower of `hub` feeding `state` that reports itself not ready once the hub has not
     /// been heard from for `max_staleness`.
-    pub fn bounded(hub: H, state: Arc<State>, max_staleness: Option<Duration>) -> Arc<Self> {
+    pub(crate) fn bounded(hub: H, state: Arc<State>, max_staleness: Option<Duration>) -> Arc<Self> {
         let status = UpstreamStatus {
             hub: hub.address().to_owned(),
             ..Default::default()
@@ -284,7 +284,6 @@ impl<H: Hub> UpstreamOrigin<H> {
         FollowerView {
             status: self.status.clone(),
             max_staleness: self.max_staleness,
-            contact: self.contact.clone(),
         }
     }
 

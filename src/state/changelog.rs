@@ -13,7 +13,7 @@ use std::{
 use crate::domain::{Model, Requestor, RequestorId, model::Change};
 
 /// The default bound on concurrent Watch streams (`--watch-max-subscribers`).
-pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
+pub(crate) const DEFAULT_MAX_SUBSCRIBERS: usize = 1024;
 
 /// How much history is kept, how far one Watch stream may buffer, and how many may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,18 +42,18 @@ impl Default for LogLimits {
 
 /// One change as logged, with what a filter or an event needs that the change alone lacks.
 #[derive(Clone, Debug)]
-pub struct LoggedChange {
-    pub change: Change,
+pub(crate) struct LoggedChange {
+    pub(crate) change: Change,
     /// For key changes: the key's team and user (for a removal, those it had).
-    pub team: Option<Arc<str>>,
-    pub user: Option<Arc<str>>,
+    pub(crate) team: Option<Arc<str>>,
+    pub(crate) user: Option<Arc<str>>,
     /// For puts: whether the object existed before (a role "changed" rather than "defined").
-    pub existed: bool,
+    pub(crate) existed: bool,
 }
 
 impl LoggedChange {
     /// Describes `change` against the model it is about to be applied to.
-    pub fn describe(model: &Model, change: &Change) -> Self {
+    pub(crate) fn describe(model: &Model, change: &Change) -> Self {
         let (team, user, existed) = match change {
             Change::PutKey(spec) => (
                 model.key_team(spec).cloned(),
@@ -111,17 +111,17 @@ impl LoggedChange {
 
 /// Everything one revision changed, as committed.
 #[derive(Debug)]
-pub struct LoggedRevision {
-    pub revision: u64,
-    pub changes: Vec<LoggedChange>,
+pub(crate) struct LoggedRevision {
+    pub(crate) revision: u64,
+    pub(crate) changes: Vec<LoggedChange>,
     /// Requestors whose effective grants (or activity, or owned keys) changed. Sorted.
-    pub grants_changed: Vec<RequestorId>,
+    pub(crate) grants_changed: Vec<RequestorId>,
     bytes: usize,
 }
 
 /// What a reader found at a position of the log.
 #[derive(Debug)]
-pub enum Read {
+pub(crate) enum Read {
     /// The revisions from the asked position on (possibly none yet).
     Entries(Vec<Arc<LoggedRevision>>),
     /// The asked revision is no longer kept; the oldest kept one is given.
@@ -130,34 +130,34 @@ pub enum Read {
 
 /// Counters of the Watch machinery, for `/status`.
 #[derive(Debug, Default)]
-pub struct WatchStats {
+pub(crate) struct WatchStats {
     /// Watch streams open now (each holds one of the `max_subscribers` places).
-    pub subscribers: AtomicU64,
+    pub(crate) subscribers: AtomicU64,
     /// Watch streams refused because `max_subscribers` were open.
-    pub refused_busy: AtomicU64,
-    pub streams_started: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) streams_started: AtomicU64,
     /// Streams that fell behind the log and were reset.
-    pub slow_resets: AtomicU64,
+    pub(crate) slow_resets: AtomicU64,
     /// Resets because the asked revision was no longer kept or of another history.
-    pub start_resets: AtomicU64,
-    pub events_sent: AtomicU64,
+    pub(crate) start_resets: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
 }
 
 /// A snapshot of [`WatchStats`] and the log's extent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WatchStatus {
-    pub history: String,
-    pub oldest_kept: u64,
-    pub newest: u64,
-    pub kept_revisions: usize,
-    pub kept_bytes: usize,
+    pub(crate) history: String,
+    pub(crate) oldest_kept: u64,
+    pub(crate) newest: u64,
+    pub(crate) kept_revisions: usize,
+    pub(crate) kept_bytes: usize,
     pub subscribers: u64,
-    pub max_subscribers: usize,
-    pub refused_busy: u64,
-    pub streams_started: u64,
+    pub(crate) max_subscribers: usize,
+    pub(crate) refused_busy: u64,
+    pub(crate) streams_started: u64,
     pub slow_resets: u64,
-    pub start_resets: u64,
-    pub events_sent: u64,
+    pub(crate) start_resets: u64,
+    pub(crate) events_sent: u64,
 }
 
 struct Inner {
@@ -173,7 +173,7 @@ struct Inner {
 /// never across an await, so neither writers nor readers wait on each other for long.
 pub struct ChangeLog {
     inner: Mutex<Inner>,
-    pub stats: WatchStats,
+    pub(crate) stats: WatchStats,
     /// Raised at shutdown: every stream ends at once instead of holding the drain open.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -192,7 +192,7 @@ fn new_history() -> Arc<str> {
 }
 
 impl ChangeLog {
-    pub fn new(limits: LogLimits) -> Self {
+    pub(crate) fn new(limits: LogLimits) -> Self {
         ChangeLog {
             inner: Mutex::new(Inner {
                 entries: VecDeque::new(),
@@ -207,12 +207,12 @@ impl ChangeLog {
     }
 
     /// Ends every Watch stream (shutdown).
-    pub fn close_streams(&self) {
+    pub(crate) fn close_streams(&self) {
         self.closing.send_replace(true);
     }
 
     /// A receiver that turns true at shutdown.
-    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
         self.closing.subscribe()
     }
 
@@ -225,18 +225,18 @@ impl ChangeLog {
         self.lock().limits = limits;
     }
 
-    pub fn limits(&self) -> LogLimits {
+    pub(crate) fn limits(&self) -> LogLimits {
         self.lock().limits
     }
 
     /// The id of the revision sequence this log belongs to.
-    pub fn history(&self) -> Arc<str> {
+    pub(crate) fn history(&self) -> Arc<str> {
         self.lock().history.clone()
     }
 
     /// Adopts another history (a follower takes its hub's). Everything kept so far belongs to
     /// the old one and is dropped: readers of it get a reset.
-    pub fn set_history(&self, history: &str, applied: u64) {
+    pub(crate) fn set_history(&self, history: &str, applied: u64) {
         let mut inner = self.lock();
         if *inner.history != *history {
             inner.history = Arc::from(history);
@@ -249,7 +249,7 @@ impl ChangeLog {
     /// Starts the log afresh under `history`, with every revision up to `compacted` counted as
     /// no longer kept (a durable store's start: its history continues, and the revisions it
     /// replays are appended after this).
-    pub fn restart(&self, history: &str, compacted: u64) {
+    pub(crate) fn restart(&self, history: &str, compacted: u64) {
         let mut inner = self.lock();
         inner.history = Arc::from(history);
         inner.entries.clear();
@@ -260,7 +260,11 @@ impl ChangeLog {
     /// Replaces which requestors' grants a kept revision changed (a durable store's start: the
     /// revisions it replays get the set recorded when they were first applied, which depends on
     /// the clock through key expiry). Returns false when the revision is not kept.
-    pub fn set_grants_changed(&self, revision: u64, grants_changed: Vec<RequestorId>) -> bool {
+    pub(crate) fn set_grants_changed(
+        &self,
+        revision: u64,
+        grants_changed: Vec<RequestorId>,
+    ) -> bool {
         let mut inner = self.lock();
         let Ok(at) = inner
             .entries
@@ -284,21 +288,21 @@ impl ChangeLog {
     /// Appends a committed revision, then drops the oldest ones beyond the bounds.
     /// Whether a revision of `changes` changes is certainly too large to keep, so that the
     /// writer need not describe it (a first load of a million keys).
-    pub fn too_large(&self, changes: usize) -> bool {
+    pub(crate) fn too_large(&self, changes: usize) -> bool {
         let least = changes.saturating_mul(LoggedChange::LEAST_BYTES);
         least > self.lock().limits.max_bytes
     }
 
     /// Records that `revision` was committed but is too large to keep: readers at or before it
     /// get a reset and take a snapshot instead of replaying it.
-    pub fn append_too_large(&self, revision: u64) {
+    pub(crate) fn append_too_large(&self, revision: u64) {
         let mut inner = self.lock();
         inner.entries.clear();
         inner.bytes = 0;
         inner.compacted = revision;
     }
 
-    pub fn append(
+    pub(crate) fn append(
         &self,
         revision: u64,
         changes: Vec<LoggedChange>,
@@ -336,7 +340,7 @@ impl ChangeLog {
     }
 
     /// The kept revisions `from..=upto`, or `Compacted` when `from` is no longer kept.
-    pub fn read(&self, from: u64, upto: u64) -> Read {
+    pub(crate) fn read(&self, from: u64, upto: u64) -> Read {
         let inner = self.lock();
         if from <= inner.compacted {
             return Read::Compacted {
@@ -355,7 +359,7 @@ impl ChangeLog {
     }
 
     /// The oldest revision a reader may still start from.
-    pub fn oldest_kept(&self) -> u64 {
+    pub(crate) fn oldest_kept(&self) -> u64 {
         self.lock().compacted + 1
     }
 
@@ -381,7 +385,7 @@ impl ChangeLog {
 
 /// Whether a requestor's effective grants differ between two builds: its grant union, whether it
 /// is active, or the keys its OWN grants cover.
-pub fn grants_differ(old: Option<&Requestor>, new: Option<&Requestor>) -> bool {
+pub(crate) fn grants_differ(old: Option<&Requestor>, new: Option<&Requestor>) -> bool {
     match (old, new) {
         (None, None) => false,
         (Some(a), Some(b)) => {

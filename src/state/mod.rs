@@ -59,9 +59,9 @@ pub enum Unanswerable {
 pub struct CheckedDecision {
     pub decision: Decision,
     /// The presented key's entry, once the key is authenticated (also when forbidden).
-    pub entry: Option<Arc<KeyEntry>>,
+    pub(crate) entry: Option<Arc<KeyEntry>>,
     /// The applied revision when the check started: the answer reflects at least this state.
-    pub revision: u64,
+    pub(crate) revision: u64,
 }
 
 /// The writer's side: the model the cache is built from and the indexes that find which entries
@@ -79,11 +79,11 @@ struct Writer {
 /// The model as of one revision, immutable, shared by every Watch snapshot that reads it: a
 /// stream that stalls holds a reference, not a copy of the state.
 #[derive(Debug)]
-pub struct ModelView {
-    pub revision: u64,
+pub(crate) struct ModelView {
+    pub(crate) revision: u64,
     /// The history `revision` belongs to.
-    pub history: Arc<str>,
-    pub model: Model,
+    pub(crate) history: Arc<str>,
+    pub(crate) model: Model,
 }
 
 /// The writer's own maps, hashed for speed: their keys come from the origin, not from callers.
@@ -106,20 +106,20 @@ type KeyMap = DashMap<CompactString, Arc<KeyEntry>, foldhash::fast::RandomState>
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub keys: usize,
-    pub teams: usize,
-    pub users: usize,
-    pub projects: usize,
-    pub roles: usize,
+    pub(crate) teams: usize,
+    pub(crate) users: usize,
+    pub(crate) projects: usize,
+    pub(crate) roles: usize,
 }
 
 /// The route table of the state, as the proxy front ends follow it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ActiveRoutes {
+pub(crate) struct ActiveRoutes {
     /// `None`: the built-in default table.
-    pub specs: Option<Arc<[RouteSpec]>>,
+    pub(crate) specs: Option<Arc<[RouteSpec]>>,
     /// The revision of the change set that installed this table (0: the default table, never
     /// changed since this state was created).
-    pub revision: u64,
+    pub(crate) revision: u64,
 }
 
 /// The in-memory authorization state.
@@ -184,7 +184,7 @@ impl State {
     }
 
     /// Whether a first change set has been applied.
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.revision() > 0
     }
 
@@ -229,7 +229,7 @@ impl State {
 
     /// Waits until `min` is applied, at most `timeout`. Returns the applied revision, or, past
     /// the timeout, `Err` with the revision this instance has.
-    pub async fn wait_for_revision(&self, min: u64, timeout: Duration) -> Result<u64, u64> {
+    pub(crate) async fn wait_for_revision(&self, min: u64, timeout: Duration) -> Result<u64, u64> {
         let mut rx = self.revision.subscribe();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= min)).await;
         match reached {
@@ -244,20 +244,20 @@ impl State {
     }
 
     /// The route table and the revision that installed it.
-    pub fn routes(&self) -> ActiveRoutes {
+    pub(crate) fn routes(&self) -> ActiveRoutes {
         self.routes.borrow().clone()
     }
 
     /// The revision that installed the route table (0: the default, never changed): one atomic
     /// load, for the proxy front ends to tell whether the table they compiled is current.
-    pub fn routes_revision(&self) -> u64 {
+    pub(crate) fn routes_revision(&self) -> u64 {
         self.routes_revision.load(Ordering::Acquire)
     }
 
     /// Records that the route table in force was installed at `revision`, an earlier revision
     /// than the change set that loaded it (a durable store's start: the table may be older than
     /// the revisions it replays). Only moves the revision back; the table is unchanged.
-    pub fn date_routes(&self, revision: u64) {
+    pub(crate) fn date_routes(&self, revision: u64) {
         let _writer = self.lock();
         let current = self.routes.borrow().revision;
         if revision < current {
@@ -267,7 +267,7 @@ impl State {
     }
 
     /// A receiver of the route table, notified when a change set changes it.
-    pub fn subscribe_routes(&self) -> watch::Receiver<ActiveRoutes> {
+    pub(crate) fn subscribe_routes(&self) -> watch::Receiver<ActiveRoutes> {
         self.routes.subscribe()
     }
 
@@ -278,7 +278,7 @@ impl State {
 
     /// Reads the model without copying it (the Admin API's lookups). `f` must be quick: writers
     /// wait while it runs.
-    pub fn read_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+    pub(crate) fn read_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
         f(&self.lock().model)
     }
 
@@ -304,7 +304,7 @@ impl State {
     /// model as of the applied revision. However many snapshot streams run, and however slowly
     /// their clients read, they share one copy of the state (two while an old one is let go):
     /// a stream whose view's next revision leaves the log is reset (see `grpc::watch`).
-    pub fn snapshot_view(&self) -> Arc<ModelView> {
+    pub(crate) fn snapshot_view(&self) -> Arc<ModelView> {
         let mut w = self.lock();
         let history = self.log.history();
         if let Some(view) = w.view.upgrade()

@@ -37,16 +37,16 @@ pub struct ClientTlsArgs {
     /// With an https:// --addr: PEM file of the CA certificate(s) that signed the server's
     /// certificate. Without it, the system's root certificates are used.
     #[arg(long, env = "ROLEGATE_CA")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
 
     /// With an https:// --addr: PEM file of the client certificate to present (for a server
     /// that requires mutual TLS).
     #[arg(long, env = "ROLEGATE_CLIENT_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "ROLEGATE_CLIENT_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl From<ClientTlsArgs> for ClientTls {

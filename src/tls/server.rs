@@ -168,7 +168,7 @@ impl ServerTls {
     }
 
     /// Whether clients must present a certificate.
-    pub fn mutual(&self) -> bool {
+    pub(crate) fn mutual(&self) -> bool {
         self.files.client_ca.is_some()
     }
 
@@ -218,7 +218,7 @@ impl ServerTls {
     }
 
     /// Polls the files every `interval` until `stop` is raised, logging each reload.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: Arc<Self>,
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -306,7 +306,7 @@ fn build(files: &Files) -> Result<Configs, TlsError> {
 }
 
 /// Completes the server side of a TLS handshake on `tcp`, or fails once `deadline` passes.
-pub async fn handshake(
+pub(crate) async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     deadline: Instant,

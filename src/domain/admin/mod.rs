@@ -92,30 +92,6 @@ pub enum Command {
 }
 
 impl Command {
-    /// The RPC-style name of the command, for the audit log.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::CreateTeam(_) => "CreateTeam",
-            Command::UpdateTeam { .. } => "UpdateTeam",
-            Command::DeleteTeam(_) => "DeleteTeam",
-            Command::CreateUser(_) => "CreateUser",
-            Command::UpdateUser { .. } => "UpdateUser",
-            Command::DeleteUser(_) => "DeleteUser",
-            Command::CreateProject(_) => "CreateProject",
-            Command::UpdateProject { .. } => "UpdateProject",
-            Command::DeleteProject(_) => "DeleteProject",
-            Command::CreateKey(_) => "CreateKey",
-            Command::UpdateKey { .. } => "UpdateKey",
-            Command::ReplaceKeySecret { .. } => "ReplaceKeySecret",
-            Command::DeleteKey(_) => "DeleteKey",
-            Command::CreateRole(_) => "CreateRole",
-            Command::UpdateRole(_) => "UpdateRole",
-            Command::DeleteRole(_) => "DeleteRole",
-            Command::AddEntitlements(_) => "AddEntitlements",
-            Command::Apply(_) => "Apply",
-        }
-    }
-
     /// The object the command is about (an Apply: none; entitlements: the first).
     fn object(&self) -> Option<ObjectRef> {
         Some(match self {
@@ -136,19 +112,6 @@ impl Command {
             Command::AddEntitlements(ids) => ObjectRef::Entitlement(ids.first()?.clone()),
             Command::Apply(_) => return None,
         })
-    }
-
-    /// The object the command is about (`document` for Apply), for the audit log.
-    pub fn target(&self) -> String {
-        match self {
-            Command::AddEntitlements(ids) => format!(
-                "entitlements {}",
-                ids.iter().map(|i| &**i).collect::<Vec<_>>().join(",")
-            ),
-            _ => self
-                .object()
-                .map_or_else(|| "document".into(), |o| o.to_string()),
-        }
     }
 }
 

@@ -28,7 +28,7 @@ mod judge;
 mod view;
 
 use judge::Judge;
-pub use view::{Overlay, View};
+pub(crate) use view::{Overlay, View};
 
 use super::{
     GrantSet, KeySpec, KeyStatus, RequestorId, Scope,
@@ -36,17 +36,17 @@ use super::{
 };
 
 /// The prebuilt role whose holders can always administer the store (the lock-out rule).
-pub const OWNER_ROLE: &str = "SYSTEM_OWNER";
+pub(crate) const OWNER_ROLE: &str = "SYSTEM_OWNER";
 
 /// The bind right: a caller holding this entitlement at ALL may hand out any grant at ALL
 /// without holding it (Kubernetes' `bind` verb). It is the right to redefine every role, so the
 /// rule would protect nothing against its holder; and without it no one could hand out a role
 /// whose ALL grants no user role unites (AUDITOR's `drift.read`, FOLLOWER's `keys.replicate`).
-pub const BIND_RIGHT: &str = "roles.update";
+pub(crate) const BIND_RIGHT: &str = "roles.update";
 
 /// Why a write is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The caller's key cannot act (unknown, inactive, expired, its team or user inactive).
     #[error("{0}")]
     Unauthenticated(String),
@@ -62,7 +62,12 @@ pub enum Refusal {
 /// - ALL needs ALL;
 /// - TEAM needs ALL, or TEAM over `team` (over some team when no team is given);
 /// - OWN needs any of ALL, TEAM over `team`, or OWN.
-pub fn holds(caller: &GrantSet, entitlement: &str, scope: Scope, team: Option<&str>) -> bool {
+pub(crate) fn holds(
+    caller: &GrantSet,
+    entitlement: &str,
+    scope: Scope,
+    team: Option<&str>,
+) -> bool {
     let Some(held) = caller.get(entitlement) else {
         return false;
     };
@@ -78,16 +83,16 @@ pub fn holds(caller: &GrantSet, entitlement: &str, scope: Scope, team: Option<&s
 }
 
 /// The caller of a write, as the model before the write knows it.
-pub struct Actor {
-    pub prefix: CompactString,
-    pub requestor: RequestorId,
+pub(crate) struct Actor {
+    pub(crate) prefix: CompactString,
+    pub(crate) requestor: RequestorId,
     /// Its effective grants: the union over its usable keys (rule 3 of the model).
-    pub grants: GrantSet,
+    pub(crate) grants: GrantSet,
 }
 
 impl Actor {
     /// The caller whose key is `prefix`, which must be usable in `view` at `now`.
-    pub fn of(view: &impl View, prefix: &str, now: i64) -> Result<Actor, Refusal> {
+    pub(crate) fn of(view: &impl View, prefix: &str, now: i64) -> Result<Actor, Refusal> {
         let key = view
             .key(prefix)
             .filter(|k| usable(view, k, now))
@@ -188,7 +193,7 @@ fn describe(requestor: &RequestorId) -> String {
 }
 
 /// Judges one write: `changes` turn `before` into `after`; `caller` is the caller's key prefix.
-pub fn authorize(
+pub(crate) fn authorize(
     caller: &str,
     before: &impl View,
     after: &impl View,
@@ -218,7 +223,7 @@ pub fn authorize(
 /// Judges a write that changes nothing (it asks for what already is): the caller needs the
 /// administration of `object` it would need to change it, so that the answer tells an outsider
 /// nothing about the object. `None` (an Apply equal to the state): only a usable key.
-pub fn authorize_unchanged(
+pub(crate) fn authorize_unchanged(
     caller: &str,
     view: &impl View,
     object: &Option<ObjectRef>,

@@ -10,7 +10,7 @@ use crate::domain::{
 };
 
 /// One side of a write: the model before it or after it.
-pub trait View {
+pub(crate) trait View {
     fn catalog(&self) -> &Catalog;
     fn key(&self, prefix: &str) -> Option<&Arc<KeySpec>>;
     fn team(&self, id: &str) -> Option<&Team>;
@@ -56,7 +56,7 @@ impl View for IndexedModel {
 
 /// A model with changes laid over it, without copying the model: what `base` would be after
 /// `changes` (or, given a write's undo, what it was before).
-pub struct Overlay<'m> {
+pub(crate) struct Overlay<'m> {
     base: &'m IndexedModel,
     catalog: Cow<'m, Catalog>,
     keys: HashMap<CompactString, Option<Arc<KeySpec>>>,
@@ -66,7 +66,7 @@ pub struct Overlay<'m> {
 }
 
 impl<'m> Overlay<'m> {
-    pub fn new(base: &'m IndexedModel, changes: &[Change]) -> Self {
+    pub(crate) fn new(base: &'m IndexedModel, changes: &[Change]) -> Self {
         let touches_catalog = changes.iter().any(|c| {
             matches!(
                 c,

@@ -144,8 +144,8 @@ pub struct KeySpec {
 /// is wrong with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerError {
-    pub field: &'static str,
-    pub message: &'static str,
+    pub(crate) field: &'static str,
+    pub(crate) message: &'static str,
 }
 
 impl fmt::Display for OwnerError {
@@ -156,24 +156,24 @@ impl fmt::Display for OwnerError {
 
 impl KeySpec {
     /// Whether the key has expired at `now` (unix seconds).
-    pub fn expired_at(&self, now: i64) -> bool {
+    pub(crate) fn expired_at(&self, now: i64) -> bool {
         self.expires_at.is_reached(now)
     }
 
     /// The user of a team key.
-    pub fn user(&self) -> Option<&Arc<str>> {
+    pub(crate) fn user(&self) -> Option<&Arc<str>> {
         (self.key_type == KeyType::Team).then_some(&self.owner)
     }
 
     /// The project of a project key.
-    pub fn project(&self) -> Option<&Arc<str>> {
+    pub(crate) fn project(&self) -> Option<&Arc<str>> {
         (self.key_type == KeyType::Project).then_some(&self.owner)
     }
 
     /// The owner of a key of `key_type` given with an optional `user` and `project`, as the
     /// origins' formats carry them: a team key names its user and no project, a project key its
     /// project and no user.
-    pub fn owner_of<'a>(
+    pub(crate) fn owner_of<'a>(
         key_type: KeyType,
         user: Option<&'a str>,
         project: Option<&'a str>,
@@ -196,7 +196,7 @@ impl KeySpec {
 
 /// One object of the model, for error messages and change events.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ObjectRef {
+pub(crate) enum ObjectRef {
     Entitlement(Arc<str>),
     Role(Arc<str>),
     Team(Arc<str>),
@@ -227,10 +227,10 @@ impl fmt::Display for ObjectRef {
 /// A rule of the model that a state breaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelViolation {
-    pub object: ObjectRef,
+    pub(crate) object: ObjectRef,
     /// The field at fault (`roles`, `user`, …), for locating it in a file or a request.
-    pub field: &'static str,
-    pub message: String,
+    pub(crate) field: &'static str,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ModelViolation {
@@ -263,7 +263,7 @@ pub enum Change {
 
 impl Change {
     /// The object this change is about.
-    pub fn object(&self) -> ObjectRef {
+    pub(crate) fn object(&self) -> ObjectRef {
         match self {
             Change::PutEntitlement(id) | Change::RemoveEntitlement(id) => {
                 ObjectRef::Entitlement(id.clone())
@@ -298,7 +298,7 @@ pub struct Model {
 
 impl Model {
     /// The team a key belongs to: its own for team keys, its project's for project keys.
-    pub fn key_team<'m>(&'m self, key: &'m KeySpec) -> Option<&'m Arc<str>> {
+    pub(crate) fn key_team<'m>(&'m self, key: &'m KeySpec) -> Option<&'m Arc<str>> {
         match key.key_type {
             KeyType::Team => key.team.as_ref(),
             KeyType::Project => self.projects.get(&key.owner).map(|p| &p.team),
@@ -379,7 +379,7 @@ pub fn canonical_roles<'a>(roles: impl IntoIterator<Item = &'a str>) -> Arc<[Arc
 mod diff;
 mod validate;
 
-pub use validate::is_valid_role_id;
+pub(crate) use validate::is_valid_role_id;
 
 #[cfg(test)]
 pub(crate) mod tests;

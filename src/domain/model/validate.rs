@@ -110,7 +110,7 @@ impl Model {
     /// The rules the model breaks after `changes` were applied to a valid model: only the keys
     /// put when the changes touch nothing but keys (the common write, and nothing refers to a
     /// key), else the whole model.
-    pub fn validate_after(&self, changes: &[Change]) -> Vec<ModelViolation> {
+    pub(crate) fn validate_after(&self, changes: &[Change]) -> Vec<ModelViolation> {
         let only_keys = changes
             .iter()
             .all(|c| matches!(c, Change::PutKey(_) | Change::RemoveKey(_)));
@@ -126,7 +126,7 @@ impl Model {
     /// The rules that one key breaks. Nothing refers to a key, so after changes that only put or
     /// remove keys, checking the keys put is as good as [`Model::validate`] (writers use this to
     /// avoid a whole-model pass per write).
-    pub fn validate_keys<'k>(
+    pub(crate) fn validate_keys<'k>(
         &self,
         keys: impl IntoIterator<Item = &'k KeySpec>,
     ) -> Vec<ModelViolation> {
@@ -232,7 +232,7 @@ fn violation(object: ObjectRef, field: &'static str, message: String) -> ModelVi
 }
 
 /// Whether `id` is a well-formed role id: 1 to 64 characters of `[A-Z0-9_]`.
-pub fn is_valid_role_id(id: &str) -> bool {
+pub(crate) fn is_valid_role_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

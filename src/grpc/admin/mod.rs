@@ -207,9 +207,7 @@ impl AdminService {
         self.state
             .read_model(|m| m.keys.get(prefix).map(|k| key_pb(m, k)))
     }
-
 }
-
 
 fn describe(r: ResourceRef<'_>) -> String {
     let mut parts = Vec::new();

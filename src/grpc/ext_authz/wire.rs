@@ -226,22 +226,22 @@ impl CheckRequest {
     }
 
     /// Whether `attributes.request.http` was sent.
-    pub fn has_http(&self) -> bool {
+    pub(crate) fn has_http(&self) -> bool {
         self.http
     }
 
     /// `attributes.request.http.method` (empty when not sent).
-    pub fn method(&self) -> &str {
+    pub(crate) fn method(&self) -> &str {
         self.text(self.method)
     }
 
     /// `attributes.request.http.path` (empty when not sent).
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.text(self.path)
     }
 
     /// `headers[name]`: the last entry of that exact name, as the generated map keeps it.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.entries.iter().rev().find_map(|e| match *e {
             Entry::Header { name: n, value } if self.text(n) == name => Some(self.text(value)),
             _ => None,
@@ -249,20 +249,15 @@ impl CheckRequest {
     }
 
     /// The names of the `headers` map, repeats included.
-    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().filter_map(|e| match *e {
             Entry::Header { name, .. } => Some(self.text(name)),
             _ => None,
         })
     }
 
-    /// Whether a `header_map` was sent (even an empty one).
-    pub fn has_raw_headers(&self) -> bool {
-        self.entries.iter().any(|e| matches!(e, Entry::Raw { .. }))
-    }
-
     /// The `header_map` entries in order: name, and value (`None`: not UTF-8).
-    pub fn raw_headers(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+    pub(crate) fn raw_headers(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.entries.iter().filter_map(|e| match *e {
             Entry::Raw { name, value } => Some((self.text(name), value.map(|v| self.text(v)))),
             _ => None,
@@ -270,14 +265,14 @@ impl CheckRequest {
     }
 
     /// Whether `context_extensions` has any entry.
-    pub fn has_context(&self) -> bool {
+    pub(crate) fn has_context(&self) -> bool {
         self.entries
             .iter()
             .any(|e| matches!(e, Entry::Context { .. }))
     }
 
     /// `context_extensions[name]` (the last entry of that name).
-    pub fn context(&self, name: &str) -> Option<&str> {
+    pub(crate) fn context(&self, name: &str) -> Option<&str> {
         self.entries.iter().rev().find_map(|e| match *e {
             Entry::Context { name: n, value } if self.text(n) == name => Some(self.text(value)),
             _ => None,
@@ -297,8 +292,8 @@ pub enum WireResponse {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the answer needs {required} bytes, the buffer has room for {remaining}")]
 pub struct BufferFull {
-    pub required: usize,
-    pub remaining: usize,
+    pub(crate) required: usize,
+    pub(crate) remaining: usize,
 }
 
 /// `HeaderAppendAction::OverwriteIfExistsOrAdd`: a client-sent header of the same name never
@@ -402,8 +397,9 @@ impl AllowedSizes {
 }
 
 impl WireResponse {
+    #[cfg(test)]
     /// The size of the serialized answer.
-    pub fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         match self {
             WireResponse::Allowed(ok) => AllowedSizes::of(ok).total(),
             WireResponse::Other(message) => message.encoded_len(),

@@ -6,8 +6,8 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("revision {revision}: {message}")]
 pub struct BadEvent {
-    pub revision: u64,
-    pub message: String,
+    pub(crate) revision: u64,
+    pub(crate) message: String,
 }
 
 pub(super) fn scope_from(scope: i32) -> Option<Scope> {

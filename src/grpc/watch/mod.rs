@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Status, metadata::MetadataMap};
 
-pub use crate::domain::Interner;
+pub(crate) use crate::domain::Interner;
 
 mod access;
 mod decode;
@@ -60,7 +60,7 @@ const MIN_BOOKMARK: Duration = Duration::from_millis(10);
 /// in the middle of a snapshot: each waiting stream then holds this many events (about 500 bytes
 /// each) besides its share of the view. A reading client empties it as fast as the task fills
 /// it; `WatchBatched` packs what is queued, and more arrives while a batch is written.
-pub const SNAPSHOT_QUEUE: usize = 64;
+pub(crate) const SNAPSHOT_QUEUE: usize = 64;
 
 /// Snapshot events queued at a time: one wait for room per chunk instead of one per event (a
 /// snapshot of a million keys is a bulk transfer).
@@ -141,7 +141,7 @@ const BATCH_BYTES: usize = 1 << 20;
 
 impl WatchStream {
     /// The same stream, with the events already queued packed into one message each time.
-    pub fn batched(self) -> BatchedStream {
+    pub(crate) fn batched(self) -> BatchedStream {
         BatchedStream {
             inner: self,
             held: None,
@@ -193,7 +193,7 @@ impl Stream for BatchedStream {
 
 /// Starts a Watch: authenticates the caller, validates the request, takes a subscriber's place,
 /// then hands the stream to its task.
-pub fn start(
+pub(crate) fn start(
     state: Arc<State>,
     metadata: &MetadataMap,
     req: pb::WatchRequest,

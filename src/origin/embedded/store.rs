@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record;
-use crate::{
-    domain::{Interner, Model, RequestorId, model::Change},
-    state::ChangeSet,
-};
+use crate::domain::{Interner, Model, RequestorId, model::Change};
 
 /// Singleton values: the last committed revision, the history id (made once, with the store, so
 /// that a Watch resumed after a restart continues the same revision sequence), and the revision
@@ -75,7 +72,7 @@ pub enum StoreError {
 }
 
 /// How many revisions the change log keeps (for Watch resumption across restarts).
-pub const KEPT_REVISIONS: u64 = 100_000;
+pub(crate) const KEPT_REVISIONS: u64 = 100_000;
 /// How the database file is opened (a function, so that it can be reopened after an I/O error,
 /// and so that tests can put a failing storage backend under it). [`Open::Create`] is asked
 /// only for a path that holds no file.
@@ -92,7 +89,7 @@ pub(super) enum Open {
 }
 
 /// The store's file in the data directory.
-pub const STORE_FILE: &str = "rolegate.redb";
+pub(crate) const STORE_FILE: &str = "rolegate.redb";
 /// Where a new store is built before it is renamed to [`STORE_FILE`], so that a store file,
 /// once there, is always a whole store: a start interrupted while creating it leaves this one,
 /// which the next start replaces.
@@ -112,7 +109,7 @@ fn open_file(path: &Path, open: Open) -> Result<Database, redb::DatabaseError> {
 }
 
 /// The redb file and its tables.
-pub struct Store {
+pub(crate) struct Store {
     /// `None` between a failed close and a reopen. redb refuses every transaction after an I/O
     /// error until the database is reopened, so the writer reopens it (see `writer::Writer::recover`).
     db: std::sync::RwLock<Option<Database>>,
@@ -124,7 +121,7 @@ impl Store {
     /// Opens `dir/rolegate.redb`; returns the stored model and revision. A new store is made
     /// only when the directory holds no store file: a file that is there but empty, truncated,
     /// not a store, or unreadable is an error naming it, never taken for a new store.
-    pub fn open(dir: &Path) -> Result<(Store, Model, u64), StoreError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Store, Model, u64), StoreError> {
         Self::open_with(dir, Box::new(open_file))
     }
 
@@ -327,7 +324,7 @@ impl Store {
 
     /// The revision that last changed the route table (0: never, or a store from before it was
     /// recorded).
-    pub fn routes_revision(&self) -> Result<u64, StoreError> {
+    pub(crate) fn routes_revision(&self) -> Result<u64, StoreError> {
         self.with_db(|db| {
             let read = db.begin_read()?;
             let meta = read.open_table(META)?;
@@ -340,7 +337,7 @@ impl Store {
     }
 
     /// The id of the store's revision sequence, as the change log shows it.
-    pub fn history(&self) -> Result<String, StoreError> {
+    pub(crate) fn history(&self) -> Result<String, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: self.path.clone(),
             message: e.to_string(),
@@ -434,9 +431,13 @@ impl Store {
         Ok(())
     }
 
+    #[cfg(test)]
     /// The change sets after `revision` still kept in the log, oldest first (for Watch to
     /// resume across a restart). `None` when `revision` is older than the kept history.
-    pub fn changes_since(&self, revision: u64) -> Result<Option<Vec<ChangeSet>>, StoreError> {
+    pub(crate) fn changes_since(
+        &self,
+        revision: u64,
+    ) -> Result<Option<Vec<crate::state::ChangeSet>>, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: self.path.clone(),
             message: e.to_string(),
@@ -459,7 +460,7 @@ impl Store {
                     path: self.path.clone(),
                     source,
                 })?;
-            out.push(ChangeSet {
+            out.push(crate::state::ChangeSet {
                 revision: k.value(),
                 changes,
             });

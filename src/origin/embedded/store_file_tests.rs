@@ -5,7 +5,7 @@ use super::{
     tests::{bootstrap, varied_writes},
     *,
 };
-use store::CREATING_FILE;
+use store::{CREATING_FILE, STORE_FILE};
 
 /// A store with a few revisions in `dir`, closed; returns its file's bytes.
 async fn a_served_store(dir: &Path) -> Vec<u8> {

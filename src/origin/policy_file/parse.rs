@@ -18,24 +18,24 @@ use crate::domain::{
 /// One problem in a policy file, with where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyProblem {
-    pub line: u64,
-    pub column: u64,
+    pub(crate) line: u64,
+    pub(crate) column: u64,
     /// The object at fault, e.g. `keys[3] (prefix FraudKey01)`; empty for syntax errors.
-    pub object: String,
-    pub message: String,
+    pub(crate) object: String,
+    pub(crate) message: String,
 }
 
 /// Why a policy file was refused: every problem found, each with its location.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct PolicyError {
-    pub file: String,
+    pub(crate) file: String,
     pub problems: Vec<PolicyProblem>,
 }
 
 impl PolicyError {
     /// A problem with the file as a whole (it cannot be read, it is empty, ...), located at
     /// line 0.
-    pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn whole_file(file: &str, message: impl Into<String>) -> Self {
         PolicyError {
             file: file.to_owned(),
             problems: vec![PolicyProblem {

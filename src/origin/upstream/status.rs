@@ -11,41 +11,41 @@ use serde::Serialize;
 /// What the follower reports on `/status` and in readiness.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UpstreamStatus {
-    pub hub: String,
-    pub connected: bool,
+    pub(crate) hub: String,
+    pub(crate) connected: bool,
     /// Unix milliseconds of the last event (bookmarks and snapshot parts included) from the hub.
-    pub last_event_unix_ms: Option<i64>,
+    pub(crate) last_event_unix_ms: Option<i64>,
     /// Unix milliseconds of the last contact with the hub: a Watch it accepted (for a snapshot
     /// or a resume), or any event on it, bookmarks included.
-    pub last_contact_unix_ms: Option<i64>,
+    pub(crate) last_contact_unix_ms: Option<i64>,
     /// Milliseconds since `last_contact_unix_ms`, filled in when reported.
-    pub since_contact_ms: Option<i64>,
+    pub(crate) since_contact_ms: Option<i64>,
     /// The last contact on the monotonic clock: staleness is decided on it, so that a change of
     /// the wall clock does not take a follower in or out of service.
     #[serde(skip)]
-    pub last_contact: Option<tokio::time::Instant>,
+    pub(crate) last_contact: Option<tokio::time::Instant>,
     /// Unix milliseconds of the last moment the follower had applied everything the hub had
     /// sent (a complete revision, a snapshot end, or a bookmark outside a snapshot).
-    pub in_sync_unix_ms: Option<i64>,
+    pub(crate) in_sync_unix_ms: Option<i64>,
     /// Milliseconds since `in_sync_unix_ms`, filled in when reported: how stale the state
     /// served may be. A snapshot in progress does not count as in sync.
-    pub staleness_ms: Option<i64>,
+    pub(crate) staleness_ms: Option<i64>,
     /// A snapshot is being received and staged; the previous state serves until it is complete.
-    pub snapshot_in_progress: bool,
+    pub(crate) snapshot_in_progress: bool,
     /// Objects of the snapshot in progress received so far.
-    pub snapshot_objects_staged: u64,
+    pub(crate) snapshot_objects_staged: u64,
     /// The last revision the hub reported (change or bookmark).
-    pub hub_revision: u64,
+    pub(crate) hub_revision: u64,
     /// The hub's history id this follower's revisions come from.
-    pub hub_history: Option<String>,
+    pub(crate) hub_history: Option<String>,
     /// Added to the hub's revisions when the hub's history restarted below ours.
-    pub revision_offset: u64,
-    pub connects: u64,
-    pub snapshots: u64,
+    pub(crate) revision_offset: u64,
+    pub(crate) connects: u64,
+    pub(crate) snapshots: u64,
     /// Snapshots that broke off before their end marker (the previous state was kept).
-    pub snapshots_abandoned: u64,
-    pub resets: u64,
-    pub last_error: Option<String>,
+    pub(crate) snapshots_abandoned: u64,
+    pub(crate) resets: u64,
+    pub(crate) last_error: Option<String>,
     /// Where the time of the last snapshot applied went.
     pub last_snapshot: Option<SnapshotTiming>,
 }
@@ -53,19 +53,19 @@ pub struct UpstreamStatus {
 /// The phases of one snapshot, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SnapshotTiming {
-    pub objects: u64,
+    pub(crate) objects: u64,
     /// From asking the hub to its end marker: transfer, decoding and staging.
-    pub receive_ms: u64,
-    pub validate_ms: u64,
+    pub(crate) receive_ms: u64,
+    pub(crate) validate_ms: u64,
     /// Comparing with the current state (0 when the follower was empty: no diff is made).
-    pub diff_ms: u64,
+    pub(crate) diff_ms: u64,
     /// `State::apply` of the resulting change set.
-    pub apply_ms: u64,
+    pub(crate) apply_ms: u64,
 }
 
 impl UpstreamStatus {
     /// The status as of `now_ms`, with the staleness computed.
-    pub fn at(&self, now_ms: i64) -> Self {
+    pub(crate) fn at(&self, now_ms: i64) -> Self {
         let mut s = self.clone();
         s.staleness_ms = s.in_sync_unix_ms.map(|t| (now_ms - t).max(0));
         s.since_contact_ms = s.last_contact_unix_ms.map(|t| (now_ms - t).max(0));
@@ -75,13 +75,13 @@ impl UpstreamStatus {
     /// How long the hub has not been heard from, when that is `max` or longer (None: heard
     /// from within `max`, or never yet: a follower without a first snapshot is not ready
     /// anyway).
-    pub fn silent_for(&self, max: Duration, now: tokio::time::Instant) -> Option<Duration> {
+    pub(crate) fn silent_for(&self, max: Duration, now: tokio::time::Instant) -> Option<Duration> {
         let silent = now.saturating_duration_since(self.last_contact?);
         (silent >= max).then_some(silent)
     }
 
     /// The moment the follower goes stale if the hub is not heard from before.
-    pub fn stale_at(&self, max: Duration) -> Option<tokio::time::Instant> {
+    pub(crate) fn stale_at(&self, max: Duration) -> Option<tokio::time::Instant> {
         self.last_contact.map(|t| t + max)
     }
 }
@@ -92,14 +92,12 @@ impl UpstreamStatus {
 pub struct FollowerView {
     pub status: Arc<Mutex<UpstreamStatus>>,
     /// `--max-staleness` (None: no bound; the last state serves however old).
-    pub max_staleness: Option<Duration>,
-    /// Notified (`notify_waiters`) on every contact with the hub.
-    pub contact: Arc<tokio::sync::Notify>,
+    pub(crate) max_staleness: Option<Duration>,
 }
 
 impl FollowerView {
     /// A copy of the status.
-    pub fn status(&self) -> UpstreamStatus {
+    pub(crate) fn status(&self) -> UpstreamStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -108,7 +106,7 @@ impl FollowerView {
 
     /// Why the follower must not take traffic for staleness, if so: how long since the hub was
     /// last heard from, and the last error.
-    pub fn stale_reason(&self, now: tokio::time::Instant) -> Option<String> {
+    pub(crate) fn stale_reason(&self, now: tokio::time::Instant) -> Option<String> {
         let max = self.max_staleness?;
         let status = self.status();
         let silent = status.silent_for(max, now)?;
@@ -127,12 +125,12 @@ impl FollowerView {
 
     /// When the follower goes stale if the hub is not heard from before (None without a bound
     /// or before any contact).
-    pub fn stale_at(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn stale_at(&self) -> Option<tokio::time::Instant> {
         self.status().stale_at(self.max_staleness?)
     }
 
     /// What `/status` shows of the follower now.
-    pub fn report(&self) -> UpstreamReport {
+    pub(crate) fn report(&self) -> UpstreamReport {
         UpstreamReport {
             status: self.status().at(unix_now_ms()),
             max_staleness_ms: self.max_staleness.map(|d| d.as_millis() as u64),
@@ -141,7 +139,7 @@ impl FollowerView {
     }
 
     /// Why the follower is not ready before its first snapshot is applied.
-    pub fn not_loaded_reason(&self) -> String {
+    pub(crate) fn not_loaded_reason(&self) -> String {
         let s = self.status();
         let error = s
             .last_error
@@ -152,7 +150,7 @@ impl FollowerView {
 
     /// What `/readyz` adds about the hub: connected or not, a snapshot in progress, and how
     /// long ago the follower was last in sync.
-    pub fn readiness_note(&self) -> String {
+    pub(crate) fn readiness_note(&self) -> String {
         let s = self.status().at(unix_now_ms());
         let state = if s.connected {
             "connected"
@@ -190,12 +188,12 @@ pub fn unix_now_ms() -> i64 {
 
 /// What `/status` shows of a follower under `origin.upstream`.
 #[derive(Clone, Debug, Serialize)]
-pub struct UpstreamReport {
+pub(crate) struct UpstreamReport {
     #[serde(flatten)]
-    pub status: UpstreamStatus,
+    pub(crate) status: UpstreamStatus,
     /// `--max-staleness` in milliseconds (absent: no bound).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_staleness_ms: Option<u64>,
+    pub(crate) max_staleness_ms: Option<u64>,
     /// Not serving because the hub has not been heard from within `max_staleness_ms`.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }

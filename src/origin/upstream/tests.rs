@@ -45,7 +45,6 @@ async fn a_follower_is_stale_once_the_hub_is_silent_for_max_staleness() {
             ..Default::default()
         })),
         max_staleness: Some(Duration::from_secs(3)),
-        contact: Default::default(),
     };
     // Never heard from: not stale (a follower without its first snapshot is not ready anyway).
     assert_eq!(view.stale_reason(Instant::now()), None);

@@ -2,19 +2,12 @@
 //! follower serves its hub's, a policy file's reload changes it, and `rolegate routes list` shows
 //! it. Every case is judged by the real HTTP auth endpoint of a real server.
 
-mod admin_support;
 mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use admin_support::{BOOTSTRAP, StoreServer, call, example_with_bootstrap};
-use common::{TestServer, example_policy, http_get, keys};
-use rolegate::{
-    app::{self, Listeners},
-    config::ServeConfig,
-    grpc::pb::{self, admin_client::AdminClient, watch_event::Event},
-};
-use tokio::{net::TcpListener, sync::oneshot};
+use common::{BOOTSTRAP, TestServer, call, example_policy, example_with_bootstrap, http_get, keys};
+use rolegate::grpc::pb::{self, admin_client::AdminClient, watch_event::Event};
 use tonic::transport::Channel;
 
 /// A route only these tests' table has: the built-in table has no `/api/reports`.
@@ -93,7 +86,7 @@ async fn list_routes(admin: &mut AdminClient<Channel>, key: &str) -> pb::ListRou
 async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     apply(&mut admin, example_with_bootstrap(), false).await;
     assert_eq!(enforced(server.http_addr).await, "default");
@@ -143,7 +136,7 @@ async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
     server.stop().await.unwrap();
 
     // A restart serves the stored table, installed at the revision that wrote it.
-    let server = StoreServer::start(data).await;
+    let server = TestServer::store_at(data).await;
     let mut admin = server.admin().await;
     assert_eq!(enforced(server.http_addr).await, "reports");
     let listed = list_routes(&mut admin, BOOTSTRAP).await;
@@ -164,8 +157,7 @@ async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
 
 #[tokio::test]
 async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     let err = admin
         .apply(call(
@@ -240,7 +232,7 @@ async fn apply_keeps_every_section_of_a_document_across_a_restart() {
                 1,
             )
     );
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     let applied = apply(&mut admin, document.clone(), false).await;
     for section in [
@@ -314,7 +306,7 @@ async fn apply_keeps_every_section_of_a_document_across_a_restart() {
     drop(admin);
     server.stop().await.unwrap();
 
-    let server = StoreServer::start(data).await;
+    let server = TestServer::store_at(data).await;
     let mut admin = server.admin().await;
     assert_eq!(
         read_back(&mut admin).await,
@@ -350,8 +342,7 @@ async fn next_events(stream: &mut tonic::Streaming<pb::WatchEvent>) -> Vec<Event
 
 #[tokio::test]
 async fn watch_carries_the_route_table_in_a_snapshot_and_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
     let mut authorizer = server.authorizer().await;
@@ -407,46 +398,19 @@ async fn watch_carries_the_route_table_in_a_snapshot_and_live() {
     );
 }
 
-/// A follower of `hub` in this process: its HTTP address and the stop signal.
-async fn start_follower(hub: SocketAddr) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
-    let config = ServeConfig::for_upstream(format!("http://{hub}"), common::keys::FOLLOWER);
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app::run(
-        config,
-        Listeners {
-            grpc,
-            http,
-            probe: None,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
-    common::wait_until_ready(http_addr, Duration::from_secs(30)).await;
-    (grpc_addr, http_addr, tx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_serves_the_routes_of_its_hub() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = StoreServer::start(dir.path().join("data")).await;
+    let hub = TestServer::store().await;
     let mut admin = hub.admin().await;
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
 
     // From the snapshot: a route only the hub's table has is enforced by the follower.
-    let (grpc, http, stop) = start_follower(hub.grpc_addr).await;
+    let follower = TestServer::follower(&hub).await;
+    let http = follower.http_addr;
     wait_enforced(http, "reports").await;
-    let channel = Channel::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let listed = list_routes(&mut AdminClient::new(channel), BOOTSTRAP).await;
+    let listed = list_routes(&mut follower.admin().await, BOOTSTRAP).await;
     assert_eq!(listed.source, "hub");
-    assert_eq!(listed.origin, format!("http://{}", hub.grpc_addr));
+    assert_eq!(listed.origin, hub.url());
     assert_eq!(listed.routes.len(), 1);
 
     // Live: the hub goes back to the default table, and so does the follower.
@@ -455,19 +419,19 @@ async fn a_follower_serves_the_routes_of_its_hub() {
     // And to a table again.
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
     wait_enforced(http, "reports").await;
-    let _ = stop.send(());
+    follower.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_policy_file_reload_that_changes_the_routes_takes_effect() {
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     assert_eq!(enforced(server.http_addr).await, "default");
     server.write_policy(&format!("{}\nroutes:\n{REPORTS_ROUTE}", example_policy()));
     wait_enforced(server.http_addr, "reports").await;
     let mut admin = AdminClient::new(server.channel().await);
     let listed = list_routes(&mut admin, keys::ARIA_AUDITOR).await;
     assert_eq!(listed.source, "policy_file");
-    assert_eq!(listed.origin, server.policy_path.display().to_string());
+    assert_eq!(listed.origin, server.policy_path().display().to_string());
     assert_eq!(listed.routes_revision, listed.revision);
     server.write_policy(&example_policy());
     wait_enforced(server.http_addr, "default").await;
@@ -492,7 +456,7 @@ fn rolegate(args: &[&str]) -> (i32, String, String) {
 async fn routes_list_shows_the_table_and_where_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     let addr = format!("http://{}", server.grpc_addr);
     apply(&mut admin, example_with_bootstrap(), false).await;

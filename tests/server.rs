@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, check, example_policy, http_get, keys};
+use common::{Origin, TestServer, check, example_policy, http_get, keys};
 use rolegate::grpc::pb::{self, Reason, Scope};
 use tonic::Code;
 use tonic_health::pb::{
@@ -12,8 +12,8 @@ use tonic_health::pb::{
 
 #[tokio::test]
 async fn check_answers_from_the_example_policy() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
 
     // dana's acme DATA_SCIENTIST key cancels a globex job through her globex ACCOUNT_ADMIN key.
     let r = client
@@ -107,8 +107,8 @@ async fn check_answers_from_the_example_policy() {
 
 #[tokio::test]
 async fn bad_keys_are_denied_with_their_reason_and_bad_requests_are_invalid() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     let cases = [
         ("no-dot-at-all", Reason::MalformedKey),
         ("", Reason::MalformedKey),
@@ -159,8 +159,11 @@ async fn bad_keys_are_denied_with_their_reason_and_bad_requests_are_invalid() {
 
 #[tokio::test]
 async fn requests_over_the_maximum_size_are_rejected() {
-    let server = TestServer::start_with(&example_policy(), |c| c.max_message_bytes = 4096).await;
-    let mut client = server.client().await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .config(|c| c.max_message_bytes = 4096)
+        .start()
+        .await;
+    let mut client = server.authorizer().await;
     let mut req = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
     req.resource.as_mut().unwrap().owner_user_id = "u".repeat(8192);
     let err = client.check(req).await.unwrap_err();
@@ -177,8 +180,8 @@ async fn requests_over_the_maximum_size_are_rejected() {
 
 #[tokio::test]
 async fn check_batch_answers_in_order() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     let mut mixed = check(
         keys::GUS_DEVELOPER,
         "jobs.cancel",
@@ -234,8 +237,8 @@ async fn check_batch_answers_in_order() {
 
 #[tokio::test]
 async fn edits_of_the_policy_file_are_followed_and_broken_files_ignored() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     let r = client
         .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
         .await
@@ -291,7 +294,7 @@ async fn edits_of_the_policy_file_are_followed_and_broken_files_ignored() {
 
 #[tokio::test]
 async fn health_reflection_and_http_endpoints() {
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "rolegate.v1.Authorizer"] {
         let r = health
@@ -343,9 +346,11 @@ async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "teams:\n  - id: acme\n  - id: acme\n").unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
-    let err = rolegate::app::run(config, listeners, std::future::pending())
+    let err = TestServer::with(Origin::PolicyAt(path))
+        .no_wait()
+        .start()
+        .await
+        .join()
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -357,8 +362,8 @@ async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     // A call that is still waiting (for a revision that will not come) when shutdown starts.
     let mut waiting = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
     waiting.min_revision = 2;
@@ -385,9 +390,11 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.yaml");
     std::fs::write(&path, "").unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
-    let err = rolegate::app::run(config, listeners, std::future::pending())
+    let err = TestServer::with(Origin::PolicyAt(path))
+        .no_wait()
+        .start()
+        .await
+        .join()
         .await
         .unwrap_err();
     assert!(
@@ -398,8 +405,8 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
 
     // On reload: refused like any invalid file; the last good state keeps serving and /status
     // says why.
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     for (n, blank) in ["", " \n\t\n\n"].into_iter().enumerate() {
         server.write_policy(blank);
         let mut origin = serde_json::Value::Null;
@@ -432,27 +439,13 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
 
 #[tokio::test]
 async fn the_probe_listener_serves_only_liveness_and_readiness() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.yaml");
-    std::fs::write(&path, example_policy()).unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-    let (grpc, http, probe) = (
-        bind().await.unwrap(),
-        bind().await.unwrap(),
-        bind().await.unwrap(),
-    );
-    let (http_addr, probe_addr) = (http.local_addr().unwrap(), probe.local_addr().unwrap());
-    let listeners = rolegate::app::Listeners {
-        grpc,
-        http,
-        probe: Some(probe),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(rolegate::app::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
-    common::wait_until_ready(probe_addr, std::time::Duration::from_secs(10)).await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .probe()
+        .no_wait()
+        .start()
+        .await;
+    let (http_addr, probe_addr) = (server.http_addr, server.probe_addr.unwrap());
+    common::wait_until_ready(probe_addr, common::READY_WITHIN).await;
     assert_eq!(
         http_get(probe_addr, "/healthz").await.unwrap(),
         (200, "ok\n".into())
@@ -467,6 +460,5 @@ async fn the_probe_listener_serves_only_liveness_and_readiness() {
     // The main HTTP port still has them.
     assert_eq!(http_get(http_addr, "/status").await.unwrap().0, 200);
     assert_eq!(http_get(http_addr, "/readyz").await.unwrap().0, 200);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }

@@ -1207,8 +1207,8 @@ async fn grants_events_name_only_requestors_whose_grants_changed() {
 /// A write through the policy file, seen on Watch; a Check carrying that revision sees it.
 #[tokio::test]
 async fn min_revision_after_a_write_sees_the_write() {
-    let server = common::TestServer::start(&common::example_policy()).await;
-    let mut c = server.client().await;
+    let server = common::TestServer::policy(&common::example_policy()).await;
+    let mut c = server.authorizer().await;
     let mut s = c
         .watch(pb::WatchRequest {
             key_prefixes: vec![common::keys::prefix(common::keys::DEVIN_DEVELOPER).into()],

@@ -9,11 +9,12 @@
 //!
 //! Every origin serves the same state: the example policy with the bootstrap key
 //! ([`common::example_with_bootstrap`]), at a revision each origin reaches its own way
-//! ([`Serving::base`]). Cases change it only through [`Serving::set_key_status`], which each
-//! origin carries out its own way and which returns the revision of the change.
+//! ([`Serving::base`]). Cases change it only through [`Serving::set_key_status`] and
+//! [`Serving::replace_document`], which each origin carries out its own way and which return
+//! the revision of the change.
 //!
-//! A new origin: a variant of [`Kind`], its arms in [`Serving::start`] and
-//! [`Serving::set_key_status`] (and [`Kind::status_kind`]), and one line in [`suite!`]'s list.
+//! A new origin: a variant of [`Kind`], its arms in [`Serving::start`], [`Serving::write`] and
+//! [`Serving::routes_origin`] (and [`Kind`]'s names), and one line in [`suite!`]'s list.
 
 mod common;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     BOOTSTRAP, Origin, TestServer, call, check, check_at, example_with_bootstrap, keys,
+    routes::{REPORTS_ROUTE, document_with_routes, enforced, wait_enforced},
     seed_example, with_key_status,
 };
 use rolegate::grpc::pb::{self, Reason, Scope, watch_event::Event};
@@ -68,6 +70,23 @@ impl Kind {
             Kind::Follower => "upstream",
         }
     }
+
+    /// `source` of ListRoutes when the state holds a route table.
+    fn routes_source(self) -> &'static str {
+        match self {
+            Kind::PolicyFile => "policy_file",
+            Kind::Embedded => "store",
+            Kind::Follower => "hub",
+        }
+    }
+}
+
+/// A change of the state.
+enum Write<'a> {
+    /// The status of one key.
+    KeyStatus(&'a str, &'a str),
+    /// The whole state: this policy document.
+    Document(&'a str),
 }
 
 /// How a [`Serving`]'s state is changed.
@@ -128,16 +147,31 @@ impl Serving {
         }
     }
 
-    /// Sets the status of the key `prefix` the origin's way; returns the revision of the
-    /// change, which the server under test may not have applied yet (a Check with that
-    /// `min_revision` waits for it).
+    /// Sets the status of the key `prefix`; returns the revision of the change, which the
+    /// server under test may not have applied yet (a Check with that `min_revision` waits for
+    /// it).
     async fn set_key_status(&self, prefix: &str, status: &str) -> u64 {
+        self.write(Write::KeyStatus(prefix, status)).await
+    }
+
+    /// Replaces the whole state with the policy document `text` (which must change something);
+    /// returns the revision of the change, like [`Serving::set_key_status`].
+    async fn replace_document(&self, text: &str) -> u64 {
+        self.write(Write::Document(text)).await
+    }
+
+    /// Makes `change` the origin's way: the policy file rewritten; on the embedded store and on
+    /// a follower's hub, UpdateKey or Apply through the Admin API.
+    async fn write(&self, change: Write<'_>) -> u64 {
         let admin_server = match &self.writer {
             Writer::File(file) => {
                 let mut file = file.lock().await;
                 // One rewrite per revision: the last one applied before the next is written.
                 self.wait_for_revision(file.1).await;
-                file.0 = with_key_status(&file.0, prefix, status);
+                file.0 = match change {
+                    Write::KeyStatus(prefix, status) => with_key_status(&file.0, prefix, status),
+                    Write::Document(text) => text.to_owned(),
+                };
                 file.1 += 1;
                 self.server.write_policy(&file.0);
                 return file.1;
@@ -145,21 +179,36 @@ impl Serving {
             Writer::Admin => &self.server,
             Writer::Hub(hub) => hub,
         };
-        admin_server
-            .admin()
-            .await
-            .update_key(call(
-                BOOTSTRAP,
-                pb::UpdateKeyRequest {
+        let mut admin = admin_server.admin().await;
+        match change {
+            Write::KeyStatus(prefix, status) => {
+                let update = pb::UpdateKeyRequest {
                     prefix: prefix.into(),
                     status: Some(status.into()),
                     ..Default::default()
-                },
-            ))
-            .await
-            .expect("update the key")
-            .into_inner()
-            .revision
+                };
+                let done = admin.update_key(call(BOOTSTRAP, update)).await;
+                done.expect("update the key").into_inner().revision
+            }
+            Write::Document(text) => {
+                let apply = pb::ApplyRequest {
+                    document: text.to_owned(),
+                    dry_run: false,
+                };
+                let done = admin.apply(call(BOOTSTRAP, apply)).await;
+                done.expect("apply the document").into_inner().revision
+            }
+        }
+    }
+
+    /// `origin` of ListRoutes when the state holds a route table: where the table came from.
+    fn routes_origin(&self) -> String {
+        match (&self.writer, self.kind) {
+            (Writer::Hub(hub), _) => hub.url(),
+            (_, Kind::PolicyFile) => self.server.policy_path().display().to_string(),
+            (_, Kind::Embedded) => self.server.data_dir().display().to_string(),
+            (_, Kind::Follower) => unreachable!("a follower writes to its hub"),
+        }
     }
 
     /// Waits (bounded) until the server has applied `revision`.
@@ -521,6 +570,48 @@ async fn min_revision_waits_then_fails_in_time(kind: Kind) {
     );
 }
 
+/// The route table is part of the state: a table put the origin's way is enforced by the HTTP
+/// auth endpoint and listed with where it came from; a document without one puts back the
+/// built-in table.
+async fn a_new_route_table_is_enforced_and_listed(kind: Kind) {
+    let s = Serving::start(kind).await;
+    let http = s.server.http_addr;
+    let list = async || {
+        let request = call(keys::ARIA_AUDITOR, pb::ListRoutesRequest {});
+        let listed = s.server.admin().await.list_routes(request).await;
+        listed.expect("list the routes").into_inner()
+    };
+    assert_eq!(enforced(http).await, "default", "{kind:?}");
+    assert_eq!(list().await.source, "default", "{kind:?}");
+
+    let put = s
+        .replace_document(&document_with_routes(REPORTS_ROUTE))
+        .await;
+    s.wait_for_revision(put).await;
+    wait_enforced(http, "reports").await;
+    let listed = list().await;
+    assert_eq!(
+        (
+            listed.source.as_str(),
+            listed.origin,
+            listed.routes_revision
+        ),
+        (kind.routes_source(), s.routes_origin(), put),
+        "{kind:?}"
+    );
+    let routes: Vec<_> = listed
+        .routes
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str(), r.entitlement.as_str()))
+        .collect();
+    assert_eq!(routes, [("GET", "/api/reports", "jobs.read")], "{kind:?}");
+
+    let reset = s.replace_document(&example_with_bootstrap()).await;
+    s.wait_for_revision(reset).await;
+    wait_enforced(http, "default").await;
+    assert_eq!(list().await.source, "default", "{kind:?}");
+}
+
 /// Ready on every channel, at the served revision, with the whole state counted.
 async fn ready_and_reporting_its_revision(kind: Kind) {
     let s = Serving::start(kind).await;
@@ -570,6 +661,7 @@ suite!(
         a_change_is_seen_at_its_revision,
         watch_gives_a_snapshot_then_each_change,
         min_revision_waits_then_fails_in_time,
+        a_new_route_table_is_enforced_and_listed,
         ready_and_reporting_its_revision,
     ] x [
         policy_file => Kind::PolicyFile,

@@ -1,66 +1,19 @@
 //! The route table is part of the state: a store keeps it (Apply, restart), Watch carries it, a
-//! follower serves its hub's, a policy file's reload changes it, and `rolegate routes list` shows
-//! it. Every case is judged by the real HTTP auth endpoint of a real server.
+//! follower serves its hub's from the snapshot, and `rolegate routes list` shows it. Every case
+//! is judged by the real HTTP auth endpoint of a real server. A table changed through each
+//! origin (a policy file's reload, Apply on a store, Apply on a follower's hub):
+//! tests/origins.rs.
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use common::{BOOTSTRAP, TestServer, call, example_policy, example_with_bootstrap, http_get, keys};
+use common::{
+    BOOTSTRAP, TestServer, call, example_with_bootstrap, http_get, keys,
+    routes::{REPORTS_ROUTE, document_with_routes, enforced, wait_enforced},
+};
 use rolegate::grpc::pb::{self, admin_client::AdminClient, watch_event::Event};
 use tonic::transport::Channel;
-
-/// A route only these tests' table has: the built-in table has no `/api/reports`.
-const REPORTS_ROUTE: &str = "  - { method: GET, path: /api/reports, entitlement: jobs.read }\n";
-
-/// The example policy (with the bootstrap key) and a route table of `routes` lines.
-fn document_with_routes(routes: &str) -> String {
-    format!("{}\nroutes:\n{routes}", example_with_bootstrap())
-}
-
-/// What the HTTP auth endpoint (Envoy `http_service` form) answers for devin's key.
-async fn auth(http: SocketAddr, method: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    let req = format!(
-        "{method} /authz/ext{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: ApiKey {}\r\n\r\n",
-        keys::DEVIN_DEVELOPER
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether the server enforces the reports table (`/api/reports` allowed, `/api/jobs` without a
-/// route) or the built-in one (the reverse); `changing` when the two requests saw different
-/// tables (a table applied between them).
-async fn enforced(http: SocketAddr) -> &'static str {
-    match (
-        auth(http, "GET", "/api/reports").await,
-        auth(http, "GET", "/api/jobs").await,
-    ) {
-        (200, 403) => "reports",
-        (403, 200) => "default",
-        (200, 200) | (403, 403) => "changing",
-        other => panic!("neither table is enforced: {other:?}"),
-    }
-}
-
-/// Waits (bounded) until the server enforces `table`; an origin that follows a file or a hub
-/// gets there on its own time.
-async fn wait_enforced(http: SocketAddr, table: &str) {
-    for _ in 0..800 {
-        if enforced(http).await == table {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the server on {http} never enforced the {table} table");
-}
 
 async fn apply(
     admin: &mut AdminClient<Channel>,
@@ -398,44 +351,21 @@ async fn watch_carries_the_route_table_in_a_snapshot_and_live() {
     );
 }
 
+/// A follower started after its hub has a table enforces it from the snapshot and lists the
+/// hub as its source. (A table changed later, on every origin: tests/origins.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_serves_the_routes_of_its_hub() {
+async fn a_follower_serves_the_routes_of_its_hub_from_the_snapshot() {
     let hub = TestServer::store().await;
     let mut admin = hub.admin().await;
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
 
-    // From the snapshot: a route only the hub's table has is enforced by the follower.
     let follower = TestServer::follower(&hub).await;
-    let http = follower.http_addr;
-    wait_enforced(http, "reports").await;
+    wait_enforced(follower.http_addr, "reports").await;
     let listed = list_routes(&mut follower.admin().await, BOOTSTRAP).await;
     assert_eq!(listed.source, "hub");
     assert_eq!(listed.origin, hub.url());
     assert_eq!(listed.routes.len(), 1);
-
-    // Live: the hub goes back to the default table, and so does the follower.
-    apply(&mut admin, example_with_bootstrap(), false).await;
-    wait_enforced(http, "default").await;
-    // And to a table again.
-    apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
-    wait_enforced(http, "reports").await;
     follower.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_policy_file_reload_that_changes_the_routes_takes_effect() {
-    let server = TestServer::policy(&example_policy()).await;
-    assert_eq!(enforced(server.http_addr).await, "default");
-    server.write_policy(&format!("{}\nroutes:\n{REPORTS_ROUTE}", example_policy()));
-    wait_enforced(server.http_addr, "reports").await;
-    let mut admin = AdminClient::new(server.channel().await);
-    let listed = list_routes(&mut admin, keys::ARIA_AUDITOR).await;
-    assert_eq!(listed.source, "policy_file");
-    assert_eq!(listed.origin, server.policy_path().display().to_string());
-    assert_eq!(listed.routes_revision, listed.revision);
-    server.write_policy(&example_policy());
-    wait_enforced(server.http_addr, "default").await;
-    server.stop().await.unwrap();
 }
 
 fn rolegate(args: &[&str]) -> (i32, String, String) {

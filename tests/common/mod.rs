@@ -6,6 +6,7 @@
 //! - the Admin API's callers (admin.rs): `authorization: ApiKey` metadata, the bootstrap key,
 //!   the example policy seeded through `Apply`;
 //! - the real binary as a child process on the embedded store (process.rs);
+//! - the route table as the HTTP auth endpoint enforces it (`routes`);
 //! - here: the example policy and its development keys, Check requests, a raw HTTP GET, and the
 //!   rule for tests that need outside tools.
 //!
@@ -15,6 +16,7 @@
 
 mod admin;
 mod process;
+pub mod routes;
 mod server;
 
 use std::{

@@ -203,11 +203,10 @@ impl Serving {
 
     /// `origin` of ListRoutes when the state holds a route table: where the table came from.
     fn routes_origin(&self) -> String {
-        match (&self.writer, self.kind) {
-            (Writer::Hub(hub), _) => hub.url(),
-            (_, Kind::PolicyFile) => self.server.policy_path().display().to_string(),
-            (_, Kind::Embedded) => self.server.data_dir().display().to_string(),
-            (_, Kind::Follower) => unreachable!("a follower writes to its hub"),
+        match &self.writer {
+            Writer::File(_) => self.server.policy_path().display().to_string(),
+            Writer::Admin => self.server.data_dir().display().to_string(),
+            Writer::Hub(hub) => hub.url(),
         }
     }
 

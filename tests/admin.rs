@@ -2,15 +2,14 @@
 //! matrix with escalation attempts, bad input with field violations, Apply, the policy-file mode,
 //! concurrent writers and restarts.
 
-mod admin_support;
 mod common;
 
 use std::collections::HashSet;
 
-use admin_support::{
-    BOOTSTRAP, StoreServer, call, check_at, example_with_bootstrap, field_violations, seed_example,
+use common::{
+    BOOTSTRAP, TestServer, call, check_at, example_with_bootstrap, field_violations, keys,
+    seed_example,
 };
-use common::keys;
 use rolegate::grpc::pb::{self, admin_client::AdminClient};
 use tonic::{Code, transport::Channel};
 
@@ -26,17 +25,16 @@ fn team_key(prefix: &str, user: &str, team: &str, roles: &[&str]) -> pb::CreateK
     }
 }
 
-async fn started() -> (tempfile::TempDir, StoreServer, AdminClient<Channel>) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+async fn started() -> (TestServer, AdminClient<Channel>) {
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     seed_example(&mut admin).await;
-    (dir, server, admin)
+    (server, admin)
 }
 
 #[tokio::test]
 async fn key_lifecycle_end_to_end() {
-    let (_dir, server, mut admin) = started().await;
+    let (server, mut admin) = started().await;
     let mut authz = server.authorizer().await;
 
     // Create: the whole key comes back once; reads never show a secret.
@@ -158,7 +156,7 @@ async fn key_lifecycle_end_to_end() {
 
 #[tokio::test]
 async fn missing_or_bad_caller_keys_are_unauthenticated() {
-    let (_dir, _server, mut admin) = started().await;
+    let (_server, mut admin) = started().await;
     let no_key = admin
         .list_keys(pb::ListKeysRequest::default())
         .await
@@ -180,7 +178,7 @@ async fn missing_or_bad_caller_keys_are_unauthenticated() {
 /// Each caller role × each call × own team (acme) / other team (globex).
 #[tokio::test]
 async fn authorization_matrix() {
-    let (_dir, _server, mut admin) = started().await;
+    let (_server, mut admin) = started().await;
     // A data scientist with no other key (dana also administers globex).
     admin
         .create_user(call(
@@ -506,7 +504,7 @@ async fn authorization_matrix() {
 
 #[tokio::test]
 async fn escalation_attempts_are_refused() {
-    let (_dir, _server, mut admin) = started().await;
+    let (_server, mut admin) = started().await;
 
     // An ACCOUNT_ADMIN granting SYSTEM_OWNER, in its own team.
     let err = admin
@@ -712,7 +710,7 @@ fn grant(entitlement: &str, scope: &str) -> pb::Grant {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_with_field_violations() {
-    let (_dir, _server, mut admin) = started().await;
+    let (_server, mut admin) = started().await;
     let fraud_key = |roles: &[&str]| pb::CreateKeyRequest {
         prefix: "FraudKey2xxxxx".into(),
         key_type: pb::KeyType::Project as i32,
@@ -879,8 +877,7 @@ async fn bad_input_is_invalid_argument_with_field_violations() {
 
 #[tokio::test]
 async fn apply_diffs_the_document_and_commits_one_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     let doc = example_with_bootstrap();
     let dry = admin
@@ -993,7 +990,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
 
 #[tokio::test]
 async fn policy_file_mode_refuses_writes_with_failed_precondition() {
-    let server = common::TestServer::start(&common::example_policy()).await;
+    let server = TestServer::policy(&common::example_policy()).await;
     let mut admin = AdminClient::new(server.channel().await);
     let err = admin
         .create_team(call(
@@ -1030,7 +1027,7 @@ async fn policy_file_mode_refuses_writes_with_failed_precondition() {
 
 #[tokio::test]
 async fn concurrent_writers_lose_no_update_and_revisions_strictly_increase() {
-    let (_dir, server, _admin) = started().await;
+    let (server, _admin) = started().await;
     const WRITERS: usize = 16;
     const EACH: usize = 25;
     let mut tasks = Vec::new();
@@ -1119,7 +1116,7 @@ async fn concurrent_writers_lose_no_update_and_revisions_strictly_increase() {
 async fn state_and_revisions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     let seeded = seed_example(&mut admin).await;
     let created = admin
@@ -1134,7 +1131,7 @@ async fn state_and_revisions_survive_a_restart() {
     drop(admin);
     server.stop().await.unwrap();
 
-    let server = StoreServer::start(data).await;
+    let server = TestServer::store_at(data).await;
     let mut admin = server.admin().await;
     let got = admin
         .get_key(call(
@@ -1182,7 +1179,7 @@ async fn state_and_revisions_survive_a_restart() {
 /// set alone keeps the status (an operator's deactivation is never undone by a rename).
 #[tokio::test]
 async fn updates_change_only_the_fields_they_name() {
-    let (_dir, server, mut admin) = started().await;
+    let (server, mut admin) = started().await;
     let mut authz = server.authorizer().await;
     let team = |admin: &mut AdminClient<Channel>| {
         let mut admin = admin.clone();

@@ -245,7 +245,7 @@ fn keys_new_and_hash_agree() {
 /// `rolegate bench` with `args`, briefly (200 ms a round, 2 callers on 1 connection), against a
 /// server on the example policy.
 async fn short_bench(args: &[&str]) -> (i32, String, String) {
-    let server = common::TestServer::start(&common::example_policy()).await;
+    let server = common::TestServer::policy(&common::example_policy()).await;
     let addr = format!("http://{}", server.grpc_addr);
     let all: Vec<String> = [
         "bench",

@@ -6,11 +6,11 @@
 //! - multi-object writes (`Apply` adding a team and a user in one revision), which must be all
 //!   or nothing.
 
-mod admin_support;
+mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use admin_support::{BOOTSTRAP, call, example_with_bootstrap, spawn_store};
+use common::{BOOTSTRAP, call, example_with_bootstrap, spawn_store};
 use rand::Rng;
 use rolegate::grpc::pb::{self, admin_client::AdminClient};
 use tonic::transport::Channel;

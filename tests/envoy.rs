@@ -98,7 +98,7 @@ async fn envoy_grpc_ext_authz_end_to_end() {
         return;
     };
     let policy = example_policy();
-    let server = TestServer::start(&policy).await;
+    let server = TestServer::policy(&policy).await;
     let app = EchoApp::start().await;
     let envoy = Envoy::start(
         &bin,
@@ -377,7 +377,7 @@ async fn envoy_http_service_mode_end_to_end() {
         return;
     };
     let policy = example_policy();
-    let server = TestServer::start(&policy).await;
+    let server = TestServer::policy(&policy).await;
     let app = EchoApp::start().await;
     let http = server.http_addr.port();
     let envoy = Envoy::start(

@@ -2,7 +2,6 @@
 //! reach beyond its team (each one a way it once worked), the work a team admin must be able to
 //! do, the last owner key, and the audit trail every call leaves.
 
-mod admin_support;
 mod common;
 
 use std::{
@@ -11,8 +10,7 @@ use std::{
     time::Duration,
 };
 
-use admin_support::{BOOTSTRAP, StoreServer, call, check_at, seed_example, store_command};
-use common::keys;
+use common::{BOOTSTRAP, TestServer, call, check_at, keys, seed_example, store_command};
 use rolegate::grpc::pb::{self, admin_client::AdminClient};
 use tonic::{Code, transport::Channel};
 
@@ -35,12 +33,11 @@ fn status_of(prefix: &str, status: &str) -> pb::UpdateKeyRequest {
     }
 }
 
-async fn seeded() -> (tempfile::TempDir, StoreServer, AdminClient<Channel>) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+async fn seeded() -> (TestServer, AdminClient<Channel>) {
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     seed_example(&mut admin).await;
-    (dir, server, admin)
+    (server, admin)
 }
 
 /// Asserts that `result` was refused by the escalation rule.
@@ -57,7 +54,7 @@ fn escalation<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>) 
 
 #[tokio::test]
 async fn a_team_admin_cannot_reach_beyond_its_team() {
-    let (_dir, server, mut admin) = seeded().await;
+    let (server, mut admin) = seeded().await;
     let mut authz = server.authorizer().await;
     let olivia = keys::prefix(keys::OLIVIA_OWNER);
 
@@ -192,7 +189,7 @@ async fn a_team_admin_cannot_reach_beyond_its_team() {
 
 #[tokio::test]
 async fn a_team_admin_gives_its_members_any_role_without_all_grants() {
-    let (_dir, server, mut admin) = seeded().await;
+    let (server, mut admin) = seeded().await;
     let mut authz = server.authorizer().await;
     for (prefix, role, entitlement) in [
         ("DevinDeveloper002", "DEVELOPER", "jobs.create"),
@@ -250,8 +247,7 @@ async fn a_team_admin_gives_its_members_any_role_without_all_grants() {
 #[tokio::test]
 async fn the_last_owner_key_cannot_be_removed() {
     // A fresh store: the bootstrap key is the only SYSTEM_OWNER key.
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     let boot = keys::prefix(BOOTSTRAP);
     for (what, result) in [

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{TestServer, example_policy, http_get, keys};
+use common::{Origin, TestServer, example_policy, http_get, keys};
 use envoy_types::{
     ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderValue, HttpResponse},
     pb::envoy::{
@@ -52,7 +52,7 @@ fn outcome(r: &CheckResponse) -> (i32, u16) {
 
 #[tokio::test]
 async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let mut client = AuthorizationClient::new(server.channel().await);
     let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
     let mut call = async |req: CheckRequest| client.check(req).await.unwrap().into_inner();
@@ -197,7 +197,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
         (keys::DEVIN_OLD_INACTIVE, Reason::KeyInactive),
     ];
     let mut answers = Vec::new();
-    let mut authorizer = server.client().await;
+    let mut authorizer = server.authorizer().await;
     for (key, reason) in presented {
         let r = call(check(
             "GET",
@@ -220,7 +220,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
 
 #[tokio::test]
 async fn http_auth_endpoint_serves_nginx_and_envoy_http_mode() {
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let addr = server.http_addr;
     let raw = async |req: String| {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -339,11 +339,11 @@ async fn exact_upstream_paths_lets_a_near_miss_parameter_through() {
             .into_inner();
         outcome(&r).1
     };
-    let strict = TestServer::start(&example_policy()).await;
-    let exact = TestServer::start_with(&example_policy(), |c| {
-        c.authz.exact_upstream_paths = true;
-    })
-    .await;
+    let strict = TestServer::policy(&example_policy()).await;
+    let exact = TestServer::with(Origin::policy(&example_policy()))
+        .config(|c| c.authz.exact_upstream_paths = true)
+        .start()
+        .await;
     for (path, by_default, when_exact) in [
         ("/api/jobs/STATISTICS", 400, 200),
         ("/api/jobs/statistics.json", 400, 200),
@@ -358,7 +358,7 @@ async fn exact_upstream_paths_lets_a_near_miss_parameter_through() {
 /// `rolegate bench --mode ext-authz --baseline` with `args` (2 callers on 1 connection, no
 /// warm-up) against a server on the example policy.
 async fn ext_authz_bench(args: &[&str]) -> std::process::Output {
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let addr = format!("http://{}", server.grpc_addr);
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {

@@ -3,7 +3,7 @@
 //! keeps answering and reports its staleness; a change made while the hub was down arrives once
 //! the hub is back, with no gap and no duplicate on the follower's own Watch. A hub killed in
 //! the middle of a snapshot leaves the follower on its previous state until a whole snapshot
-//! has arrived. In this process (`app::run`): health is NOT_SERVING until the first snapshot,
+//! has arrived. In this process ([`TestServer`]): health is NOT_SERVING until the first snapshot,
 //! and `--max-staleness` takes a follower out of service while its hub is gone or refuses it.
 
 mod common;
@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{http_get, keys};
+use common::{Origin, TestServer, http_get, keys, with_key_status};
 use rolegate::grpc::pb::{self, authorizer_client::AuthorizerClient, watch_event::Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -96,15 +96,6 @@ fn as_owner<T>(message: T) -> tonic::Request<T> {
         format!("ApiKey {}", keys::OLIVIA_OWNER).parse().unwrap(),
     );
     req
-}
-
-/// Sets the status of the key with `prefix` in the policy text.
-fn with_status(text: &str, prefix: &str, status: &str) -> String {
-    let at = text.find(&format!("prefix: {prefix}")).unwrap();
-    let rel = text[at..].find("status: ").unwrap();
-    let start = at + rel + "status: ".len();
-    let end = start + text[start..].find('\n').unwrap();
-    format!("{}{status}{}", &text[..start], &text[end..])
 }
 
 fn write_atomically(path: &std::path::Path, text: &str) {
@@ -193,7 +184,7 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
 
     // 1. Revoke devin's key on the hub: the hub's revision, used as min_revision on the
     //    follower, sees the revocation there.
-    let revoked = with_status(&text, keys::prefix(keys::DEVIN_DEVELOPER), "inactive");
+    let revoked = with_key_status(&text, keys::prefix(keys::DEVIN_DEVELOPER), "inactive");
     write_atomically(&policy, &revoked);
     let (hub_rev, hub_keys) = next_revision(&mut hw).await;
     assert_eq!(hub_keys, ["DevinDevKey000000001=inactive"]);
@@ -237,8 +228,8 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
 
     // 3. Change the policy while the hub is down (devin back, aria's key revoked), start it
     //    again on the same port (it starts over at revision 1, under a new history).
-    let changed = with_status(
-        &with_status(&text, keys::prefix(keys::ARIA_AUDITOR), "inactive"),
+    let changed = with_key_status(
+        &with_key_status(&text, keys::prefix(keys::ARIA_AUDITOR), "inactive"),
         keys::prefix(keys::DEVIN_DEVELOPER),
         "active",
     );
@@ -412,7 +403,7 @@ impl Relay {
 /// The example policy plus `n` keys of a bulk user, and devin's key revoked: a snapshot of some
 /// megabytes that differs from the example in ways a Check can tell.
 fn bulk_policy(n: usize) -> String {
-    let text = with_status(
+    let text = with_key_status(
         &common::example_policy(),
         keys::prefix(keys::DEVIN_DEVELOPER),
         "inactive",
@@ -583,117 +574,42 @@ fn unix_ms() -> i64 {
 
 // ---- health and --max-staleness, with hub and follower in this process ----------------------
 
-/// The key the followers of these tests present to their hub.
-const FOLLOWER_KEY: &str = keys::FOLLOWER;
-
-/// A server running `app::run` in this process.
-struct InProcess {
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), rolegate::app::AppError>>,
+/// A hub in this process on the policy file `policy`, on the gRPC port `grpc` (where its
+/// follower expects it), once ready.
+async fn start_hub(policy: &std::path::Path, grpc: u16) -> TestServer {
+    TestServer::with(Origin::PolicyAt(policy.to_owned()))
+        .grpc_port(grpc)
+        .start()
+        .await
 }
 
-impl InProcess {
-    /// Starts `config` on `grpc` (a port to bind) and an ephemeral HTTP port; does not wait
-    /// for it to be ready.
-    async fn start(config: rolegate::config::ServeConfig, grpc: u16) -> InProcess {
-        let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc))
-            .await
-            .unwrap();
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listeners = rolegate::app::Listeners {
-            grpc,
-            http,
-            probe: None,
-        };
-        let task = tokio::spawn(rolegate::app::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
-        InProcess {
-            grpc: grpc_addr,
-            http: http_addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// A hub on the policy file `policy`, on `grpc`.
-    async fn hub(policy: &std::path::Path, grpc: u16) -> InProcess {
-        let mut config = rolegate::config::ServeConfig::for_policy(policy);
-        config.reload_interval = Duration::from_millis(50);
-        let hub = InProcess::start(config, grpc).await;
-        common::wait_until_ready(hub.http, Duration::from_secs(30)).await;
-        hub
-    }
-
-    /// Stops the server and waits until its ports are closed.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.task).await.unwrap().unwrap();
-    }
-
-    /// The gRPC health of the overall server and of the Authorizer.
-    async fn health(&self) -> Vec<tonic_health::pb::health_check_response::ServingStatus> {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
-        let mut seen = Vec::new();
-        for service in ["", "rolegate.v1.Authorizer"] {
-            let r = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            seen.push(r.status());
-        }
-        seen
-    }
-
-    /// Waits (bounded) until gRPC health reports `want` for both services; returns /readyz and
-    /// /status then.
-    async fn until_health(
-        &self,
-        want: tonic_health::pb::health_check_response::ServingStatus,
-    ) -> ((u16, String), serde_json::Value) {
-        for _ in 0..1200 {
-            if self.health().await == [want, want] {
-                let readyz = http_get(self.http, "/readyz").await.unwrap();
-                let (_, status) = http_get(self.http, "/status").await.unwrap();
-                return (readyz, serde_json::from_str(&status).unwrap());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!(
-            "health never became {want:?}: {:?}",
-            http_get(self.http, "/status").await
-        );
-    }
+/// A follower in this process of the hub expected on `hub_grpc`, with `--max-staleness 3s`;
+/// not waited for (its hub may not be there).
+async fn start_follower(hub_grpc: u16) -> TestServer {
+    TestServer::with(Origin::Upstream(format!("http://127.0.0.1:{hub_grpc}")))
+        .config(|c| c.max_staleness = Some(Duration::from_secs(3)))
+        .no_wait()
+        .start()
+        .await
 }
 
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+/// Waits (bounded) until gRPC health reports `want` for both services; returns /readyz and
+/// /status then.
+async fn until_health(
+    server: &TestServer,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) -> ((u16, String), serde_json::Value) {
+    for _ in 0..1200 {
+        if server.health().await == [want, want] {
+            let readyz = server.http_get("/readyz").await;
+            return (readyz, server.status().await);
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-fn follower_config(hub_grpc: u16) -> rolegate::config::ServeConfig {
-    let mut config = rolegate::config::ServeConfig::for_upstream(
-        format!("http://127.0.0.1:{hub_grpc}"),
-        FOLLOWER_KEY,
+    panic!(
+        "health never became {want:?}: {:?}",
+        server.http_get("/status").await
     );
-    config.max_staleness = Some(Duration::from_secs(3));
-    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,8 +621,8 @@ async fn a_follower_serves_only_after_its_first_snapshot() {
     let hub_port = free_port();
 
     // No hub yet: not serving, and it says why.
-    let follower = InProcess::start(follower_config(hub_port), 0).await;
-    let ((code, body), status) = follower.until_health(ServingStatus::NotServing).await;
+    let follower = start_follower(hub_port).await;
+    let ((code, body), status) = until_health(&follower, ServingStatus::NotServing).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no snapshot from the hub"), "{body}");
     assert_eq!(status["ready"], false);
@@ -715,7 +631,7 @@ async fn a_follower_serves_only_after_its_first_snapshot() {
         why.contains("no snapshot from the hub") && why.contains("cannot reach the hub"),
         "{status}"
     );
-    let mut fc = client(&format!("http://{}", follower.grpc)).await;
+    let mut fc = follower.authorizer().await;
     let mut call = tonic::Request::new(pb::CheckRequest {
         api_key: keys::DEVIN_DEVELOPER.into(),
         entitlement: "jobs.read".into(),
@@ -726,15 +642,15 @@ async fn a_follower_serves_only_after_its_first_snapshot() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
     // The hub comes: after the snapshot, serving.
-    let hub = InProcess::hub(&policy, hub_port).await;
-    let ((code, body), status) = follower.until_health(ServingStatus::Serving).await;
+    let hub = start_hub(&policy, hub_port).await;
+    let ((code, body), status) = until_health(&follower, ServingStatus::Serving).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(status["ready"], true, "{status}");
     assert!(status.get("not_ready").is_none(), "{status}");
     assert_eq!(status["origin"]["upstream"]["snapshots"], 1, "{status}");
     let r = check(&mut fc, keys::DEVIN_DEVELOPER, 0).await;
     assert!(r.allowed, "{r:?}");
-    hub.stop().await;
+    hub.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,17 +661,17 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
     let text = common::example_policy();
     write_atomically(&policy, &text);
     let hub_port = free_port();
-    let hub = InProcess::hub(&policy, hub_port).await;
-    let follower = InProcess::start(follower_config(hub_port), 0).await;
-    let (_, first) = follower.until_health(ServingStatus::Serving).await;
-    let mut fc = client(&format!("http://{}", follower.grpc)).await;
+    let hub = start_hub(&policy, hub_port).await;
+    let follower = start_follower(hub_port).await;
+    let (_, first) = until_health(&follower, ServingStatus::Serving).await;
+    let mut fc = follower.authorizer().await;
 
     // 0. An idle hub is still heard from: its bookmarks move the last contact on, while the
     //    revision stays where it was.
     let contact = |s: &serde_json::Value| s["origin"]["upstream"]["last_contact_unix_ms"].as_i64();
     let since = contact(&first).unwrap();
     for _ in 0..1200 {
-        let (_, now) = http_get(follower.http, "/status").await.unwrap();
+        let (_, now) = http_get(follower.http_addr, "/status").await.unwrap();
         let now: serde_json::Value = serde_json::from_str(&now).unwrap();
         if contact(&now) > Some(since + 1500) {
             assert_eq!(now["revision"], first["revision"], "idle: {now}");
@@ -767,8 +683,8 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
 
     // 1. The hub stops. Once it has been silent for --max-staleness: NOT_SERVING and 503,
     //    and /status says for how long and the last error. Check still answers.
-    hub.stop().await;
-    let ((code, body), status) = follower.until_health(ServingStatus::NotServing).await;
+    hub.stop().await.unwrap();
+    let ((code, body), status) = until_health(&follower, ServingStatus::NotServing).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no contact with the hub"), "{body}");
     let up = &status["origin"]["upstream"];
@@ -784,17 +700,17 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
     assert!(r.allowed, "the last state still answers: {r:?}");
 
     // 2. The hub is back: serving again.
-    let hub = InProcess::hub(&policy, hub_port).await;
-    let ((code, body), status) = follower.until_health(ServingStatus::Serving).await;
+    let hub = start_hub(&policy, hub_port).await;
+    let ((code, body), status) = until_health(&follower, ServingStatus::Serving).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(status["origin"]["upstream"]["stale"], false, "{status}");
 
     // 3. The hub comes back refusing the follower's key: not serving, with the refusal.
-    hub.stop().await;
-    let refusing = with_status(&text, keys::prefix(FOLLOWER_KEY), "inactive");
+    hub.stop().await.unwrap();
+    let refusing = with_key_status(&text, keys::prefix(keys::FOLLOWER), "inactive");
     write_atomically(&policy, &refusing);
-    let hub = InProcess::hub(&policy, hub_port).await;
-    let (_, status) = follower.until_health(ServingStatus::NotServing).await;
+    let hub = start_hub(&policy, hub_port).await;
+    let (_, status) = until_health(&follower, ServingStatus::NotServing).await;
     let why = status["not_ready"].as_str().unwrap_or_default();
     assert!(
         why.contains("no contact with the hub") && why.contains("refused"),
@@ -803,7 +719,7 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
 
     // 4. The key is accepted again (the hub reloads its policy): serving.
     write_atomically(&policy, &text);
-    let ((code, body), _) = follower.until_health(ServingStatus::Serving).await;
+    let ((code, body), _) = until_health(&follower, ServingStatus::Serving).await;
     assert_eq!(code, 200, "{body}");
-    hub.stop().await;
+    hub.stop().await.unwrap();
 }

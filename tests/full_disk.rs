@@ -15,7 +15,6 @@
 //! Mounting needs root. Without it the tests skip with a visible message, or fail when
 //! `ROLEGATE_REQUIRE_TOOLS=1` (scripts/test.sh), like the tests needing an outside tool.
 
-mod admin_support;
 mod common;
 
 use std::{
@@ -27,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use admin_support::{BOOTSTRAP, call, check_at, example_with_bootstrap, store_command};
+use common::{BOOTSTRAP, call, check_at, example_with_bootstrap, store_command};
 use rolegate::grpc::pb::{self, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};

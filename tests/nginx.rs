@@ -22,7 +22,7 @@ async fn nginx_auth_request_end_to_end() {
         return;
     };
     let policy = example_policy();
-    let server = TestServer::start(&policy).await;
+    let server = TestServer::policy(&policy).await;
     let app = EchoApp::start().await;
     let nginx = Nginx::start(&bin, app.addr.port(), server.http_addr.port()).await;
 
@@ -121,7 +121,7 @@ async fn nginx_with_underscores_in_headers_refuses_forged_identity() {
     ) else {
         return;
     };
-    let server = TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let app = EchoApp::start().await;
     let listen = "listen 127.0.0.1:8088;";
     let nginx = Nginx::start_with(

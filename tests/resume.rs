@@ -4,7 +4,7 @@
 //! gap, no duplicate, the same history id — while a resume from before the kept history is
 //! reset.
 
-mod admin_support;
+mod common;
 
 use std::{
     process::{Child, Command},
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use admin_support::{BOOTSTRAP, call, seed_example, spawn_store};
+use common::{BOOTSTRAP, call, seed_example, spawn_store};
 use rolegate::grpc::pb::{
     self, admin_client::AdminClient, authorizer_client::AuthorizerClient, watch_event::Event,
 };

@@ -1,73 +1,19 @@
 //! The route table is part of the state: a store keeps it (Apply, restart), Watch carries it, a
-//! follower serves its hub's, a policy file's reload changes it, and `rolegate routes list` shows
-//! it. Every case is judged by the real HTTP auth endpoint of a real server.
+//! follower serves its hub's from the snapshot, and `rolegate routes list` shows it. Every case
+//! is judged by the real HTTP auth endpoint of a real server. A table changed through each
+//! origin (a policy file's reload, Apply on a store, Apply on a follower's hub):
+//! tests/origins.rs.
 
-mod admin_support;
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use admin_support::{BOOTSTRAP, StoreServer, call, example_with_bootstrap};
-use common::{TestServer, example_policy, http_get, keys};
-use rolegate::{
-    app::{self, Listeners},
-    config::ServeConfig,
-    grpc::pb::{self, admin_client::AdminClient, watch_event::Event},
+use common::{
+    BOOTSTRAP, TestServer, call, example_with_bootstrap, http_get, keys,
+    routes::{REPORTS_ROUTE, document_with_routes, enforced, wait_enforced},
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use rolegate::grpc::pb::{self, admin_client::AdminClient, watch_event::Event};
 use tonic::transport::Channel;
-
-/// A route only these tests' table has: the built-in table has no `/api/reports`.
-const REPORTS_ROUTE: &str = "  - { method: GET, path: /api/reports, entitlement: jobs.read }\n";
-
-/// The example policy (with the bootstrap key) and a route table of `routes` lines.
-fn document_with_routes(routes: &str) -> String {
-    format!("{}\nroutes:\n{routes}", example_with_bootstrap())
-}
-
-/// What the HTTP auth endpoint (Envoy `http_service` form) answers for devin's key.
-async fn auth(http: SocketAddr, method: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    let req = format!(
-        "{method} /authz/ext{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: ApiKey {}\r\n\r\n",
-        keys::DEVIN_DEVELOPER
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether the server enforces the reports table (`/api/reports` allowed, `/api/jobs` without a
-/// route) or the built-in one (the reverse); `changing` when the two requests saw different
-/// tables (a table applied between them).
-async fn enforced(http: SocketAddr) -> &'static str {
-    match (
-        auth(http, "GET", "/api/reports").await,
-        auth(http, "GET", "/api/jobs").await,
-    ) {
-        (200, 403) => "reports",
-        (403, 200) => "default",
-        (200, 200) | (403, 403) => "changing",
-        other => panic!("neither table is enforced: {other:?}"),
-    }
-}
-
-/// Waits (bounded) until the server enforces `table`; an origin that follows a file or a hub
-/// gets there on its own time.
-async fn wait_enforced(http: SocketAddr, table: &str) {
-    for _ in 0..800 {
-        if enforced(http).await == table {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the server on {http} never enforced the {table} table");
-}
 
 async fn apply(
     admin: &mut AdminClient<Channel>,
@@ -93,7 +39,7 @@ async fn list_routes(admin: &mut AdminClient<Channel>, key: &str) -> pb::ListRou
 async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     apply(&mut admin, example_with_bootstrap(), false).await;
     assert_eq!(enforced(server.http_addr).await, "default");
@@ -143,7 +89,7 @@ async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
     server.stop().await.unwrap();
 
     // A restart serves the stored table, installed at the revision that wrote it.
-    let server = StoreServer::start(data).await;
+    let server = TestServer::store_at(data).await;
     let mut admin = server.admin().await;
     assert_eq!(enforced(server.http_addr).await, "reports");
     let listed = list_routes(&mut admin, BOOTSTRAP).await;
@@ -164,8 +110,7 @@ async fn the_store_keeps_applied_routes_and_enforces_them_across_a_restart() {
 
 #[tokio::test]
 async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     let err = admin
         .apply(call(
@@ -240,7 +185,7 @@ async fn apply_keeps_every_section_of_a_document_across_a_restart() {
                 1,
             )
     );
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     let applied = apply(&mut admin, document.clone(), false).await;
     for section in [
@@ -314,7 +259,7 @@ async fn apply_keeps_every_section_of_a_document_across_a_restart() {
     drop(admin);
     server.stop().await.unwrap();
 
-    let server = StoreServer::start(data).await;
+    let server = TestServer::store_at(data).await;
     let mut admin = server.admin().await;
     assert_eq!(
         read_back(&mut admin).await,
@@ -350,8 +295,7 @@ async fn next_events(stream: &mut tonic::Streaming<pb::WatchEvent>) -> Vec<Event
 
 #[tokio::test]
 async fn watch_carries_the_route_table_in_a_snapshot_and_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
     let mut authorizer = server.authorizer().await;
@@ -407,71 +351,21 @@ async fn watch_carries_the_route_table_in_a_snapshot_and_live() {
     );
 }
 
-/// A follower of `hub` in this process: its HTTP address and the stop signal.
-async fn start_follower(hub: SocketAddr) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
-    let config = ServeConfig::for_upstream(format!("http://{hub}"), common::keys::FOLLOWER);
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app::run(
-        config,
-        Listeners {
-            grpc,
-            http,
-            probe: None,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
-    common::wait_until_ready(http_addr, Duration::from_secs(30)).await;
-    (grpc_addr, http_addr, tx)
-}
-
+/// A follower started after its hub has a table enforces it from the snapshot and lists the
+/// hub as its source. (A table changed later, on every origin: tests/origins.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_serves_the_routes_of_its_hub() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = StoreServer::start(dir.path().join("data")).await;
+async fn a_follower_serves_the_routes_of_its_hub_from_the_snapshot() {
+    let hub = TestServer::store().await;
     let mut admin = hub.admin().await;
     apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
 
-    // From the snapshot: a route only the hub's table has is enforced by the follower.
-    let (grpc, http, stop) = start_follower(hub.grpc_addr).await;
-    wait_enforced(http, "reports").await;
-    let channel = Channel::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let listed = list_routes(&mut AdminClient::new(channel), BOOTSTRAP).await;
+    let follower = TestServer::follower(&hub).await;
+    wait_enforced(follower.http_addr, "reports").await;
+    let listed = list_routes(&mut follower.admin().await, BOOTSTRAP).await;
     assert_eq!(listed.source, "hub");
-    assert_eq!(listed.origin, format!("http://{}", hub.grpc_addr));
+    assert_eq!(listed.origin, hub.url());
     assert_eq!(listed.routes.len(), 1);
-
-    // Live: the hub goes back to the default table, and so does the follower.
-    apply(&mut admin, example_with_bootstrap(), false).await;
-    wait_enforced(http, "default").await;
-    // And to a table again.
-    apply(&mut admin, document_with_routes(REPORTS_ROUTE), false).await;
-    wait_enforced(http, "reports").await;
-    let _ = stop.send(());
-}
-
-#[tokio::test]
-async fn a_policy_file_reload_that_changes_the_routes_takes_effect() {
-    let server = TestServer::start(&example_policy()).await;
-    assert_eq!(enforced(server.http_addr).await, "default");
-    server.write_policy(&format!("{}\nroutes:\n{REPORTS_ROUTE}", example_policy()));
-    wait_enforced(server.http_addr, "reports").await;
-    let mut admin = AdminClient::new(server.channel().await);
-    let listed = list_routes(&mut admin, keys::ARIA_AUDITOR).await;
-    assert_eq!(listed.source, "policy_file");
-    assert_eq!(listed.origin, server.policy_path.display().to_string());
-    assert_eq!(listed.routes_revision, listed.revision);
-    server.write_policy(&example_policy());
-    wait_enforced(server.http_addr, "default").await;
-    server.stop().await.unwrap();
+    follower.stop().await.unwrap();
 }
 
 fn rolegate(args: &[&str]) -> (i32, String, String) {
@@ -492,7 +386,7 @@ fn rolegate(args: &[&str]) -> (i32, String, String) {
 async fn routes_list_shows_the_table_and_where_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = StoreServer::start(data.clone()).await;
+    let server = TestServer::store_at(data.clone()).await;
     let mut admin = server.admin().await;
     let addr = format!("http://{}", server.grpc_addr);
     apply(&mut admin, example_with_bootstrap(), false).await;

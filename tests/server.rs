@@ -3,149 +3,31 @@
 
 mod common;
 
-use common::{TestServer, check, example_policy, http_get, keys};
-use rolegate::grpc::pb::{self, Reason, Scope};
+use common::{Origin, TestServer, check, example_policy, http_get, keys, with_key_status};
+use rolegate::grpc::pb::{self, Reason};
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
+/// Keys that cannot be parsed are denied before any lookup; a request without an entitlement is
+/// invalid, not denied. (How each origin's keys are judged: tests/origins.rs.)
 #[tokio::test]
-async fn check_answers_from_the_example_policy() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
-
-    // dana's acme DATA_SCIENTIST key cancels a globex job through her globex ACCOUNT_ADMIN key.
-    let r = client
-        .check(check(
-            keys::DANA_SCIENTIST,
-            "jobs.cancel",
-            "globex",
-            "GusDevKey00000000001",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.allowed, "{r:?}");
-    assert_eq!(r.scope(), Scope::Team);
-    assert_eq!(r.reason(), Reason::Allowed);
-    assert_eq!(r.revision, 1);
-    let p = r.principal.unwrap();
-    assert_eq!(
-        (
-            p.key_prefix.as_str(),
-            p.user_id.as_str(),
-            p.team_id.as_str()
-        ),
-        ("DanaScienceKey000001", "dana", "acme")
-    );
-    assert_eq!(p.roles, ["DATA_SCIENTIST"]);
-    assert_eq!(p.key_type(), pb::KeyType::Team);
-
-    // The auditor reads everything and cancels nothing.
-    let r = client
-        .check(check(
-            keys::ARIA_AUDITOR,
-            "jobs.read",
-            "acme",
-            "DevinDevKey000000001",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.scope()), (true, Scope::All));
-    let r = client
-        .check(check(keys::ARIA_AUDITOR, "jobs.cancel", "acme", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.reason()), (false, Reason::NoGrant));
-
-    // A developer lists jobs: OWN, with the filter a backend applies.
-    let r = client
-        .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.scope()), (true, Scope::Own));
-    assert_eq!(
-        r.filter_owner_key_prefixes,
-        ["DevinDevKey000000001", "DevinOldKey000000001"]
-    );
-    assert_eq!(r.filter_owner_user_id, "devin");
-    assert!(r.filter_team_ids.is_empty());
-
-    // Project keys: own jobs yes, users no.
-    let r = client
-        .check(check(
-            keys::FRAUD_PROJECT,
-            "jobs.cancel",
-            "acme",
-            "FraudProjectKey00001",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.scope()), (true, Scope::Own));
-    let r = client
-        .check(check(keys::FRAUD_PROJECT, "users.read", "acme", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.reason(), Reason::NoGrant);
-
-    // Custom roles and entitlements of the policy.
-    let r = client
-        .check(check(keys::RITA_REVIEWER, "reports.export", "globex", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.scope()), (true, Scope::Team));
-
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn bad_keys_are_denied_with_their_reason_and_bad_requests_are_invalid() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
-    let cases = [
-        ("no-dot-at-all", Reason::MalformedKey),
-        ("", Reason::MalformedKey),
-        ("OliviaOwnerKey000001.", Reason::MalformedKey),
-        ("Olivia\u{e9}Key000001.secret", Reason::MalformedKey),
-        ("NoSuchKeyPrefix00001.secret", Reason::UnknownKey),
-        ("OliviaOwnerKey000001.wrong-secret", Reason::WrongSecret),
-        (keys::DEVIN_OLD_INACTIVE, Reason::KeyInactive),
-    ];
-    for (key, reason) in cases {
+async fn malformed_keys_are_denied_and_bad_requests_are_invalid() {
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
+    let long = format!("OliviaOwnerKey000001.{}", "s".repeat(300));
+    for key in ["", "Olivia\u{e9}Key000001.secret", ".secret", &long] {
         let r = client
             .check(check(key, "jobs.read", "acme", ""))
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((r.allowed, r.reason()), (false, reason), "{key:?}");
-        assert!(
-            r.principal.is_none(),
-            "an unauthenticated key reveals nothing: {r:?}"
+        assert_eq!(
+            (r.allowed, r.reason()),
+            (false, Reason::MalformedKey),
+            "{key:?}"
         );
-        assert!(!r.message.contains("wrong-secret"));
+        assert!(r.principal.is_none(), "{r:?}");
     }
-    let long = format!("OliviaOwnerKey000001.{}", "s".repeat(300));
-    let r = client
-        .check(check(&long, "jobs.read", "", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.reason(), Reason::MalformedKey);
-
-    // An unknown entitlement is denied with its own reason, even for the platform owner.
-    let r = client
-        .check(check(keys::OLIVIA_OWNER, "jobs.explode", "", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((r.allowed, r.reason()), (false, Reason::UnknownEntitlement));
 
     // An empty entitlement is a bad request, not a denial.
     let err = client
@@ -159,8 +41,11 @@ async fn bad_keys_are_denied_with_their_reason_and_bad_requests_are_invalid() {
 
 #[tokio::test]
 async fn requests_over_the_maximum_size_are_rejected() {
-    let server = TestServer::start_with(&example_policy(), |c| c.max_message_bytes = 4096).await;
-    let mut client = server.client().await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .config(|c| c.max_message_bytes = 4096)
+        .start()
+        .await;
+    let mut client = server.authorizer().await;
     let mut req = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
     req.resource.as_mut().unwrap().owner_user_id = "u".repeat(8192);
     let err = client.check(req).await.unwrap_err();
@@ -177,8 +62,8 @@ async fn requests_over_the_maximum_size_are_rejected() {
 
 #[tokio::test]
 async fn check_batch_answers_in_order() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     let mut mixed = check(
         keys::GUS_DEVELOPER,
         "jobs.cancel",
@@ -232,33 +117,23 @@ async fn check_batch_answers_in_order() {
     server.stop().await.unwrap();
 }
 
+/// A policy file that does not parse: the last good state keeps serving and `/status` says why.
+/// (Edits that parse, seen at their revision: tests/origins.rs.)
 #[tokio::test]
-async fn edits_of_the_policy_file_are_followed_and_broken_files_ignored() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
-    let r = client
-        .check(check(keys::DEVIN_DEVELOPER, "jobs.read", "", ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.allowed);
-
-    // Revoke devin's key: the next check at revision 2 sees it.
-    let revoked = example_policy().replacen(
-        "    roles: [DEVELOPER]\n    status: active",
-        "    roles: [DEVELOPER]\n    status: inactive",
-        1,
-    );
-    server.write_policy(&revoked);
+async fn a_broken_policy_file_is_ignored_and_the_last_good_state_serves() {
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
+    // A good edit first, so that the last good state is not the first one: devin's key revoked.
+    server.write_policy(&with_key_status(
+        &example_policy(),
+        keys::prefix(keys::DEVIN_DEVELOPER),
+        "inactive",
+    ));
     let mut req = check(keys::DEVIN_DEVELOPER, "jobs.read", "", "");
     req.min_revision = 2;
     let r = client.check(req.clone()).await.unwrap().into_inner();
-    assert_eq!(
-        (r.allowed, r.reason(), r.revision),
-        (false, Reason::KeyInactive, 2)
-    );
+    assert_eq!((r.reason(), r.revision), (Reason::KeyInactive, 2));
 
-    // A broken file: the last good state keeps serving and /status shows the error.
     server.write_policy("keys:\n  - prefix: [unclosed\n");
     let mut status = String::new();
     for _ in 0..200 {
@@ -273,36 +148,14 @@ async fn edits_of_the_policy_file_are_followed_and_broken_files_ignored() {
     assert!(status.contains("\"revision\":2"), "{status}");
     let r = client.check(req).await.unwrap().into_inner();
     assert_eq!((r.reason(), r.revision), (Reason::KeyInactive, 2));
-
-    // A future revision that never comes: bounded by the deadline, with a clear status.
-    let mut far = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
-    far.min_revision = 99;
-    let mut request = tonic::Request::new(far);
-    request.set_timeout(std::time::Duration::from_millis(500));
-    let err = client.check(request).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("revision 99") && err.message().contains("revision 2"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(http_get(server.http_addr, "/readyz").await.unwrap().0, 200);
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn health_reflection_and_http_endpoints() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "rolegate.v1.Authorizer"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
-    }
+    let server = TestServer::policy(&example_policy()).await;
+    assert_eq!(server.health().await, [ServingStatus::Serving; 2]);
 
     // Reflection lists the services, so grpcurl works without the protos.
     use tonic_reflection::pb::v1::{
@@ -343,9 +196,11 @@ async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "teams:\n  - id: acme\n  - id: acme\n").unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
-    let err = rolegate::app::run(config, listeners, std::future::pending())
+    let err = TestServer::with(Origin::PolicyAt(path))
+        .no_wait()
+        .start()
+        .await
+        .join()
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -357,8 +212,8 @@ async fn a_bad_policy_at_start_is_an_error_naming_the_location() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_calls_finish() {
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     // A call that is still waiting (for a revision that will not come) when shutdown starts.
     let mut waiting = check(keys::OLIVIA_OWNER, "jobs.read", "", "");
     waiting.min_revision = 2;
@@ -385,9 +240,11 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.yaml");
     std::fs::write(&path, "").unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let listeners = rolegate::app::Listeners::bind(&config).await.unwrap();
-    let err = rolegate::app::run(config, listeners, std::future::pending())
+    let err = TestServer::with(Origin::PolicyAt(path))
+        .no_wait()
+        .start()
+        .await
+        .join()
         .await
         .unwrap_err();
     assert!(
@@ -398,8 +255,8 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
 
     // On reload: refused like any invalid file; the last good state keeps serving and /status
     // says why.
-    let server = TestServer::start(&example_policy()).await;
-    let mut client = server.client().await;
+    let server = TestServer::policy(&example_policy()).await;
+    let mut client = server.authorizer().await;
     for (n, blank) in ["", " \n\t\n\n"].into_iter().enumerate() {
         server.write_policy(blank);
         let mut origin = serde_json::Value::Null;
@@ -432,27 +289,13 @@ async fn an_empty_policy_file_is_refused_at_start_and_on_reload() {
 
 #[tokio::test]
 async fn the_probe_listener_serves_only_liveness_and_readiness() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.yaml");
-    std::fs::write(&path, example_policy()).unwrap();
-    let config = rolegate::config::ServeConfig::for_policy(&path);
-    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-    let (grpc, http, probe) = (
-        bind().await.unwrap(),
-        bind().await.unwrap(),
-        bind().await.unwrap(),
-    );
-    let (http_addr, probe_addr) = (http.local_addr().unwrap(), probe.local_addr().unwrap());
-    let listeners = rolegate::app::Listeners {
-        grpc,
-        http,
-        probe: Some(probe),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(rolegate::app::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
-    common::wait_until_ready(probe_addr, std::time::Duration::from_secs(10)).await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .probe()
+        .no_wait()
+        .start()
+        .await;
+    let (http_addr, probe_addr) = (server.http_addr, server.probe_addr.unwrap());
+    common::wait_until_ready(probe_addr, common::READY_WITHIN).await;
     assert_eq!(
         http_get(probe_addr, "/healthz").await.unwrap(),
         (200, "ok\n".into())
@@ -467,6 +310,5 @@ async fn the_probe_listener_serves_only_liveness_and_readiness() {
     // The main HTTP port still has them.
     assert_eq!(http_get(http_addr, "/status").await.unwrap().0, 200);
     assert_eq!(http_get(http_addr, "/readyz").await.unwrap().0, 200);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }

@@ -16,13 +16,13 @@ use std::{
     time::Duration,
 };
 
-use common::{example_policy, http_get, keys};
+use common::{Origin, TestServer, example_policy, http_get, keys};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
 use rolegate::{
-    app::{self, AppError, Listeners},
+    app::AppError,
     config::ServeConfig,
     grpc::pb::{self, authorizer_client::AuthorizerClient},
     tls::{
@@ -37,8 +37,6 @@ use rustls::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
@@ -290,66 +288,11 @@ fn dana_cancels_gus_job() -> pb::CheckRequest {
 // ---------------------------------------------------------------------------------------------
 // Servers
 
-/// A server running in this process.
-struct Running {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), AppError>>>,
-}
-
-impl Running {
-    /// Starts `config` on ephemeral loopback ports (without waiting for it to be ready).
-    async fn spawn(config: ServeConfig) -> Running {
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app::run(
-            config,
-            Listeners {
-                grpc,
-                http,
-                probe: None,
-            },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Running {
-            grpc: grpc_addr,
-            http: http_addr,
-            stop: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.handle
-            .take()
-            .unwrap()
-            .await
-            .unwrap()
-            .expect("clean shutdown");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 /// A server running in this process with TLS on both ports, serving the example policy.
 struct TlsServer {
     grpc: SocketAddr,
     http: SocketAddr,
-    policy: PathBuf,
-    _dir: tempfile::TempDir,
-    running: Running,
+    server: TestServer,
 }
 
 impl TlsServer {
@@ -364,21 +307,17 @@ impl TlsServer {
         tls: ServerTlsArgs,
         tweak: impl FnOnce(&mut ServeConfig),
     ) -> TlsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, example_policy()).unwrap();
-        let mut config = ServeConfig::for_policy(&policy);
-        config.reload_interval = Duration::from_millis(50);
-        config.tls = tls;
-        tweak(&mut config);
-        let running = Running::spawn(config).await;
-        wait_ready_tls(running.http, pki).await;
+        let server = TestServer::with(Origin::policy(&example_policy()))
+            .config(|c| c.tls = tls)
+            .config(tweak)
+            .no_wait()
+            .start()
+            .await;
+        wait_ready_tls(server.http_addr, pki).await;
         TlsServer {
-            grpc: running.grpc,
-            http: running.http,
-            policy,
-            _dir: dir,
-            running,
+            grpc: server.grpc_addr,
+            http: server.http_addr,
+            server,
         }
     }
 
@@ -386,8 +325,12 @@ impl TlsServer {
         format!("https://127.0.0.1:{}", self.grpc.port())
     }
 
+    fn policy(&self) -> &std::path::Path {
+        self.server.policy_path()
+    }
+
     async fn stop(self) {
-        self.running.stop().await;
+        self.server.stop().await.expect("clean shutdown");
     }
 }
 
@@ -528,7 +471,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_of_the_client_ca() {
 
 #[tokio::test]
 async fn https_to_a_plaintext_server_fails_and_is_never_sent_in_plaintext() {
-    let server = common::TestServer::start(&example_policy()).await;
+    let server = TestServer::policy(&example_policy()).await;
     let pki = Pki::new();
     let url = format!("https://127.0.0.1:{}", server.grpc_addr.port());
     let err = try_check(&url, &pki.client_tls(None), dana_cancels_gus_job())
@@ -695,9 +638,6 @@ async fn broken_or_mismatched_files_keep_the_last_good_certificate() {
 #[tokio::test]
 async fn a_server_whose_tls_files_are_unusable_does_not_start() {
     let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, example_policy()).unwrap();
     let cases = [
         (
             pki.path("missing.pem"),
@@ -716,15 +656,15 @@ async fn a_server_whose_tls_files_are_unusable_does_not_start() {
         ),
     ];
     for (cert, key, expected) in cases {
-        let mut config = ServeConfig::for_policy(&policy);
-        config.tls.tls_cert = Some(cert);
-        config.tls.tls_key = Some(key);
-        let listeners = Listeners {
-            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            probe: None,
-        };
-        let err = app::run(config, listeners, std::future::pending())
+        let err = TestServer::with(Origin::policy(&example_policy()))
+            .config(|c| {
+                c.tls.tls_cert = Some(cert);
+                c.tls.tls_key = Some(key);
+            })
+            .no_wait()
+            .start()
+            .await
+            .join()
             .await
             .unwrap_err();
         assert!(matches!(err, AppError::Tls(_)), "{err}");
@@ -741,19 +681,20 @@ async fn a_follower_follows_a_hub_over_mutual_tls() {
     let hub = TlsServer::start(&pki, pki.server_args(true)).await;
 
     // http:// with TLS options is refused at start.
-    let mut plain = ServeConfig::for_upstream(
-        format!("http://127.0.0.1:{}", hub.grpc.port()),
-        keys::OLIVIA_OWNER,
-    );
-    plain.upstream_tls.upstream_ca = Some(pki.path("ca.pem"));
-    let listeners = Listeners {
-        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        probe: None,
-    };
-    let err = app::run(plain, listeners, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = TestServer::with(Origin::Upstream(format!(
+        "http://127.0.0.1:{}",
+        hub.grpc.port()
+    )))
+    .config(|c| {
+        c.upstream_key = Some(keys::OLIVIA_OWNER.into());
+        c.upstream_tls.upstream_ca = Some(pki.path("ca.pem"));
+    })
+    .no_wait()
+    .start()
+    .await
+    .join()
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("use https://"), "{err}");
 
     // Without a client certificate the hub refuses the follower, which says why.
@@ -770,13 +711,13 @@ async fn a_follower_follows_a_hub_over_mutual_tls() {
     eventually(
         "the refused follower reports the missing certificate",
         async || {
-            upstream_status(refused.http).await["last_error"]
+            upstream_status(refused.http_addr).await["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("CertificateRequired"))
         },
     )
     .await;
-    let status = upstream_status(refused.http).await;
+    let status = upstream_status(refused.http_addr).await;
     assert_eq!(status["connected"], false);
 
     // With one, it serves the hub's state and follows its changes.
@@ -789,14 +730,14 @@ async fn a_follower_follows_a_hub_over_mutual_tls() {
         },
     )
     .await;
-    let local = format!("http://{}", follower.grpc);
+    let local = follower.url();
     eventually("the follower answers from the hub's state", async || {
         try_check(&local, &ClientTls::default(), dana_cancels_gus_job())
             .await
             .is_ok_and(|r| r.allowed)
     })
     .await;
-    let policy = std::fs::read_to_string(&hub.policy).unwrap();
+    let policy = std::fs::read_to_string(hub.policy()).unwrap();
     let at = policy.find("prefix: DanaScienceKey000001").unwrap();
     let rel = policy[at..].find("status: active").unwrap();
     let mut changed = policy.clone();
@@ -804,26 +745,27 @@ async fn a_follower_follows_a_hub_over_mutual_tls() {
         at + rel..at + rel + "status: active".len(),
         "status: inactive",
     );
-    let tmp = hub.policy.with_extension("tmp");
-    std::fs::write(&tmp, changed).unwrap();
-    std::fs::rename(&tmp, &hub.policy).unwrap();
+    hub.server.write_policy(&changed);
     eventually("the hub's change reaches the follower", async || {
         try_check(&local, &ClientTls::default(), dana_cancels_gus_job())
             .await
             .is_ok_and(|r| !r.allowed)
     })
     .await;
-    let status = upstream_status(follower.http).await;
+    let status = upstream_status(follower.http_addr).await;
     assert_eq!(status["connected"], true, "{status}");
     drop(refused);
-    follower.stop().await;
+    follower.stop().await.expect("clean shutdown");
     hub.stop().await;
 }
 
-async fn follower(hub: &TlsServer, tls: UpstreamTlsArgs) -> Running {
-    let mut config = ServeConfig::for_upstream(hub.url(), keys::FOLLOWER);
-    config.upstream_tls = tls;
-    Running::spawn(config).await
+/// A follower of `hub` over `https://` with `tls`; not waited for (the hub may refuse it).
+async fn follower(hub: &TlsServer, tls: UpstreamTlsArgs) -> TestServer {
+    TestServer::with(Origin::Upstream(hub.url()))
+        .config(|c| c.upstream_tls = tls)
+        .no_wait()
+        .start()
+        .await
 }
 
 /// The follower's `/status` upstream section (null while its HTTP port does not answer).
@@ -1129,7 +1071,10 @@ fn short_timeouts(config: &mut ServeConfig) {
 
 #[tokio::test]
 async fn silent_and_half_sent_connections_are_closed() {
-    let server = common::TestServer::start_with(&example_policy(), short_timeouts).await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .config(short_timeouts)
+        .start()
+        .await;
     // gRPC: connected, no preface; half a preface.
     let mut silent = TcpStream::connect(server.grpc_addr).await.unwrap();
     closed_by_server(&mut silent).await;
@@ -1145,7 +1090,7 @@ async fn silent_and_half_sent_connections_are_closed() {
     // The ports still serve.
     assert_eq!(http_get(server.http_addr, "/readyz").await.unwrap().0, 200);
     let r = server
-        .client()
+        .authorizer()
         .await
         .check(dana_cancels_gus_job())
         .await
@@ -1258,10 +1203,10 @@ mod h2_frames {
 #[tokio::test]
 async fn streams_past_the_per_connection_limit_are_refused() {
     use h2_frames::*;
-    let server = common::TestServer::start_with(&example_policy(), |c| {
-        c.limits.max_concurrent_streams = 2;
-    })
-    .await;
+    let server = TestServer::with(Origin::policy(&example_policy()))
+        .config(|c| c.limits.max_concurrent_streams = 2)
+        .start()
+        .await;
     let mut conn = TcpStream::connect(server.grpc_addr).await.unwrap();
     write(&mut conn, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     write(&mut conn, &encode(SETTINGS, 0, 0, &[])).await;

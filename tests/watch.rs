@@ -1,8 +1,8 @@
 //! Watch against a real gRPC server on a loopback socket: the six guarantees checked by an
 //! oracle against the recorded history of random changes (Admin API writes and policy edits on
 //! the embedded store) with random disconnects and resumes;
-//! a slow subscriber; 1,000 concurrent watchers; bad requests and keys that may not watch;
-//! min_revision after a write.
+//! a slow subscriber; 1,000 concurrent watchers; bad requests and keys that may not watch.
+//! (A change seen on Watch and by a Check at its revision, on every origin: tests/origins.rs.)
 
 mod common;
 
@@ -1202,55 +1202,4 @@ async fn grants_events_name_only_requestors_whose_grants_changed() {
             (3, "user u2".to_owned(), true),
         ]
     );
-}
-
-/// A write through the policy file, seen on Watch; a Check carrying that revision sees it.
-#[tokio::test]
-async fn min_revision_after_a_write_sees_the_write() {
-    let server = common::TestServer::start(&common::example_policy()).await;
-    let mut c = server.client().await;
-    let mut s = c
-        .watch(pb::WatchRequest {
-            key_prefixes: vec![common::keys::prefix(common::keys::DEVIN_DEVELOPER).into()],
-            api_key: common::keys::ARIA_AUDITOR.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    // Revoke devin's key by editing its status line.
-    let text = common::example_policy();
-    let at = text.find("prefix: DevinDevKey000000001").unwrap();
-    let status_at = at + text[at..].find("status: active").unwrap();
-    let edited = format!(
-        "{}status: inactive{}",
-        &text[..status_at],
-        &text[status_at + "status: active".len()..]
-    );
-    server.write_policy(&edited);
-    let ev = tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let Some(Event::KeyUpserted(k)) = &ev.event else {
-        panic!("{ev:?}")
-    };
-    assert_eq!((k.status.as_str(), ev.end_of_revision), ("inactive", true));
-    let mut req = common::check(common::keys::DEVIN_DEVELOPER, "jobs.read", "acme", "");
-    req.min_revision = ev.revision;
-    let r = c.check(req.clone()).await.unwrap().into_inner();
-    assert!(!r.allowed && r.revision >= ev.revision, "{r:?}");
-    assert_eq!(r.reason(), pb::Reason::KeyInactive);
-    // One revision further than exists: bounded by the deadline, naming what this instance has.
-    req.min_revision = ev.revision + 1;
-    let mut call = tonic::Request::new(req);
-    call.set_timeout(Duration::from_millis(300));
-    let err = c.check(call).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        err.message().contains(&format!("revision {}", ev.revision)),
-        "{err:?}"
-    );
-    server.stop().await.unwrap();
 }

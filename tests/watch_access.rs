@@ -8,13 +8,11 @@
 //! - Ignored by default (it starts the real binary on 50,000 keys and takes a while in a debug
 //!   build): the resident memory that 200 stalled snapshot streams add, printed for docs/watch.md.
 
-mod admin_support;
 mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use admin_support::{BOOTSTRAP, StoreServer, call, seed_example};
-use common::{TestServer, http_get, keys};
+use common::{BOOTSTRAP, Origin, TestServer, call, http_get, keys, seed_example};
 use rolegate::{
     domain::SecretHash,
     grpc::pb::{self, authorizer_client::AuthorizerClient, watch_event::Event},
@@ -67,8 +65,8 @@ async fn next_or_end(s: &mut Streaming<pb::WatchEvent>) -> Result<Option<pb::Wat
 
 #[tokio::test]
 async fn watch_needs_a_key_that_reads_everything_and_only_followers_get_hashes() {
-    let server = TestServer::start(&common::example_policy()).await;
-    let mut c = server.client().await;
+    let server = TestServer::policy(&common::example_policy()).await;
+    let mut c = server.authorizer().await;
 
     // No key, a malformed one, a wrong secret, an inactive key: unauthenticated.
     let err = c.watch(snapshot(false)).await.unwrap_err();
@@ -143,8 +141,7 @@ async fn watch_needs_a_key_that_reads_everything_and_only_followers_get_hashes()
 /// stays active but loses the FOLLOWER role ends with PERMISSION_DENIED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_key_loses_the_grant() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StoreServer::start(dir.path().join("data")).await;
+    let server = TestServer::store().await;
     let mut admin = server.admin().await;
     seed_example(&mut admin).await;
     let mut authz = server.authorizer().await;
@@ -285,8 +282,8 @@ async fn a_stream_ends_when_its_key_expires() {
         ),
         1,
     );
-    let server = TestServer::start(&policy).await;
-    let mut c = server.client().await;
+    let server = TestServer::policy(&policy).await;
+    let mut c = server.authorizer().await;
     let mut s = c
         .watch(watch_as(
             "ExpiringFollower01.expiring-secret",
@@ -315,11 +312,11 @@ async fn subscribers(server: &TestServer) -> u64 {
 
 #[tokio::test]
 async fn subscribers_beyond_the_limit_are_refused_until_a_place_frees() {
-    let server = TestServer::start_with(&common::example_policy(), |c| {
-        c.watch_max_subscribers = 2;
-    })
-    .await;
-    let mut c = server.client().await;
+    let server = TestServer::with(Origin::policy(&common::example_policy()))
+        .config(|c| c.watch_max_subscribers = 2)
+        .start()
+        .await;
+    let mut c = server.authorizer().await;
     let live = || watch_as(keys::ARIA_AUDITOR, pb::WatchRequest::default());
     let first = c.watch(live()).await.unwrap().into_inner();
     let _second = c.watch(live()).await.unwrap().into_inner();
@@ -376,7 +373,7 @@ fn bulk_policy(n: usize) -> String {
 async fn a_stalled_snapshot_holds_up_nobody() {
     const BULK: usize = 3000;
     let policy = bulk_policy(BULK);
-    let server = TestServer::start(&policy).await;
+    let server = TestServer::policy(&policy).await;
     // Small windows, so that the stalled stream's 3,000 keys cannot all be in flight.
     let stalled_channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
@@ -395,7 +392,7 @@ async fn a_stalled_snapshot_holds_up_nobody() {
     let first = stalled.message().await.unwrap().unwrap();
     assert!(first.event.is_some());
 
-    let mut c = server.client().await;
+    let mut c = server.authorizer().await;
     let mut other = c
         .watch(watch_as(keys::ARIA_AUDITOR, snapshot(false)))
         .await

@@ -1,7 +1,23 @@
-//! Shared helpers of the integration tests: a real server on ephemeral loopback ports, the
-//! example policy and its development keys, and the rule for tests that need outside tools.
+//! Shared helpers of the integration tests, compiled into every test binary that declares
+//! `mod common;`:
+//!
+//! - [`TestServer`] (server.rs): a real server in this process on ephemeral loopback ports, on
+//!   any origin (a policy file, the embedded store, a follower of another server);
+//! - the Admin API's callers (admin.rs): `authorization: ApiKey` metadata, the bootstrap key,
+//!   the example policy seeded through `Apply`;
+//! - the real binary as a child process on the embedded store (process.rs);
+//! - the route table as the HTTP auth endpoint enforces it (`routes`);
+//! - here: the example policy and its development keys, Check requests, a raw HTTP GET, and the
+//!   rule for tests that need outside tools.
+//!
+//! Every binary uses only part of this, hence `dead_code` allowed for the whole module tree.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
+
+mod admin;
+mod process;
+pub mod routes;
+mod server;
 
 use std::{
     io::Write,
@@ -10,13 +26,12 @@ use std::{
     time::Duration,
 };
 
-use rolegate::{
-    app::{self, AppError, Listeners},
-    config::ServeConfig,
-    grpc::pb::{self, authorizer_client::AuthorizerClient},
+pub use admin::{
+    BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap, field_violations, seed_example,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+pub use process::{spawn_store, store_command};
+use rolegate::grpc::pb;
+pub use server::{Origin, READY_WITHIN, Start, TestServer};
 
 /// Development keys of `deploy/examples/policy.yaml` (examples only).
 pub mod keys {
@@ -49,107 +64,30 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// A rolegate server running in this process on ephemeral loopback ports.
-pub struct TestServer {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub policy_path: PathBuf,
-    _dir: tempfile::TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), AppError>>>,
+/// The policy `text` with the `status:` line of the key `prefix` set to `status`.
+pub fn with_key_status(text: &str, prefix: &str, status: &str) -> String {
+    let at = text
+        .find(&format!("prefix: {prefix}"))
+        .unwrap_or_else(|| panic!("no key {prefix} in the policy"));
+    let start = at + text[at..].find("status: ").expect("a status line") + "status: ".len();
+    let end = start + text[start..].find('\n').expect("a line end");
+    format!("{}{status}{}", &text[..start], &text[end..])
 }
 
-impl TestServer {
-    /// Starts a server on `policy` (written to a temporary file), reloading every 50 ms.
-    pub async fn start(policy: &str) -> Self {
-        Self::start_with(policy, |_| {}).await
-    }
-
-    /// Like [`TestServer::start`], with a chance to change the configuration.
-    pub async fn start_with(policy: &str, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let policy_path = dir.path().join("policy.yaml");
-        std::fs::write(&policy_path, policy).expect("write policy");
-        let mut config = ServeConfig::for_policy(&policy_path);
-        config.reload_interval = Duration::from_millis(50);
-        tweak(&mut config);
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-        let grpc_addr = grpc.local_addr().unwrap();
-        let http_addr = http.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app::run(
-            config,
-            Listeners {
-                grpc,
-                http,
-                probe: None,
-            },
-            async {
-                let _ = rx.await;
-            },
-        ));
-        let server = TestServer {
-            grpc_addr,
-            http_addr,
-            policy_path,
-            _dir: dir,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    /// Waits (bounded) until `/readyz` answers 200: the policy is loaded and the ports serve.
-    async fn wait_ready(&self) {
-        wait_until_ready(self.http_addr, Duration::from_secs(5)).await;
-    }
-
-    /// A client of the Authorizer service.
-    pub async fn client(&self) -> AuthorizerClient<Channel> {
-        AuthorizerClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .expect("connect")
-    }
-
-    /// A channel to the gRPC port, for other services (health, reflection).
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    /// Replaces the policy file atomically (write a new file, rename it over the old one).
-    pub fn write_policy(&self, text: &str) {
-        let tmp = self.policy_path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        f.sync_all().unwrap();
-        std::fs::rename(&tmp, &self.policy_path).unwrap();
-    }
-
-    /// Asks the server to stop and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), AppError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.handle.take().unwrap().await.expect("server task")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// A check request with a resource.
+/// A check of `key` for `entitlement` over a resource of `team` owned by the key `owner_key`
+/// (all empty: a collection call).
 pub fn check(key: &str, entitlement: &str, team: &str, owner_key: &str) -> pb::CheckRequest {
+    check_at(key, entitlement, team, owner_key, 0)
+}
+
+/// [`check`], fresh at least at `revision` (`min_revision`).
+pub fn check_at(
+    key: &str,
+    entitlement: &str,
+    team: &str,
+    owner_key: &str,
+    revision: u64,
+) -> pb::CheckRequest {
     pb::CheckRequest {
         api_key: key.into(),
         entitlement: entitlement.into(),
@@ -158,7 +96,7 @@ pub fn check(key: &str, entitlement: &str, team: &str, owner_key: &str) -> pb::C
             owner_key_prefix: owner_key.into(),
             owner_user_id: String::new(),
         }),
-        min_revision: 0,
+        min_revision: revision,
     }
 }
 

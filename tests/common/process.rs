@@ -1,0 +1,63 @@
+//! The real `rolegate` binary as a child process on the embedded store, for the tests that kill
+//! it (SIGKILL, a full disk) or read its logs; everything else uses [`super::TestServer`].
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use super::admin::bootstrap_hash;
+
+/// The command that runs the real `rolegate` binary serving the embedded store in `dir` on
+/// ephemeral ports, with the bootstrap key of [`super::BOOTSTRAP`], logging JSON (info) to a
+/// piped stderr, where the gRPC address is read from.
+pub fn store_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    command
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--log-format",
+            "json",
+            "--bootstrap-key-sha256",
+            &bootstrap_hash(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// [`store_command`] with `extra` flags, started; returns the child and its gRPC address.
+pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = store_command(dir)
+        .args(extra)
+        .spawn()
+        .expect("spawn rolegate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("grpc").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(addr.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its gRPC address");
+    (child, format!("http://{addr}"))
+}

@@ -53,7 +53,7 @@ pub struct ServeConfig {
     /// (Watch needs the reads at ALL scope, the secret hashes keys.replicate at ALL). Never
     /// logged.
     #[arg(long, env = "ROLEGATE_UPSTREAM_KEY", hide_env_values = true)]
-    pub(crate) upstream_key: Option<String>,
+    pub upstream_key: Option<String>,
 
     #[command(flatten)]
     pub upstream_tls: crate::tls::client::UpstreamTlsArgs,
@@ -97,7 +97,7 @@ pub struct ServeConfig {
 
     /// The longest a check waits for its min_revision (also bounded by the call's deadline).
     #[arg(long, env = "ROLEGATE_MAX_REVISION_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub(crate) max_revision_wait: Duration,
+    pub max_revision_wait: Duration,
 
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "ROLEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -36,6 +36,12 @@ pub struct ServeConfig {
     #[arg(long, env = "ROLEGATE_BOOTSTRAP_KEY_SHA256")]
     pub bootstrap_key_sha256: Option<String>,
 
+    /// On the first start on an empty store: a policy file whose state (teams, users, projects,
+    /// keys, roles, routes) the store starts with, beside the bootstrap key. Ignored once the
+    /// store holds a revision.
+    #[arg(long, env = "ROLEGATE_SEED", conflicts_with_all = ["policy", "upstream"])]
+    pub seed: Option<PathBuf>,
+
     /// The prefix of the bootstrap SYSTEM_OWNER key.
     #[arg(
         long,
@@ -159,6 +165,7 @@ impl ServeConfig {
             data_dir: None,
             bootstrap_key_sha256: None,
             bootstrap_key_prefix: "RolegateBootstrap01".into(),
+            seed: None,
             upstream: None,
             upstream_key: None,
             upstream_tls: Default::default(),
@@ -218,6 +225,7 @@ impl ServeConfig {
             bootstrap: Bootstrap {
                 prefix: self.bootstrap_key_prefix.clone(),
                 secret_sha256: self.bootstrap_key_sha256.clone(),
+                seed: self.seed.clone(),
             },
             upstream: self.upstream.clone(),
             upstream_key: self.upstream_key.clone(),

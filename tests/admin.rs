@@ -886,6 +886,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: doc.clone(),
                 dry_run: true,
+                prune: true,
             },
         ))
         .await
@@ -905,6 +906,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: doc.clone(),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await
@@ -918,6 +920,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: doc.clone(),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await
@@ -933,6 +936,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: common::example_policy(),
                 dry_run: true,
+                prune: true,
             },
         ))
         .await
@@ -945,6 +949,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: doc.replace("roles: [DEVELOPER]", "roles: [SYSTEM_KEY]"),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await
@@ -964,6 +969,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
             pb::ApplyRequest {
                 document: within,
                 dry_run: false,
+                prune: true,
             },
         ))
         .await
@@ -979,6 +985,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 pb::ApplyRequest {
                     document: beyond.clone(),
                     dry_run,
+                    prune: true,
                 },
             ))
             .await

@@ -132,6 +132,7 @@ async fn apply_writes(addr: &str, round: usize) -> Option<(usize, u64)> {
                 pb::ApplyRequest {
                     document: document(round, n),
                     dry_run: false,
+                    prune: true,
                 },
             ))
             .await;

@@ -612,7 +612,10 @@ fn command(m: &IndexedModel, op: &Op, fresh: &mut usize) -> Option<Command> {
                     }
                 }
             }
-            Command::Apply(Box::new(target.model().clone()))
+            Command::Apply {
+                document: Box::new(target.model().clone()),
+                prune: true,
+            }
         }
     })
 }

@@ -453,6 +453,7 @@ async fn seeded(disk: &Tmpfs) -> (Server, AdminClient<Channel>, u64) {
             pb::ApplyRequest {
                 document: example_with_bootstrap(),
                 dry_run: false,
+                prune: true,
             },
         )),
     )

@@ -194,6 +194,7 @@ impl Serving {
                 let apply = pb::ApplyRequest {
                     document: text.to_owned(),
                     dry_run: false,
+                    prune: true,
                 };
                 let done = admin.apply(call(BOOTSTRAP, apply)).await;
                 done.expect("apply the document").into_inner().revision

@@ -21,7 +21,14 @@ async fn apply(
     dry_run: bool,
 ) -> pb::ApplyResponse {
     admin
-        .apply(call(BOOTSTRAP, pb::ApplyRequest { document, dry_run }))
+        .apply(call(
+            BOOTSTRAP,
+            pb::ApplyRequest {
+                document,
+                dry_run,
+                prune: true,
+            },
+        ))
         .await
         .expect("apply")
         .into_inner()
@@ -120,6 +127,7 @@ async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
                     "  - { method: GET, path: /api/reports, entitlement: reports.archive }\n",
                 ),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await
@@ -141,6 +149,7 @@ async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
             pb::ApplyRequest {
                 document: document_with_routes(REPORTS_ROUTE),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await

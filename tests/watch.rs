@@ -422,6 +422,7 @@ async fn serve_store(state: Arc<State>, dir: &std::path::Path) -> (String, Arc<E
     let bootstrap = Bootstrap {
         prefix: "OwnerKey0001".into(),
         secret_sha256: Some(SecretHash::of_secret("owner-secret").to_hex()),
+        seed: None,
     };
     let started = EmbeddedOrigin::start(dir, state.clone(), &bootstrap).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -702,6 +703,7 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
         .apply(as_owner(pb::ApplyRequest {
             document: policy_yaml(&seed),
             dry_run: false,
+            prune: true,
         }))
         .await
         .unwrap()
@@ -730,6 +732,7 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
                 .apply(as_owner(pb::ApplyRequest {
                     document: policy_yaml(&edited),
                     dry_run: false,
+                    prune: true,
                 }))
                 .await;
             ("Apply (policy edit)", r.map(|r| r.into_inner().revision))

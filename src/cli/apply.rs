@@ -1,4 +1,5 @@
-//! `rolegate apply -f FILE`: make a server's state equal to a policy file, as one revision.
+//! `rolegate apply -f FILE`: put a policy file's objects on a server, as one revision; with
+//! `--prune`, make the state equal to the file.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,10 @@ pub(crate) struct ApplyArgs {
     /// Show the changes without writing them.
     #[arg(long)]
     dry_run: bool,
+    /// Also remove what the file does not name (objects, custom entitlements, the route
+    /// table): the state becomes equal to the file. Try it with --dry-run first.
+    #[arg(long)]
+    prune: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -29,20 +34,28 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let ApplyArgs {
         file,
         dry_run,
+        prune,
         conn,
     } = args;
     let document =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let r = admin(&conn)
         .await?
-        .apply(call(&conn, pb::ApplyRequest { document, dry_run })?)
+        .apply(call(
+            &conn,
+            pb::ApplyRequest {
+                document,
+                dry_run,
+                prune,
+            },
+        )?)
         .await
         .map_err(failed)?
         .into_inner();
     if conn.output == Output::Json {
         say!(
             "{}",
-            json!({ "changes": r.changes, "revision": r.revision, "dry_run": r.dry_run })
+            json!({ "changes": r.changes, "kept": r.kept, "revision": r.revision, "dry_run": r.dry_run })
         );
         return Ok(());
     }
@@ -59,5 +72,12 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
         },
         r.revision
     );
+    if !r.kept.is_empty() {
+        say!(
+            "kept {} object(s) the file does not name: {} (--prune removes them)",
+            r.kept.len(),
+            r.kept.join(", ")
+        );
+    }
     Ok(())
 }

@@ -48,6 +48,8 @@ pub struct Bootstrap {
     /// The SHA-256 (hex) of the key's secret, when the operator made the key; otherwise one is
     /// generated and returned once.
     pub secret_sha256: Option<String>,
+    /// `--seed`: a policy file whose state an empty store starts with (read only then).
+    pub seed: Option<PathBuf>,
 }
 
 /// The embedded origin while serving: the queue to its writer thread.
@@ -106,7 +108,11 @@ impl EmbeddedOrigin {
         }
         let mut bootstrap_key = None;
         if revision == 0 {
-            let (changes, key) = bootstrap_changes(&model, bootstrap)?;
+            let mut changes = seed_changes(&model, bootstrap.seed.as_deref())?;
+            let mut seeded = IndexedModel::from(model.clone());
+            seeded.apply_with_undo(&changes);
+            let (made, key) = bootstrap_changes(seeded.model(), bootstrap)?;
+            changes.extend(made);
             bootstrap_key = key;
             let mut after = IndexedModel::from(model.clone());
             let undo = after.apply_with_undo(&changes);
@@ -334,6 +340,17 @@ fn replay_base(model: &Model, window: Vec<Replayed>, revision: u64) -> (Model, V
 }
 
 /// The team, user and SYSTEM_OWNER key of the first start.
+/// The changes that turn the empty `model` into the `--seed` policy file's state (none without
+/// one). A seed that cannot be loaded stops the start, as a bad policy file does.
+fn seed_changes(model: &Model, seed: Option<&Path>) -> Result<Vec<Change>, StoreError> {
+    let Some(path) = seed else {
+        return Ok(Vec::new());
+    };
+    let policy = crate::origin::policy_file::load(path).map_err(StoreError::Seed)?;
+    tracing::info!(seed = %path.display(), keys = policy.model.keys.len(), "empty store: seeded from the policy file");
+    Ok(model.diff(&policy.model))
+}
+
 fn bootstrap_changes(
     model: &Model,
     bootstrap: &Bootstrap,

@@ -57,6 +57,7 @@ pub async fn seed_example(admin: &mut AdminClient<Channel>) -> u64 {
             pb::ApplyRequest {
                 document: example_with_bootstrap(),
                 dry_run: false,
+                prune: true,
             },
         ))
         .await

@@ -87,8 +87,13 @@ pub enum Command {
     UpdateRole(Arc<Role>),
     DeleteRole(Arc<str>),
     AddEntitlements(Vec<Arc<str>>),
-    /// Make the state equal to a whole policy document, as one write.
-    Apply(Box<Model>),
+    /// Put a whole policy document's objects, as one write. With `prune`, the state becomes
+    /// equal to the document: what the document does not name is removed; without it, that is
+    /// kept.
+    Apply {
+        document: Box<Model>,
+        prune: bool,
+    },
 }
 
 impl Command {
@@ -110,7 +115,7 @@ impl Command {
             Command::CreateRole(r) | Command::UpdateRole(r) => ObjectRef::Role(r.id.clone()),
             Command::DeleteRole(id) => ObjectRef::Role(id.clone()),
             Command::AddEntitlements(ids) => ObjectRef::Entitlement(ids.first()?.clone()),
-            Command::Apply(_) => return None,
+            Command::Apply { .. } => return None,
         })
     }
 }

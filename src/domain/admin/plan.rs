@@ -78,7 +78,7 @@ pub fn plan(caller: &str, command: &Command, m: &Model) -> Result<Vec<Change>, W
             .filter(|id| !m.catalog.has_entitlement(id))
             .map(|id| Change::PutEntitlement(id.clone()))
             .collect()),
-        Command::Apply(target) => apply(caller, m, target),
+        Command::Apply { document, prune } => apply(caller, m, document, *prune),
     }
 }
 
@@ -192,17 +192,21 @@ fn put_role(
 }
 
 /// The changes that make the state equal to `target`, which must keep the calling key active.
-fn apply(caller: &str, m: &Model, target: &Model) -> Result<Vec<Change>, WriteError> {
-    let keeps_caller = target
-        .keys
-        .get(caller)
-        .is_some_and(|k| k.status == KeyStatus::Active);
+fn apply(caller: &str, m: &Model, target: &Model, prune: bool) -> Result<Vec<Change>, WriteError> {
+    let keeps_caller = match target.keys.get(caller) {
+        Some(k) => k.status == KeyStatus::Active,
+        None => !prune,
+    };
     if !keeps_caller {
         return Err(WriteError::FailedPrecondition(format!(
             "the document would remove or deactivate key {caller}, which is making this call; add it to the document"
         )));
     }
-    Ok(m.diff(target))
+    let mut changes = m.diff(target);
+    if !prune {
+        changes.retain(|c| !c.is_removal());
+    }
+    Ok(changes)
 }
 
 fn prebuilt(id: &str) -> WriteError {

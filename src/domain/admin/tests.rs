@@ -443,13 +443,16 @@ fn an_owner_administers_everything_but_never_the_last_owner_key() {
             (
                 "Take a grant from SYSTEM_OWNER",
                 OLIVIA,
-                Command::Apply(Box::new({
-                    let mut target = w.model().clone();
-                    let mut owner = (**target.catalog.role("SYSTEM_OWNER").unwrap()).clone();
-                    owner.grants.pop();
-                    target.catalog.put_role(Arc::new(owner));
-                    target
-                })),
+                Command::Apply {
+                    document: Box::new({
+                        let mut target = w.model().clone();
+                        let mut owner = (**target.catalog.role("SYSTEM_OWNER").unwrap()).clone();
+                        owner.grants.pop();
+                        target.catalog.put_role(Arc::new(owner));
+                        target
+                    }),
+                    prune: true,
+                },
                 LockOut,
             ),
         ],
@@ -516,7 +519,10 @@ fn an_apply_is_judged_as_one_change_on_every_requestor_it_touches() {
     let with = |edit: &dyn Fn(&mut Model)| {
         let mut target = w.model().clone();
         edit(&mut target);
-        Command::Apply(Box::new(target))
+        Command::Apply {
+            document: Box::new(target),
+            prune: true,
+        }
     };
     run_cases(
         &w,

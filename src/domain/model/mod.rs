@@ -262,6 +262,20 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether the change removes an object (or the route table), as opposed to putting one.
+    pub(crate) fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Change::RemoveEntitlement(_)
+                | Change::RemoveRole(_)
+                | Change::RemoveTeam(_)
+                | Change::RemoveUser(_)
+                | Change::RemoveProject(_)
+                | Change::RemoveKey(_)
+                | Change::ResetRoutes
+        )
+    }
+
     /// The object this change is about.
     pub(crate) fn object(&self) -> ObjectRef {
         match self {

@@ -146,6 +146,14 @@ pub(super) fn status_from(field: &str, s: &str) -> Result<KeyStatus, Status> {
 }
 
 /// One line per change of an Apply: "put key Foo", "remove team bar".
+/// A removal an apply without prune left out, as the object it kept ("team bar").
+pub(super) fn describe_kept(c: &Change) -> String {
+    match c {
+        Change::ResetRoutes => "the route table".into(),
+        other => other.object().to_string(),
+    }
+}
+
 pub(super) fn describe_change(c: &Change) -> String {
     let verb = match c {
         Change::PutEntitlement(_)

@@ -39,8 +39,8 @@ use crate::{
 use audit::Audit;
 pub(crate) use convert::key_pb;
 use convert::{
-    describe_change, id_field, key_pb_in, owned, project_pb, required, role_from_pb, role_pb,
-    status_from, team_list, team_pb, user_pb,
+    describe_change, describe_kept, id_field, key_pb_in, owned, project_pb, required, role_from_pb,
+    role_pb, status_from, team_list, team_pb, user_pb,
 };
 use page::{Page, PageSelect};
 

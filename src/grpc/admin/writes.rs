@@ -354,7 +354,21 @@ impl AdminService {
         let caller = self.caller(request.metadata())?;
         let r = request.into_inner();
         let policy = policy_file::parse(&r.document, "document").map_err(|e| policy_invalid(&e))?;
-        let command = Command::Apply(Box::new(policy.model));
+        let kept = if r.prune {
+            Vec::new()
+        } else {
+            self.state.read_model(|m| {
+                m.diff(&policy.model)
+                    .iter()
+                    .filter(|c| c.is_removal())
+                    .map(describe_kept)
+                    .collect()
+            })
+        };
+        let command = Command::Apply {
+            document: Box::new(policy.model),
+            prune: r.prune,
+        };
         if r.dry_run {
             // What the document would change, judged by the same rule as a real apply, on a
             // copy of the model: the answer is the diff only when the apply would be accepted.
@@ -369,6 +383,7 @@ impl AdminService {
                 changes: changes.iter().map(describe_change).collect(),
                 revision,
                 dry_run: true,
+                kept,
             }));
         }
         self.origin()?;
@@ -377,6 +392,7 @@ impl AdminService {
             changes: written.changes.iter().map(describe_change).collect(),
             revision: written.revision,
             dry_run: false,
+            kept,
         }))
     }
 }

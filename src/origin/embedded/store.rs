@@ -65,6 +65,8 @@ pub enum StoreError {
     },
     #[error("the stored state breaks the model's rules: {0}")]
     Invalid(String),
+    #[error("--seed: the policy file cannot be loaded:\n{0}")]
+    Seed(crate::origin::policy_file::PolicyError),
     #[error("--bootstrap-key-sha256: {0}")]
     BadBootstrapHash(String),
     #[error("--bootstrap-key-prefix: {0}")]

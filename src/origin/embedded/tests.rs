@@ -10,6 +10,7 @@ pub(super) fn bootstrap() -> Bootstrap {
     Bootstrap {
         prefix: "BootstrapKey01".into(),
         secret_sha256: None,
+        seed: None,
     }
 }
 

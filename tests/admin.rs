@@ -1389,3 +1389,131 @@ async fn updates_change_only_the_fields_they_name() {
         (&before.roles, 4_000_000_000, "inactive")
     );
 }
+
+/// An apply of a document (here, the example policy, which does not name the bootstrap key)
+/// puts its objects and keeps the rest; only with prune does the state become the document, and
+/// a prune that would remove the calling key is refused.
+#[tokio::test]
+async fn apply_keeps_what_the_document_does_not_name_unless_pruned() {
+    let server = TestServer::store().await;
+    let mut admin = server.admin().await;
+    let apply = |prune: bool, dry_run: bool| pb::ApplyRequest {
+        document: common::example_policy(),
+        dry_run,
+        prune,
+    };
+
+    let refused = admin
+        .apply(call(BOOTSTRAP, apply(true, true)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("RolegateBootstrap01"),
+        "{}",
+        refused.message()
+    );
+
+    let merged = admin
+        .apply(call(BOOTSTRAP, apply(false, false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        merged.changes.iter().all(|c| !c.starts_with("remove")),
+        "{:?}",
+        merged.changes
+    );
+    assert!(
+        merged
+            .kept
+            .iter()
+            .any(|k| k.contains("RolegateBootstrap01")),
+        "the bootstrap key is listed as kept: {:?}",
+        merged.kept
+    );
+    let mut authz = server.authorizer().await;
+    let devin = authz
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "acme",
+            "DevinDevKey000000001",
+            merged.revision,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(devin.allowed, "the document's keys are in: {devin:?}");
+    let owner = admin
+        .get_key(call(
+            BOOTSTRAP,
+            pb::GetRequest {
+                id: "RolegateBootstrap01".into(),
+            },
+        ))
+        .await;
+    assert!(owner.is_ok(), "the caller's key is kept: {owner:?}");
+
+    // Applying the same document again changes nothing and still keeps the bootstrap objects.
+    let again = admin
+        .apply(call(BOOTSTRAP, apply(false, true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert!(!again.kept.is_empty());
+}
+
+/// `--seed` starts an empty store from a policy file, beside the bootstrap key; once the store
+/// holds a revision the seed is not read again (here it no longer exists).
+#[tokio::test]
+async fn a_seed_fills_an_empty_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(&seed, common::example_policy()).unwrap();
+    let data = dir.path().join("data");
+    let seeded = seed.clone();
+    let server = TestServer::with(common::Origin::StoreAt(data.clone()))
+        .config(move |c| c.seed = Some(seeded))
+        .start()
+        .await;
+    let mut authz = server.authorizer().await;
+    let devin = authz
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "acme",
+            "DevinDevKey000000001",
+            1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        devin.allowed,
+        "the seed's keys serve from revision 1: {devin:?}"
+    );
+    let mut admin = server.admin().await;
+    let owner = admin
+        .get_key(call(
+            BOOTSTRAP,
+            pb::GetRequest {
+                id: "RolegateBootstrap01".into(),
+            },
+        ))
+        .await;
+    assert!(
+        owner.is_ok(),
+        "the bootstrap key is made beside the seed: {owner:?}"
+    );
+    server.stop().await.unwrap();
+
+    std::fs::remove_file(&seed).unwrap();
+    let again = TestServer::with(common::Origin::StoreAt(data))
+        .config(move |c| c.seed = Some(seed))
+        .start()
+        .await;
+    let status = again.status().await;
+    assert_eq!(status["revision"], 1, "{status}");
+}

@@ -327,10 +327,8 @@ async fn watch_once(
             continue;
         }
         let internal = internal_bookmarks && matches!(ev.event, Some(Event::Bookmark(_)));
-        if !internal {
-            if let Some(code) = printer.print(&ev).map_err(Failure::Fatal)? {
-                return Ok(Flow::Done(code));
-            }
+        if !internal && let Some(code) = printer.print(&ev).map_err(Failure::Fatal)? {
+            return Ok(Flow::Done(code));
         }
         position.advance(&ev);
     }

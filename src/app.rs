@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -43,18 +44,28 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the configured addresses.
+    /// Binds the configured addresses. An error names the listener, its flag and its address.
     pub async fn bind(config: &ServeConfig) -> std::io::Result<Self> {
         let probe = match config.probe_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind_one("probe", "--probe-listen", addr).await?),
             None => None,
         };
         Ok(Listeners {
-            grpc: TcpListener::bind(config.grpc_listen).await?,
-            http: TcpListener::bind(config.http_listen).await?,
+            grpc: bind_one("gRPC", "--grpc-listen", config.grpc_listen).await?,
+            http: bind_one("HTTP", "--http-listen", config.http_listen).await?,
             probe,
         })
     }
+}
+
+/// Binds the listener `name` (set by `flag`) to `addr`.
+async fn bind_one(name: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("the {name} listener cannot listen on {addr} ({flag}): {e}"),
+        )
+    })
 }
 
 /// Why the server stopped with an error.

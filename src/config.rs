@@ -52,7 +52,7 @@ pub struct ServeConfig {
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
-    #[arg(long, env = "ROLEGATE_UPSTREAM")]
+    #[arg(long, env = "ROLEGATE_UPSTREAM", requires = "upstream_key")]
     pub(crate) upstream: Option<String>,
 
     /// The key presented to the hub in follow mode: a project key with the FOLLOWER system role

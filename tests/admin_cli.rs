@@ -352,3 +352,51 @@ fn updates_from_the_cli_change_only_the_flags_given() {
         "{p1}"
     );
 }
+
+/// `--output` takes the same values everywhere, `text` and `json`; the Admin commands still
+/// take `table`, the name they used for `text`.
+#[test]
+fn every_command_prints_text_or_json_and_table_is_still_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"));
+    let owner = server.bootstrap.clone();
+    ok(cli(&server, &owner, &["teams", "create", "acme"]));
+
+    let default = ok(cli(&server, &owner, &["teams", "list"]));
+    let text = ok(cli(&server, &owner, &["teams", "list", "--output", "text"]));
+    let table = ok(cli(
+        &server,
+        &owner,
+        &["teams", "list", "--output", "table"],
+    ));
+    assert!(default.contains("acme"), "{default}");
+    assert_eq!(text, default);
+    assert_eq!(table, default);
+    let json: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["teams", "list", "--output", "json"],
+    )))
+    .unwrap();
+    assert!(json.to_string().contains("acme"), "{json}");
+
+    // Every command offers exactly these two values (the alias is not advertised).
+    for command in [
+        &["check", "--key", "k", "--entitlement", "e"][..],
+        &["watch"],
+        &["teams", "list"],
+        &["keys", "list"],
+        &["routes", "list"],
+        &["apply", "-f", "p.yaml"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--output", "nope"]);
+        let out = cli(&server, &owner, &args);
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("[possible values: text, json]"),
+            "{command:?}: {err}"
+        );
+    }
+}

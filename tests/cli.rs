@@ -53,7 +53,20 @@ async fn wait_ready(s: &Serving) {
 }
 
 fn rolegate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    rolegate_env(args, &[])
+}
+
+/// `rolegate args` with `env` and none of the client variables the test runner may have set.
+fn rolegate_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for var in ["ROLEGATE_ADDR", "ROLEGATE_API_KEY", "ROLEGATE_CHECK_KEY"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -246,7 +259,8 @@ fn keys_new_and_hash_agree() {
 /// server on the example policy.
 async fn short_bench(args: &[&str]) -> (i32, String, String) {
     let server = common::TestServer::policy(&common::example_policy()).await;
-    let addr = format!("http://{}", server.grpc_addr);
+    // HOST:PORT, without a scheme: http://.
+    let addr = server.grpc_addr.to_string();
     let all: Vec<String> = [
         "bench",
         "--addr",
@@ -258,6 +272,7 @@ async fn short_bench(args: &[&str]) -> (i32, String, String) {
     ]
     .into_iter()
     .chain(["--concurrency", "2", "--connections", "1"])
+    .chain(["--key", keys::DANA_SCIENTIST])
     .chain(args.iter().copied())
     .map(String::from)
     .collect();
@@ -323,6 +338,116 @@ async fn bench_with_baseline_measures_the_no_op_service_then_the_server_each_rou
         lines[7].starts_with("ratio") && lines[7].contains("of 2 rounds"),
         "{out}"
     );
+}
+
+/// `check` judges the key of `--key` or `ROLEGATE_CHECK_KEY`, never the caller's key the Admin
+/// commands read from `ROLEGATE_API_KEY`: exporting an admin key does not make `check` test it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reads_the_key_to_check_from_its_own_variable() {
+    let server = common::TestServer::policy(&common::example_policy()).await;
+    let addr = format!("http://{}", server.grpc_addr);
+    let run = move |env: Vec<(&'static str, &'static str)>| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let args = [
+                "check",
+                "--addr",
+                &addr,
+                "--entitlement",
+                "jobs.cancel",
+                "--team",
+                "globex",
+                "--owner-key",
+                "GusDevKey00000000001",
+            ];
+            rolegate_env(&args, &env)
+        })
+    };
+    // Only the admin key exported: no check, and the error names the variable to use.
+    let (code, out, err) = run(vec![("ROLEGATE_API_KEY", keys::OLIVIA_OWNER)])
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("--key")
+            && err.contains("ROLEGATE_CHECK_KEY")
+            && err.contains("ROLEGATE_API_KEY"),
+        "{err}"
+    );
+    // Both exported: the key checked is ROLEGATE_CHECK_KEY's.
+    let (code, out, err) = run(vec![
+        ("ROLEGATE_API_KEY", keys::OLIVIA_OWNER),
+        ("ROLEGATE_CHECK_KEY", keys::DANA_SCIENTIST),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("key:      DanaScienceKey000001"), "{out}");
+}
+
+/// `bench` has no built-in key: without `--key` or `ROLEGATE_CHECK_KEY` it stops before any
+/// load, saying what to give.
+#[test]
+fn bench_needs_a_key_to_check() {
+    for mode in ["check", "ext-authz"] {
+        let (code, out, err) = rolegate_env(
+            &["bench", "--mode", mode, "--addr", "http://127.0.0.1:1"],
+            &[("ROLEGATE_API_KEY", keys::OLIVIA_OWNER)],
+        );
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("no key to check: give --key or set ROLEGATE_CHECK_KEY"),
+            "{err}"
+        );
+    }
+}
+
+/// `--addr HOST:PORT`, without a scheme, means `http://HOST:PORT` for every command that takes
+/// `--addr` (`bench` is covered by the bench tests, https by tests/tls.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_command_takes_host_and_port_without_a_scheme() {
+    let server = common::TestServer::policy(&common::example_policy()).await;
+    let addr = server.grpc_addr.to_string();
+    assert!(!addr.contains("://"), "{addr}");
+    let runs: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "check",
+                "--key",
+                keys::DANA_SCIENTIST,
+                "--entitlement",
+                "jobs.read",
+            ],
+            "allowed:  true",
+        ),
+        (
+            vec![
+                "watch",
+                "--snapshot",
+                "--count",
+                "1",
+                "--key",
+                keys::OLIVIA_OWNER,
+            ],
+            " ",
+        ),
+        (vec!["teams", "list", "--key", keys::OLIVIA_OWNER], "globex"),
+        (vec!["routes", "list", "--key", keys::OLIVIA_OWNER], "GET"),
+    ];
+    for (mut args, expected) in runs {
+        args.extend(["--addr", &addr]);
+        let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            rolegate(&args)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(expected), "{args:?}: {out}");
+    }
 }
 
 #[test]
@@ -458,4 +583,215 @@ fn help_names_every_command_group_and_its_commands() {
             "{out}"
         );
     }
+}
+
+/// A client pointed at rolegate's HTTP port instead of its gRPC port is told so, with where gRPC
+/// is; an error from the gRPC port itself carries no such hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_the_http_port_is_told_to_use_the_grpc_port() {
+    let server = common::TestServer::policy(&common::example_policy()).await;
+    let (http, grpc) = (server.http_addr.to_string(), server.grpc_addr.to_string());
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            rolegate(&args)
+        })
+    };
+    let owned = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for args in [
+        owned(&[
+            "check",
+            "--key",
+            keys::DANA_SCIENTIST,
+            "--entitlement",
+            "jobs.read",
+        ]),
+        owned(&["teams", "list", "--key", keys::OLIVIA_OWNER]),
+        owned(&["watch", "--key", keys::OLIVIA_OWNER, "--count", "1"]),
+    ] {
+        let mut on_http = args.clone();
+        on_http.extend(["--addr".to_owned(), http.clone()]);
+        let (code, out, err) = run(on_http).await.unwrap();
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("this looks like rolegate's HTTP port") && err.contains("--grpc-listen"),
+            "{args:?}: {err}"
+        );
+    }
+    // A refusal from the gRPC port is not mistaken for it.
+    let (code, out, err) = run(owned(&[
+        "teams",
+        "list",
+        "--key",
+        "NoSuchKey0000001.not-a-secret",
+        "--addr",
+        &grpc,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(!err.contains("HTTP port"), "{err}");
+}
+
+/// A port already taken stops `serve` with exit 1 and an error naming the listener, its flag and
+/// the address.
+#[test]
+fn serve_names_the_listener_whose_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let policy = repo_path("deploy/examples/policy.yaml");
+    let policy = policy.to_str().unwrap();
+    for (name, flag) in [
+        ("gRPC", "--grpc-listen"),
+        ("HTTP", "--http-listen"),
+        ("probe", "--probe-listen"),
+    ] {
+        let mut args = vec!["serve", "--policy", policy];
+        for other in ["--grpc-listen", "--http-listen"] {
+            if other != flag {
+                args.extend([other, "127.0.0.1:0"]);
+            }
+        }
+        args.extend([flag, &busy]);
+        let (code, out, err) = rolegate(&args);
+        assert_eq!(code, 1, "{flag}: {out}{err}");
+        assert!(
+            err.contains(&format!(
+                "the {name} listener cannot listen on {busy} ({flag})"
+            )),
+            "{flag}: {err}"
+        );
+    }
+    drop(taken);
+}
+
+/// Follow mode without `--upstream-key` is refused at start, naming the flag.
+#[test]
+fn serve_upstream_needs_an_upstream_key() {
+    let (code, out, err) = rolegate(&["serve", "--upstream", "http://127.0.0.1:1"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--upstream-key"), "{err}");
+}
+
+/// `rolegate serve --data-dir DIR` on fixed ports, with the bootstrap key of the tests; ready
+/// when this returns.
+async fn serve_store(dir: &std::path::Path, grpc: u16, http: u16) -> Child {
+    let child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--bootstrap-key-sha256", &common::bootstrap_hash()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until_ready(([127, 0, 0, 1], http).into(), Duration::from_secs(20)).await;
+    child
+}
+
+/// SIGTERM, then the exit status.
+fn stop(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    child.wait().unwrap()
+}
+
+/// Each line `child` prints, as it prints it.
+fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The lines received until one contains `needle` (included); panics after `within`.
+fn until(rx: &std::sync::mpsc::Receiver<String>, needle: &str, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line with {needle:?} ({e}); seen: {seen:#?}"),
+        }
+    }
+}
+
+/// `rolegate watch` outlives a restart of the server: it reconnects to the same address, resumes
+/// after the last revision it printed, and prints the changes made after the restart, each once.
+/// With `--no-reconnect` it ends with the stream, as it used to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (grpc, http) = (free_port(), free_port());
+    let addr = format!("127.0.0.1:{grpc}");
+    let mut server = serve_store(&data, grpc, http).await;
+    let admin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--addr", &addr]);
+        let (code, out, err) = rolegate_env(&all, &[("ROLEGATE_API_KEY", common::BOOTSTRAP)]);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    };
+    let watch = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["watch", "--addr", &addr, "--snapshot", "--kind", "team"])
+            .args(["--output", "json"])
+            .args(extra)
+            .env("ROLEGATE_API_KEY", common::BOOTSTRAP)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut follower = watch(&[]);
+    let mut quitter = watch(&["--no-reconnect"]);
+    let (events, quitter_events) = (lines_of(&mut follower), lines_of(&mut quitter));
+    // Both streams are open once their snapshots have ended.
+    until(&events, "snapshot_end", Duration::from_secs(10));
+    until(&quitter_events, "snapshot_end", Duration::from_secs(10));
+
+    admin(&["teams", "create", "before-restart"]);
+    until(&events, "before-restart", Duration::from_secs(10));
+
+    assert_eq!(stop(&mut server).code(), Some(0));
+    // --no-reconnect: the stream's end is the command's (the server said it was shutting down).
+    let status = quitter.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+
+    let mut server = serve_store(&data, grpc, http).await;
+    admin(&["teams", "create", "after-restart"]);
+    let seen = until(&events, "after-restart", Duration::from_secs(30));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the watch is still running"
+    );
+    // Nothing printed twice: the team made before the restart is not printed again.
+    assert!(
+        !seen.iter().any(|l| l.contains("before-restart")),
+        "{seen:#?}"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("resuming from revision"), "{stderr}");
+    assert_eq!(stop(&mut server).code(), Some(0));
 }

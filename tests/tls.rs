@@ -885,6 +885,10 @@ async fn the_cli_speaks_https_with_a_client_certificate() {
     assert_eq!(code, 2, "{out}{err}");
     let (code, out, err) = check(&https, &["--tls-cert", &cert, "--tls-key", &key], &[]);
     assert_eq!(code, 2, "{out}{err}");
+    // HOST:PORT without a scheme, with TLS options: https.
+    let (code, out, err) = check(&format!("127.0.0.1:{g}"), &tls, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("allowed:  true"), "{out}");
     // TLS options on an http:// address are refused before anything is sent.
     let (code, out, err) = check(&format!("http://127.0.0.1:{g}"), &tls, &[]);
     assert_eq!(code, 2, "{out}{err}");

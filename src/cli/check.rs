@@ -3,31 +3,26 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rolegate::{
     grpc::pb::{self, authorizer_client::AuthorizerClient},
-    tls::client::{self, ClientTlsArgs},
+    tls::client::ClientTlsArgs,
 };
 use serde_json::json;
 
-/// `--output` of `check`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Output {
-    #[default]
-    Text,
-    Json,
-}
+use super::output::Output;
 
 #[derive(Args)]
 pub(crate) struct CheckArgs {
-    /// The sidecar's gRPC address (https:// for TLS).
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
     tls: ClientTlsArgs,
-    /// The API key to check, `<prefix>.<secret>`.
-    #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
-    key: String,
+    /// The API key to check, `<prefix>.<secret>`. Not the caller's key of the Admin commands
+    /// (ROLEGATE_API_KEY), which `check` never reads.
+    #[arg(long, env = "ROLEGATE_CHECK_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// The entitlement, e.g. jobs.cancel.
     #[arg(long)]
     entitlement: String,
@@ -46,7 +41,7 @@ pub(crate) struct CheckArgs {
     /// Give up after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Output format.
+    /// How to print the decision: text for people, json for scripts.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
@@ -54,7 +49,8 @@ pub(crate) struct CheckArgs {
 /// Asks for the decision and prints it. Exit codes: 0 when allowed, 1 when denied (an error is
 /// the caller's 2).
 pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let channel = client::endpoint(&args.addr, &args.tls.clone().into())?
+    let key = super::client::key_to_check(args.key)?;
+    let channel = super::client::endpoint(&args.addr, &args.tls)?
         .timeout(args.timeout)
         .connect_timeout(args.timeout)
         .connect()
@@ -68,13 +64,13 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let response = client
         .check(pb::CheckRequest {
-            api_key: args.key,
+            api_key: key,
             entitlement: args.entitlement,
             resource: Some(resource),
             min_revision: args.min_revision,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .map_err(super::client::status_error)?
         .into_inner();
     match args.output {
         Output::Text => print_text(&response),

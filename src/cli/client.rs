@@ -2,22 +2,25 @@
 //! the Admin client, the key in each call's metadata, failed calls as people read them, and
 //! every page of a list.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
 use rolegate::{
     grpc::pb::{self, admin_client::AdminClient},
-    tls::client::ClientTlsArgs,
+    tls::client::{ClientTls, ClientTlsArgs},
 };
-use tonic::{Request, transport::Channel};
+use tonic::{
+    Request,
+    transport::{Channel, Endpoint},
+};
 
 use super::output::Output;
 
 /// Where to connect and as whom.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Conn {
-    /// The server's gRPC address (https:// for TLS).
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub(crate) addr: String,
     #[command(flatten)]
@@ -25,14 +28,53 @@ pub(crate) struct Conn {
     /// The caller's API key, `<prefix>.<secret>`.
     #[arg(long, env = "ROLEGATE_API_KEY", hide_env_values = true)]
     pub(crate) key: String,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    /// How to print: text (tables) for people, json for scripts; `table` is accepted for text.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
+}
+
+/// The key `check` and `bench` send to be judged: `--key` or `ROLEGATE_CHECK_KEY`, never the
+/// caller's key of the Admin commands, and no built-in default.
+pub(crate) fn key_to_check(key: Option<String>) -> anyhow::Result<String> {
+    if let Some(key) = key {
+        return Ok(key);
+    }
+    let mut message = "no key to check: give --key or set ROLEGATE_CHECK_KEY".to_owned();
+    if std::env::var_os("ROLEGATE_API_KEY").is_some() {
+        message.push_str(
+            " (ROLEGATE_API_KEY is the caller's key of the Admin commands and `watch`; it is never the key checked)",
+        );
+    }
+    Err(anyhow::anyhow!(message))
+}
+
+/// The URL `addr` means: itself when it has a scheme; `HOST:PORT` alone is
+/// `https://HOST:PORT` when TLS options are given, else `http://HOST:PORT`.
+pub(crate) fn url(addr: &str, tls: &ClientTls) -> String {
+    if addr.contains("://") {
+        return addr.to_owned();
+    }
+    let tls_asked = tls.ca.is_some() || tls.cert.is_some() || tls.key.is_some();
+    let scheme = if tls_asked { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// The endpoint of the server at `--addr` (a URL or `HOST:PORT`, see [`url`]) with the TLS of
+/// the client flags.
+pub(crate) fn endpoint(addr: &str, tls: &ClientTlsArgs) -> anyhow::Result<Endpoint> {
+    let tls = ClientTls::from(tls.clone());
+    let endpoint = rolegate::tls::client::endpoint(&url(addr, &tls), &tls)?;
+    if endpoint.uri().scheme_str() == Some("http")
+        && let Some(authority) = endpoint.uri().authority()
+    {
+        let _ = PLAINTEXT_SERVER.set(authority.to_string());
+    }
+    Ok(endpoint)
 }
 
 /// A channel to the server of `conn`: 5 s to connect, 30 s a call.
 pub(crate) async fn channel(conn: &Conn) -> anyhow::Result<Channel> {
-    rolegate::tls::client::endpoint(&conn.addr, &conn.tls.clone().into())?
+    endpoint(&conn.addr, &conn.tls)?
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -55,7 +97,8 @@ pub(crate) fn call<T>(conn: &Conn, message: T) -> anyhow::Result<Request<T>> {
     Ok(req)
 }
 
-/// A failed call as people read it: the code, the message and each field violation.
+/// A failed Admin call as people read it: the code, the message and each field violation, and
+/// what to do when the address is rolegate's HTTP port.
 pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
     let mut text = format!("{:?}: {}", status.code(), status.message());
@@ -64,7 +107,72 @@ pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
             text.push_str(&format!("\n  {}: {}", v.field, v.description));
         }
     }
+    with_hint(text, &status)
+}
+
+/// A failed `check` or `watch` call as people read it, with what to do when the address is
+/// rolegate's HTTP port.
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
+    with_hint(format!("{}: {}", status.code(), status.message()), &status)
+}
+
+fn with_hint(mut text: String, status: &tonic::Status) -> anyhow::Error {
+    if looks_like_http1(status) {
+        text.push_str(&format!("\n{HTTP_PORT_HINT}"));
+    }
     anyhow::anyhow!(text)
+}
+
+/// What to do when `--addr` names rolegate's HTTP port.
+const HTTP_PORT_HINT: &str = "this looks like rolegate's HTTP port, which does not speak gRPC: \
+     use the gRPC port (serve --grpc-listen, 127.0.0.1:50051 by default) as --addr";
+
+/// The `HOST:PORT` of the plaintext server this command called, for [`looks_like_http1`]; set by
+/// [`endpoint`] (every command calls one server).
+static PLAINTEXT_SERVER: OnceLock<String> = OnceLock::new();
+
+/// Whether the call that failed with `status` went to an HTTP/1 server, as rolegate's HTTP port
+/// is. Such a server closes the connection on the HTTP/2 preface, which the client sees as a
+/// transport failure (a broken pipe, a cancelled call) like any server that went away; so on
+/// such a failure only, and for a plaintext address only, the server is asked `GET /` in HTTP/1
+/// and the hint given when its answer is an HTTP/1 response. A status a server sent never
+/// matches.
+fn looks_like_http1(status: &tonic::Status) -> bool {
+    let transport = matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+    ) && (std::error::Error::source(status).is_some()
+        || status.message() == "operation was canceled");
+    match PLAINTEXT_SERVER.get() {
+        Some(server) if transport => answers_http1(server),
+        _ => false,
+    }
+}
+
+/// Whether the server at `authority` answers an HTTP/1.1 request in HTTP/1 (within a second).
+fn answers_http1(authority: &str) -> bool {
+    use std::{
+        io::{Read, Write},
+        net::{TcpStream, ToSocketAddrs},
+    };
+    let within = Duration::from_secs(1);
+    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, within) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(within));
+    let _ = tcp.set_write_timeout(Some(within));
+    let request = format!("GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    if tcp.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 7];
+    tcp.read_exact(&mut head).is_ok() && &head == b"HTTP/1."
 }
 
 /// Every item of a paged list call: `page(token)` fetches one page (of the largest size the

@@ -18,11 +18,14 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-/// `--output`: a table for people, JSON for scripts.
+/// `--output` of every command that prints what a server said: `text` for people (lines, or a
+/// table for lists), `json` for scripts. `table`, the name the Admin commands once used for
+/// `text`, is still accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
     #[default]
-    Table,
+    #[value(alias = "table")]
+    Text,
     Json,
 }
 

@@ -22,7 +22,7 @@ pub(crate) enum RoutesCommand {
         /// Read the routes of this policy file instead of asking a server.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// The server's gRPC address (https:// for TLS).
+        /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
         #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         #[command(flatten)]
@@ -35,8 +35,8 @@ pub(crate) enum RoutesCommand {
             required_unless_present = "policy"
         )]
         key: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        /// How to print: text (a table) for people, json for scripts; `table` is accepted for text.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
 }
@@ -117,7 +117,7 @@ impl RouteListing {
     fn print(&self, output: Output) {
         match output {
             Output::Json => self.print_json(),
-            Output::Table => self.print_table(),
+            Output::Text => self.print_table(),
         }
     }
 

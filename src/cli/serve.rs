@@ -19,10 +19,14 @@ pub(crate) fn run(config: ServeConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(async {
-        let listeners = Listeners::bind(&config).await.map_err(AppError::Http)?;
-        app::run(config, listeners, shutdown_signal()).await
-    });
+    let listeners = match rt.block_on(Listeners::bind(&config)) {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(app::run(config, listeners, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(AppError::Policy(err)) => {

@@ -14,10 +14,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rolegate::{
-    grpc::pb,
-    tls::client::{self, ClientTlsArgs},
-};
+use rolegate::{grpc::pb, tls::client::ClientTlsArgs};
 use tonic::transport::Endpoint;
 
 use load::{LoadReport, LoadShape};
@@ -25,7 +22,7 @@ use rounds::Labels;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// The sidecar's gRPC address (https:// for TLS).
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
@@ -42,14 +39,10 @@ pub(crate) struct BenchArgs {
     /// How long to warm up before measuring.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// The API key to check.
-    #[arg(
-        long,
-        env = "ROLEGATE_API_KEY",
-        hide_env_values = true,
-        default_value = "DanaScienceKey000001.dev-only-danascience"
-    )]
-    key: String,
+    /// The API key every check sends, `<prefix>.<secret>` (required: a key of the policy
+    /// being served).
+    #[arg(long, env = "ROLEGATE_CHECK_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// The entitlement to check.
     #[arg(long, default_value = "jobs.cancel")]
     entitlement: String,
@@ -102,15 +95,16 @@ impl BenchArgs {
 
 /// Runs `rolegate bench` in the mode asked for.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let key = super::client::key_to_check(args.key.clone())?;
     match args.mode {
-        BenchMode::Check => run_check(args).await,
-        BenchMode::ExtAuthz => run_ext_authz(args).await,
+        BenchMode::Check => run_check(args, key).await,
+        BenchMode::ExtAuthz => run_ext_authz(args, key).await,
     }
 }
 
-async fn run_check(args: BenchArgs) -> anyhow::Result<ExitCode> {
+async fn run_check(args: BenchArgs, key: String) -> anyhow::Result<ExitCode> {
     let request = pb::CheckRequest {
-        api_key: args.key.clone(),
+        api_key: key,
         entitlement: args.entitlement.clone(),
         resource: Some(pb::Resource {
             team_id: args.team.clone(),
@@ -119,7 +113,7 @@ async fn run_check(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }),
         min_revision: 0,
     };
-    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
+    let target = super::client::endpoint(&args.addr, &args.tls)?;
     println!(
         "load: {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.concurrency, args.connections, args.warmup, args.duration
@@ -135,9 +129,9 @@ async fn run_check(args: BenchArgs) -> anyhow::Result<ExitCode> {
     .await
 }
 
-async fn run_ext_authz(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let target = client::endpoint(&args.addr, &args.tls.clone().into())?;
-    let request = envoy_request::envoy_like_request(&args.key, &args.method, &args.path);
+async fn run_ext_authz(args: BenchArgs, key: String) -> anyhow::Result<ExitCode> {
+    let target = super::client::endpoint(&args.addr, &args.tls)?;
+    let request = envoy_request::envoy_like_request(&key, &args.method, &args.path);
     println!(
         "ext_authz load: {} {} — {} callers on {} connections, {:?} warm-up, {:?} measured",
         args.method, args.path, args.concurrency, args.connections, args.warmup, args.duration

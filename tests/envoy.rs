@@ -182,6 +182,7 @@ async fn envoy_grpc_ext_authz_end_to_end() {
             ("X-Rolegate-Scope", b"ALL"),
             ("x-rolegate-project", b"fraud-detector"),
             ("x-rolegate-filter-teams", b"acme,globex"),
+            ("x-rolegate-filter-owner-user", b"olivia"),
             ("x-rolegate-admin", b"yes"),
         ],
     )
@@ -404,6 +405,7 @@ async fn envoy_http_service_mode_end_to_end() {
         &[
             ("x-rolegate-scope", b"ALL"),
             ("x-rolegate-project", b"fraud-detector"),
+            ("x-rolegate-filter-owner-user", b"olivia"),
             ("x-rolegate-admin", b"yes"),
         ],
     )

@@ -606,7 +606,8 @@ pub async fn run_matrix(addr: SocketAddr, app: &EchoApp, cases: &[Case]) {
 
 /// Sends Devin's allowed `GET /api/jobs` through the proxy at `addr` with `forged` identity
 /// headers besides his credential, and asserts that rolegate's answer replaced them: the app
-/// sees his key at OWN scope, and none of the other forged headers nor the credential.
+/// sees his key at OWN scope and his user as the owner filter, and none of the other forged
+/// headers nor the credential.
 pub async fn forged_identity_is_replaced(addr: SocketAddr, forged: &[(&str, &[u8])]) {
     let credential = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
     let mut headers: Vec<(&str, &[u8])> = vec![("Authorization", credential.as_bytes())];
@@ -616,7 +617,13 @@ pub async fn forged_identity_is_replaced(addr: SocketAddr, forged: &[(&str, &[u8
     let seen = r.seen();
     assert_eq!(seen["x-rolegate-scope"], "OWN");
     assert_eq!(seen["x-rolegate-key"], "DevinDevKey000000001");
-    let answered = ["x-rolegate-scope", "x-rolegate-key"];
+    // A collection call at OWN: the owner filter names his user.
+    assert_eq!(seen["x-rolegate-filter-owner-user"], "devin");
+    let answered = [
+        "x-rolegate-scope",
+        "x-rolegate-key",
+        "x-rolegate-filter-owner-user",
+    ];
     let gone = forged
         .iter()
         .map(|(name, _)| name.to_ascii_lowercase())

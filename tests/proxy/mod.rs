@@ -604,6 +604,28 @@ pub async fn run_matrix(addr: SocketAddr, app: &EchoApp, cases: &[Case]) {
     }
 }
 
+/// Envoy's own answer when rolegate cannot be asked (down, not ready, its certificate refused):
+/// 503 with the JSON shape of rolegate's denials (the deploy configs' `local_reply_config`).
+pub fn unavailable_in_rolegate_s_shape(r: &Reply) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 503, "{body}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{body}");
+    let v = r.json();
+    let fields: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["message", "status", "statusCode"], "{body}");
+    assert_eq!(v["statusCode"], 503, "{body}");
+    assert_eq!(v["status"], "Service Unavailable", "{body}");
+    assert_eq!(
+        v["message"], "the authorization service is unavailable",
+        "{body}"
+    );
+}
+
 /// Sends Devin's allowed `GET /api/jobs` through the proxy at `addr` with `forged` identity
 /// headers besides his credential, and asserts that rolegate's answer replaced them: the app
 /// sees his key at OWN scope and his user as the owner filter, and none of the other forged

@@ -13,7 +13,7 @@ use proxy::{
     EchoApp, Envoy, expect, forged_identity_is_replaced, header_sources_fail_closed, matrix,
     near_miss_paths_are_refused, policy_with_report_routes, query_sources_fail_closed, run_matrix,
     send, send_underscore_forgeries, unauthenticated_callers_learn_nothing,
-    underscore_forgeries_removed, wait_for_report_routes,
+    unavailable_in_rolegate_s_shape, underscore_forgeries_removed, wait_for_report_routes,
 };
 
 fn envoy(test: &str) -> Option<PathBuf> {
@@ -182,6 +182,7 @@ async fn envoy_grpc_ext_authz_end_to_end() {
             ("X-Rolegate-Scope", b"ALL"),
             ("x-rolegate-project", b"fraud-detector"),
             ("x-rolegate-filter-teams", b"acme,globex"),
+            ("x-rolegate-filter-owner-user", b"olivia"),
             ("x-rolegate-admin", b"yes"),
         ],
     )
@@ -356,7 +357,8 @@ async fn envoy_grpc_ext_authz_end_to_end() {
     query_sources_fail_closed(envoy.listen, &app).await;
     header_sources_fail_closed(envoy.listen, &app).await;
 
-    // rolegate stopped: Envoy answers 503 (failure_mode_allow: false), the app sees nothing.
+    // rolegate stopped: Envoy answers 503 (failure_mode_allow: false) in rolegate's JSON shape
+    // (local_reply_config), the app sees nothing.
     server.stop().await.unwrap();
     let before = app.hits();
     let r = send(
@@ -366,7 +368,7 @@ async fn envoy_grpc_ext_authz_end_to_end() {
         &[("Authorization", adam.as_bytes())],
     )
     .await;
-    assert_eq!(r.status, 503);
+    unavailable_in_rolegate_s_shape(&r);
     assert_eq!(app.hits(), before);
     assert!(envoy.counter("http.ingress.ext_authz.error").await >= 1);
 }
@@ -404,6 +406,7 @@ async fn envoy_http_service_mode_end_to_end() {
         &[
             ("x-rolegate-scope", b"ALL"),
             ("x-rolegate-project", b"fraud-detector"),
+            ("x-rolegate-filter-owner-user", b"olivia"),
             ("x-rolegate-admin", b"yes"),
         ],
     )
@@ -429,6 +432,6 @@ async fn envoy_http_service_mode_end_to_end() {
         &[("Authorization", devin.as_bytes())],
     )
     .await;
-    assert_eq!(r.status, 503);
+    unavailable_in_rolegate_s_shape(&r);
     assert_eq!(app.hits(), before);
 }

@@ -37,6 +37,7 @@ async fn nginx_auth_request_end_to_end() {
             ("X-Rolegate-Scope", b"ALL"),
             ("X-Rolegate-Project", b"fraud-detector"),
             ("X-Rolegate-Filter-Teams", b"acme,globex"),
+            ("X-Rolegate-Filter-Owner-User", b"olivia"),
         ],
     )
     .await;

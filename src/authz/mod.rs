@@ -29,7 +29,7 @@ pub(crate) use route_map::{RouteFailure, RouteStatus};
 /// The prefix of the headers rolegate sets; a client's own are always removed.
 pub(crate) const HEADER_PREFIX: &str = "x-rolegate-";
 /// The identity headers rolegate sets on an allowed request (those with a value).
-pub(crate) const IDENTITY_HEADERS: [&str; 8] = [
+pub(crate) const IDENTITY_HEADERS: [&str; 9] = [
     "x-rolegate-key",
     "x-rolegate-user",
     "x-rolegate-team",
@@ -37,6 +37,7 @@ pub(crate) const IDENTITY_HEADERS: [&str; 8] = [
     "x-rolegate-scope",
     "x-rolegate-filter-teams",
     "x-rolegate-filter-owner-keys",
+    "x-rolegate-filter-owner-user",
     "x-rolegate-revision",
 ];
 /// The one message of every 401 sent through a proxy, whatever the reason: a caller without a

@@ -308,6 +308,10 @@ fn identity_headers(
             ),
         ),
         (
+            "x-rolegate-filter-owner-user",
+            shared(decision.filter_owner_user_id.as_ref()),
+        ),
+        (
             "x-rolegate-revision",
             HeaderText::Number(Digits::new(revision)),
         ),

@@ -94,6 +94,27 @@ fn allowed_requests_carry_identity_and_filters() {
 }
 
 #[test]
+fn the_owner_user_filter_goes_upstream() {
+    let a = authz(AuthzConfig::default());
+    // Devin's collection call at OWN: the data of his keys, and of his user.
+    let v = run(&a, "DELETE", "/api/jobs/j-1", &key(DEVIN));
+    assert_eq!(header(&v, "x-rolegate-scope"), "OWN");
+    assert_eq!(header(&v, "x-rolegate-filter-owner-user"), "devin");
+    // At TEAM (a team filter, no owner filter) and on a named resource: no such header.
+    let v = run(&a, "GET", "/api/jobs", &key(ADAM));
+    assert_eq!(header(&v, "x-rolegate-scope"), "TEAM");
+    assert_eq!(header(&v, "x-rolegate-filter-owner-user"), "");
+    let v = run(
+        &a,
+        "GET",
+        "/api/accounting/access-keys/DevinDevKey000000001",
+        &key(ADAM),
+    );
+    assert_eq!(status(&v), 200);
+    assert_eq!(header(&v, "x-rolegate-filter-owner-user"), "");
+}
+
+#[test]
 fn allowed_answers_set_only_identity_headers() {
     let a = authz(AuthzConfig::default());
     // Dana's collection call carries every header but project; the project key's the project.

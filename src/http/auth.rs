@@ -13,7 +13,7 @@
 //! nginx differs in two ways. `auth_request` passes on only 401 and 403, so on `/authz` a 400 is
 //! sent as 403 with `x-rolegate-status: 400`, which `deploy/nginx/nginx.conf` turns back into a
 //! 400. And nginx cannot remove headers it is told about, only overwrite the names its config
-//! sets (the eight identity headers and the credential): a request carrying any other header
+//! sets (the nine identity headers and the credential): a request carrying any other header
 //! that impersonates one of them (`x_rolegate_user`, `x-rolegate-admin`) is refused (400) rather
 //! than allowed with the header left in.
 

@@ -604,9 +604,32 @@ pub async fn run_matrix(addr: SocketAddr, app: &EchoApp, cases: &[Case]) {
     }
 }
 
+/// Envoy's own answer when rolegate cannot be asked (down, not ready, its certificate refused):
+/// 503 with the JSON shape of rolegate's denials (the deploy configs' `local_reply_config`).
+pub fn unavailable_in_rolegate_s_shape(r: &Reply) {
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 503, "{body}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{body}");
+    let v = r.json();
+    let fields: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["message", "status", "statusCode"], "{body}");
+    assert_eq!(v["statusCode"], 503, "{body}");
+    assert_eq!(v["status"], "Service Unavailable", "{body}");
+    assert_eq!(
+        v["message"], "the authorization service is unavailable",
+        "{body}"
+    );
+}
+
 /// Sends Devin's allowed `GET /api/jobs` through the proxy at `addr` with `forged` identity
 /// headers besides his credential, and asserts that rolegate's answer replaced them: the app
-/// sees his key at OWN scope, and none of the other forged headers nor the credential.
+/// sees his key at OWN scope and his user as the owner filter, and none of the other forged
+/// headers nor the credential.
 pub async fn forged_identity_is_replaced(addr: SocketAddr, forged: &[(&str, &[u8])]) {
     let credential = format!("ApiKey {}", keys::DEVIN_DEVELOPER);
     let mut headers: Vec<(&str, &[u8])> = vec![("Authorization", credential.as_bytes())];
@@ -616,7 +639,13 @@ pub async fn forged_identity_is_replaced(addr: SocketAddr, forged: &[(&str, &[u8
     let seen = r.seen();
     assert_eq!(seen["x-rolegate-scope"], "OWN");
     assert_eq!(seen["x-rolegate-key"], "DevinDevKey000000001");
-    let answered = ["x-rolegate-scope", "x-rolegate-key"];
+    // A collection call at OWN: the owner filter names his user.
+    assert_eq!(seen["x-rolegate-filter-owner-user"], "devin");
+    let answered = [
+        "x-rolegate-scope",
+        "x-rolegate-key",
+        "x-rolegate-filter-owner-user",
+    ];
     let gone = forged
         .iter()
         .map(|(name, _)| name.to_ascii_lowercase())

@@ -3,8 +3,8 @@
 //! map, the raw header list, `context_extensions`) are decoded, into one string buffer; every
 //! other field (peers, TLS session, metadata, host, scheme, …) is skipped unparsed, as protobuf
 //! skips unknown fields. Writing: an allowed answer is written straight from the decision's
-//! shared strings, without first building the generated `CheckResponse` (eight headers, the
-//! removal list and a `Struct` of eight `Value`s — some forty small allocations). Answers that
+//! shared strings, without first building the generated `CheckResponse` (up to nine headers,
+//! the removal list and a `Struct` of as many `Value`s — some forty small allocations). Answers that
 //! are not an allow still go through the generated types. The tests in `super::tests` decode
 //! what is written here with the generated types and compare it with what they would have
 //! built.
@@ -331,6 +331,7 @@ pub(super) fn metadata_field(header: &str) -> &str {
         "x-rolegate-scope" => "scope",
         "x-rolegate-filter-teams" => "filter_teams",
         "x-rolegate-filter-owner-keys" => "filter_owner_keys",
+        "x-rolegate-filter-owner-user" => "filter_owner_user",
         "x-rolegate-revision" => "revision",
         other => other,
     }

@@ -211,7 +211,22 @@ fn the_admin_cli_drives_a_key_through_its_life() {
     );
     let teams = ok(cli(&server, &owner, &["teams", "list"]));
     assert!(!teams.contains("initech"));
-    let applied = ok(cli(&server, &owner, &["apply", "-f", policy]));
+    // Without --prune the file's objects are put and the rest is kept, and said so.
+    let merged = ok(cli(&server, &owner, &["apply", "-f", policy]));
+    assert!(
+        merged.contains("put team initech")
+            && merged.contains("kept")
+            && merged.contains("key AliceKey0001")
+            && !merged.contains("remove key"),
+        "{merged}"
+    );
+    let pruning = ok(cli(
+        &server,
+        &owner,
+        &["apply", "-f", policy, "--prune", "--dry-run"],
+    ));
+    assert!(pruning.contains("remove key AliceKey0001"), "{pruning}");
+    let applied = ok(cli(&server, &owner, &["apply", "-f", policy, "--prune"]));
     assert!(applied.contains("remove key AliceKey0001"), "{applied}");
     let teams = ok(cli(&server, &owner, &["teams", "list"]));
     assert!(

@@ -141,7 +141,10 @@ pub async fn run(
         () = shutdown => {}
         result = servers.stopped() => return result,
     }
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: NOT_SERVING, draining in-flight calls");
+    tracing::info!(
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "shutting down: NOT_SERVING, draining in-flight calls"
+    );
     health.serving.store(false, Ordering::Release);
     reporting.stop().await;
     let _ = stop_tx.send(true);
@@ -287,7 +290,7 @@ impl Servers {
         tracing::info!(
             grpc = %grpc_addr,
             http = %http_addr,
-            probe = ?probe_addr,
+            probe = probe_addr.map(|a| a.to_string()).as_deref(),
             tls = tls.is_some(),
             mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
             "serving"

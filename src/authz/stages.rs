@@ -64,8 +64,12 @@ impl Authz {
             key = key.prefix,
             method = req.method,
             entitlement,
-            decision = if decision.is_allowed() { "allow" } else { "deny" },
-            reason = ?decision.reason,
+            decision = if decision.is_allowed() {
+                "allow"
+            } else {
+                "deny"
+            },
+            reason = decision.reason.api_name(),
             "ext_authz"
         );
         if !decision.is_allowed() {

@@ -57,6 +57,24 @@ impl Reason {
         }
     }
 
+    /// The reason as the gRPC API's `Reason` enum spells it, without its `REASON_` prefix
+    /// (`NO_GRANT`): how logs name it.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Reason::Allowed => "ALLOWED",
+            Reason::MalformedKey => "MALFORMED_KEY",
+            Reason::UnknownKey => "UNKNOWN_KEY",
+            Reason::WrongSecret => "WRONG_SECRET",
+            Reason::KeyInactive => "KEY_INACTIVE",
+            Reason::KeyExpired => "KEY_EXPIRED",
+            Reason::TeamInactive => "TEAM_INACTIVE",
+            Reason::UserInactive => "USER_INACTIVE",
+            Reason::UnknownEntitlement => "UNKNOWN_ENTITLEMENT",
+            Reason::NoGrant => "NO_GRANT",
+            Reason::OutOfScope => "OUT_OF_SCOPE",
+        }
+    }
+
     /// A short explanation for people; never contains a secret.
     pub(crate) fn describe(self) -> &'static str {
         match self {

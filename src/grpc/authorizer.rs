@@ -86,7 +86,7 @@ impl AuthorizerService {
             key = principal.unwrap_or("-"),
             entitlement = %req.entitlement,
             decision = if outcome.decision.is_allowed() { "allow" } else { "deny" },
-            reason = ?outcome.decision.reason,
+            reason = outcome.decision.reason.api_name(),
             "check"
         );
         Ok(pb::CheckResponse::from(&outcome))

@@ -140,7 +140,7 @@ fn respond(
                 .filter(|r| !nginx_overwrites(authz, r))
                 .collect();
             tracing::info!(
-                headers = ?forged,
+                headers = forged.join(","),
                 "refused: headers impersonating rolegate's that nginx cannot remove"
             );
             denied(

@@ -330,7 +330,7 @@ impl<H: Hub> UpstreamOrigin<H> {
                         self.position().resume = false;
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(hub = %hub, error = %err, retry_in = ?delay, revision = self.state.revision(), "upstream disconnected; serving the last state");
+                    tracing::warn!(hub = %hub, error = %err, retry_in_ms = delay.as_millis() as u64, revision = self.state.revision(), "upstream disconnected; serving the last state");
                     self.with_status(|s| s.last_error = Some(err.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -355,7 +355,11 @@ impl<H: Hub> UpstreamOrigin<H> {
             s.snapshot_objects_staged = 0;
             self.contacted(s);
         });
-        tracing::info!(hub = %self.hub.address(), start = ?start, "following the hub");
+        let (mode, from_revision) = match &start {
+            Start::Snapshot => ("snapshot", 0),
+            Start::Resume { from, .. } => ("resume", *from),
+        };
+        tracing::info!(hub = %self.hub.address(), start = mode, from_revision, "following the hub");
         let mut staged: Option<Staged> = snapshot.then(Staged::default);
         let mut pending: Vec<Change> = Vec::new();
         loop {
@@ -510,7 +514,11 @@ impl<H: Hub> UpstreamOrigin<H> {
             hub = %self.hub.address(),
             revision,
             keys = self.state.counts().keys,
-            timing = ?timing,
+            objects = timing.objects,
+            receive_ms = timing.receive_ms,
+            validate_ms = timing.validate_ms,
+            diff_ms = timing.diff_ms,
+            apply_ms = timing.apply_ms,
             "snapshot from the hub applied"
         );
         Ok(())

@@ -235,7 +235,7 @@ impl ServerTls {
                 Ok(Reload::Unchanged) => {}
                 Ok(Reload::Reloaded) => tracing::info!(
                     cert = %self.files.cert.display(),
-                    client_ca = ?self.files.client_ca,
+                    client_ca = self.files.client_ca.as_ref().map(|p| p.display().to_string()).as_deref(),
                     "TLS files changed: new connections use the new certificate"
                 ),
                 Ok(Reload::Failed(err)) => tracing::error!(

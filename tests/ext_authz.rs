@@ -370,6 +370,8 @@ async fn ext_authz_bench(args: &[&str]) -> std::process::Output {
                 "--baseline",
                 "--addr",
                 &addr,
+                "--key",
+                keys::DANA_SCIENTIST,
             ])
             .args(["--warmup", "0s", "--concurrency", "2", "--connections", "1"])
             .args(&args)

@@ -54,7 +54,11 @@ impl fmt::Display for PolicyError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.file, p.line, p.column)?;
+            // A problem of the whole file (it cannot be read, it is empty) has no position.
+            match p.line {
+                0 => write!(f, "{}: ", self.file)?,
+                line => write!(f, "{}:{line}:{}: ", self.file, p.column)?,
+            }
             if !p.object.is_empty() {
                 write!(f, "{}: ", p.object)?;
             }

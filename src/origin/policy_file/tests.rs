@@ -60,7 +60,7 @@ fn an_empty_document_is_an_empty_state_but_an_empty_file_is_refused() {
     ] {
         let err = parse_file(blank, "p.yaml").unwrap_err().to_string();
         assert!(
-            err.starts_with("p.yaml:0:0: the file is empty"),
+            err.starts_with("p.yaml: the file is empty"),
             "{blank:?}: {err}"
         );
     }
@@ -465,7 +465,7 @@ async fn empty_and_blank_files_are_refused_as_reloads() {
             status
                 .last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("policy.yaml:0:0: the file is empty")),
+                .is_some_and(|e| e.contains("policy.yaml: the file is empty")),
             "{blank:?}: {status:?}"
         );
         assert_eq!(
@@ -486,4 +486,14 @@ async fn empty_and_blank_files_are_refused_as_reloads() {
     );
     stop.send(true).unwrap();
     watcher.await.unwrap();
+}
+
+#[test]
+fn a_file_that_cannot_be_read_is_named_without_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.yaml");
+    let err = load(&path).unwrap_err().to_string();
+    let name = path.display().to_string();
+    assert!(err.starts_with(&format!("{name}: ")), "{err}");
+    assert!(!err.contains(":0:0"), "{err}");
 }

@@ -887,6 +887,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: doc.clone(),
                 dry_run: true,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -907,6 +908,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: doc.clone(),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -921,6 +923,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: doc.clone(),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -937,6 +940,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: common::example_policy(),
                 dry_run: true,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -950,6 +954,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: doc.replace("roles: [DEVELOPER]", "roles: [SYSTEM_KEY]"),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -970,6 +975,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                 document: within,
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -986,6 +992,7 @@ async fn apply_diffs_the_document_and_commits_one_revision() {
                     document: beyond.clone(),
                     dry_run,
                     prune: true,
+                    name: String::new(),
                 },
             ))
             .await
@@ -1401,6 +1408,7 @@ async fn apply_keeps_what_the_document_does_not_name_unless_pruned() {
         document: common::example_policy(),
         dry_run,
         prune,
+        name: "seed.yaml".into(),
     };
 
     let refused = admin

@@ -204,6 +204,22 @@ fn the_admin_cli_drives_a_key_through_its_life() {
     )
     .unwrap();
     let policy = policy.to_str().unwrap();
+    // A broken file: its problem is located in the file, by its name, and said once.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "version: 1\nteams:\n  - { id: Not A Team }\n").unwrap();
+    let out = cli(&server, &owner, &["apply", "-f", broken.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", broken.display())) && !stderr.contains("document:"),
+        "{stderr}"
+    );
+    let first_line = stderr
+        .lines()
+        .find(|l| l.contains("broken.yaml:3:"))
+        .unwrap();
+    let problem = first_line.rsplit(": ").next().unwrap();
+    assert_eq!(stderr.matches(problem).count(), 1, "said once: {stderr}");
     let dry = ok(cli(&server, &owner, &["apply", "-f", policy, "--dry-run"]));
     assert!(
         dry.contains("put team initech") && dry.contains("dry run"),

@@ -133,6 +133,7 @@ async fn apply_writes(addr: &str, round: usize) -> Option<(usize, u64)> {
                     document: document(round, n),
                     dry_run: false,
                     prune: true,
+                    name: String::new(),
                 },
             ))
             .await;

@@ -454,6 +454,7 @@ async fn seeded(disk: &Tmpfs) -> (Server, AdminClient<Channel>, u64) {
                 document: example_with_bootstrap(),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         )),
     )

@@ -195,6 +195,7 @@ impl Serving {
                     document: text.to_owned(),
                     dry_run: false,
                     prune: true,
+                    name: String::new(),
                 };
                 let done = admin.apply(call(BOOTSTRAP, apply)).await;
                 done.expect("apply the document").into_inner().revision

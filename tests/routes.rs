@@ -27,6 +27,7 @@ async fn apply(
                 document,
                 dry_run,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -128,6 +129,7 @@ async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
                 ),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await
@@ -150,6 +152,7 @@ async fn a_table_naming_an_unknown_entitlement_is_refused_with_its_location() {
                 document: document_with_routes(REPORTS_ROUTE),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await

@@ -704,6 +704,7 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
             document: policy_yaml(&seed),
             dry_run: false,
             prune: true,
+            name: String::new(),
         }))
         .await
         .unwrap()
@@ -733,6 +734,7 @@ async fn oracle_six_guarantees_under_random_edits_disconnects_and_resumes() {
                     document: policy_yaml(&edited),
                     dry_run: false,
                     prune: true,
+                    name: String::new(),
                 }))
                 .await;
             ("Apply (policy edit)", r.map(|r| r.into_inner().revision))

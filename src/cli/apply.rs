@@ -47,6 +47,7 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
                 document,
                 dry_run,
                 prune,
+                name: file.display().to_string(),
             },
         )?)
         .await

@@ -104,7 +104,12 @@ pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {
         for v in bad.field_violations {
-            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            // A policy document's problems are already in the message, located: once is enough.
+            let said =
+                status.message().contains(&v.field) && status.message().contains(&v.description);
+            if !said {
+                text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
         }
     }
     with_hint(text, &status)

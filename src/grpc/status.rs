@@ -122,7 +122,7 @@ pub(crate) fn policy_invalid(e: &PolicyError) -> Status {
         } else {
             format!("{}: {}", p.object, p.message)
         };
-        details.add_bad_request_violation(format!("document:{}:{}", p.line, p.column), message);
+        details.add_bad_request_violation(format!("{}:{}:{}", e.file, p.line, p.column), message);
     }
     Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
 }

@@ -58,6 +58,7 @@ pub async fn seed_example(admin: &mut AdminClient<Channel>) -> u64 {
                 document: example_with_bootstrap(),
                 dry_run: false,
                 prune: true,
+                name: String::new(),
             },
         ))
         .await

@@ -353,7 +353,19 @@ impl AdminService {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = self.caller(request.metadata())?;
         let r = request.into_inner();
-        let policy = policy_file::parse(&r.document, "document").map_err(|e| policy_invalid(&e))?;
+        let name = match r.name.as_str() {
+            "" => "document",
+            name if name.len() > crate::domain::MAX_ID_LEN
+                || name.chars().any(char::is_control) =>
+            {
+                return Err(bad_field(
+                    "name",
+                    "at most 256 bytes, without control characters",
+                ));
+            }
+            name => name,
+        };
+        let policy = policy_file::parse(&r.document, name).map_err(|e| policy_invalid(&e))?;
         let kept = if r.prune {
             Vec::new()
         } else {

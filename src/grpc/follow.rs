@@ -126,11 +126,14 @@ impl Hub for GrpcHub {
                     let causes = std::error::Error::source(&status)
                         .map(|cause| format!(" ({})", with_causes(cause)))
                         .unwrap_or_default();
-                    UpstreamError::Refused(format!(
-                        "{}: {}{causes}",
-                        status.code(),
-                        status.message()
-                    ))
+                    let text = format!("{}: {}{causes}", status.code(), status.message());
+                    match status.code() {
+                        // The hub answered and said no: the key, not the network, is the problem.
+                        Code::PermissionDenied | Code::Unauthenticated => {
+                            UpstreamError::Refused(text)
+                        }
+                        _ => UpstreamError::Connect(text),
+                    }
                 }
             })?
             .into_inner();

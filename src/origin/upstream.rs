@@ -330,7 +330,15 @@ impl<H: Hub> UpstreamOrigin<H> {
                         self.position().resume = false;
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(hub = %hub, error = %err, retry_in_ms = delay.as_millis() as u64, revision = self.state.revision(), "upstream disconnected; serving the last state");
+                    let retry_in_ms = delay.as_millis() as u64;
+                    let revision = self.state.revision();
+                    if let UpstreamError::Refused(_) = err {
+                        // Not a lost connection: the hub answered and said no (the key lacks the
+                        // follower's rights, or is revoked); retrying helps only once that is fixed.
+                        tracing::error!(hub = %hub, error = %err, retry_in_ms, revision, "the hub refuses this follower's watch; serving the last state");
+                    } else {
+                        tracing::warn!(hub = %hub, error = %err, retry_in_ms, revision, "upstream disconnected; serving the last state");
+                    }
                     self.with_status(|s| s.last_error = Some(err.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}

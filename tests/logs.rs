@@ -87,3 +87,60 @@ async fn json_logs_are_plain_json_with_api_reason_names() {
         }
     }
 }
+
+/// A hub that answers a follower's watch with PermissionDenied (here: a developer's key, which
+/// may not read the whole state) is logged as a refusal at error level, not as a lost connection.
+// Two workers: the hub serves in this process while the test waits on the follower's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_refusing_the_follower_is_logged_as_a_refusal() {
+    let hub = common::TestServer::policy(&common::example_policy()).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "--upstream", &hub.url()])
+        .args(["--upstream-key", common::keys::DEVIN_DEVELOPER])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the follower");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the follower logs the refusal");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("disconnected"),
+            "a refusal logged as a disconnect: {line}"
+        );
+        if message.contains("refuses") {
+            break v;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(refusal["level"], "ERROR", "{refusal}");
+    assert!(
+        refusal["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PermissionDenied") || e.contains("permission")),
+        "{refusal}"
+    );
+}

@@ -87,6 +87,23 @@ pub(crate) async fn admin(conn: &Conn) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(channel(conn).await?))
 }
 
+/// One Admin call with the caller's key: its answer, or its failure as people read it
+/// ([`failed`]). `rpc` makes the call on the client it is given.
+pub(crate) async fn send<Req, Resp, Fut>(
+    conn: &Conn,
+    message: Req,
+    rpc: impl FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
+) -> anyhow::Result<Resp>
+where
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let client = admin(conn).await?;
+    Ok(rpc(client, call(conn, message)?)
+        .await
+        .map_err(failed)?
+        .into_inner())
+}
+
 /// `message` as a call with the caller's key in the `authorization: ApiKey` metadata.
 pub(crate) fn call<T>(conn: &Conn, message: T) -> anyhow::Result<Request<T>> {
     let mut req = Request::new(message);

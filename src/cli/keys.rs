@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     block_on,
-    client::{Conn, admin, all_pages, call, failed},
+    client::{Conn, admin, all_pages, call, failed, send},
     output::{Output, parse_time, print_revision, rfc3339, say, table},
 };
 
@@ -180,12 +180,12 @@ async fn run_admin(cmd: KeysAdmin) -> anyhow::Result<()> {
         KeysAdmin::Create(args) => create(args).await,
         KeysAdmin::List(args) => list(args).await,
         KeysAdmin::Get { prefix, conn } => {
-            let r = admin(&conn)
-                .await?
-                .get_key(call(&conn, pb::GetRequest { id: prefix })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::GetRequest { id: prefix },
+                |mut c, r| async move { c.get_key(r).await },
+            )
+            .await?;
             print_keys(conn.output, &r.key.into_iter().collect::<Vec<_>>());
             Ok(())
         }
@@ -199,22 +199,22 @@ async fn run_admin(cmd: KeysAdmin) -> anyhow::Result<()> {
             update_key(&conn, req).await
         }
         KeysAdmin::ReplaceSecret { prefix, conn } => {
-            let r = admin(&conn)
-                .await?
-                .replace_key_secret(call(&conn, pb::GetRequest { id: prefix })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::GetRequest { id: prefix },
+                |mut c, r| async move { c.replace_key_secret(r).await },
+            )
+            .await?;
             print_new_key(conn.output, &r);
             Ok(())
         }
         KeysAdmin::Delete { prefix, conn } => {
-            let r = admin(&conn)
-                .await?
-                .delete_key(call(&conn, pb::DeleteRequest { id: prefix.clone() })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::DeleteRequest { id: prefix.clone() },
+                |mut c, r| async move { c.delete_key(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("deleted key {prefix}"), r.revision);
             Ok(())
         }

@@ -5,7 +5,7 @@ use rolegate::grpc::pb;
 use serde_json::{Value, json};
 
 use super::{
-    client::{Conn, admin, all_pages, call, failed, list_page},
+    client::{Conn, admin, all_pages, call, failed, list_page, send},
     output::{Output, print_revision, say, table},
 };
 
@@ -63,12 +63,10 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectsCommand::List { conn } => list(&conn).await,
         ProjectsCommand::Get { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .get_project(call(&conn, pb::GetRequest { id })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
+                c.get_project(r).await
+            })
+            .await?;
             print_projects(conn.output, &r.project.into_iter().collect::<Vec<_>>());
             Ok(())
         }
@@ -83,12 +81,12 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> anyhow::Result<()> {
                 team,
                 name,
             });
-            let r = admin(&conn)
-                .await?
-                .create_project(call(&conn, pb::ProjectRequest { project })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::ProjectRequest { project },
+                |mut c, r| async move { c.create_project(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("project {id}"), r.revision);
             Ok(())
         }
@@ -103,22 +101,22 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> anyhow::Result<()> {
                 team,
                 name,
             };
-            let r = admin(&conn)
-                .await?
-                .update_project(call(&conn, req)?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                req,
+                |mut c, r| async move { c.update_project(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("project {id}"), r.revision);
             Ok(())
         }
         ProjectsCommand::Delete { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .delete_project(call(&conn, pb::DeleteRequest { id: id.clone() })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::DeleteRequest { id: id.clone() },
+                |mut c, r| async move { c.delete_project(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("deleted project {id}"), r.revision);
             Ok(())
         }

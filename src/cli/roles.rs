@@ -6,7 +6,7 @@ use rolegate::grpc::pb;
 use serde_json::{Value, json};
 
 use super::{
-    client::{Conn, admin, all_pages, call, failed, list_page},
+    client::{Conn, admin, all_pages, call, failed, list_page, send},
     output::{Output, print_revision, say, table},
 };
 
@@ -76,22 +76,22 @@ pub(crate) async fn run(cmd: RolesCommand) -> anyhow::Result<()> {
             conn,
         } => put_role(&conn, id, role_type, &specs, false).await,
         RolesCommand::Delete { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .delete_role(call(&conn, pb::DeleteRequest { id: id.clone() })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::DeleteRequest { id: id.clone() },
+                |mut c, r| async move { c.delete_role(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("deleted role {id}"), r.revision);
             Ok(())
         }
         RolesCommand::AddEntitlements { ids, conn } => {
-            let r = admin(&conn)
-                .await?
-                .add_entitlements(call(&conn, pb::AddEntitlementsRequest { ids })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::AddEntitlementsRequest { ids },
+                |mut c, r| async move { c.add_entitlements(r).await },
+            )
+            .await?;
             print_revision(conn.output, "entitlements added", r.revision);
             Ok(())
         }

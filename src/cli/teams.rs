@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{
     StatusArgs,
-    client::{Conn, admin, all_pages, call, failed, list_page},
+    client::{Conn, admin, all_pages, call, failed, list_page, send},
     output::{Output, print_revision, say, status, table},
 };
 
@@ -63,12 +63,10 @@ pub(crate) async fn run(cmd: TeamsCommand) -> anyhow::Result<()> {
     match cmd {
         TeamsCommand::List { conn } => list(&conn).await,
         TeamsCommand::Get { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .get_team(call(&conn, pb::GetRequest { id })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
+                c.get_team(r).await
+            })
+            .await?;
             print_teams(conn.output, &r.team.into_iter().collect::<Vec<_>>());
             Ok(())
         }
@@ -83,12 +81,12 @@ pub(crate) async fn run(cmd: TeamsCommand) -> anyhow::Result<()> {
                 name,
                 active: !inactive,
             };
-            let r = admin(&conn)
-                .await?
-                .create_team(call(&conn, pb::TeamRequest { team: Some(team) })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::TeamRequest { team: Some(team) },
+                |mut c, r| async move { c.create_team(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("team {id}"), r.revision);
             Ok(())
         }
@@ -103,22 +101,17 @@ pub(crate) async fn run(cmd: TeamsCommand) -> anyhow::Result<()> {
                 name,
                 active: status.active(),
             };
-            let r = admin(&conn)
-                .await?
-                .update_team(call(&conn, req)?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(&conn, req, |mut c, r| async move { c.update_team(r).await }).await?;
             print_revision(conn.output, &format!("team {id}"), r.revision);
             Ok(())
         }
         TeamsCommand::Delete { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .delete_team(call(&conn, pb::DeleteRequest { id: id.clone() })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::DeleteRequest { id: id.clone() },
+                |mut c, r| async move { c.delete_team(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("deleted team {id}"), r.revision);
             Ok(())
         }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{
     StatusArgs,
-    client::{Conn, admin, all_pages, call, failed, list_page},
+    client::{Conn, admin, all_pages, call, failed, list_page, send},
     output::{Output, print_revision, say, status, table},
 };
 
@@ -75,12 +75,10 @@ pub(crate) async fn run(cmd: UsersCommand) -> anyhow::Result<()> {
     match cmd {
         UsersCommand::List { conn } => list(&conn).await,
         UsersCommand::Get { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .get_user(call(&conn, pb::GetRequest { id })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
+                c.get_user(r).await
+            })
+            .await?;
             print_users(conn.output, &r.user.into_iter().collect::<Vec<_>>());
             Ok(())
         }
@@ -97,23 +95,23 @@ pub(crate) async fn run(cmd: UsersCommand) -> anyhow::Result<()> {
                 active: !inactive,
                 teams,
             };
-            let r = admin(&conn)
-                .await?
-                .create_user(call(&conn, pb::UserRequest { user: Some(user) })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::UserRequest { user: Some(user) },
+                |mut c, r| async move { c.create_user(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("user {id}"), r.revision);
             Ok(())
         }
         UsersCommand::Update(args) => update(args).await,
         UsersCommand::Delete { id, conn } => {
-            let r = admin(&conn)
-                .await?
-                .delete_user(call(&conn, pb::DeleteRequest { id: id.clone() })?)
-                .await
-                .map_err(failed)?
-                .into_inner();
+            let r = send(
+                &conn,
+                pb::DeleteRequest { id: id.clone() },
+                |mut c, r| async move { c.delete_user(r).await },
+            )
+            .await?;
             print_revision(conn.output, &format!("deleted user {id}"), r.revision);
             Ok(())
         }
@@ -152,12 +150,7 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
         replace_teams: no_teams || !teams.is_empty(),
         teams,
     };
-    let r = admin(&conn)
-        .await?
-        .update_user(call(&conn, req)?)
-        .await
-        .map_err(failed)?
-        .into_inner();
+    let r = send(&conn, req, |mut c, r| async move { c.update_user(r).await }).await?;
     print_revision(conn.output, &format!("user {id}"), r.revision);
     Ok(())
 }

@@ -32,21 +32,23 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Check a policy file; print every problem with its location. Exits 1 when it is invalid.
     Validate(cli::validate::ValidateArgs),
-    /// Make and hash API keys.
+    /// API keys: make and hash them offline; create, list, change, revoke and delete them on a
+    /// server.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
     /// Drive Check over gRPC and report requests/s and latency percentiles.
     Bench(bench::BenchArgs),
-    /// Custom roles and entitlements.
+    /// Roles and entitlements on a server: list roles, create, change and delete custom roles,
+    /// add custom entitlements.
     #[command(subcommand)]
     Roles(cli::roles::RolesCommand),
-    /// Teams.
+    /// Teams on a server: create, list, show, change and delete them.
     #[command(subcommand)]
     Teams(cli::teams::TeamsCommand),
-    /// Users.
+    /// Users on a server: create, list, show, change and delete them.
     #[command(subcommand)]
     Users(cli::users::UsersCommand),
-    /// Projects.
+    /// Projects on a server: create, list, show, change and delete them.
     #[command(subcommand)]
     Projects(cli::projects::ProjectsCommand),
     /// The route table of the proxy front ends (Envoy ext_authz, the HTTP auth endpoint).

@@ -745,6 +745,11 @@ async fn bad_input_is_invalid_argument_with_field_violations() {
             "keys[NoRole0000000001].roles",
         ),
         (
+            "an unknown role on a key whose prefix the server generates",
+            team_key("", "devin", "acme", &["NO_SUCH_ROLE"]),
+            "roles",
+        ),
+        (
             "a duplicate prefix",
             team_key("DevinDevKey000000001", "devin", "acme", &[]),
             "keys[DevinDevKey000000001].prefix",

@@ -150,14 +150,82 @@ fn the_admin_cli_drives_a_key_through_its_life() {
     assert_eq!(denied.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
 
-    // Bad input: the field violation is printed.
+    // Bad input: the problem is printed once, against the key and field at fault.
     let bad = cli(
         &server,
         &owner,
-        &["keys", "update", "AliceKey0001", "--roles", "SYSTEM_KEY"],
+        &["keys", "update", "AliceKey0001", "--role", "SYSTEM_KEY"],
     );
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("keys[AliceKey0001].roles"), "{err}");
+    assert!(err.contains("key AliceKey0001 (roles)"), "{err}");
+    assert_eq!(err.matches("SYSTEM_KEY").count(), 1, "said once: {err}");
+
+    // A new key with an unknown role and no --prefix: the error speaks of the new key and its
+    // --role, never of a prefix the server made up and the caller never saw.
+    let unknown = cli(
+        &server,
+        &owner,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--team",
+            "acme",
+            "--role",
+            "NO_SUCH_ROLE",
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("the new key (roles): role NO_SUCH_ROLE does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.matches("NO_SUCH_ROLE").count(), 1, "said once: {err}");
+    assert!(!err.contains("keys["), "no generated prefix: {err}");
+
+    // `--role` replaces the roles (repeatable; `--roles` is an alias), `--no-roles` clears them.
+    let two: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &[
+            "keys",
+            "update",
+            "AliceKey0001",
+            "--role",
+            "DEVELOPER",
+            "--roles",
+            "AUDITOR",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(
+        two["key"]["roles"],
+        serde_json::json!(["AUDITOR", "DEVELOPER"]),
+        "{two}"
+    );
+    let none: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &[
+            "keys",
+            "update",
+            "AliceKey0001",
+            "--no-roles",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(none["key"]["roles"], serde_json::json!([]), "{none}");
+    ok(cli(
+        &server,
+        &owner,
+        &["keys", "update", "AliceKey0001", "--role", "DEVELOPER"],
+    ));
 
     // Replace the secret, then revoke.
     let replaced: Value = serde_json::from_str(&ok(cli(

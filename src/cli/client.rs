@@ -121,10 +121,9 @@ pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {
         for v in bad.field_violations {
-            // A policy document's problems are already in the message, located: once is enough.
-            let said =
-                status.message().contains(&v.field) && status.message().contains(&v.description);
-            if !said {
+            // A problem the message already states (a policy document's, located; a new key's)
+            // is said once.
+            if !status.message().contains(&v.description) {
                 text.push_str(&format!("\n  {}: {}", v.field, v.description));
             }
         }

@@ -129,9 +129,17 @@ pub(crate) struct UpdateArgs {
     /// active | inactive | pending | rejected | deleted
     #[arg(long)]
     status: Option<String>,
-    /// Replace the roles with these (comma-separated; `--roles ''` removes all).
-    #[arg(long, value_delimiter = ',')]
-    roles: Option<Vec<String>>,
+    /// Replace the key's roles with these (repeat, or comma-separate).
+    #[arg(
+        long = "role",
+        visible_alias = "roles",
+        value_delimiter = ',',
+        conflicts_with = "no_roles"
+    )]
+    roles: Vec<String>,
+    /// Remove every role from the key (TEAM_ROLE, implicit on every key, stays).
+    #[arg(long)]
+    no_roles: bool,
     /// RFC 3339 expiry, or `never`.
     #[arg(long)]
     expires_at: Option<String>,
@@ -282,13 +290,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 async fn update(args: UpdateArgs) -> anyhow::Result<()> {
-    let replace_roles = args.roles.is_some();
-    let roles: Vec<String> = args
-        .roles
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| !r.is_empty())
-        .collect();
+    let replace_roles = args.no_roles || !args.roles.is_empty();
+    let roles: Vec<String> = args.roles.into_iter().filter(|r| !r.is_empty()).collect();
     let req = pb::UpdateKeyRequest {
         prefix: args.prefix,
         status: args.status,

@@ -100,6 +100,27 @@ pub(crate) fn invalid(violations: &[ModelViolation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
 }
 
+/// A write's failure, with the problems of the object the request creates (`subject`) named by
+/// the request's own fields (`roles`, `user`, ...) and called `called`: the caller never saw the
+/// identity the server made up for it (a generated key prefix).
+pub(crate) fn write_status_for_new(err: WriteError, subject: &ObjectRef, called: &str) -> Status {
+    let WriteError::Invalid(violations) = err else {
+        return write_status(err);
+    };
+    let mut details = ErrorDetails::new();
+    let mut summary = Vec::with_capacity(violations.len());
+    for v in &violations {
+        if &v.object == subject {
+            details.add_bad_request_violation(v.field, v.message.clone());
+            summary.push(format!("{called} ({}): {}", v.field, v.message));
+        } else {
+            details.add_bad_request_violation(field_name(v), v.message.clone());
+            summary.push(v.to_string());
+        }
+    }
+    Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
+}
+
 /// A request field that is wrong before the model is even consulted.
 pub(crate) fn bad_field(field: &str, message: impl Into<String>) -> Status {
     let message = message.into();

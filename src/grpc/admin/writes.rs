@@ -219,7 +219,15 @@ impl AdminService {
             status: KeyStatus::Active,
             expires_at,
         });
-        let written = self.execute(&caller, Command::CreateKey(spec)).await?;
+        let written = if r.prefix.is_empty() {
+            let subject = ObjectRef::Key(prefix.as_str().into());
+            self.origin()?
+                .execute(caller.prefix(), Command::CreateKey(spec))
+                .await
+                .map_err(|e| write_status_for_new(e, &subject, "the new key"))?
+        } else {
+            self.execute(&caller, Command::CreateKey(spec)).await?
+        };
         Ok(Response::new(pb::CreateKeyResponse {
             key: self.key_now(&prefix),
             api_key: new.key,

@@ -223,6 +223,13 @@ fn is_blank(text: &str) -> bool {
     })
 }
 
+/// The parser's message without the " at line L, column C" it ends with: the problem is shown
+/// as `file:L:C: message`, so the position is said once.
+fn without_position(message: &str, line: u64, column: u64) -> String {
+    let suffix = format!(" at line {line}, column {column}");
+    message.strip_suffix(&suffix).unwrap_or(message).to_owned()
+}
+
 /// Parses a policy document; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
     let mut options = serde_saphyr::Options::default();
@@ -243,7 +250,7 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
                 line,
                 column,
                 object: String::new(),
-                message: first_line(&e.to_string()),
+                message: without_position(&first_line(&e.to_string()), line, column),
             }],
         }
     })?;

@@ -77,6 +77,10 @@ fn syntax_errors_and_unknown_fields_have_locations() {
     assert!(got[0].contains("colour"), "{got:?}");
     let got = errors("teams: [\n");
     assert!(got[0].starts_with("p.yaml:"), "{got:?}");
+    // The position is said once, in front.
+    assert_error("teams: 3\n", "p.yaml:1:8: expected sequence start");
+    let got = errors("teams:\n  - { bad: [ }\n");
+    assert!(!got[0].contains(" at line "), "{got:?}");
     assert_error(
         "version: 2\n",
         "p.yaml:1:10: version: unsupported version 2 (expected 1)",

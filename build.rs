@@ -19,5 +19,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    // Envoy's ext_authz service: a descriptor for server reflection only (the code comes from
+    // the envoy-types crate).
+    let envoy = [
+        "proto/envoy/service/auth/v3/external_auth.proto",
+        "proto/envoy/config/core/v3/base.proto",
+        "proto/envoy/type/v3/http_status.proto",
+        "proto/google/rpc/status.proto",
+    ];
+    for proto in envoy {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let envoy_descriptors = protox::compile(&envoy[..1], ["proto"])?;
+    std::fs::write(
+        out_dir.join("envoy_ext_authz_descriptor.bin"),
+        prost::Message::encode_to_vec(&envoy_descriptors),
+    )?;
     Ok(())
 }

@@ -203,6 +203,7 @@ fn grpc_services(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
     };
     let limits = AuthorizerLimits {
         max_batch: config.max_batch,

@@ -516,3 +516,127 @@ fn bench_refuses_zero_rounds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--rounds"), "{err}");
 }
+
+/// The descriptors of `symbol` as a reflection client (grpcurl) gathers them: the file that
+/// declares it, then each file it imports that it does not have yet, by name.
+async fn reflected_pool(server: &TestServer, symbol: &str) -> prost_reflect::DescriptorPool {
+    use prost::Message;
+    use prost_types::FileDescriptorProto;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let mut ask = async |request: MessageRequest| {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap().message_response
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("reflection does not list services");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == symbol),
+        "{symbol} is listed: {list:?}"
+    );
+
+    let mut files: Vec<FileDescriptorProto> = Vec::new();
+    let mut wanted = vec![MessageRequest::FileContainingSymbol(symbol.into())];
+    while let Some(request) = wanted.pop() {
+        let Some(MessageResponse::FileDescriptorResponse(answer)) = ask(request).await else {
+            panic!("reflection has no file for a name it gave");
+        };
+        for bytes in answer.file_descriptor_proto {
+            let file = FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor");
+            if files.iter().any(|f| f.name == file.name) {
+                continue;
+            }
+            for import in &file.dependency {
+                if !files.iter().any(|f| f.name() == import) {
+                    wanted.push(MessageRequest::FileByFilename(import.clone()));
+                }
+            }
+            files.push(file);
+        }
+    }
+    // Imports first.
+    let mut pool = prost_reflect::DescriptorPool::new();
+    while !files.is_empty() {
+        let ready = files
+            .iter()
+            .position(|f| {
+                f.dependency
+                    .iter()
+                    .all(|d| pool.get_file_by_name(d).is_some())
+            })
+            .expect("every import was served");
+        pool.add_file_descriptor_proto(files.remove(ready))
+            .expect("the reflected files resolve");
+    }
+    pool
+}
+
+/// A client with nothing but reflection (grpcurl's way): it writes the request as JSON, encodes
+/// it with the reflected descriptors, and reads the answer back through them. The bytes it sends
+/// are Envoy's wire format, and the answer it reads is rolegate's.
+#[tokio::test]
+async fn reflection_serves_envoy_ext_authz_so_a_client_without_protos_can_call_it() {
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, SerializeOptions};
+
+    let server = TestServer::policy(&example_policy()).await;
+    let pool = reflected_pool(&server, "envoy.service.auth.v3.Authorization").await;
+    let service = pool
+        .get_service_by_name("envoy.service.auth.v3.Authorization")
+        .unwrap();
+    let method = service.methods().find(|m| m.name() == "Check").unwrap();
+    let mut client = AuthorizationClient::new(server.channel().await);
+
+    let ask = async |client: &mut AuthorizationClient<_>, json: serde_json::Value| {
+        let request = DynamicMessage::deserialize(method.input(), json).unwrap();
+        let wire = CheckRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+        let answer = client.check(wire).await.unwrap().into_inner();
+        let read = DynamicMessage::decode(method.output(), answer.encode_to_vec().as_slice())
+            .expect("the answer decodes with the reflected descriptor");
+        let options = SerializeOptions::new().stringify_64_bit_integers(false);
+        read.serialize_with_options(serde_json::value::Serializer, &options)
+            .unwrap()
+    };
+    let request = |path: &str, key: &str| {
+        serde_json::json!({"attributes": {"request": {"http": {
+            "method": "GET",
+            "path": path,
+            "headers": {"authorization": format!("ApiKey {key}")},
+        }}}})
+    };
+
+    let allowed = ask(&mut client, request("/api/jobs", keys::DEVIN_DEVELOPER)).await;
+    assert!(allowed["status"].get("code").is_none(), "OK: {allowed}");
+    let headers = allowed["okResponse"]["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h["header"]["key"] == "x-rolegate-key"),
+        "{allowed}"
+    );
+
+    let denied = ask(&mut client, request("/api/jobs", "Nobody00000001.x")).await;
+    assert_eq!(denied["status"]["code"], 16, "UNAUTHENTICATED: {denied}");
+    assert_eq!(
+        denied["deniedResponse"]["status"]["code"], "Unauthorized",
+        "{denied}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(denied["deniedResponse"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["statusCode"], 401, "{body}");
+    server.stop().await.unwrap();
+}

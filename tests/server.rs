@@ -179,6 +179,10 @@ async fn health_reflection_and_http_endpoints() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"rolegate.v1.Authorizer"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    assert!(
+        names.contains(&"envoy.service.auth.v3.Authorization"),
+        "{names:?}"
+    );
 
     assert_eq!(http_get(server.http_addr, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(server.http_addr, "/readyz").await.unwrap().0, 200);

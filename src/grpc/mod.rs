@@ -21,6 +21,11 @@ pub mod pb {
     /// The file descriptor set of `proto/`, served by gRPC reflection.
     pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/rolegate_descriptor.bin"));
+
+    /// The file descriptor set of Envoy's `envoy.service.auth.v3.Authorization` as rolegate
+    /// serves it, for gRPC reflection (the code comes from the envoy-types crate).
+    pub(crate) const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
 }
 
 pub use authorizer::AuthorizerService;

@@ -15,7 +15,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::output::Output;
+use super::output::{Output, Shown, print_all, print_revision};
 
 /// Where to connect and as whom.
 #[derive(Args, Clone, Debug)]
@@ -213,6 +213,63 @@ where
         }
         token = next;
     }
+}
+
+/// Lists every object of an unfiltered list call and prints them: `rpc` asks for one page,
+/// `items` takes a page's objects and next page token.
+pub(crate) async fn list<Page, T, Fut>(
+    conn: &Conn,
+    rpc: impl Fn(AdminClient<Channel>, Request<pb::ListRequest>) -> Fut,
+    items: impl Fn(Page) -> (Vec<T>, String),
+) -> anyhow::Result<()>
+where
+    T: Shown,
+    Fut: Future<Output = Result<tonic::Response<Page>, tonic::Status>>,
+{
+    let client = admin(conn).await?;
+    let (rpc, items) = (&rpc, &items);
+    let all = all_pages(|token| {
+        let asked = call(conn, list_page(token)).map(|request| rpc(client.clone(), request));
+        async move {
+            let page = asked?.await.map_err(failed)?;
+            Ok(items(page.into_inner()))
+        }
+    })
+    .await?;
+    print_all(conn.output, &all);
+    Ok(())
+}
+
+/// Shows the object `id`: `rpc` gets it, `object` takes it out of the answer.
+pub(crate) async fn get<Resp, T, Fut>(
+    conn: &Conn,
+    id: String,
+    rpc: impl FnOnce(AdminClient<Channel>, Request<pb::GetRequest>) -> Fut,
+    object: impl FnOnce(Resp) -> Option<T>,
+) -> anyhow::Result<()>
+where
+    T: Shown,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let answer = send(conn, pb::GetRequest { id }, rpc).await?;
+    print_all(conn.output, &Vec::from_iter(object(answer)));
+    Ok(())
+}
+
+/// Deletes the `what` (team, user, ...) `id` through `rpc` and prints the revision.
+pub(crate) async fn delete<Fut>(
+    conn: &Conn,
+    what: &str,
+    id: String,
+    rpc: impl FnOnce(AdminClient<Channel>, Request<pb::DeleteRequest>) -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = Result<tonic::Response<pb::WriteResponse>, tonic::Status>>,
+{
+    let shown = format!("deleted {what} {id}");
+    let r = send(conn, pb::DeleteRequest { id }, rpc).await?;
+    print_revision(conn.output, &shown, r.revision);
+    Ok(())
 }
 
 /// The page request of [`all_pages`].

@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use super::{
     block_on,
-    client::{Conn, admin, all_pages, call, failed, send},
-    output::{Output, parse_time, print_revision, rfc3339, say, table},
+    client::{Conn, admin, all_pages, call, delete, failed, get, send},
+    output::{Output, Shown, parse_time, print_all, rfc3339, say},
 };
 
 #[derive(Subcommand)]
@@ -188,14 +188,13 @@ async fn run_admin(cmd: KeysAdmin) -> anyhow::Result<()> {
         KeysAdmin::Create(args) => create(args).await,
         KeysAdmin::List(args) => list(args).await,
         KeysAdmin::Get { prefix, conn } => {
-            let r = send(
+            get(
                 &conn,
-                pb::GetRequest { id: prefix },
+                prefix,
                 |mut c, r| async move { c.get_key(r).await },
+                |r| r.key,
             )
-            .await?;
-            print_keys(conn.output, &r.key.into_iter().collect::<Vec<_>>());
-            Ok(())
+            .await
         }
         KeysAdmin::Update(args) => update(args).await,
         KeysAdmin::Revoke { prefix, conn } => {
@@ -217,14 +216,10 @@ async fn run_admin(cmd: KeysAdmin) -> anyhow::Result<()> {
             Ok(())
         }
         KeysAdmin::Delete { prefix, conn } => {
-            let r = send(
-                &conn,
-                pb::DeleteRequest { id: prefix.clone() },
-                |mut c, r| async move { c.delete_key(r).await },
-            )
-            .await?;
-            print_revision(conn.output, &format!("deleted key {prefix}"), r.revision);
-            Ok(())
+            delete(&conn, "key", prefix, |mut c, r| async move {
+                c.delete_key(r).await
+            })
+            .await
         }
     }
 }
@@ -251,12 +246,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
             .unwrap_or(0),
     };
     let conn = &args.conn;
-    let r = admin(conn)
-        .await?
-        .create_key(call(conn, req)?)
-        .await
-        .map_err(failed)?
-        .into_inner();
+    let r = send(conn, req, |mut c, r| async move { c.create_key(r).await }).await?;
     print_new_key(conn.output, &r);
     Ok(())
 }
@@ -285,7 +275,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
-    print_keys(conn.output, &all);
+    print_all(conn.output, &all);
     Ok(())
 }
 
@@ -307,17 +297,12 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
 
 /// Sends an update and prints the key as it now is, with the revision.
 async fn update_key(conn: &Conn, req: pb::UpdateKeyRequest) -> anyhow::Result<()> {
-    let r = admin(conn)
-        .await?
-        .update_key(call(conn, req)?)
-        .await
-        .map_err(failed)?
-        .into_inner();
+    let r = send(conn, req, |mut c, r| async move { c.update_key(r).await }).await?;
     if conn.output == Output::Json {
         let key = r.key.as_ref().map(key_json);
         say!("{}", json!({ "key": key, "revision": r.revision }));
     } else {
-        print_keys(conn.output, &r.key.into_iter().collect::<Vec<_>>());
+        print_all(conn.output, &r.key.into_iter().collect::<Vec<_>>());
         say!("(revision {})", r.revision);
     }
     Ok(())
@@ -339,33 +324,30 @@ fn key_json(k: &pb::Key) -> Value {
     })
 }
 
-fn print_keys(output: Output, keys: &[pb::Key]) {
-    if output == Output::Json {
-        say!("{}", Value::Array(keys.iter().map(key_json).collect()));
-        return;
+impl Shown for pb::Key {
+    const HEADER: &'static [&'static str] = &[
+        "PREFIX", "TYPE", "TEAM", "OWNER", "ROLES", "STATUS", "EXPIRES",
+    ];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.prefix.clone(),
+            key_type(self).into(),
+            self.team.clone(),
+            if self.project.is_empty() {
+                format!("user {}", self.user)
+            } else {
+                format!("project {}", self.project)
+            },
+            self.roles.join(","),
+            self.status.clone(),
+            rfc3339(self.expires_at),
+        ]
     }
-    table(
-        &[
-            "PREFIX", "TYPE", "TEAM", "OWNER", "ROLES", "STATUS", "EXPIRES",
-        ],
-        keys.iter()
-            .map(|k| {
-                vec![
-                    k.prefix.clone(),
-                    key_type(k).into(),
-                    k.team.clone(),
-                    if k.project.is_empty() {
-                        format!("user {}", k.user)
-                    } else {
-                        format!("project {}", k.project)
-                    },
-                    k.roles.join(","),
-                    k.status.clone(),
-                    rfc3339(k.expires_at),
-                ]
-            })
-            .collect(),
-    );
+
+    fn json(&self) -> Value {
+        key_json(self)
+    }
 }
 
 /// Prints a key created or re-keyed: the whole key once.

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::ValueEnum;
-use serde_json::json;
+use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// `println!` that ends the process quietly when stdout is closed (`rolegate keys list | head`)
@@ -48,6 +48,25 @@ pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+/// An object the Admin commands show: a row of a table, or a JSON object for scripts.
+pub(crate) trait Shown {
+    /// The table's header, a name per column.
+    const HEADER: &'static [&'static str];
+    /// The object as a table row, a cell per column.
+    fn row(&self) -> Vec<String>;
+    /// The object as scripts read it.
+    fn json(&self) -> Value;
+}
+
+/// Prints objects as `--output` asks: a table, or a JSON array.
+pub(crate) fn print_all<T: Shown>(output: Output, items: &[T]) {
+    if output == Output::Json {
+        say!("{}", Value::Array(items.iter().map(T::json).collect()));
+    } else {
+        table(T::HEADER, items.iter().map(T::row).collect());
     }
 }
 

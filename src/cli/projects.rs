@@ -5,8 +5,8 @@ use rolegate::grpc::pb;
 use serde_json::{Value, json};
 
 use super::{
-    client::{Conn, admin, all_pages, call, failed, list_page, send},
-    output::{Output, print_revision, say, table},
+    client::{Conn, delete, get, list, send},
+    output::{Shown, print_revision},
 };
 
 #[derive(Subcommand, Debug)]
@@ -61,14 +61,22 @@ pub(crate) enum ProjectsCommand {
 /// Runs `rolegate projects …`.
 pub(crate) async fn run(cmd: ProjectsCommand) -> anyhow::Result<()> {
     match cmd {
-        ProjectsCommand::List { conn } => list(&conn).await,
+        ProjectsCommand::List { conn } => {
+            list(
+                &conn,
+                |mut c, r| async move { c.list_projects(r).await },
+                |page: pb::ListProjectsResponse| (page.projects, page.next_page_token),
+            )
+            .await
+        }
         ProjectsCommand::Get { id, conn } => {
-            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
-                c.get_project(r).await
-            })
-            .await?;
-            print_projects(conn.output, &r.project.into_iter().collect::<Vec<_>>());
-            Ok(())
+            get(
+                &conn,
+                id,
+                |mut c, r| async move { c.get_project(r).await },
+                |r| r.project,
+            )
+            .await
         }
         ProjectsCommand::Create {
             id,
@@ -111,48 +119,22 @@ pub(crate) async fn run(cmd: ProjectsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ProjectsCommand::Delete { id, conn } => {
-            let r = send(
-                &conn,
-                pb::DeleteRequest { id: id.clone() },
-                |mut c, r| async move { c.delete_project(r).await },
-            )
-            .await?;
-            print_revision(conn.output, &format!("deleted project {id}"), r.revision);
-            Ok(())
+            delete(&conn, "project", id, |mut c, r| async move {
+                c.delete_project(r).await
+            })
+            .await
         }
     }
 }
 
-async fn list(conn: &Conn) -> anyhow::Result<()> {
-    let client = admin(conn).await?;
-    let all = all_pages(|token| {
-        let mut client = client.clone();
-        let request = call(conn, list_page(token));
-        async move {
-            let page = client.list_projects(request?).await.map_err(failed)?;
-            let page = page.into_inner();
-            Ok((page.projects, page.next_page_token))
-        }
-    })
-    .await?;
-    print_projects(conn.output, &all);
-    Ok(())
-}
+impl Shown for pb::Project {
+    const HEADER: &'static [&'static str] = &["PROJECT", "TEAM", "NAME"];
 
-fn print_projects(output: Output, projects: &[pb::Project]) {
-    if output == Output::Json {
-        let v: Vec<Value> = projects
-            .iter()
-            .map(|p| json!({"id": p.id, "team": p.team, "name": p.name}))
-            .collect();
-        say!("{}", Value::Array(v));
-    } else {
-        table(
-            &["PROJECT", "TEAM", "NAME"],
-            projects
-                .iter()
-                .map(|p| vec![p.id.clone(), p.team.clone(), p.name.clone()])
-                .collect(),
-        );
+    fn row(&self) -> Vec<String> {
+        vec![self.id.clone(), self.team.clone(), self.name.clone()]
+    }
+
+    fn json(&self) -> Value {
+        json!({"id": self.id, "team": self.team, "name": self.name})
     }
 }

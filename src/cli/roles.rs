@@ -6,8 +6,8 @@ use rolegate::grpc::pb;
 use serde_json::{Value, json};
 
 use super::{
-    client::{Conn, admin, all_pages, call, failed, list_page, send},
-    output::{Output, print_revision, say, table},
+    client::{Conn, delete, list, send},
+    output::{Shown, print_revision},
 };
 
 #[derive(Subcommand, Debug)]
@@ -62,7 +62,14 @@ pub(crate) enum RolesCommand {
 /// Runs `rolegate roles …`.
 pub(crate) async fn run(cmd: RolesCommand) -> anyhow::Result<()> {
     match cmd {
-        RolesCommand::List { conn } => list(&conn).await,
+        RolesCommand::List { conn } => {
+            list(
+                &conn,
+                |mut c, r| async move { c.list_roles(r).await },
+                |page: pb::ListRolesResponse| (page.roles, page.next_page_token),
+            )
+            .await
+        }
         RolesCommand::Create {
             id,
             role_type,
@@ -76,14 +83,10 @@ pub(crate) async fn run(cmd: RolesCommand) -> anyhow::Result<()> {
             conn,
         } => put_role(&conn, id, role_type, &specs, false).await,
         RolesCommand::Delete { id, conn } => {
-            let r = send(
-                &conn,
-                pb::DeleteRequest { id: id.clone() },
-                |mut c, r| async move { c.delete_role(r).await },
-            )
-            .await?;
-            print_revision(conn.output, &format!("deleted role {id}"), r.revision);
-            Ok(())
+            delete(&conn, "role", id, |mut c, r| async move {
+                c.delete_role(r).await
+            })
+            .await
         }
         RolesCommand::AddEntitlements { ids, conn } => {
             let r = send(
@@ -98,57 +101,31 @@ pub(crate) async fn run(cmd: RolesCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn list(conn: &Conn) -> anyhow::Result<()> {
-    let client = admin(conn).await?;
-    let roles = all_pages(|token| {
-        let mut client = client.clone();
-        let request = call(conn, list_page(token));
-        async move {
-            let page = client.list_roles(request?).await.map_err(failed)?;
-            let page = page.into_inner();
-            Ok((page.roles, page.next_page_token))
-        }
-    })
-    .await?;
-    print_roles(conn.output, &roles);
-    Ok(())
-}
+impl Shown for pb::Role {
+    const HEADER: &'static [&'static str] = &["ROLE", "TYPE", "PREBUILT", "GRANTS"];
 
-fn print_roles(output: Output, roles: &[pb::Role]) {
-    if output == Output::Json {
-        let roles: Vec<Value> = roles
+    fn row(&self) -> Vec<String> {
+        let grants: Vec<String> = self
+            .grants
             .iter()
-            .map(|role| {
-                let grants: Vec<Value> = role
-                    .grants
-                    .iter()
-                    .map(|g| json!({"entitlement": g.entitlement, "scope": g.scope}))
-                    .collect();
-                json!({ "id": role.id, "type": role.r#type, "prebuilt": role.prebuilt,
-                    "grants": grants })
-            })
+            .map(|g| format!("{}:{}", g.entitlement, g.scope))
             .collect();
-        say!("{}", Value::Array(roles));
-        return;
+        vec![
+            self.id.clone(),
+            self.r#type.clone(),
+            self.prebuilt.to_string(),
+            grants.join(","),
+        ]
     }
-    table(
-        &["ROLE", "TYPE", "PREBUILT", "GRANTS"],
-        roles
+
+    fn json(&self) -> Value {
+        let grants: Vec<Value> = self
+            .grants
             .iter()
-            .map(|role| {
-                vec![
-                    role.id.clone(),
-                    role.r#type.clone(),
-                    role.prebuilt.to_string(),
-                    role.grants
-                        .iter()
-                        .map(|g| format!("{}:{}", g.entitlement, g.scope))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ]
-            })
-            .collect(),
-    );
+            .map(|g| json!({"entitlement": g.entitlement, "scope": g.scope}))
+            .collect();
+        json!({"id": self.id, "type": self.r#type, "prebuilt": self.prebuilt, "grants": grants})
+    }
 }
 
 /// `--grant entitlement:SCOPE` values as grants (the scope upper-cased).
@@ -181,15 +158,15 @@ async fn put_role(
         grants: grants(specs)?,
         prebuilt: false,
     };
-    let mut client = admin(conn).await?;
-    let req = call(conn, pb::RoleRequest { role: Some(role) })?;
-    let r = if create {
-        client.create_role(req).await
-    } else {
-        client.update_role(req).await
-    }
-    .map_err(failed)?
-    .into_inner();
+    let req = pb::RoleRequest { role: Some(role) };
+    let r = send(conn, req, |mut c, r| async move {
+        if create {
+            c.create_role(r).await
+        } else {
+            c.update_role(r).await
+        }
+    })
+    .await?;
     print_revision(conn.output, &format!("role {id}"), r.revision);
     Ok(())
 }

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::{
     StatusArgs,
-    client::{Conn, admin, all_pages, call, failed, list_page, send},
-    output::{Output, print_revision, say, status, table},
+    client::{Conn, delete, get, list, send},
+    output::{Shown, print_revision, status},
 };
 
 #[derive(Subcommand, Debug)]
@@ -61,14 +61,22 @@ pub(crate) enum TeamsCommand {
 /// Runs `rolegate teams …`.
 pub(crate) async fn run(cmd: TeamsCommand) -> anyhow::Result<()> {
     match cmd {
-        TeamsCommand::List { conn } => list(&conn).await,
+        TeamsCommand::List { conn } => {
+            list(
+                &conn,
+                |mut c, r| async move { c.list_teams(r).await },
+                |page: pb::ListTeamsResponse| (page.teams, page.next_page_token),
+            )
+            .await
+        }
         TeamsCommand::Get { id, conn } => {
-            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
-                c.get_team(r).await
-            })
-            .await?;
-            print_teams(conn.output, &r.team.into_iter().collect::<Vec<_>>());
-            Ok(())
+            get(
+                &conn,
+                id,
+                |mut c, r| async move { c.get_team(r).await },
+                |r| r.team,
+            )
+            .await
         }
         TeamsCommand::Create {
             id,
@@ -106,48 +114,22 @@ pub(crate) async fn run(cmd: TeamsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TeamsCommand::Delete { id, conn } => {
-            let r = send(
-                &conn,
-                pb::DeleteRequest { id: id.clone() },
-                |mut c, r| async move { c.delete_team(r).await },
-            )
-            .await?;
-            print_revision(conn.output, &format!("deleted team {id}"), r.revision);
-            Ok(())
+            delete(&conn, "team", id, |mut c, r| async move {
+                c.delete_team(r).await
+            })
+            .await
         }
     }
 }
 
-async fn list(conn: &Conn) -> anyhow::Result<()> {
-    let client = admin(conn).await?;
-    let all = all_pages(|token| {
-        let mut client = client.clone();
-        let request = call(conn, list_page(token));
-        async move {
-            let page = client.list_teams(request?).await.map_err(failed)?;
-            let page = page.into_inner();
-            Ok((page.teams, page.next_page_token))
-        }
-    })
-    .await?;
-    print_teams(conn.output, &all);
-    Ok(())
-}
+impl Shown for pb::Team {
+    const HEADER: &'static [&'static str] = &["TEAM", "NAME", "STATUS"];
 
-fn print_teams(output: Output, teams: &[pb::Team]) {
-    if output == Output::Json {
-        let v: Vec<Value> = teams
-            .iter()
-            .map(|t| json!({"id": t.id, "name": t.name, "active": t.active}))
-            .collect();
-        say!("{}", Value::Array(v));
-    } else {
-        table(
-            &["TEAM", "NAME", "STATUS"],
-            teams
-                .iter()
-                .map(|t| vec![t.id.clone(), t.name.clone(), status(t.active)])
-                .collect(),
-        );
+    fn row(&self) -> Vec<String> {
+        vec![self.id.clone(), self.name.clone(), status(self.active)]
+    }
+
+    fn json(&self) -> Value {
+        json!({"id": self.id, "name": self.name, "active": self.active})
     }
 }

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::{
     StatusArgs,
-    client::{Conn, admin, all_pages, call, failed, list_page, send},
-    output::{Output, print_revision, say, status, table},
+    client::{Conn, delete, get, list, send},
+    output::{Shown, print_revision, status},
 };
 
 #[derive(Subcommand, Debug)]
@@ -73,14 +73,22 @@ pub(crate) struct UpdateArgs {
 /// Runs `rolegate users …`.
 pub(crate) async fn run(cmd: UsersCommand) -> anyhow::Result<()> {
     match cmd {
-        UsersCommand::List { conn } => list(&conn).await,
+        UsersCommand::List { conn } => {
+            list(
+                &conn,
+                |mut c, r| async move { c.list_users(r).await },
+                |page: pb::ListUsersResponse| (page.users, page.next_page_token),
+            )
+            .await
+        }
         UsersCommand::Get { id, conn } => {
-            let r = send(&conn, pb::GetRequest { id }, |mut c, r| async move {
-                c.get_user(r).await
-            })
-            .await?;
-            print_users(conn.output, &r.user.into_iter().collect::<Vec<_>>());
-            Ok(())
+            get(
+                &conn,
+                id,
+                |mut c, r| async move { c.get_user(r).await },
+                |r| r.user,
+            )
+            .await
         }
         UsersCommand::Create {
             id,
@@ -106,32 +114,12 @@ pub(crate) async fn run(cmd: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Update(args) => update(args).await,
         UsersCommand::Delete { id, conn } => {
-            let r = send(
-                &conn,
-                pb::DeleteRequest { id: id.clone() },
-                |mut c, r| async move { c.delete_user(r).await },
-            )
-            .await?;
-            print_revision(conn.output, &format!("deleted user {id}"), r.revision);
-            Ok(())
+            delete(&conn, "user", id, |mut c, r| async move {
+                c.delete_user(r).await
+            })
+            .await
         }
     }
-}
-
-async fn list(conn: &Conn) -> anyhow::Result<()> {
-    let client = admin(conn).await?;
-    let all = all_pages(|token| {
-        let mut client = client.clone();
-        let request = call(conn, list_page(token));
-        async move {
-            let page = client.list_users(request?).await.map_err(failed)?;
-            let page = page.into_inner();
-            Ok((page.users, page.next_page_token))
-        }
-    })
-    .await?;
-    print_users(conn.output, &all);
-    Ok(())
 }
 
 async fn update(args: UpdateArgs) -> anyhow::Result<()> {
@@ -155,27 +143,19 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_users(output: Output, users: &[pb::User]) {
-    if output == Output::Json {
-        let v: Vec<Value> = users
-            .iter()
-            .map(|u| json!({"id": u.id, "name": u.name, "active": u.active, "teams": u.teams}))
-            .collect();
-        say!("{}", Value::Array(v));
-    } else {
-        table(
-            &["USER", "NAME", "STATUS", "TEAMS"],
-            users
-                .iter()
-                .map(|u| {
-                    vec![
-                        u.id.clone(),
-                        u.name.clone(),
-                        status(u.active),
-                        u.teams.join(","),
-                    ]
-                })
-                .collect(),
-        );
+impl Shown for pb::User {
+    const HEADER: &'static [&'static str] = &["USER", "NAME", "STATUS", "TEAMS"];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            status(self.active),
+            self.teams.join(","),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({"id": self.id, "name": self.name, "active": self.active, "teams": self.teams})
     }
 }

@@ -52,6 +52,7 @@ pub struct ServeConfig {
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
+    /// Several hubs, comma-separated: the first is used, the next when it is lost.
     #[arg(long, env = "ROLEGATE_UPSTREAM", requires = "upstream_key")]
     pub(crate) upstream: Option<String>,
 

@@ -723,3 +723,70 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
     assert_eq!(code, 200, "{body}");
     hub.stop().await.unwrap();
 }
+
+// ---- several hubs ---------------------------------------------------------------------------
+
+/// Waits (bounded) until `/status` of `server` satisfies `done`; returns it.
+async fn until_status(
+    server: &TestServer,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..1200 {
+        let status = server.status().await;
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never {what}: {}", server.status().await);
+}
+
+/// A follower given two hubs that share one history (both follow the same root) fails over
+/// when the hub it uses goes away, and resumes on the other from its revision: no second
+/// snapshot, nothing missed, the change made meanwhile applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_two_hubs_fails_over_and_resumes_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let text = common::example_policy();
+    write_atomically(&policy, &text);
+    let root = start_hub(&policy, free_port()).await;
+    let hub_a = TestServer::follower(&root).await;
+    let hub_b = TestServer::follower(&root).await;
+    let sidecar = TestServer::with(Origin::Upstream(format!("{},{}", hub_a.url(), hub_b.url())))
+        .start()
+        .await;
+    let status = sidecar.status().await;
+    let up = &status["origin"]["upstream"];
+    assert_eq!(up["hub"], hub_a.url(), "the first hub first: {status}");
+    assert_eq!(up["hubs"], serde_json::json!([hub_a.url(), hub_b.url()]));
+    assert_eq!(up["snapshots"], 1, "{status}");
+    let mut sc = sidecar.authorizer().await;
+    assert!(check(&mut sc, keys::DEVIN_DEVELOPER, 0).await.allowed);
+
+    // The hub in use goes away; meanwhile the root deactivates Devin's key.
+    hub_a.stop().await.unwrap();
+    write_atomically(
+        &policy,
+        &with_key_status(&text, keys::prefix(keys::DEVIN_DEVELOPER), "inactive"),
+    );
+    let root_revision = until_status(&root, "reloaded", |s| s["revision"] == 2).await["revision"]
+        .as_u64()
+        .unwrap();
+    let status = until_status(&sidecar, "at the root's revision on the other hub", |s| {
+        s["revision"].as_u64() == Some(root_revision)
+    })
+    .await;
+    let up = &status["origin"]["upstream"];
+    assert_eq!(up["hub"], hub_b.url(), "failed over: {status}");
+    assert!(up["fail_overs"].as_u64() >= Some(1), "{status}");
+    assert_eq!(up["snapshots"], 1, "resumed, not re-snapshotted: {status}");
+    assert_eq!(up["resets"], 0, "{status}");
+    let r = check(&mut sc, keys::DEVIN_DEVELOPER, 0).await;
+    assert!(
+        !r.allowed,
+        "the change made during the fail-over applies: {r:?}"
+    );
+    drop((hub_b, root));
+}

@@ -25,7 +25,7 @@ pub(crate) struct OriginConfig {
     pub(crate) data_dir: PathBuf,
     /// The bootstrap key of a new store.
     pub(crate) bootstrap: Bootstrap,
-    /// `--upstream`: follow this hub.
+    /// `--upstream`: follow this hub, or these (comma-separated), failing over between them.
     pub(crate) upstream: Option<String>,
     /// The key presented to the hub.
     pub(crate) upstream_key: Option<String>,
@@ -76,17 +76,36 @@ pub(crate) async fn start<H: Hub>(
     Ok(origin)
 }
 
-/// A follower of `hub`.
+/// A follower of the hubs `urls` (comma-separated), the first first.
 fn follow<H: Hub>(
-    hub: &str,
+    urls: &str,
     config: &OriginConfig,
     state: Arc<State>,
     dial: Dial<H>,
 ) -> Result<Arc<dyn Origin>, UpstreamError> {
     let key = config.upstream_key.clone().unwrap_or_default();
-    let hub = dial(hub, key, config.upstream_tls.clone())?;
-    tracing::info!(hub = %hub.address(), "follow mode: the state comes from the hub's Watch");
-    Ok(UpstreamOrigin::bounded(hub, state, config.max_staleness))
+    let mut hubs = Vec::new();
+    for url in urls.split(',').map(str::trim) {
+        if url.is_empty() {
+            return Err(UpstreamError::BadUrl {
+                url: urls.to_owned(),
+                message: "an empty hub address in the list".into(),
+            });
+        }
+        hubs.push(dial(url, key.clone(), config.upstream_tls.clone())?);
+    }
+    let mut hubs = hubs.into_iter();
+    let first = hubs.next().ok_or_else(|| UpstreamError::BadUrl {
+        url: urls.to_owned(),
+        message: "no hub address".into(),
+    })?;
+    tracing::info!(hub = %first.address(), others = hubs.len(), "follow mode: the state comes from the hub's Watch");
+    Ok(UpstreamOrigin::bounded(
+        first,
+        hubs.collect(),
+        state,
+        config.max_staleness,
+    ))
 }
 
 /// The embedded store in the configured data directory, made (with its bootstrap key) when new.

@@ -11,7 +11,10 @@ pub(crate) mod status;
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -238,9 +241,17 @@ impl Staged {
     }
 }
 
+/// How long a follower waits before it tries the next hub after losing one: the next hub is
+/// another machine, so there is no reason to back off before knocking there.
+const FAIL_OVER_DELAY: Duration = Duration::from_millis(50);
+
 /// The follower.
 pub struct UpstreamOrigin<H: Hub> {
-    hub: H,
+    /// The hubs, in the order given; the follower uses one at a time and moves to the next when
+    /// it loses the one it uses. Never empty.
+    hubs: Vec<H>,
+    /// The index (modulo the number of hubs) of the hub in use.
+    current: AtomicUsize,
     state: Arc<State>,
     status: Arc<Mutex<UpstreamStatus>>,
     position: Mutex<Position>,
@@ -259,18 +270,28 @@ enum Ended {
 impl<H: Hub> UpstreamOrigin<H> {
     /// A follower of `hub` feeding `state`, with no bound on staleness.
     pub fn new(hub: H, state: Arc<State>) -> Arc<Self> {
-        Self::bounded(hub, state, None)
+        Self::bounded(hub, Vec::new(), state, None)
     }
 
-    /// A follower of `hub` feeding `state` that reports itself not ready once the hub has not
-    /// been heard from for `max_staleness`.
-    pub(crate) fn bounded(hub: H, state: Arc<State>, max_staleness: Option<Duration>) -> Arc<Self> {
+    /// A follower of `first`, then of each of `others` in turn when it loses the one it uses,
+    /// feeding `state`; it reports itself not ready once no hub has been heard from for
+    /// `max_staleness`.
+    pub(crate) fn bounded(
+        first: H,
+        others: Vec<H>,
+        state: Arc<State>,
+        max_staleness: Option<Duration>,
+    ) -> Arc<Self> {
+        let mut hubs = vec![first];
+        hubs.extend(others);
         let status = UpstreamStatus {
-            hub: hub.address().to_owned(),
+            hub: hubs[0].address().to_owned(),
+            hubs: hubs.iter().map(|h| h.address().to_owned()).collect(),
             ..Default::default()
         };
         Arc::new(UpstreamOrigin {
-            hub,
+            hubs,
+            current: AtomicUsize::new(0),
             state,
             status: Arc::new(Mutex::new(status)),
             position: Mutex::new(Position::default()),
@@ -302,17 +323,37 @@ impl<H: Hub> UpstreamOrigin<H> {
         self.position.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follows the hub until `shutdown` turns true: connect, watch, and on any failure wait
-    /// (with backoff) and resume from the last revision applied.
+    /// The hub in use.
+    fn hub(&self) -> &H {
+        &self.hubs[self.current.load(Ordering::Relaxed) % self.hubs.len()]
+    }
+
+    /// Moves to the next hub (the first after the last); its address.
+    fn next_hub(&self) -> String {
+        self.current.fetch_add(1, Ordering::Relaxed);
+        let hub = self.hub().address().to_owned();
+        self.with_status(|s| {
+            s.hub.clone_from(&hub);
+            s.fail_overs += 1;
+        });
+        hub
+    }
+
+    /// Follows the hub until `shutdown` turns true: connect, watch, and on any failure resume
+    /// from the last revision applied: at once on the next hub when there is one not yet tried
+    /// since the last one was lost, else after a backoff.
     pub async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let hub = self.hub.address().to_owned();
+        let mut untried = self.hubs.len() - 1;
         loop {
+            let hub = self.hub().address().to_owned();
             let outcome = tokio::select! {
                 outcome = self.session(&mut backoff) => outcome,
                 _ = shutdown.wait_for(|s| *s) => Ok(Ended::Shutdown),
             };
+            let mut was_connected = false;
             self.with_status(|s| {
+                was_connected = s.connected;
                 s.connected = false;
                 if s.snapshot_in_progress {
                     s.snapshot_in_progress = false;
@@ -329,7 +370,17 @@ impl<H: Hub> UpstreamOrigin<H> {
                     if let UpstreamError::HubBehind(_) = err {
                         self.position().resume = false;
                     }
-                    let delay = backoff.next_delay();
+                    if was_connected {
+                        // Lost a hub that worked: every other hub is worth a try again.
+                        untried = self.hubs.len() - 1;
+                    }
+                    let delay = if untried > 0 {
+                        untried -= 1;
+                        FAIL_OVER_DELAY
+                    } else {
+                        untried = self.hubs.len() - 1;
+                        backoff.next_delay()
+                    };
                     let retry_in_ms = delay.as_millis() as u64;
                     let revision = self.state.revision();
                     if let UpstreamError::Refused(_) = err {
@@ -340,6 +391,10 @@ impl<H: Hub> UpstreamOrigin<H> {
                         tracing::warn!(hub = %hub, error = %err, retry_in_ms, revision, "upstream disconnected; serving the last state");
                     }
                     self.with_status(|s| s.last_error = Some(err.to_string()));
+                    if self.hubs.len() > 1 {
+                        let next = self.next_hub();
+                        tracing::warn!(from = %hub, to = %next, retry_in_ms, "failing over to the next hub");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait_for(|s| *s) => return,
@@ -353,7 +408,7 @@ impl<H: Hub> UpstreamOrigin<H> {
     async fn session(&self, backoff: &mut Backoff) -> Result<Ended, UpstreamError> {
         let start = self.position().start();
         let opened = std::time::Instant::now();
-        let mut feed = self.hub.open(start.clone()).await?;
+        let mut feed = self.hub().open(start.clone()).await?;
         let snapshot = start == Start::Snapshot;
         self.with_status(|s| {
             s.connected = true;
@@ -367,7 +422,7 @@ impl<H: Hub> UpstreamOrigin<H> {
             Start::Snapshot => ("snapshot", 0),
             Start::Resume { from, .. } => ("resume", *from),
         };
-        tracing::info!(hub = %self.hub.address(), start = mode, from_revision, "following the hub");
+        tracing::info!(hub = %self.hub().address(), start = mode, from_revision, "following the hub");
         let mut staged: Option<Staged> = snapshot.then(Staged::default);
         let mut pending: Vec<Change> = Vec::new();
         loop {
@@ -379,7 +434,7 @@ impl<H: Hub> UpstreamOrigin<H> {
             });
             match item {
                 FeedItem::Reset { reason } => {
-                    tracing::info!(hub = %self.hub.address(), reason = %reason, "reset by the hub");
+                    tracing::info!(hub = %self.hub().address(), reason = %reason, "reset by the hub");
                     self.position().resume = false;
                     self.with_status(|s| s.resets += 1);
                     return Ok(Ended::Reset);
@@ -519,7 +574,7 @@ impl<H: Hub> UpstreamOrigin<H> {
             s.last_snapshot = Some(timing);
         });
         tracing::info!(
-            hub = %self.hub.address(),
+            hub = %self.hub().address(),
             revision,
             keys = self.state.counts().keys,
             objects = timing.objects,
@@ -547,13 +602,13 @@ impl<H: Hub> Origin for UpstreamOrigin<H> {
     }
 
     fn routes(&self) -> RouteSource {
-        RouteSource::Hub(self.hub.address().to_owned())
+        RouteSource::Hub(self.hub().address().to_owned())
     }
 
     fn writer(&self) -> Result<&dyn WritableOrigin, ReadOnly> {
         Err(ReadOnly(format!(
             "this instance follows the hub {}: write to the hub",
-            self.hub.address()
+            self.hub().address()
         )))
     }
 

@@ -11,7 +11,12 @@ use serde::Serialize;
 /// What the follower reports on `/status` and in readiness.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UpstreamStatus {
+    /// The hub in use.
     pub(crate) hub: String,
+    /// Every hub given, in the order they are tried.
+    pub(crate) hubs: Vec<String>,
+    /// How often the follower moved to the next hub.
+    pub(crate) fail_overs: u64,
     pub(crate) connected: bool,
     /// Unix milliseconds of the last event (bookmarks and snapshot parts included) from the hub.
     pub(crate) last_event_unix_ms: Option<i64>,

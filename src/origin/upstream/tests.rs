@@ -249,7 +249,7 @@ async fn a_snapshot_cut_off_or_invalid_leaves_the_previous_state() {
     until(&status, |s| s.snapshots == 2).await;
     let timing = status.lock().unwrap().last_snapshot.unwrap();
     assert_eq!(timing.objects, 6, "two parts of three objects");
-    let opened = follower.hub.opened.lock().unwrap().clone();
+    let opened = follower.hub().opened.lock().unwrap().clone();
     assert_eq!(opened, vec![Start::Snapshot; 4]);
     stop_tx.send_replace(true);
     task.await.unwrap();

@@ -434,17 +434,28 @@ async fn wait_status(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    let status = until_status_at(p.http, what, |s| ok(&s["origin"]["upstream"])).await;
+    status["origin"]["upstream"].clone()
+}
+
+/// Waits (bounded) until `/status` at `http` satisfies `done`; returns it.
+async fn until_status_at(
+    http: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let status = async || {
+        let (_, body) = http_get(http, "/status").await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
     for _ in 0..1200 {
-        let s = upstream_status(p).await;
-        if ok(&s) {
+        let s = status().await;
+        if done(&s) {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!(
-        "the follower never reached: {what}: {}",
-        upstream_status(p).await
-    );
+    panic!("never reached: {what}: {}", status().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,22 +737,6 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
 
 // ---- several hubs ---------------------------------------------------------------------------
 
-/// Waits (bounded) until `/status` of `server` satisfies `done`; returns it.
-async fn until_status(
-    server: &TestServer,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    for _ in 0..1200 {
-        let status = server.status().await;
-        if done(&status) {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never {what}: {}", server.status().await);
-}
-
 /// A follower given two hubs that share one history (both follow the same root) fails over
 /// when the hub it uses goes away, and resumes on the other from its revision: no second
 /// snapshot, nothing missed, the change made meanwhile applied.
@@ -771,12 +766,15 @@ async fn a_follower_of_two_hubs_fails_over_and_resumes_without_a_snapshot() {
         &policy,
         &with_key_status(&text, keys::prefix(keys::DEVIN_DEVELOPER), "inactive"),
     );
-    let root_revision = until_status(&root, "reloaded", |s| s["revision"] == 2).await["revision"]
-        .as_u64()
-        .unwrap();
-    let status = until_status(&sidecar, "at the root's revision on the other hub", |s| {
-        s["revision"].as_u64() == Some(root_revision)
-    })
+    let root_revision =
+        until_status_at(root.http_addr, "reloaded", |s| s["revision"] == 2).await["revision"]
+            .as_u64()
+            .unwrap();
+    let status = until_status_at(
+        sidecar.http_addr,
+        "at the root's revision on the other hub",
+        |s| s["revision"].as_u64() == Some(root_revision),
+    )
     .await;
     let up = &status["origin"]["upstream"];
     assert_eq!(up["hub"], hub_b.url(), "failed over: {status}");

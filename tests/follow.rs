@@ -423,12 +423,6 @@ fn bulk_policy(n: usize) -> String {
     text.replacen("\nkeys:\n", &keys_yaml, 1)
 }
 
-async fn upstream_status(p: &Proc) -> serde_json::Value {
-    let (_, body) = http_get(p.http, "/status").await.unwrap();
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    status["origin"]["upstream"].clone()
-}
-
 async fn wait_status(
     p: &Proc,
     what: &str,

@@ -702,3 +702,147 @@ fn the_grafana_dashboard_queries_documented_metrics() {
         assert!(used.contains(name), "the dashboard shows {name}");
     }
 }
+
+/// A CA and a server certificate for `localhost` (standing in for the hub Service's name),
+/// written as the hub's TLS Secret would hold them: tls.crt, tls.key, ca.crt.
+fn hub_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf_cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).unwrap();
+}
+
+/// A rolegate process, killed however the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the rolegate container of a manifest with its own args, each flag that names a place
+/// (`--data-dir`, an address, a file) replaced as `places` says, every other flag as given; and
+/// its `ROLEGATE_*` variables from Secrets given the values of `secrets`.
+fn run_container(c: &Value, places: &[(&str, String)], secrets: &[(&str, &str)]) -> Running {
+    let mut args = Vec::new();
+    for a in c["args"].as_array().unwrap() {
+        let a = a.as_str().unwrap();
+        let replaced = a
+            .strip_prefix("--")
+            .and_then(|f| f.split_once('='))
+            .and_then(|(flag, _)| places.iter().find(|(f, _)| *f == flag))
+            .map(|(flag, value)| format!("--{flag}={value}"));
+        args.push(replaced.unwrap_or_else(|| a.to_owned()));
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    cmd.args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap();
+        match e["value"].as_str() {
+            Some(value) => cmd.env(name, value),
+            None => {
+                let (_, value) = secrets
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .unwrap_or_else(|| panic!("a value for {name}"));
+                cmd.env(name, value)
+            }
+        };
+    }
+    Running(cmd.spawn().unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// hub.yaml's and followers.yaml's rolegate, each run with its own flags (addresses and files
+/// moved into a temporary directory, the hub's name as localhost): the follower follows the hub
+/// over TLS and answers a check on its Unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_and_a_follower_run_with_the_manifests_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    hub_certificates(d);
+    let (grpc, http, probe) = (free_port(), free_port(), free_port());
+    let hub = document("hub.yaml", "StatefulSet");
+    let _hub = run_container(
+        rolegate_containers(&hub)[0],
+        &[
+            ("data-dir", d.join("data").display().to_string()),
+            ("grpc-listen", format!("127.0.0.1:{grpc}")),
+            ("http-listen", format!("127.0.0.1:{http}")),
+            ("probe-listen", format!("127.0.0.1:{probe}")),
+            ("tls-cert", d.join("tls.crt").display().to_string()),
+            ("tls-key", d.join("tls.key").display().to_string()),
+        ],
+        &[("ROLEGATE_BOOTSTRAP_KEY_SHA256", &common::bootstrap_hash())],
+    );
+    common::wait_until_ready(([127, 0, 0, 1], probe).into(), common::READY_WITHIN).await;
+
+    // The FOLLOWER key (and the rest of the example) on the hub, as an operator would.
+    let policy = d.join("policy.yaml");
+    std::fs::write(&policy, common::example_with_bootstrap()).unwrap();
+    let hub_addr = format!("https://localhost:{grpc}");
+    let ca = d.join("ca.crt").display().to_string();
+    let apply = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["apply", "-f", policy.to_str().unwrap(), "--addr", &hub_addr])
+        .args(["--ca", &ca, "--key", common::BOOTSTRAP])
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+
+    let app = document("followers.yaml", "Deployment");
+    let socket = d.join("grpc.sock");
+    let probe = free_port();
+    let _follower = run_container(
+        rolegate_containers(&app)[0],
+        &[
+            ("upstream", hub_addr.clone()),
+            ("upstream-ca", ca.clone()),
+            ("grpc-listen", format!("unix:{}", socket.display())),
+            ("http-listen", format!("127.0.0.1:{}", free_port())),
+            ("probe-listen", format!("127.0.0.1:{probe}")),
+        ],
+        &[("ROLEGATE_UPSTREAM_KEY", common::keys::FOLLOWER)],
+    );
+    common::wait_until_ready(([127, 0, 0, 1], probe).into(), common::READY_WITHIN).await;
+    let check = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["check", "--addr", &format!("unix:{}", socket.display())])
+        .args([
+            "--key",
+            common::keys::DANA_SCIENTIST,
+            "--entitlement",
+            "jobs.read",
+        ])
+        .env_remove("ROLEGATE_CHECK_KEY")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("allowed:  true"), "{out}");
+}

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 /// The problems of `value` against `schema`, each with its path (`spec.rules[0].to`).
-pub fn problems(schema: &Value, value: &Value) -> Vec<String> {
+pub(crate) fn problems(schema: &Value, value: &Value) -> Vec<String> {
     let mut found = Vec::new();
     check(schema, value, "", &mut found);
     found

@@ -355,3 +355,26 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
         Err(err) => Err(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_are_ip_and_port_or_a_unix_path() {
+        assert_eq!(
+            "127.0.0.1:50051".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp(([127, 0, 0, 1], 50051).into())
+        );
+        assert_eq!(
+            "[::1]:8080".parse::<ListenAddr>().unwrap().to_string(),
+            "[::1]:8080"
+        );
+        let unix: ListenAddr = "unix:/run/rolegate/grpc.sock".parse().unwrap();
+        assert_eq!(unix, ListenAddr::Unix("/run/rolegate/grpc.sock".into()));
+        assert_eq!(unix.to_string(), "unix:/run/rolegate/grpc.sock");
+        for bad in ["unix:", "localhost:50051", "50051", "/run/grpc.sock", ""] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad:?}");
+        }
+    }
+}

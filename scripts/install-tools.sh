@@ -35,3 +35,14 @@ if [ -z "${ROLEGATE_NGINX_BIN:-}" ] || [ ! -x "${ROLEGATE_NGINX_BIN}" ]; then
     ROLEGATE_NGINX_BIN=/usr/sbin/nginx
 fi
 export ROLEGATE_NGINX_BIN
+
+# kubernetes-validate (tests/deploy.rs) from PyPI: the Kubernetes schemas ship inside the
+# package, so the manifests validate offline.
+if [ -z "${ROLEGATE_KUBERNETES_VALIDATE_BIN:-}" ] || [ ! -x "${ROLEGATE_KUBERNETES_VALIDATE_BIN}" ]; then
+    if ! command -v kubernetes-validate >/dev/null 2>&1; then
+        echo "== installing kubernetes-validate (PyPI)"
+        python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+    fi
+    ROLEGATE_KUBERNETES_VALIDATE_BIN="$(command -v kubernetes-validate)"
+fi
+export ROLEGATE_KUBERNETES_VALIDATE_BIN

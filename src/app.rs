@@ -3,7 +3,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -35,10 +34,14 @@ use crate::{
     tls::{TlsError, server::ServerTls},
 };
 
+pub use crate::listen::{ListenAddr, Listener};
+
 /// The ports, bound before `run` so that tests can use port 0 and read the address back.
 pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: TcpListener,
+    /// `--grpc-listen`: TCP or a Unix socket.
+    pub grpc: Listener,
+    /// `--http-listen`: TCP or a Unix socket.
+    pub http: Listener,
     /// `--probe-listen`: /healthz and /readyz only.
     pub probe: Option<TcpListener>,
 }
@@ -46,26 +49,49 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses. An error names the listener, its flag and its address.
     pub async fn bind(config: &ServeConfig) -> std::io::Result<Self> {
+        let unix = [
+            ("--grpc-listen", &config.grpc_listen),
+            ("--http-listen", &config.http_listen),
+        ]
+        .into_iter()
+        .find(|(_, addr)| matches!(addr, ListenAddr::Unix(_)));
+        if let (Some((flag, addr)), true) = (unix, config.tls.tls_cert.is_some()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{flag} {addr}: TLS (--tls-cert) is served on TCP only; a Unix socket's file permissions say who may connect. Listen on IP:PORT for TLS"
+                ),
+            ));
+        }
         let probe = match config.probe_listen {
-            Some(addr) => Some(bind_one("probe", "--probe-listen", addr).await?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error("probe", "--probe-listen", &addr.into(), e))?,
+            ),
             None => None,
         };
         Ok(Listeners {
-            grpc: bind_one("gRPC", "--grpc-listen", config.grpc_listen).await?,
-            http: bind_one("HTTP", "--http-listen", config.http_listen).await?,
+            grpc: bind_one("gRPC", "--grpc-listen", &config.grpc_listen).await?,
+            http: bind_one("HTTP", "--http-listen", &config.http_listen).await?,
             probe,
         })
     }
 }
 
 /// Binds the listener `name` (set by `flag`) to `addr`.
-async fn bind_one(name: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("the {name} listener cannot listen on {addr} ({flag}): {e}"),
-        )
-    })
+async fn bind_one(name: &str, flag: &str, addr: &ListenAddr) -> std::io::Result<Listener> {
+    Listener::bind(addr)
+        .await
+        .map_err(|e| bind_error(name, flag, addr, e))
+}
+
+/// `err` from binding `addr`, naming the listener and its flag.
+fn bind_error(name: &str, flag: &str, addr: &ListenAddr, err: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        err.kind(),
+        format!("the {name} listener cannot listen on {addr} ({flag}): {err}"),
+    )
 }
 
 /// Why the server stopped with an error.
@@ -154,6 +180,14 @@ pub async fn run(
         let _ = task.await;
     }
     drained
+}
+
+/// A Unix socket listener given with TLS (which `Listeners::bind` refuses first).
+fn unix_tls() -> AppError {
+    AppError::Http(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "TLS is served on TCP only, not on a Unix socket",
+    ))
 }
 
 /// Resolves once the stop flag is raised.
@@ -258,16 +292,24 @@ impl Servers {
         let limits = &config.limits;
         // TCP_NODELAY, single-write answers and the preface deadline: see grpc/conn.rs.
         let handshake = limits.handshake_timeout;
-        let grpc: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &tls {
-            None => Box::pin(grpc.serve_with_incoming_shutdown(
-                crate::grpc::conn::plain_incoming(listeners.grpc, handshake),
+        let grpc: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match (listeners.grpc, &tls) {
+            (Listener::Tcp(listener), None) => Box::pin(grpc.serve_with_incoming_shutdown(
+                crate::grpc::conn::plain_incoming(listener, handshake),
                 stopped(stop.clone()),
             )),
-            Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
-                crate::grpc::conn::tls_incoming(listeners.grpc, tls.clone(), handshake),
+            (Listener::Tcp(listener), Some(tls)) => Box::pin(grpc.serve_with_incoming_shutdown(
+                crate::grpc::conn::tls_incoming(listener, tls.clone(), handshake),
                 stopped(stop.clone()),
             )),
+            (Listener::Unix(socket), None) => Box::pin(grpc.serve_with_incoming_shutdown(
+                crate::grpc::conn::unix_incoming(socket, handshake),
+                stopped(stop.clone()),
+            )),
+            (Listener::Unix(_), Some(_)) => return Err(unix_tls()),
         };
+        if tls.is_some() && listeners.http.is_unix() {
+            return Err(unix_tls());
+        }
         let http_router = http::router(health.clone()).merge(http::auth::router(authz.clone()));
         let http = crate::listen::serve_http(
             listeners.http,
@@ -280,7 +322,7 @@ impl Servers {
         // certificate, and these paths say nothing but ready or not.
         let probe = match listeners.probe {
             Some(listener) => tokio::spawn(crate::listen::serve_http(
-                listener,
+                Listener::Tcp(listener),
                 http::probe_router(health.clone()),
                 None,
                 limits.clone(),

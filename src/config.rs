@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 
 use crate::{
+    listen::ListenAddr,
     origin::{OriginConfig, embedded::Bootstrap},
     tls::client::ClientTls,
 };
@@ -82,13 +83,15 @@ pub struct ServeConfig {
     #[arg(long, env = "ROLEGATE_WATCH_MAX_SUBSCRIBERS", default_value_t = crate::state::changelog::DEFAULT_MAX_SUBSCRIBERS)]
     pub watch_max_subscribers: usize,
 
-    /// Address of the gRPC port (Authorizer, health, reflection).
+    /// Address of the gRPC port (Authorizer, ext_authz, Admin, health, reflection): IP:PORT, or
+    /// unix:PATH for a Unix domain socket (mode 0660; no TLS).
     #[arg(long, env = "ROLEGATE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub(crate) grpc_listen: SocketAddr,
+    pub(crate) grpc_listen: ListenAddr,
 
-    /// Address of the HTTP port (/healthz, /readyz, /status).
+    /// Address of the HTTP port (the auth endpoint, /healthz, /readyz, /status): IP:PORT, or
+    /// unix:PATH for a Unix domain socket (mode 0660; no TLS).
     #[arg(long, env = "ROLEGATE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub(crate) http_listen: SocketAddr,
+    pub(crate) http_listen: ListenAddr,
 
     /// How often the policy file is checked for changes.
     #[arg(long, env = "ROLEGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -174,8 +177,8 @@ impl ServeConfig {
             watch_log_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
             watch_max_subscribers: crate::state::changelog::DEFAULT_MAX_SUBSCRIBERS,
-            grpc_listen: ([127, 0, 0, 1], 0).into(),
-            http_listen: ([127, 0, 0, 1], 0).into(),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
             reload_interval: Duration::from_secs(1),
             max_message_bytes: 1024 * 1024,
             max_batch: 1000,

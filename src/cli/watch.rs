@@ -41,7 +41,8 @@ impl Kind {
 
 #[derive(Args)]
 pub(crate) struct WatchArgs {
-    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://), a URL,
+    /// or unix:PATH (a Unix socket).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
@@ -95,8 +96,8 @@ pub(crate) struct WatchArgs {
 /// revision after the last one printed in full, with the history id the server gave: nothing is
 /// missed and nothing printed twice, or, when the server cannot resume there, a reset.
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let endpoint =
-        super::client::endpoint(&args.addr, &args.tls)?.connect_timeout(Duration::from_secs(5));
+    let endpoint = super::client::endpoint(&args.addr, &args.tls)?
+        .tune(|e| e.connect_timeout(Duration::from_secs(5)));
     let mut position = Position {
         next: args.from,
         history: args.history.clone(),
@@ -276,7 +277,7 @@ impl Backoff {
 /// Opens one stream from `position` and prints its events until it ends, breaks, or the command
 /// is done.
 async fn watch_once(
-    endpoint: &tonic::transport::Endpoint,
+    endpoint: &super::client::Target,
     args: &WatchArgs,
     position: &mut Position,
     printer: &mut Printer,

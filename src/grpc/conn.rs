@@ -20,13 +20,13 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixStream},
     sync::{Semaphore, mpsc},
     time::{Instant, Sleep},
 };
 use tokio_rustls::server::TlsStream;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, UdsConnectInfo};
 
 use crate::tls::server::{ServerTls, handshake};
 
@@ -141,6 +141,29 @@ impl Connected for GrpcConn<TlsStream<TcpStream>> {
     fn connect_info(&self) -> TcpConnectInfo {
         self.io.get_ref().0.connect_info()
     }
+}
+
+impl Connected for GrpcConn<UnixStream> {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// The connections of a Unix socket (plaintext); its file is removed when the stream is dropped.
+pub(crate) fn unix_incoming(
+    socket: crate::listen::UnixSocket,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = io::Result<GrpcConn<UnixStream>>> {
+    let crate::listen::UnixSocket { listener, file } = socket;
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        move |conn| {
+            let _file = &file;
+            conn.map(|stream| GrpcConn::with_deadline(stream, Instant::now() + handshake_timeout))
+        },
+    )
 }
 
 /// The plaintext connections of `listener`.

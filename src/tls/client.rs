@@ -25,7 +25,8 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    fn is_empty(&self) -> bool {
+    /// Whether no TLS option was given.
+    pub fn is_empty(&self) -> bool {
         self.ca.is_none() && self.cert.is_none() && self.key.is_none()
     }
 }

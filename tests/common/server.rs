@@ -150,9 +150,17 @@ impl<'a> Start<'a> {
         let http_addr = http.local_addr().unwrap();
         let probe_addr = probe.as_ref().map(|p| p.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app::run(config, Listeners { grpc, http, probe }, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(app::run(
+            config,
+            Listeners {
+                grpc: grpc.into(),
+                http: http.into(),
+                probe,
+            },
+            async {
+                let _ = rx.await;
+            },
+        ));
         let mut server = TestServer {
             grpc_addr,
             http_addr,

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rolegate::grpc::pb::{self, authorizer_client::AuthorizerClient};
-use tonic::{
-    Status,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Status, transport::Channel};
+
+use crate::cli::client::Target;
 
 /// What one load run measured.
 #[derive(Clone, Debug)]
@@ -87,8 +86,8 @@ pub(crate) async fn run_load(
 /// How a load run is shaped, whatever it calls.
 #[derive(Clone, Debug)]
 pub(crate) struct LoadShape {
-    /// The server (built with [`rolegate::tls::client::endpoint`]).
-    pub(crate) endpoint: Endpoint,
+    /// The server (from [`crate::cli::client::endpoint`]).
+    pub(crate) endpoint: Target,
     /// Callers issuing requests back to back.
     pub(crate) concurrency: usize,
     /// HTTP/2 connections the callers share.
@@ -107,7 +106,8 @@ pub(crate) async fn drive<C: Caller>(
 ) -> Result<LoadReport, tonic::transport::Error> {
     let mut channels = Vec::new();
     for _ in 0..shape.connections.max(1) {
-        channels.push(shape.endpoint.clone().tcp_nodelay(true).connect().await?);
+        let target = shape.endpoint.clone().tune(|e| e.tcp_nodelay(true));
+        channels.push(target.connect().await?);
     }
     let start = Instant::now();
     let warm_until = start + shape.warmup;

@@ -17,12 +17,15 @@ use clap::{Args, ValueEnum};
 use rolegate::{grpc::pb, tls::client::ClientTlsArgs};
 use tonic::transport::Endpoint;
 
+use super::client::Target;
+
 use load::{LoadReport, LoadShape};
 use rounds::Labels;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://) or a URL.
+    /// The server's gRPC address: HOST:PORT (https:// with TLS options, else http://), a URL,
+    /// or unix:PATH (a Unix socket).
     #[arg(long, env = "ROLEGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
@@ -55,6 +58,11 @@ pub(crate) struct BenchArgs {
     /// First run the same load against a no-op tonic service in this process, and print the ratio.
     #[arg(long)]
     baseline: bool,
+    /// Run the baseline against the server at this address instead of a no-op service (implies
+    /// --baseline): e.g. the same policy served on loopback TCP, to compare --addr unix:PATH
+    /// with it.
+    #[arg(long)]
+    baseline_addr: Option<String>,
     /// What to drive: rolegate's own Check, or Envoy's ext_authz Authorization/Check.
     #[arg(long, value_enum, default_value_t = BenchMode::Check)]
     mode: BenchMode,
@@ -82,7 +90,7 @@ pub(crate) enum BenchMode {
 
 impl BenchArgs {
     /// The shape of every run, against `endpoint`.
-    fn shape(&self, endpoint: Endpoint) -> LoadShape {
+    fn shape(&self, endpoint: Target) -> LoadShape {
         LoadShape {
             endpoint,
             concurrency: self.concurrency,
@@ -122,6 +130,7 @@ async fn run_check(args: BenchArgs, key: String) -> anyhow::Result<ExitCode> {
     let labels = Labels {
         baseline: "no-op tonic",
         target: "rolegate",
+        ratio_of: "the no-op baseline",
     };
     compare(&args, target, labels, noop, async |endpoint| {
         load::run_load(&args.shape(endpoint), request.clone()).await
@@ -140,6 +149,7 @@ async fn run_ext_authz(args: BenchArgs, key: String) -> anyhow::Result<ExitCode>
     let labels = Labels {
         baseline: "no-op ext_authz",
         target: "rolegate",
+        ratio_of: "the no-op baseline",
     };
     compare(&args, target, labels, noop, async |endpoint| {
         ext_authz::run_load(&args.shape(endpoint), request.clone()).await
@@ -148,29 +158,43 @@ async fn run_ext_authz(args: BenchArgs, key: String) -> anyhow::Result<ExitCode>
 }
 
 /// Drives `load` against the server at `--addr` for `--rounds` rounds, each first against a
-/// no-op service of this process (started by `noop`, with `--baseline`), and prints every round
-/// and the median.
+/// baseline: a no-op service of this process (started by `noop`, with `--baseline`), or the
+/// server at `--baseline-addr`; prints every round and the median.
 async fn compare<N>(
     args: &BenchArgs,
-    target: Endpoint,
-    labels: Labels,
+    target: Target,
+    labels: Labels<'_>,
     noop: Option<N>,
-    load: impl AsyncFn(Endpoint) -> Result<LoadReport, tonic::transport::Error>,
+    load: impl AsyncFn(Target) -> Result<LoadReport, tonic::transport::Error>,
 ) -> anyhow::Result<ExitCode>
 where
     N: Future<Output = std::io::Result<SocketAddr>>,
 {
-    let noop = match noop {
-        Some(start) => Some(start.await.context("starting the no-op service")?),
-        None => None,
+    let (baseline, labels) = match &args.baseline_addr {
+        Some(addr) => {
+            let other = super::client::endpoint(addr, &args.tls)?;
+            let labels = Labels {
+                baseline: addr,
+                target: &args.addr,
+                ratio_of: addr,
+            };
+            (Some(other), labels)
+        }
+        None => match noop {
+            Some(start) => {
+                let addr = start.await.context("starting the no-op service")?;
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
+                (Some(Target::tcp(endpoint)), labels)
+            }
+            None => (None, labels),
+        },
     };
     rounds::alternate(
         args.rounds as usize,
         labels,
-        args.baseline,
+        baseline.is_some(),
         async || -> anyhow::Result<_> {
-            let addr = noop.context("no baseline server")?;
-            let baseline = Endpoint::from_shared(format!("http://{addr}"))?;
+            let baseline = baseline.clone().context("no baseline server")?;
             Ok(load(baseline).await?)
         },
         async || {

@@ -34,9 +34,11 @@ pub(crate) fn median(values: &[f64]) -> Option<f64> {
 
 /// How `rolegate bench` names the two sides in its output.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Labels {
-    pub(crate) baseline: &'static str,
-    pub(crate) target: &'static str,
+pub(crate) struct Labels<'a> {
+    pub(crate) baseline: &'a str,
+    pub(crate) target: &'a str,
+    /// The baseline in the ratio's line: "the no-op baseline".
+    pub(crate) ratio_of: &'a str,
 }
 
 /// Runs `rounds` rounds, each the baseline (when `with_baseline`) and then the target, so that
@@ -45,7 +47,7 @@ pub(crate) struct Labels {
 /// a baseline, the median requests/s); with one round, what `rolegate bench` always printed.
 pub(crate) async fn alternate<E>(
     rounds: usize,
-    labels: Labels,
+    labels: Labels<'_>,
     with_baseline: bool,
     mut baseline: impl AsyncFnMut() -> Result<LoadReport, E>,
     mut target: impl AsyncFnMut() -> Result<LoadReport, E>,
@@ -86,19 +88,19 @@ pub(crate) async fn alternate<E>(
 
 /// After the rounds: the ratio (or its median over the rounds), or, without a baseline, the
 /// median requests/s; nothing for one round without a baseline.
-fn print_summary(done: &[Round], labels: Labels, width: usize) {
+fn print_summary(done: &[Round], labels: Labels<'_>, width: usize) {
     let rounds = done.len();
     let ratios: Vec<f64> = done.iter().filter_map(Round::ratio).collect();
     match (median(&ratios), rounds) {
         (Some(ratio), 1) => {
             println!(
-                "{:width$}{ratio:.3} × the no-op baseline's requests/s",
-                "ratio"
+                "{:width$}{ratio:.3} × {}'s requests/s",
+                "ratio", labels.ratio_of
             )
         }
         (Some(ratio), _) => println!(
-            "{:width$}median {ratio:.3} of {rounds} rounds × the no-op baseline's requests/s",
-            "ratio"
+            "{:width$}median {ratio:.3} of {rounds} rounds × {}'s requests/s",
+            "ratio", labels.ratio_of
         ),
         (None, 1) => {}
         (None, _) => {

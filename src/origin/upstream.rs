@@ -543,6 +543,7 @@ impl<H: Hub> Origin for UpstreamOrigin<H> {
             kind: OriginKind::Upstream,
             reload: ReloadStatus::default(),
             upstream: Some(self.view().report()),
+            etcd: None,
         }
     }
 

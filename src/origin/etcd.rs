@@ -17,7 +17,8 @@
 
 pub(crate) mod client;
 mod layout;
-pub(crate) mod pb;
+#[doc(hidden)]
+pub mod pb;
 pub(crate) mod status;
 
 use std::{

@@ -52,7 +52,12 @@ pub struct ServeConfig {
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
-    #[arg(long, env = "ROLEGATE_UPSTREAM", requires = "upstream_key", group = "remote")]
+    #[arg(
+        long,
+        env = "ROLEGATE_UPSTREAM",
+        requires = "upstream_key",
+        group = "remote"
+    )]
     pub(crate) upstream: Option<String>,
 
     /// The key presented to the hub in follow mode: a project key with the FOLLOWER system role
@@ -280,7 +285,12 @@ pub struct EtcdArgs {
     pub etcd_endpoints: Option<String>,
 
     /// The prefix of every etcd key of the state.
-    #[arg(long, env = "ROLEGATE_ETCD_PREFIX", default_value = "/rolegate/", requires = "etcd_endpoints")]
+    #[arg(
+        long,
+        env = "ROLEGATE_ETCD_PREFIX",
+        default_value = "/rolegate/",
+        requires = "etcd_endpoints"
+    )]
     pub etcd_prefix: String,
 
     /// The etcd user, when etcd's authentication is on.
@@ -288,7 +298,12 @@ pub struct EtcdArgs {
     pub etcd_user: Option<String>,
 
     /// The etcd user's password. Never logged.
-    #[arg(long, env = "ROLEGATE_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    #[arg(
+        long,
+        env = "ROLEGATE_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
     pub etcd_password: Option<String>,
 
     /// With https:// endpoints: PEM file of the CA certificate(s) that signed etcd's

@@ -25,8 +25,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    BOOTSTRAP,
-    etcd::Etcd, Origin, TestServer, call, check, check_at, example_with_bootstrap, keys,
+    BOOTSTRAP, Origin, TestServer, call, check, check_at,
+    etcd::Etcd,
+    example_with_bootstrap, keys,
     routes::{REPORTS_ROUTE, document_with_routes, enforced, wait_enforced},
     seed_example, with_key_status,
 };
@@ -93,7 +94,9 @@ impl Kind {
     /// with a message (or fails with `ROLEGATE_REQUIRE_TOOLS=1`).
     fn available(self) -> bool {
         match self {
-            Kind::Etcd => common::require_tool("etcd", "ROLEGATE_ETCD_BIN", "origins::etcd").is_some(),
+            Kind::Etcd => {
+                common::require_tool("etcd", "ROLEGATE_ETCD_BIN", "origins::etcd").is_some()
+            }
             _ => true,
         }
     }
@@ -168,7 +171,9 @@ impl Serving {
                 }
             }
             Kind::Etcd => {
-                let etcd = Etcd::start("origins::etcd").await.expect("etcd is installed");
+                let etcd = Etcd::start("origins::etcd")
+                    .await
+                    .expect("etcd is installed");
                 let origin = Origin::Etcd {
                     endpoints: etcd.endpoints(),
                     prefix: "/rolegate/".into(),
@@ -247,7 +252,10 @@ impl Serving {
         match &self.writer {
             Writer::File(_) => self.server.policy_path().display().to_string(),
             Writer::Admin if matches!(self.kind, Kind::Etcd) => {
-                format!("{} /rolegate/", self._etcd.as_ref().expect("etcd").endpoints())
+                format!(
+                    "{} /rolegate/",
+                    self._etcd.as_ref().expect("etcd").endpoints()
+                )
             }
             Writer::Admin => self.server.data_dir().display().to_string(),
             Writer::Hub(hub) => hub.url(),

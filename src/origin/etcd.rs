@@ -44,8 +44,8 @@ use crate::{
     state::{ChangeSet, State},
 };
 
-pub use client::{EtcdConnect, EtcdError};
 use client::EtcdClient;
+pub use client::{EtcdConnect, EtcdError};
 use layout::{KeyKind, Layout};
 use pb::{
     etcdserverpb::{
@@ -770,12 +770,9 @@ async fn read_all(client: &EtcdClient, layout: &Layout) -> Result<Read, EtcdStar
                 KeyKind::Marker => marker = kv.mod_revision,
                 KeyKind::Meta => check_meta(layout, &kv.value)?,
                 KeyKind::Object(record_key) => {
-                    let change = crate::origin::record::decode_object(
-                        &mut ids,
-                        record_key,
-                        &kv.value,
-                    )
-                    .map_err(|e| invalid(layout.prefix(), e.to_string()))?;
+                    let change =
+                        crate::origin::record::decode_object(&mut ids, record_key, &kv.value)
+                            .map_err(|e| invalid(layout.prefix(), e.to_string()))?;
                     model.apply(&change);
                 }
                 KeyKind::Other => {}

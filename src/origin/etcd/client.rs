@@ -201,14 +201,15 @@ impl EtcdClient {
                 }
                 authenticated = true;
             }
-            let outcome = tokio::time::timeout(self.request_timeout, f(channel.clone(), self.token()))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.request_timeout)
-                    )))
-                });
+            let outcome =
+                tokio::time::timeout(self.request_timeout, f(channel.clone(), self.token()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "no answer within {}",
+                            humantime::format_duration(self.request_timeout)
+                        )))
+                    });
             match outcome {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
@@ -304,7 +305,10 @@ impl EtcdClient {
                     *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 self.rotate(at);
-                Err(EtcdError::Unreachable(format!("{url}: {}", status.message())))
+                Err(EtcdError::Unreachable(format!(
+                    "{url}: {}",
+                    status.message()
+                )))
             }
             Err(_) => {
                 self.rotate(at);

@@ -240,7 +240,10 @@ mod tests {
             };
             back.push(l.change_of(&event, &mut ids).unwrap().unwrap());
         }
-        assert_eq!(back, vec![Change::RemoveKey("Key0001".into()), team("second")]);
+        assert_eq!(
+            back,
+            vec![Change::RemoveKey("Key0001".into()), team("second")]
+        );
 
         // A deleted prebuilt role is the built-in role again; a deleted custom one is gone.
         let deleted = |key: &str| Event {

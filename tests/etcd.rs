@@ -1,0 +1,474 @@
+//! Several rolegate instances on one real etcd (started by the tests on loopback; skipped with a
+//! message when etcd is not installed, failed with `ROLEGATE_REQUIRE_TOOLS=1`):
+//!
+//! - one revision line: a write through one instance is seen at its revision on the other,
+//!   with etcd's revision moved on by keys outside the prefix in between;
+//! - conflicting writes on two instances at once never both commit;
+//! - a compaction past an instance's revision (its connection to etcd cut meanwhile): the right
+//!   state, and a reset for its own Watch subscribers;
+//! - etcd killed: both instances answer from their last state and report it, then catch up;
+//! - a three-member cluster loses a member: reads and writes go on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    BOOTSTRAP, Origin, TestServer, call, check_at, etcd::Etcd, example_with_bootstrap, keys,
+};
+use rolegate::grpc::pb::{self, Reason, watch_event::Event};
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tonic::Code;
+
+/// An instance on `endpoints`, under the default prefix.
+async fn instance(endpoints: &str) -> TestServer {
+    TestServer::with(Origin::Etcd {
+        endpoints: endpoints.to_owned(),
+        prefix: "/rolegate/".into(),
+    })
+    .config(|c| c.max_revision_wait = Duration::from_secs(10))
+    .start()
+    .await
+}
+
+/// Applies the example policy through `server`; returns the revision.
+async fn seed(server: &TestServer) -> u64 {
+    let apply = pb::ApplyRequest {
+        document: example_with_bootstrap(),
+        prune: true,
+        ..Default::default()
+    };
+    let mut admin = server.admin().await;
+    admin
+        .apply(call(BOOTSTRAP, apply))
+        .await
+        .expect("apply")
+        .into_inner()
+        .revision
+}
+
+/// Sets the status of `prefix` through `server`; returns the revision.
+async fn set_status(server: &TestServer, prefix: &str, status: &str) -> u64 {
+    let update = pb::UpdateKeyRequest {
+        prefix: prefix.into(),
+        status: Some(status.into()),
+        ..Default::default()
+    };
+    let mut admin = server.admin().await;
+    admin
+        .update_key(call(BOOTSTRAP, update))
+        .await
+        .expect("update the key")
+        .into_inner()
+        .revision
+}
+
+/// Waits (bounded) until `server` has applied `revision`.
+async fn wait_revision(server: &TestServer, revision: u64) {
+    for _ in 0..600 {
+        if server.status().await["revision"].as_u64() >= Some(revision) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("revision {revision} never applied");
+}
+
+/// Waits (bounded) until `/status` of `server` satisfies `f`.
+async fn wait_status(server: &TestServer, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..600 {
+        let status = server.status().await;
+        if f(&status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never {what}: {}", server.status().await);
+}
+
+/// A TCP relay in front of an etcd member, which the test can cut (every connection dropped,
+/// new ones refused) and restore, to take one instance away from etcd while others stay.
+struct Relay {
+    url: String,
+    open: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let open = watch::Sender::new(true);
+        let state = open.subscribe();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*state.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                let mut state = state.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Relay { url, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// Two instances started at once on an empty prefix: one bootstraps it, both serve it. A write
+/// through A returns revision R; a Check on B with `min_revision` R waits for it and answers at
+/// R, though etcd's revisions moved on meanwhile through keys outside the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_is_seen_at_its_revision_on_the_other() {
+    let Some(etcd) = Etcd::start("etcd::a_write_on_one_instance").await else {
+        return;
+    };
+    let endpoints = etcd.endpoints();
+    let (a, b) = tokio::join!(instance(&endpoints), instance(&endpoints));
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+    assert_eq!(
+        a.status().await["revision"],
+        b.status().await["revision"],
+        "one state, one revision"
+    );
+
+    // Revisions outside the prefix: gaps in rolegate's revisions.
+    let outside = etcd.put("/elsewhere/x", "1").await;
+    assert!(outside as u64 > base);
+    let devin = keys::prefix(keys::DEVIN_DEVELOPER);
+    let revoked = set_status(&a, devin, "inactive").await;
+    assert!(revoked as i64 > outside, "{revoked} after {outside}");
+    let r = b
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "",
+            "",
+            revoked,
+        ))
+        .await;
+    assert_eq!(
+        (r.allowed, r.reason(), r.revision),
+        (false, Reason::KeyInactive, revoked)
+    );
+    let b_status = b.status().await;
+    assert_eq!(b_status["revision"], revoked, "{b_status}");
+    assert_eq!(b_status["origin"]["kind"], "etcd");
+
+    // A Watch of A resumes on B from the same revision: same history, same revisions.
+    let history = a.status().await["watch"]["history"].clone();
+    assert_eq!(history, b_status["watch"]["history"]);
+    etcd.put("/elsewhere/x", "2").await;
+    let restored = set_status(&b, devin, "active").await;
+    wait_revision(&a, restored).await;
+    let resume = pb::WatchRequest {
+        start_revision: revoked,
+        history: history.as_str().unwrap().to_owned(),
+        ..Default::default()
+    };
+    for server in [&a, &b] {
+        let mut stream = server.watch(keys::ARIA_AUDITOR, resume.clone()).await;
+        let mut seen = Vec::new();
+        while seen.last() != Some(&restored) {
+            let ev = next_event(&mut stream).await;
+            assert!(
+                !matches!(ev.event, Some(Event::Reset(_))),
+                "no reset: {ev:?}"
+            );
+            if ev.end_of_revision {
+                seen.push(ev.revision);
+            }
+        }
+        assert_eq!(seen, [revoked, restored]);
+    }
+}
+
+/// The same key created through both instances at once, over and over: exactly one creation
+/// commits each time, and the key authenticates with the winner's secret only. Re-keying one key
+/// through both at once: both writes are serialized, and only the last secret works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_writes_on_two_instances_never_both_commit() {
+    let Some(etcd) = Etcd::start("etcd::conflicting_writes").await else {
+        return;
+    };
+    let a = instance(&etcd.endpoints()).await;
+    let b = instance(&etcd.endpoints()).await;
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+    for round in 0..8 {
+        let prefix = format!("RaceKey{round:013}");
+        let create = |user: &str, team: &str| pb::CreateKeyRequest {
+            prefix: prefix.clone(),
+            key_type: pb::KeyType::Team.into(),
+            user: user.into(),
+            team: team.into(),
+            roles: vec!["DEVELOPER".into()],
+            ..Default::default()
+        };
+        let (mut admin_a, mut admin_b) = (a.admin().await, b.admin().await);
+        let (ra, rb) = tokio::join!(
+            admin_a.create_key(call(BOOTSTRAP, create("devin", "acme"))),
+            admin_b.create_key(call(BOOTSTRAP, create("gus", "globex"))),
+        );
+        let (winner, loser) = match (ra, rb) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w.into_inner(), l),
+            (ra, rb) => panic!("round {round}: exactly one creation commits: {ra:?} {rb:?}"),
+        };
+        // Judged again on the state with the winner's key: the prefix is taken.
+        assert!(
+            loser.code() == Code::InvalidArgument && loser.message().contains("already taken"),
+            "{loser:?}"
+        );
+        for server in [&a, &b] {
+            let r = server
+                .check(check_at(
+                    &winner.api_key,
+                    "jobs.read",
+                    "",
+                    "",
+                    winner.revision,
+                ))
+                .await;
+            assert!(r.principal.is_some(), "round {round}: {r:?}");
+            assert_eq!(
+                r.principal.unwrap().user_id,
+                winner.key.as_ref().unwrap().user
+            );
+        }
+    }
+
+    let devin = keys::prefix(keys::DEVIN_DEVELOPER);
+    let (mut admin_a, mut admin_b) = (a.admin().await, b.admin().await);
+    let rekey = || pb::GetRequest { id: devin.into() };
+    let (ra, rb) = tokio::join!(
+        admin_a.replace_key_secret(call(BOOTSTRAP, rekey())),
+        admin_b.replace_key_secret(call(BOOTSTRAP, rekey())),
+    );
+    let (ra, rb) = (ra.expect("A").into_inner(), rb.expect("B").into_inner());
+    assert_ne!(ra.revision, rb.revision, "two writes, two revisions");
+    let (old, last) = if ra.revision < rb.revision {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    for server in [&a, &b] {
+        let r = server
+            .check(check_at(&last.api_key, "jobs.read", "", "", last.revision))
+            .await;
+        assert_eq!(r.reason(), Reason::Allowed, "{r:?}");
+        let r = server
+            .check(check_at(&old.api_key, "jobs.read", "", "", last.revision))
+            .await;
+        assert_eq!(r.reason(), Reason::WrongSecret, "{r:?}");
+    }
+}
+
+/// B is cut off from etcd while A writes and etcd compacts its history past B's revision. When
+/// B is back, it reads the state again: it serves the right state, and its own Watch subscriber
+/// gets a reset rather than a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_past_an_instance_ends_in_the_right_state_and_a_reset() {
+    let Some(etcd) = Etcd::start("etcd::a_compaction_past_an_instance").await else {
+        return;
+    };
+    let relay = Relay::start(&etcd.url(0)).await;
+    let a = instance(&etcd.endpoints()).await;
+    let base = seed(&a).await;
+    let b = instance(&relay.url).await;
+    wait_revision(&b, base).await;
+    let mut stream = b
+        .watch(
+            keys::ARIA_AUDITOR,
+            pb::WatchRequest {
+                start_revision: 0,
+                ..Default::default()
+            },
+        )
+        .await;
+
+    relay.cut();
+    wait_status(&b, "disconnected", |s| {
+        s["origin"]["etcd"]["connected"] == false
+    })
+    .await;
+    let devin = keys::prefix(keys::DEVIN_DEVELOPER);
+    let gus = keys::prefix(keys::GUS_DEVELOPER);
+    set_status(&a, devin, "inactive").await;
+    let last = set_status(&a, gus, "inactive").await;
+    etcd.compact().await;
+    // While cut off, B answers from its last state.
+    let r = b
+        .check(check_at(keys::DEVIN_DEVELOPER, "jobs.read", "", "", 0))
+        .await;
+    assert_eq!(r.reason(), Reason::Allowed, "{r:?}");
+
+    relay.restore();
+    wait_status(&b, "re-read after the compaction", |s| {
+        s["origin"]["etcd"]["resyncs"].as_u64() >= Some(1)
+    })
+    .await;
+    let r = b
+        .check(check_at(keys::GUS_DEVELOPER, "jobs.read", "", "", last))
+        .await;
+    assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+    let r = b
+        .check(check_at(keys::DEVIN_DEVELOPER, "jobs.read", "", "", last))
+        .await;
+    assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+    assert_eq!(
+        a.status().await["counts"],
+        b.status().await["counts"],
+        "the same state"
+    );
+    let ev = next_event(&mut stream).await;
+    assert!(
+        matches!(ev.event, Some(Event::Reset(_))),
+        "the subscriber is reset: {ev:?}"
+    );
+}
+
+/// etcd killed: both instances keep answering from their last state and report it on /status
+/// (one with --max-staleness goes not ready); writes are refused as unavailable. etcd back:
+/// both reconnect and catch up with a write made after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_instances_answer_from_the_last_state_and_catch_up() {
+    let Some(mut etcd) = Etcd::start("etcd::etcd_killed").await else {
+        return;
+    };
+    let a = instance(&etcd.endpoints()).await;
+    let b = TestServer::with(Origin::Etcd {
+        endpoints: etcd.endpoints(),
+        prefix: "/rolegate/".into(),
+    })
+    .config(|c| c.max_staleness = Some(Duration::from_secs(3)))
+    .start()
+    .await;
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+
+    etcd.kill(0);
+    for server in [&a, &b] {
+        wait_status(server, "disconnected", |s| {
+            s["origin"]["etcd"]["connected"] == false
+        })
+        .await;
+        let r = server
+            .check(check_at(keys::DEVIN_DEVELOPER, "jobs.read", "", "", 0))
+            .await;
+        assert_eq!((r.reason(), r.revision), (Reason::Allowed, base), "{r:?}");
+    }
+    wait_status(&b, "stale", |s| s["origin"]["etcd"]["stale"] == true).await;
+    let (code, body) = b.http_get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no contact with etcd"), "{body}");
+    let status = a.status().await;
+    assert!(
+        status["origin"]["etcd"]["staleness_ms"].as_u64() > Some(0),
+        "{status}"
+    );
+    let update = pb::UpdateKeyRequest {
+        prefix: keys::prefix(keys::DEVIN_DEVELOPER).into(),
+        status: Some("inactive".into()),
+        ..Default::default()
+    };
+    let refused = a
+        .admin()
+        .await
+        .update_key(call(BOOTSTRAP, update))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    etcd.restart(0).await;
+    wait_status(&b, "ready again", |s| s["ready"] == true).await;
+    let revoked = set_status(&a, keys::prefix(keys::DEVIN_DEVELOPER), "inactive").await;
+    let r = b
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "",
+            "",
+            revoked,
+        ))
+        .await;
+    assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+}
+
+/// A three-member cluster: one member killed (the one each instance's endpoint list starts
+/// with), reads and writes go on through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_loses_a_member_and_goes_on() {
+    let Some(mut etcd) = Etcd::cluster(3, "etcd::a_three_member_cluster").await else {
+        return;
+    };
+    let a = instance(&etcd.endpoints()).await;
+    let b = instance(&etcd.endpoints()).await;
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+    etcd.kill(0);
+    let mut revoked = None;
+    // The first write may meet the dead member or a leader election: it is refused as
+    // unavailable, never half done; a retry goes through.
+    for _ in 0..20 {
+        let update = pb::UpdateKeyRequest {
+            prefix: keys::prefix(keys::DEVIN_DEVELOPER).into(),
+            status: Some("inactive".into()),
+            ..Default::default()
+        };
+        match a.admin().await.update_key(call(BOOTSTRAP, update)).await {
+            Ok(done) => {
+                revoked = Some(done.into_inner().revision);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let revoked = revoked.expect("a write goes through on two members of three");
+    let r = b
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "",
+            "",
+            revoked,
+        ))
+        .await;
+    assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+}
+
+/// The next event that is not a bookmark.
+async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("an event in time")
+            .expect("the stream is healthy")
+            .expect("the stream stays open");
+        if !matches!(ev.event, Some(Event::Bookmark(_))) {
+            return ev;
+        }
+    }
+}

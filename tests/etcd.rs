@@ -459,6 +459,60 @@ async fn a_three_member_cluster_loses_a_member_and_goes_on() {
     assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
 }
 
+/// An Apply larger than one etcd transaction may be (etcd's default of 128 operations) is
+/// refused whole, naming the setting to raise; nothing of it is written. The same Apply on a
+/// cluster with the setting raised commits as one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_beyond_the_transaction_limit_is_refused_whole_naming_the_setting() {
+    let Some(small) = Etcd::with_max_txn_ops(128, "etcd::an_apply_beyond").await else {
+        return;
+    };
+    let mut document = example_with_bootstrap();
+    document = document.replacen(
+        "teams:\n",
+        &format!(
+            "teams:\n{}",
+            (0..200)
+                .map(|i| format!("  - {{ id: t{i:03}, name: Team {i}, status: active }}\n"))
+                .collect::<String>()
+        ),
+        1,
+    );
+    let apply = || pb::ApplyRequest {
+        document: document.clone(),
+        prune: true,
+        ..Default::default()
+    };
+    let a = instance(&small.endpoints()).await;
+    let before = a.status().await["revision"].clone();
+    let refused = a
+        .admin()
+        .await
+        .apply(call(BOOTSTRAP, apply()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("--max-txn-ops"), "{refused:?}");
+    let status = a.status().await;
+    assert_eq!(status["revision"], before, "nothing written: {status}");
+    assert_eq!(status["counts"]["teams"], 1, "{status}");
+
+    let Some(large) = Etcd::start("etcd::an_apply_beyond").await else {
+        return;
+    };
+    let b = instance(&large.endpoints()).await;
+    let done = b
+        .admin()
+        .await
+        .apply(call(BOOTSTRAP, apply()))
+        .await
+        .expect("apply")
+        .into_inner();
+    let status = b.status().await;
+    assert_eq!(status["revision"], done.revision, "{status}");
+    assert_eq!(status["counts"]["teams"], 203, "{status}");
+}
+
 /// The next event that is not a bookmark.
 async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
     loop {

@@ -42,6 +42,8 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// `--max-txn-ops` of every member.
+    max_txn_ops: u32,
 }
 
 impl Etcd {
@@ -52,6 +54,16 @@ impl Etcd {
 
     /// A cluster of `n` members, once each answers.
     pub async fn cluster(n: usize, test: &str) -> Option<Etcd> {
+        Self::cluster_with(n, 10_000, test).await
+    }
+
+    /// A single-member etcd whose transactions hold at most `max_txn_ops` operations (etcd's
+    /// default is 128).
+    pub async fn with_max_txn_ops(max_txn_ops: u32, test: &str) -> Option<Etcd> {
+        Self::cluster_with(1, max_txn_ops, test).await
+    }
+
+    async fn cluster_with(n: usize, max_txn_ops: u32, test: &str) -> Option<Etcd> {
         let bin = require_tool("etcd", "ROLEGATE_ETCD_BIN", test)?;
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -71,6 +83,7 @@ impl Etcd {
             dir: tempfile::tempdir().expect("temp dir"),
             members,
             initial_cluster,
+            max_txn_ops,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -105,7 +118,7 @@ impl Etcd {
             .args(["--initial-cluster-token", "rolegate-test"])
             .args(["--initial-cluster-state", "new"])
             // Big applies in one transaction (docs/etcd.md).
-            .args(["--max-txn-ops", "10000"])
+            .args(["--max-txn-ops", &self.max_txn_ops.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

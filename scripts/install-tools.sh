@@ -45,3 +45,12 @@ if [ -z "${ROLEGATE_ETCD_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCD_BIN}" ]; then
     ROLEGATE_ETCD_BIN="$(command -v etcd)"
 fi
 export ROLEGATE_ETCD_BIN
+# etcdctl (tests/etcd.rs turns etcd's authentication on with it) from Debian's etcd-client.
+if [ -z "${ROLEGATE_ETCDCTL_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCDCTL_BIN}" ]; then
+    if ! command -v etcdctl >/dev/null 2>&1; then
+        echo "== installing etcd-client (Debian)"
+        rolegate_apt_install etcd-client
+    fi
+    ROLEGATE_ETCDCTL_BIN="$(command -v etcdctl)"
+fi
+export ROLEGATE_ETCDCTL_BIN

@@ -513,6 +513,64 @@ async fn an_apply_beyond_the_transaction_limit_is_refused_whole_naming_the_setti
     assert_eq!(status["counts"]["teams"], 203, "{status}");
 }
 
+/// etcd with authentication on: an instance with the user and password reads and writes; one
+/// with a wrong password does not start, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_takes_the_user_and_password() {
+    let Some(etcd) = Etcd::start("etcd::etcd_with_authentication").await else {
+        return;
+    };
+    let Some(etcdctl) = common::require_tool(
+        "etcdctl",
+        "ROLEGATE_ETCDCTL_BIN",
+        "etcd::etcd_with_authentication",
+    ) else {
+        return;
+    };
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "rolegate:s3cret"],
+        &["role", "add", "rolegate"],
+        &[
+            "role",
+            "grant-permission",
+            "rolegate",
+            "--prefix=true",
+            "readwrite",
+            "/rolegate/",
+        ],
+        &["user", "grant-role", "rolegate", "rolegate"],
+        &["auth", "enable"],
+    ] {
+        let out = std::process::Command::new(&etcdctl)
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.url(0)])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    }
+    let with_user = |password: &str| {
+        let password = password.to_owned();
+        TestServer::with(Origin::Etcd {
+            endpoints: etcd.endpoints(),
+            prefix: "/rolegate/".into(),
+        })
+        .config(move |c| {
+            c.etcd.etcd_user = Some("rolegate".into());
+            c.etcd.etcd_password = Some(password);
+        })
+    };
+    let a = with_user("s3cret").start().await;
+    let base = seed(&a).await;
+    assert!(base > 0);
+
+    let wrong = with_user("wrong").no_wait().start().await;
+    let err = wrong.join().await.unwrap_err().to_string();
+    assert!(err.contains("authentication"), "{err}");
+    assert!(!err.contains("wrong"), "the password is not shown: {err}");
+}
+
 /// The next event that is not a bookmark.
 async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
     loop {

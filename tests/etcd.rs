@@ -563,7 +563,11 @@ async fn etcd_with_authentication_takes_the_user_and_password() {
     };
     let a = with_user("s3cret").start().await;
     let base = seed(&a).await;
-    assert!(base > 0);
+    // The watch, authenticated too, brought the write back.
+    let r = a
+        .check(check_at(keys::DEVIN_DEVELOPER, "jobs.read", "", "", base))
+        .await;
+    assert_eq!((r.reason(), r.revision), (Reason::Allowed, base), "{r:?}");
 
     let wrong = with_user("wrong").no_wait().start().await;
     let err = wrong.join().await.unwrap_err().to_string();

@@ -52,6 +52,8 @@ pub struct ServeConfig {
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
+    /// Several comma-separated URLs: hubs of one history (on the same etcd), tried in turn when
+    /// the one in use fails.
     #[arg(
         long,
         env = "ROLEGATE_UPSTREAM",

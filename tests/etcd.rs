@@ -575,6 +575,51 @@ async fn etcd_with_authentication_takes_the_user_and_password() {
     assert!(!err.contains("wrong"), "the password is not shown: {err}");
 }
 
+/// A follower of two hubs on one etcd: the hub it uses stops; it resumes on the other from its
+/// revision, without a snapshot, and goes on applying the writes made there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_two_hubs_fails_over_without_a_snapshot() {
+    let Some(etcd) = Etcd::start("etcd::a_follower_of_two_hubs").await else {
+        return;
+    };
+    let a = instance(&etcd.endpoints()).await;
+    let b = instance(&etcd.endpoints()).await;
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+    // Past B's start, so that B's change log holds what the follower resumes from.
+    let devin = keys::prefix(keys::DEVIN_DEVELOPER);
+    let first = set_status(&a, devin, "inactive").await;
+    wait_revision(&b, first).await;
+    let follower = TestServer::with(Origin::Upstream(format!("{},{}", a.url(), b.url())))
+        .start()
+        .await;
+    wait_revision(&follower, first).await;
+    a.stop().await.expect("hub A stops");
+
+    let restored = set_status(&b, devin, "active").await;
+    let r = follower
+        .check(check_at(
+            keys::DEVIN_DEVELOPER,
+            "jobs.read",
+            "",
+            "",
+            restored,
+        ))
+        .await;
+    assert_eq!(
+        (r.reason(), r.revision),
+        (Reason::Allowed, restored),
+        "{r:?}"
+    );
+    let status = follower.status().await;
+    let upstream = &status["origin"]["upstream"];
+    assert_eq!(
+        upstream["snapshots"], 1,
+        "resumed, no second snapshot: {status}"
+    );
+    assert!(upstream["connects"].as_u64() >= Some(2), "{status}");
+}
+
 /// The next event that is not a bookmark.
 async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
     loop {

@@ -8,7 +8,7 @@ use crate::{
         embedded::{Bootstrap, EmbeddedOrigin, StoreError},
         etcd::{EtcdConfig, EtcdOrigin, EtcdStartError},
         policy_file::{PolicyError, PolicyFileOrigin},
-        upstream::{Dial, Hub, UpstreamError, UpstreamOrigin},
+        upstream::{Dial, Hub, UpstreamError, UpstreamOrigin, hubs::Hubs},
     },
     state::State,
     tls::client::ClientTls,
@@ -83,17 +83,32 @@ pub(crate) async fn start<H: Hub>(
     Ok(origin)
 }
 
-/// A follower of `hub`.
+/// A follower of `hubs` (one URL, or several comma-separated: tried in turn).
 fn follow<H: Hub>(
-    hub: &str,
+    hubs: &str,
     config: &OriginConfig,
     state: Arc<State>,
     dial: Dial<H>,
 ) -> Result<Arc<dyn Origin>, UpstreamError> {
     let key = config.upstream_key.clone().unwrap_or_default();
-    let hub = dial(hub, key, config.upstream_tls.clone())?;
-    tracing::info!(hub = %hub.address(), "follow mode: the state comes from the hub's Watch");
-    Ok(UpstreamOrigin::bounded(hub, state, config.max_staleness))
+    let urls: Vec<&str> = hubs
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let dialled = urls
+        .iter()
+        .map(|url| dial(url, key.clone(), config.upstream_tls.clone()))
+        .collect::<Result<Vec<H>, _>>()?;
+    if dialled.is_empty() {
+        return Err(UpstreamError::BadUrl {
+            url: hubs.to_owned(),
+            message: "no hub URL given".into(),
+        });
+    }
+    let hubs = Hubs::new(dialled);
+    tracing::info!(hub = %hubs.address(), "follow mode: the state comes from the hub's Watch");
+    Ok(UpstreamOrigin::bounded(hubs, state, config.max_staleness))
 }
 
 /// The etcd origin: bootstraps an empty prefix (printing a generated key once), then reads the

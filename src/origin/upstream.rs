@@ -7,6 +7,7 @@
 //! hub's gRPC Watch) is behind the [`Hub`] and [`Feed`] traits, implemented in
 //! `grpc::follow`: origins do not depend on a front end.
 
+pub(crate) mod hubs;
 pub(crate) mod status;
 
 use std::{

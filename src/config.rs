@@ -27,7 +27,7 @@ pub struct ServeConfig {
     pub(crate) policy: Option<PathBuf>,
 
     /// The directory of the embedded durable store (writable through the Admin API). Used, with
-    /// the default directory, when neither --policy nor --upstream is given.
+    /// the default directory, when none of --policy, --upstream, --etcd-endpoints is given.
     #[arg(long, env = "ROLEGATE_DATA_DIR", conflicts_with_all = ["upstream", "etcd_endpoints"])]
     pub(crate) data_dir: Option<PathBuf>,
 

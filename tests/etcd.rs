@@ -620,6 +620,64 @@ async fn a_follower_of_two_hubs_fails_over_without_a_snapshot() {
     assert!(upstream["connects"].as_u64() >= Some(2), "{status}");
 }
 
+/// `kill -9` of an instance while it commits a large Apply, at a few moments after the call was
+/// sent (each on its own prefix): etcd holds all of it or none of it, a new instance serves
+/// exactly that, and an acknowledged Apply is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_during_a_large_apply_leaves_all_or_none_of_it() {
+    let Some(etcd) = Etcd::start("etcd::an_instance_killed_during").await else {
+        return;
+    };
+    let teams: String = (0..2000)
+        .map(|i| format!("  - {{ id: t{i:04}, name: Team {i}, status: active }}\n"))
+        .collect();
+    let document = example_with_bootstrap().replacen("teams:\n", &format!("teams:\n{teams}"), 1);
+    let mut outcomes = Vec::new();
+    for (round, after_ms) in [0u64, 5, 20, 100, 200, 400, 800, 1600]
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!("/kill{round}/");
+        let (mut child, url) = common::spawn_on_etcd(&etcd.endpoints(), &prefix);
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let mut admin = pb::admin_client::AdminClient::new(channel);
+        let apply = pb::ApplyRequest {
+            document: document.clone(),
+            prune: true,
+            ..Default::default()
+        };
+        let sent = tokio::spawn(async move { admin.apply(call(BOOTSTRAP, apply)).await });
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        let answer = sent.await.expect("the call task");
+
+        let fresh = TestServer::with(Origin::Etcd {
+            endpoints: etcd.endpoints(),
+            prefix,
+        })
+        .start()
+        .await;
+        let teams = fresh.status().await["counts"]["teams"].as_u64().unwrap();
+        assert!(
+            teams == 1 || teams == 2003,
+            "round {round}: all or nothing, got {teams} teams (answer: {answer:?})"
+        );
+        if answer.is_ok() {
+            assert_eq!(
+                teams, 2003,
+                "round {round}: an acknowledged Apply is all there"
+            );
+        }
+        outcomes.push((after_ms, teams == 2003, answer.is_ok()));
+    }
+    eprintln!("killed after ms, committed, acknowledged: {outcomes:?}");
+}
+
 /// The next event that is not a bookmark.
 async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
     loop {

@@ -31,7 +31,7 @@ use std::{
 pub use admin::{
     BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap, field_violations, seed_example,
 };
-pub use process::{spawn_store, store_command};
+pub use process::{spawn_on_etcd, spawn_store, store_command};
 use rolegate::grpc::pb;
 pub use server::{Origin, READY_WITHIN, Start, TestServer};
 

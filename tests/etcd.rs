@@ -3,11 +3,15 @@
 //!
 //! - one revision line: a write through one instance is seen at its revision on the other,
 //!   with etcd's revision moved on by keys outside the prefix in between;
-//! - conflicting writes on two instances at once never both commit;
+//! - conflicting writes on two instances at once never both commit, and an escalation raced
+//!   against a role change never commits;
 //! - a compaction past an instance's revision (its connection to etcd cut meanwhile): the right
 //!   state, and a reset for its own Watch subscribers;
 //! - etcd killed: both instances answer from their last state and report it, then catch up;
-//! - a three-member cluster loses a member: reads and writes go on.
+//! - a three-member cluster loses a member: reads and writes go on;
+//! - an Apply beyond etcd's transaction limit is refused whole; an instance killed during a
+//!   large Apply leaves all of it or none;
+//! - etcd's authentication; a follower of two hubs fails over without a snapshot.
 
 mod common;
 
@@ -281,6 +285,81 @@ async fn conflicting_writes_on_two_instances_never_both_commit() {
             .await;
         assert_eq!(r.reason(), Reason::WrongSecret, "{r:?}");
     }
+}
+
+/// An escalation raced against a role change, on two instances at once: an account admin binds
+/// a custom role (TEAM grants, which it may hand out) through A while the owner widens that role
+/// to ALL through B. The writes are serialized: the binding commits only if it was judged before
+/// the role was widened, and is refused as an escalation after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_raced_against_a_role_change_never_commits() {
+    let Some(etcd) = Etcd::start("etcd::an_escalation_raced").await else {
+        return;
+    };
+    let a = instance(&etcd.endpoints()).await;
+    let b = instance(&etcd.endpoints()).await;
+    let base = seed(&a).await;
+    wait_revision(&b, base).await;
+    let role = |id: &str, scope: &str| pb::Role {
+        id: id.into(),
+        r#type: "user".into(),
+        grants: vec![pb::Grant {
+            entitlement: "models.read".into(),
+            scope: scope.into(),
+        }],
+        prebuilt: false,
+    };
+    let mut outcomes = Vec::new();
+    for round in 0..6 {
+        let id = format!("RACE_{round}");
+        let made = a
+            .admin()
+            .await
+            .create_role(call(
+                keys::OLIVIA_OWNER,
+                pb::RoleRequest {
+                    role: Some(role(&id, "TEAM")),
+                },
+            ))
+            .await
+            .expect("create the role")
+            .into_inner();
+        wait_revision(&b, made.revision).await;
+        let bind = pb::CreateKeyRequest {
+            prefix: format!("AdamRaceKey{round:09}"),
+            key_type: pb::KeyType::Team.into(),
+            user: "devin".into(),
+            team: "acme".into(),
+            roles: vec![id.clone()],
+            ..Default::default()
+        };
+        let widen = pb::RoleRequest {
+            role: Some(role(&id, "ALL")),
+        };
+        let (mut admin_a, mut admin_b) = (a.admin().await, b.admin().await);
+        let (bound, widened) = tokio::join!(
+            admin_a.create_key(call(keys::ADAM_ADMIN, bind)),
+            admin_b.update_role(call(keys::OLIVIA_OWNER, widen)),
+        );
+        let widened = widened.expect("the owner widens the role").into_inner();
+        match bound {
+            Ok(bound) => {
+                let bound = bound.into_inner();
+                assert!(
+                    bound.revision < widened.revision,
+                    "round {round}: bound at {} after the role was widened at {}",
+                    bound.revision,
+                    widened.revision
+                );
+                outcomes.push("bound first");
+            }
+            Err(refused) => {
+                assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+                outcomes.push("refused after the widening");
+            }
+        }
+    }
+    eprintln!("escalation race outcomes: {outcomes:?}");
 }
 
 /// B is cut off from etcd while A writes and etcd compacts its history past B's revision. When

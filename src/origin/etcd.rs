@@ -8,8 +8,9 @@
 //!   re-read, applied as one revision, and a reset for this instance's own Watch subscribers.
 //!   While etcd is unreachable the last state keeps serving; `/status` says how stale it is, and
 //!   the watch resumes from the last revision applied.
-//! - **Writes**: the Admin core judges a command on this instance's copy of the model; the
-//!   changes are committed as one transaction that also puts the write marker (`rev`), on the
+//! - **Writes**: the Admin core judges a command on this instance's copy of the model (with the
+//!   commands queued beside it, each on the model the earlier ones leave); the changes are
+//!   committed as one transaction that also puts the write marker (`rev`), on the
 //!   condition that the marker's `mod_revision` is still the one the copy has seen, i.e. that no
 //!   other write of the state came in between. A lost race is judged again on the newer model;
 //!   after [`MAX_ATTEMPTS`] the write is answered ABORTED. The write returns once this instance's
@@ -27,7 +28,7 @@ use std::{
 };
 
 use compact_str::CompactString;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::{
     domain::{
@@ -60,6 +61,17 @@ use status::{EtcdReport, EtcdStatus};
 /// How often a write that lost the race against another instance is judged again before it is
 /// answered ABORTED.
 pub(crate) const MAX_ATTEMPTS: usize = 5;
+
+/// The most queued writes committed in one transaction.
+const MAX_GROUP: usize = 64;
+
+/// A write waiting in the queue.
+struct Queued {
+    caller: CompactString,
+    command: Command,
+    now: i64,
+    ack: oneshot::Sender<Result<Written, WriteError>>,
+}
 
 /// Keys per page of the start's read.
 const PAGE: i64 = 2_000;
@@ -110,7 +122,10 @@ pub struct EtcdOrigin {
     mirror: Mutex<Mirror>,
     /// The marker's `mod_revision` as applied (wakes a write that lost a race).
     marker_seen: watch::Sender<i64>,
-    /// One write at a time per instance (they would race each other anyway).
+    /// Writes waiting to be judged and committed, in arrival order.
+    queue: Mutex<Vec<Queued>>,
+    /// Held by the write that commits the queue (one group at a time per instance: they
+    /// would race each other anyway).
     write_lock: tokio::sync::Mutex<()>,
     status: Mutex<EtcdStatus>,
     contact: Arc<Notify>,
@@ -214,6 +229,7 @@ impl EtcdOrigin {
                 next: read.at + 1,
             }),
             state,
+            queue: Mutex::new(Vec::new()),
             write_lock: tokio::sync::Mutex::new(()),
             status: Mutex::new(status),
             contact: Arc::new(Notify::new()),
@@ -524,29 +540,85 @@ impl EtcdOrigin {
         Ok(())
     }
 
-    /// Runs one Admin command: judged on this instance's model, committed as one transaction
-    /// on the condition that no other write came in between.
+    /// Runs one Admin command: queued, then judged on this instance's model with the commands
+    /// queued beside it, and committed with them as one transaction on the condition that no
+    /// other write of the state came in between ([`EtcdOrigin::commit_group`]).
     async fn write(&self, caller: CompactString, command: Command) -> Result<Written, WriteError> {
-        let _one = self.write_lock.lock().await;
-        let now = crate::state::unix_now();
-        for attempt in 1..=MAX_ATTEMPTS {
-            let (changes, marker) = {
-                let mut mirror = self.mirror();
-                let (changes, undo) = admin::execute(&caller, &command, &mut mirror.model, now)?;
-                // The model changes only by what etcd sends back.
-                for c in &undo {
-                    mirror.model.apply(c);
-                }
-                (changes, mirror.marker)
+        let (ack, done) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Queued {
+                caller,
+                command,
+                now: crate::state::unix_now(),
+                ack,
+            });
+        {
+            // Whoever holds the lock commits what is queued, this write included unless an
+            // earlier holder took it already.
+            let _one = self.write_lock.lock().await;
+            let group: Vec<Queued> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let n = queue.len().min(MAX_GROUP);
+                queue.drain(..n).collect()
             };
-            if changes.is_empty() {
-                return Ok(Written {
-                    revision: self.state.revision(),
-                    changes,
-                });
+            let mut groups = vec![group];
+            while let Some(group) = groups.pop() {
+                if group.is_empty() {
+                    continue;
+                }
+                if let Some(alone) = self.commit_group(group).await {
+                    groups.extend(alone.into_iter().rev().map(|q| vec![q]));
+                }
             }
+        }
+        done.await
+            .unwrap_or_else(|_| Err(WriteError::Unavailable("the write was dropped".into())))
+    }
+
+    /// Judges each write of `group` on the model, in order, each on the model the earlier ones
+    /// leave (a refused write is answered at once), and commits the rest as one transaction;
+    /// a lost race judges them again on the newer model. Returns the writes to commit one by
+    /// one when together they exceed etcd's limits for one transaction.
+    async fn commit_group(&self, mut group: Vec<Queued>) -> Option<Vec<Queued>> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (accepted, marker) = {
+                let mut mirror = self.mirror();
+                let mut accepted: Vec<(Queued, Vec<Change>)> = Vec::with_capacity(group.len());
+                let mut undos = Vec::with_capacity(group.len());
+                for q in group.drain(..) {
+                    match admin::execute(&q.caller, &q.command, &mut mirror.model, q.now) {
+                        Ok((changes, undo)) => {
+                            undos.push(undo);
+                            accepted.push((q, changes));
+                        }
+                        Err(e) => {
+                            let _ = q.ack.send(Err(e));
+                        }
+                    }
+                }
+                // The model changes only by what etcd sends back.
+                for undo in undos.iter().rev() {
+                    for c in undo {
+                        mirror.model.apply(c);
+                    }
+                }
+                (accepted, mirror.marker)
+            };
+            if accepted.iter().all(|(_, changes)| changes.is_empty()) {
+                let revision = self.state.revision();
+                for (q, changes) in accepted {
+                    let _ = q.ack.send(Ok(Written { revision, changes }));
+                }
+                return None;
+            }
+            let all: Vec<Change> = accepted
+                .iter()
+                .flat_map(|(_, changes)| changes.iter().cloned())
+                .collect();
             let marker_key = self.layout.marker();
-            let mut success = self.layout.ops(&changes);
+            let mut success = self.layout.ops(&all);
             success.push(layout::put(marker_key.clone(), self.marker_value()));
             let ops = success.len();
             let txn = TxnRequest {
@@ -559,18 +631,30 @@ impl EtcdOrigin {
                     })),
                 }],
             };
-            let answer = self
-                .client
-                .txn(txn)
-                .await
-                .map_err(|e| write_error(e, ops))?;
+            let answer = match self.client.txn(txn).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let err = write_error(e, ops);
+                    if accepted.len() > 1 && matches!(err, WriteError::FailedPrecondition(_)) {
+                        // Too large together: each on its own.
+                        return Some(accepted.into_iter().map(|(q, _)| q).collect());
+                    }
+                    for (q, _) in accepted {
+                        let _ = q.ack.send(Err(err.clone()));
+                    }
+                    return None;
+                }
+            };
             let revision = answer.header.as_ref().map_or(0, |h| h.revision);
             if answer.succeeded {
                 self.wait_applied(revision as u64).await;
-                return Ok(Written {
-                    revision: revision as u64,
-                    changes,
-                });
+                for (q, changes) in accepted {
+                    let _ = q.ack.send(Ok(Written {
+                        revision: revision as u64,
+                        changes,
+                    }));
+                }
+                return None;
             }
             // Another write came first: wait until this instance has applied it, judge again.
             let current = answer
@@ -588,8 +672,10 @@ impl EtcdOrigin {
                 attempt,
                 marker,
                 current,
-                "etcd: another write committed first; judging the write again"
+                writes = accepted.len(),
+                "etcd: another write committed first; judging the writes again"
             );
+            group = accepted.into_iter().map(|(q, _)| q).collect();
             let mut seen = self.marker_seen.subscribe();
             let caught_up = tokio::time::timeout(
                 self.client.request_timeout,
@@ -597,14 +683,21 @@ impl EtcdOrigin {
             )
             .await;
             if !matches!(caught_up, Ok(Ok(_))) {
-                return Err(WriteError::Unavailable(format!(
+                let err = WriteError::Unavailable(format!(
                     "this instance has not caught up with etcd's revision {current}"
-                )));
+                ));
+                for q in group {
+                    let _ = q.ack.send(Err(err.clone()));
+                }
+                return None;
             }
         }
-        Err(WriteError::Aborted(format!(
-            "other writes committed first {MAX_ATTEMPTS} times in a row; nothing was written, try again"
-        )))
+        for q in group {
+            let _ = q.ack.send(Err(WriteError::Aborted(format!(
+                "other writes committed first {MAX_ATTEMPTS} times in a row; nothing was written, try again"
+            ))));
+        }
+        None
     }
 
     fn marker_value(&self) -> Vec<u8> {

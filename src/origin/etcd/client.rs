@@ -23,8 +23,8 @@ use crate::tls::client::{ClientTls, endpoint};
 /// value is up to etcd's request size (1.5 MiB by default, more when raised for large applies).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// How etcd is reached (`serve --etcd-*`).
-#[derive(Clone, Debug)]
+/// How etcd is reached (`serve --etcd-*`). Its `Debug` shows no password.
+#[derive(Clone)]
 pub struct EtcdConnect {
     /// Client URLs of the members (`http://` or `https://`).
     pub endpoints: Vec<String>,
@@ -36,6 +36,18 @@ pub struct EtcdConnect {
     pub dial_timeout: Duration,
     /// The longest one call may take.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConnect")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("dial_timeout", &self.dial_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// Why a call to etcd failed.
@@ -67,12 +79,15 @@ pub(crate) struct EtcdClient {
 /// Whether an error says the request never reached a member able to serve it, so that trying
 /// another member cannot apply it twice.
 fn never_served(status: &Status) -> bool {
+    // A connection that could not be made, or a member without a leader, took nothing in; a
+    // connection that broke or a leader that changed may have taken the request.
     let text = format!("{status:?}").to_ascii_lowercase();
     status.code() == tonic::Code::Unavailable
-        && (text.contains("connect")
-            || text.contains("no leader")
+        && (text.contains("tcp connect error")
+            || text.contains("error trying to connect")
+            || text.contains("connection refused")
             || text.contains("dns error")
-            || text.contains("connection refused"))
+            || text.contains("no leader"))
 }
 
 /// Whether trying another member may help a read.
@@ -324,5 +339,43 @@ impl EtcdClient {
     pub(crate) fn watch_failed(&self) {
         let at = self.current.load(Ordering::Relaxed) % self.channels.len();
         self.rotate(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_not_in_debug_output() {
+        let connect = EtcdConnect {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: ClientTls::default(),
+            user: Some(("rolegate".into(), "s3cret-pw".into())),
+            dial_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let text = format!("{connect:?}");
+        assert!(
+            text.contains("rolegate") && !text.contains("s3cret-pw"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_failures_that_took_nothing_in_send_a_write_again() {
+        assert!(never_served(&Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused"
+        )));
+        assert!(never_served(&Status::unavailable("etcdserver: no leader")));
+        assert!(!never_served(&Status::unavailable(
+            "etcdserver: leader changed"
+        )));
+        assert!(!never_served(&Status::unavailable(
+            "connection reset by peer"
+        )));
+        assert!(!never_served(&Status::invalid_argument(
+            "connection refused"
+        )));
     }
 }

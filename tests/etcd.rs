@@ -491,6 +491,13 @@ async fn etcd_killed_instances_answer_from_the_last_state_and_catch_up() {
         ))
         .await;
     assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+    // etcd still had the revisions: both resumed their watch, neither read everything again.
+    for server in [&a, &b] {
+        let status = server.status().await;
+        let etcd = &status["origin"]["etcd"];
+        assert_eq!(etcd["resyncs"], 0, "{status}");
+        assert!(etcd["connects"].as_u64() >= Some(2), "{status}");
+    }
 }
 
 /// A three-member cluster: one member killed (the one each instance's endpoint list starts

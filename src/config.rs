@@ -24,12 +24,12 @@ pub enum LogFormat {
 pub struct ServeConfig {
     /// The policy file to serve; it is watched and reloaded when it changes. The file is then
     /// the source of truth and Admin writes are refused.
-    #[arg(long, env = "ROLEGATE_POLICY", conflicts_with_all = ["data_dir", "upstream"])]
+    #[arg(long, env = "ROLEGATE_POLICY", conflicts_with_all = ["data_dir", "upstream", "etcd_endpoints"])]
     pub(crate) policy: Option<PathBuf>,
 
     /// The directory of the embedded durable store (writable through the Admin API). Used, with
-    /// the default directory, when neither --policy nor --upstream is given.
-    #[arg(long, env = "ROLEGATE_DATA_DIR", conflicts_with = "upstream")]
+    /// the default directory, when none of --policy, --upstream, --etcd-endpoints is given.
+    #[arg(long, env = "ROLEGATE_DATA_DIR", conflicts_with_all = ["upstream", "etcd_endpoints"])]
     pub(crate) data_dir: Option<PathBuf>,
 
     /// On the first start on an empty store: the SHA-256 (hex) of the bootstrap SYSTEM_OWNER
@@ -53,8 +53,14 @@ pub struct ServeConfig {
 
     /// Follow mode: serve what the rolegate hub at this URL serves, taken from its Watch; no
     /// origin of its own. http://HOST:PORT, or https://HOST:PORT for TLS (see --upstream-ca).
-    /// Several hubs, comma-separated: the first is used, the next when it is lost.
-    #[arg(long, env = "ROLEGATE_UPSTREAM", requires = "upstream_key")]
+    /// Several hubs, comma-separated: the first is used, the next when it is lost; the follower
+    /// resumes there when the hub serves the same history (hubs on one etcd).
+    #[arg(
+        long,
+        env = "ROLEGATE_UPSTREAM",
+        requires = "upstream_key",
+        group = "remote"
+    )]
     pub(crate) upstream: Option<String>,
 
     /// The key presented to the hub in follow mode: a project key with the FOLLOWER system role
@@ -65,6 +71,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub upstream_tls: crate::tls::client::UpstreamTlsArgs,
+
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 
     /// How many revisions the Watch change log keeps.
     #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
@@ -126,14 +135,15 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub authz: crate::authz::AuthzConfig,
 
-    /// Follow mode: once the hub has not been heard from for this long (no event, no bookmark,
-    /// no Watch accepted), report NOT_SERVING on gRPC health and 503 on /readyz until it is
-    /// again (Check keeps answering from the last state). At least 3s: an idle hub sends a
-    /// bookmark every second. Off by default: the last state serves however old.
+    /// Follow mode and etcd: once the hub (or etcd) has not been heard from for this long (no
+    /// event, no bookmark or progress notification, no Watch accepted), report NOT_SERVING on
+    /// gRPC health and 503 on /readyz until it is again (Check keeps answering from the last
+    /// state). At least 3s: an idle hub sends a bookmark every second, etcd is asked for progress
+    /// every second. Off by default: the last state serves however old.
     #[arg(
         long,
         env = "ROLEGATE_MAX_STALENESS",
-        requires = "upstream",
+        requires = "remote",
         conflicts_with_all = ["policy", "data_dir"],
         value_parser = parse_max_staleness
     )]
@@ -173,6 +183,7 @@ impl ServeConfig {
             upstream: None,
             upstream_key: None,
             upstream_tls: Default::default(),
+            etcd: Default::default(),
             watch_log_revisions: 10_000,
             watch_log_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
@@ -212,6 +223,20 @@ impl ServeConfig {
         }
     }
 
+    /// The etcd origin on the cluster at `endpoints` (comma-separated client URLs), under
+    /// `prefix`, with every other setting at its default.
+    pub fn for_etcd(endpoints: &str, prefix: &str) -> Self {
+        ServeConfig {
+            policy: None,
+            etcd: EtcdArgs {
+                etcd_endpoints: Some(endpoints.to_owned()),
+                etcd_prefix: prefix.to_owned(),
+                ..Default::default()
+            },
+            ..Self::for_policy("")
+        }
+    }
+
     /// The data directory to use when serving the embedded store.
     pub(crate) fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -235,6 +260,7 @@ impl ServeConfig {
             upstream_key: self.upstream_key.clone(),
             upstream_tls: ClientTls::from(&self.upstream_tls),
             max_staleness: self.max_staleness,
+            etcd: self.etcd.config(self.max_staleness),
         }
     }
 
@@ -252,3 +278,103 @@ impl ServeConfig {
 /// The embedded store's directory when neither --policy nor --data-dir is given (relative to
 /// the working directory, so that a container's volume mount decides where it lives).
 pub(crate) const DEFAULT_DATA_DIR: &str = "rolegate-data";
+
+/// `serve`'s etcd flags: the etcd origin, shared by every instance pointed at the same cluster
+/// and prefix.
+#[derive(Clone, Debug, Args)]
+pub struct EtcdArgs {
+    /// Serve the state kept in this etcd cluster (comma-separated client URLs, http:// or
+    /// https://), shared with every instance on the same cluster and prefix; writable through the
+    /// Admin API.
+    #[arg(long, env = "ROLEGATE_ETCD_ENDPOINTS", group = "remote", conflicts_with_all = ["policy", "data_dir"])]
+    pub etcd_endpoints: Option<String>,
+
+    /// The prefix of every etcd key of the state.
+    #[arg(
+        long,
+        env = "ROLEGATE_ETCD_PREFIX",
+        default_value = "/rolegate/",
+        requires = "etcd_endpoints"
+    )]
+    pub etcd_prefix: String,
+
+    /// The etcd user, when etcd's authentication is on.
+    #[arg(long, env = "ROLEGATE_ETCD_USER", requires_all = ["etcd_endpoints", "etcd_password"])]
+    pub etcd_user: Option<String>,
+
+    /// The etcd user's password. Never logged.
+    #[arg(
+        long,
+        env = "ROLEGATE_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
+
+    /// With https:// endpoints: PEM file of the CA certificate(s) that signed etcd's
+    /// certificates. Without it, the system's root certificates are used.
+    #[arg(long, env = "ROLEGATE_ETCD_CA", requires = "etcd_endpoints")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// With https:// endpoints: PEM file of the client certificate presented to etcd.
+    #[arg(long, env = "ROLEGATE_ETCD_CERT", requires_all = ["etcd_endpoints", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "ROLEGATE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// The longest a connection to one etcd member may take.
+    #[arg(long, env = "ROLEGATE_ETCD_DIAL_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub etcd_dial_timeout: Duration,
+
+    /// The longest one etcd call may take (a read, a write's transaction).
+    #[arg(long, env = "ROLEGATE_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub etcd_request_timeout: Duration,
+}
+
+impl Default for EtcdArgs {
+    fn default() -> Self {
+        EtcdArgs {
+            etcd_endpoints: None,
+            etcd_prefix: "/rolegate/".into(),
+            etcd_user: None,
+            etcd_password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_dial_timeout: Duration::from_secs(3),
+            etcd_request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl EtcdArgs {
+    /// The etcd origin's configuration, when `--etcd-endpoints` is given.
+    fn config(&self, max_staleness: Option<Duration>) -> Option<crate::origin::etcd::EtcdConfig> {
+        let endpoints = self.etcd_endpoints.as_deref()?;
+        Some(crate::origin::etcd::EtcdConfig {
+            connect: crate::origin::etcd::EtcdConnect {
+                endpoints: endpoints
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                tls: ClientTls {
+                    ca: self.etcd_ca.clone(),
+                    cert: self.etcd_cert.clone(),
+                    key: self.etcd_key.clone(),
+                },
+                user: self
+                    .etcd_user
+                    .clone()
+                    .map(|u| (u, self.etcd_password.clone().unwrap_or_default())),
+                dial_timeout: self.etcd_dial_timeout,
+                request_timeout: self.etcd_request_timeout,
+            },
+            prefix: self.etcd_prefix.clone(),
+            max_staleness,
+        })
+    }
+}

@@ -168,3 +168,33 @@ async fn the_manifests_flags_serve_probes_apart_from_the_auth_endpoint() {
     }
     assert_eq!(common::http_get(http_addr, "/status").await.unwrap().0, 200);
 }
+
+/// The hubs-on-etcd manifest passes only flags `rolegate serve` has, and its sidecars list every
+/// hub of the StatefulSet.
+#[test]
+fn the_etcd_hubs_manifest_uses_only_real_flags() {
+    let manifest = std::fs::read_to_string(repo_path("deploy/kubernetes/etcd-hubs.yaml")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let args: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .collect();
+    assert!(args.len() >= 20, "{args:?}");
+    for arg in &args {
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+            "serve has no --{flag}"
+        );
+    }
+    let upstream = args
+        .iter()
+        .find_map(|a| a.strip_prefix("upstream="))
+        .expect("the sidecars follow the hubs");
+    assert_eq!(upstream.split(',').count(), 3, "{upstream}");
+    assert!(manifest.contains("replicas: 3"));
+}

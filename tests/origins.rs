@@ -1,6 +1,7 @@
 //! Behaviour written once and run against every origin of state: a policy file, the embedded
-//! store (written through the Admin API) and a follower (fed by the Watch of a hub on the
-//! embedded store, written through the hub's Admin API).
+//! store (written through the Admin API), a follower (fed by the Watch of a hub on the
+//! embedded store, written through the hub's Admin API) and etcd (written through the Admin
+//! API).
 //!
 //! Each case is an async function of the origin. [`suite!`] at the end makes one
 //! `#[tokio::test]` per (origin, case), named `<origin>::<case>`:
@@ -13,6 +14,9 @@
 //! [`Serving::replace_document`], which each origin carries out its own way and which return
 //! the revision of the change.
 //!
+//! The etcd origin runs on a one-member etcd started for each case (skipped, with a message,
+//! when etcd is not installed).
+//!
 //! A new origin: a variant of [`Kind`], its arms in [`Serving::start`], [`Serving::write`] and
 //! [`Serving::routes_origin`] (and [`Kind`]'s names), and one line in [`suite!`]'s list.
 
@@ -21,7 +25,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    BOOTSTRAP, Origin, TestServer, call, check, check_at, example_with_bootstrap, keys,
+    BOOTSTRAP, Origin, TestServer, call, check, check_at,
+    etcd::Etcd,
+    example_with_bootstrap, keys,
     routes::{REPORTS_ROUTE, document_with_routes, enforced, wait_enforced},
     seed_example, with_key_status,
 };
@@ -59,6 +65,8 @@ enum Kind {
     Embedded,
     /// `--upstream URL` of a hub on the embedded store: changed through the hub's Admin API.
     Follower,
+    /// `--etcd-endpoints URL` of a one-member etcd: changed through the Admin API.
+    Etcd,
 }
 
 impl Kind {
@@ -68,6 +76,7 @@ impl Kind {
             Kind::PolicyFile => "policy_file",
             Kind::Embedded => "embedded",
             Kind::Follower => "upstream",
+            Kind::Etcd => "etcd",
         }
     }
 
@@ -77,6 +86,18 @@ impl Kind {
             Kind::PolicyFile => "policy_file",
             Kind::Embedded => "store",
             Kind::Follower => "hub",
+            Kind::Etcd => "etcd",
+        }
+    }
+
+    /// Whether what the origin needs is there (etcd installed); if not, the case is skipped
+    /// with a message (or fails with `ROLEGATE_REQUIRE_TOOLS=1`).
+    fn available(self) -> bool {
+        match self {
+            Kind::Etcd => {
+                common::require_tool("etcd", "ROLEGATE_ETCD_BIN", "origins::etcd").is_some()
+            }
+            _ => true,
         }
     }
 }
@@ -108,6 +129,8 @@ struct Serving {
     writer: Writer,
     /// The revision at which the server serves the example policy.
     base: u64,
+    /// The etcd the server uses (etcd only): stopped with the case.
+    _etcd: Option<Etcd>,
 }
 
 impl Serving {
@@ -121,6 +144,7 @@ impl Serving {
                 server: tuned(Origin::Policy(document.clone())).start().await,
                 writer: Writer::File(Mutex::new((document, 1))),
                 base: 1,
+                _etcd: None,
             },
             Kind::Embedded => {
                 let server = tuned(Origin::Store).start().await;
@@ -130,6 +154,7 @@ impl Serving {
                     server,
                     writer: Writer::Admin,
                     base,
+                    _etcd: None,
                 }
             }
             Kind::Follower => {
@@ -142,6 +167,25 @@ impl Serving {
                     server,
                     writer: Writer::Hub(hub),
                     base,
+                    _etcd: None,
+                }
+            }
+            Kind::Etcd => {
+                let etcd = Etcd::start("origins::etcd")
+                    .await
+                    .expect("etcd is installed");
+                let origin = Origin::Etcd {
+                    endpoints: etcd.endpoints(),
+                    prefix: "/rolegate/".into(),
+                };
+                let server = tuned(origin).start().await;
+                let base = seed_example(&mut server.admin().await).await;
+                Serving {
+                    kind,
+                    server,
+                    writer: Writer::Admin,
+                    base,
+                    _etcd: Some(etcd),
                 }
             }
         }
@@ -207,6 +251,12 @@ impl Serving {
     fn routes_origin(&self) -> String {
         match &self.writer {
             Writer::File(_) => self.server.policy_path().display().to_string(),
+            Writer::Admin if matches!(self.kind, Kind::Etcd) => {
+                format!(
+                    "{} /rolegate/",
+                    self._etcd.as_ref().expect("etcd").endpoints()
+                )
+            }
             Writer::Admin => self.server.data_dir().display().to_string(),
             Writer::Hub(hub) => hub.url(),
         }
@@ -648,6 +698,9 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
+                    if !$kind.available() {
+                        return;
+                    }
                     super::$case($kind).await;
                 }
             )+
@@ -668,5 +721,6 @@ suite!(
         policy_file => Kind::PolicyFile,
         embedded => Kind::Embedded,
         follower => Kind::Follower,
+        etcd => Kind::Etcd,
     ]
 );

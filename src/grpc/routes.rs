@@ -8,6 +8,7 @@ fn describe(source: &RouteSource) -> (&'static str, &str) {
         RouteSource::PolicyFile(path) => ("policy_file", path),
         RouteSource::Store(dir) => ("store", dir),
         RouteSource::Hub(url) => ("hub", url),
+        RouteSource::Etcd(cluster) => ("etcd", cluster),
     }
 }
 

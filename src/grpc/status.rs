@@ -74,6 +74,8 @@ pub(crate) fn write_status(err: WriteError) -> Status {
             Status::unavailable(format!("the write was not committed: {m}"))
         }
         WriteError::Invalid(violations) => invalid(&violations),
+        // ABORTED: a conflict with concurrent writes; the client may try again.
+        WriteError::Aborted(m) => Status::aborted(m),
     }
 }
 

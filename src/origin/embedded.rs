@@ -8,7 +8,7 @@
 //! [`State`] and acknowledges it. A write that fails validation is undone and refused alone; a
 //! failed commit undoes and refuses the whole group, and nothing of it is on disk.
 
-pub(crate) mod record;
+pub(crate) use super::record;
 mod store;
 mod writer;
 
@@ -224,6 +224,7 @@ impl Origin for EmbeddedOrigin {
             kind: OriginKind::Embedded,
             reload: self.reload_status(),
             upstream: None,
+            etcd: None,
         }
     }
 
@@ -342,7 +343,7 @@ fn replay_base(model: &Model, window: Vec<Replayed>, revision: u64) -> (Model, V
 /// The team, user and SYSTEM_OWNER key of the first start.
 /// The changes that turn the empty `model` into the `--seed` policy file's state (none without
 /// one). A seed that cannot be loaded stops the start, as a bad policy file does.
-fn seed_changes(model: &Model, seed: Option<&Path>) -> Result<Vec<Change>, StoreError> {
+pub(crate) fn seed_changes(model: &Model, seed: Option<&Path>) -> Result<Vec<Change>, StoreError> {
     let Some(path) = seed else {
         return Ok(Vec::new());
     };
@@ -351,7 +352,7 @@ fn seed_changes(model: &Model, seed: Option<&Path>) -> Result<Vec<Change>, Store
     Ok(model.diff(&policy.model))
 }
 
-fn bootstrap_changes(
+pub(crate) fn bootstrap_changes(
     model: &Model,
     bootstrap: &Bootstrap,
 ) -> Result<(Vec<Change>, Option<String>), StoreError> {

@@ -1,8 +1,9 @@
 //! Origins of truth: each produces the model and, as it changes, revisioned change sets.
 //!
 //! The policy file ([`policy_file`]), loaded at start and reloaded when it changes; the embedded
-//! store ([`embedded`]), a writable origin on local disk; and another rolegate ([`upstream`]),
-//! followed through its Watch.
+//! store ([`embedded`]), a writable origin on local disk; an etcd cluster ([`etcd`]), a writable
+//! origin shared by many instances; and another rolegate ([`upstream`]), followed through its
+//! Watch.
 //!
 //! Every origin has the same shape, [`Origin`]: what kind it is, what `/status` shows of it,
 //! where the route table comes from, whether and how it takes writes ([`WritableOrigin`]), and
@@ -11,7 +12,9 @@
 //! origin serves.
 
 pub mod embedded;
+pub mod etcd;
 pub mod policy_file;
+pub(crate) mod record;
 mod start;
 pub mod upstream;
 
@@ -49,6 +52,8 @@ pub enum OriginKind {
     Embedded,
     /// `--upstream`: another rolegate, followed through its Watch.
     Upstream,
+    /// `--etcd-endpoints`: an etcd cluster shared with other instances.
+    Etcd,
 }
 
 impl OriginKind {
@@ -58,6 +63,7 @@ impl OriginKind {
             OriginKind::PolicyFile => "policy_file",
             OriginKind::Embedded => "embedded",
             OriginKind::Upstream => "upstream",
+            OriginKind::Etcd => "etcd",
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct OriginStatus {
     /// Follow mode: the hub, the connection and how stale the state is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<UpstreamReport>,
+    /// The etcd origin: the cluster, the connection and how stale the state is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd: Option<etcd::status::EtcdReport>,
 }
 
 /// Where the state's route table comes from when it is not the built-in default.
@@ -98,6 +107,8 @@ pub enum RouteSource {
     Store(String),
     /// A hub this server follows (its address).
     Hub(String),
+    /// An etcd cluster (its endpoints and the prefix).
+    Etcd(String),
 }
 
 /// A committed write: its revision (the current one when it changed nothing) and its changes.

@@ -309,6 +309,7 @@ impl Origin for PolicyFileOrigin {
             kind: OriginKind::PolicyFile,
             reload: self.reload_status(),
             upstream: None,
+            etcd: None,
         }
     }
 

@@ -6,6 +6,7 @@ use crate::{
     origin::{
         Origin,
         embedded::{Bootstrap, EmbeddedOrigin, StoreError},
+        etcd::{EtcdConfig, EtcdOrigin, EtcdStartError},
         policy_file::{PolicyError, PolicyFileOrigin},
         upstream::{Dial, Hub, UpstreamError, UpstreamOrigin},
     },
@@ -33,6 +34,8 @@ pub(crate) struct OriginConfig {
     pub(crate) upstream_tls: ClientTls,
     /// `--max-staleness`: how long the hub may go unheard before the follower is not ready.
     pub(crate) max_staleness: Option<Duration>,
+    /// `--etcd-endpoints` and the other etcd flags: serve the state kept in etcd.
+    pub(crate) etcd: Option<EtcdConfig>,
 }
 
 /// Why the origin could not be started.
@@ -44,12 +47,14 @@ pub(crate) enum StartError {
     Store(#[from] StoreError),
     #[error("follow mode: {0}")]
     Upstream(#[from] UpstreamError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] EtcdStartError),
     #[error("the origin's start failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
 /// Starts the origin the configuration names, feeding `state`: a hub to follow (reached with
-/// `dial`), else a policy file, else the embedded store. Its state is loaded when this returns,
+/// `dial`), else etcd, else a policy file, else the embedded store. Its state is loaded when this returns,
 /// except a follower's, which arrives from the hub once its background task runs
 /// ([`Origin::run`]).
 pub(crate) async fn start<H: Hub>(
@@ -59,6 +64,8 @@ pub(crate) async fn start<H: Hub>(
 ) -> Result<Arc<dyn Origin>, StartError> {
     let origin: Arc<dyn Origin> = if let Some(hub) = &config.upstream {
         follow(hub, &config, state.clone(), dial)?
+    } else if let Some(etcd) = &config.etcd {
+        open_etcd(etcd, &config, state.clone()).await?
     } else if let Some(path) = &config.policy {
         let (path, state) = (path.clone(), state.clone());
         let interval = config.reload_interval;
@@ -106,6 +113,22 @@ fn follow<H: Hub>(
         state,
         config.max_staleness,
     ))
+}
+
+/// The etcd origin: bootstraps an empty prefix (printing a generated key once), then reads the
+/// state.
+async fn open_etcd(
+    etcd: &EtcdConfig,
+    config: &OriginConfig,
+    state: Arc<State>,
+) -> Result<Arc<dyn Origin>, StartError> {
+    let started = EtcdOrigin::start(etcd.clone(), state, &config.bootstrap).await?;
+    if let Some(key) = &started.bootstrap_key {
+        // Printed once, to the terminal only (not through the log pipeline); only its SHA-256
+        // is stored.
+        println!("bootstrap SYSTEM_OWNER key (shown once, store it now): {key}");
+    }
+    Ok(started.origin)
 }
 
 /// The embedded store in the configured data directory, made (with its bootstrap key) when new.

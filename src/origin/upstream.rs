@@ -598,6 +598,7 @@ impl<H: Hub> Origin for UpstreamOrigin<H> {
             kind: OriginKind::Upstream,
             reload: ReloadStatus::default(),
             upstream: Some(self.view().report()),
+            etcd: None,
         }
     }
 

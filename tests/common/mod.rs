@@ -5,6 +5,7 @@
 //!   any origin (a policy file, the embedded store, a follower of another server);
 //! - the Admin API's callers (admin.rs): `authorization: ApiKey` metadata, the bootstrap key,
 //!   the example policy seeded through `Apply`;
+//! - real etcd members on loopback (etcd.rs);
 //! - the real binary as a child process on the embedded store (process.rs);
 //! - the route table as the HTTP auth endpoint enforces it (`routes`);
 //! - here: the example policy and its development keys, Check requests, a raw HTTP GET, and the
@@ -15,6 +16,7 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 mod admin;
+pub mod etcd;
 mod process;
 pub mod routes;
 mod server;
@@ -29,7 +31,7 @@ use std::{
 pub use admin::{
     BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap, field_violations, seed_example,
 };
-pub use process::{spawn_store, store_command};
+pub use process::{spawn_on_etcd, spawn_store, store_command};
 use rolegate::grpc::pb;
 pub use server::{Origin, READY_WITHIN, Start, TestServer};
 

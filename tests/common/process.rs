@@ -38,10 +38,44 @@ pub fn store_command(dir: &Path) -> Command {
 
 /// [`store_command`] with `extra` flags, started; returns the child and its gRPC address.
 pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = store_command(dir)
-        .args(extra)
-        .spawn()
-        .expect("spawn rolegate");
+    let mut command = store_command(dir);
+    command.args(extra);
+    spawn_logging(command)
+}
+
+/// The real binary on the etcd origin at `endpoints` under `prefix`, started like
+/// [`spawn_store`]; returns the child and its gRPC address.
+pub fn spawn_on_etcd(endpoints: &str, prefix: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    command
+        .args([
+            "serve",
+            "--etcd-endpoints",
+            endpoints,
+            "--etcd-prefix",
+            prefix,
+        ])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--log-format",
+            "json",
+            "--bootstrap-key-sha256",
+            &bootstrap_hash(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    spawn_logging(command)
+}
+
+/// Starts `command` (JSON logs on a piped stderr) and reads its gRPC address from the log.
+fn spawn_logging(mut command: Command) -> (Child, String) {
+    let mut child = command.spawn().expect("spawn rolegate");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -61,6 +61,9 @@ pub enum Origin {
     /// A follower of the hub at this URL (`http://` or `https://`), presenting
     /// [`keys::FOLLOWER`].
     Upstream(String),
+    /// The etcd origin on these endpoints (comma-separated) under this prefix, bootstrap key
+    /// [`super::BOOTSTRAP`].
+    Etcd { endpoints: String, prefix: String },
 }
 
 impl Origin {
@@ -136,6 +139,11 @@ impl<'a> Start<'a> {
             }
             Origin::StoreAt(data) => (store_config(&data), None, Some(data)),
             Origin::Upstream(url) => (ServeConfig::for_upstream(url, keys::FOLLOWER), None, None),
+            Origin::Etcd { endpoints, prefix } => {
+                let mut config = ServeConfig::for_etcd(&endpoints, &prefix);
+                config.bootstrap_key_sha256 = Some(bootstrap_hash());
+                (config, None, None)
+            }
         };
         for tweak in self.tweaks {
             tweak(&mut config);

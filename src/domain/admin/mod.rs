@@ -33,6 +33,9 @@ pub enum WriteError {
     /// The store could not commit (disk full, I/O error): nothing of the write is kept.
     #[error("the store cannot commit: {0}")]
     Unavailable(String),
+    /// A shared store: other writes kept committing first; nothing of this one was written.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl From<Refusal> for WriteError {

@@ -1,6 +1,6 @@
-//! The on-disk form of the model's objects and changes (JSON inside the embedded store): plain
-//! serde records, so that the domain types stay free of any storage format and the stored form
-//! can evolve with explicit versions.
+//! The stored form of the model's objects and changes (JSON values, in the embedded store and in
+//! etcd): plain serde records, so that the domain types stay free of any storage format and the
+//! stored form can evolve with explicit versions.
 
 use std::sync::Arc;
 
@@ -416,6 +416,30 @@ pub(crate) fn object_entry(change: &Change) -> (String, Option<Vec<u8>>) {
     (key, value)
 }
 
+/// The change that a deleted stored object stands for: its removal, or for a prebuilt role the
+/// role as built in (a deleted record of a prebuilt role brings the default back; rolegate itself
+/// stores a removed role as a tombstone).
+pub(crate) fn removal_of(key: &str) -> Result<Change, CorruptRecord> {
+    if key == "routes" {
+        return Ok(Change::ResetRoutes);
+    }
+    let (kind, id) = key
+        .split_once('/')
+        .ok_or_else(|| bad(format!("{key}: not an object key")))?;
+    Ok(match kind {
+        "entitlement" => Change::RemoveEntitlement(arc(id)),
+        "role" => match crate::domain::Catalog::builtin().role(id) {
+            Some(role) => Change::PutRole(role.clone()),
+            None => Change::RemoveRole(arc(id)),
+        },
+        "team" => Change::RemoveTeam(arc(id)),
+        "user" => Change::RemoveUser(arc(id)),
+        "project" => Change::RemoveProject(arc(id)),
+        "key" => Change::RemoveKey(arc(id)),
+        _ => return Err(bad(format!("{key}: not an object key"))),
+    })
+}
+
 /// Turns a stored object back into the change that puts it (or removes a tombstoned role).
 pub(crate) fn decode_object(
     ids: &mut Interner,
@@ -504,7 +528,7 @@ mod tests {
     fn a_whole_document_model_round_trips_through_the_stored_objects() {
         let text = format!(
             "{}\nroutes:\n  - {{ method: GET, path: \"/r/{{teamId}}\", entitlement: reports.export, resource: {{ team: path.teamId, owner_user: header.X-User }} }}\n",
-            include_str!("../../../deploy/examples/policy.yaml")
+            include_str!("../../deploy/examples/policy.yaml")
         );
         let model = crate::origin::policy_file::parse(&text, "p.yaml")
             .unwrap()

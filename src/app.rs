@@ -145,9 +145,8 @@ pub async fn run(
     // Envoy ext_authz and the HTTP auth endpoint share one decision path and route map, which
     // follows the state's route table whatever the origin (a policy file's `routes:`, the
     // store's, the hub's).
-    let authz = Arc::new(
-        Authz::new(state.clone(), config.authz.clone()).with_telemetry(telemetry.clone()),
-    );
+    let authz =
+        Arc::new(Authz::new(state.clone(), config.authz.clone()).with_telemetry(telemetry.clone()));
     background.push(tokio::spawn(authz.clone().follow_routes(stop.clone())));
     let health = Arc::new(Health::new(
         state.clone(),
@@ -170,8 +169,9 @@ pub async fn run(
         telemetry,
         grpc_metrics,
     ));
-    let mut servers =
-        Servers::start(&config, listeners, grpc, &health, &authz, metrics, tls, &stop)?;
+    let mut servers = Servers::start(
+        &config, listeners, grpc, &health, &authz, metrics, tls, &stop,
+    )?;
 
     tokio::select! {
         () = shutdown => {}

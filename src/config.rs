@@ -147,7 +147,11 @@ pub struct ServeConfig {
     pub decision_log: Option<String>,
 
     /// Only denied decisions go to the decision log.
-    #[arg(long, env = "ROLEGATE_DECISION_LOG_DENIED_ONLY", requires = "decision_log")]
+    #[arg(
+        long,
+        env = "ROLEGATE_DECISION_LOG_DENIED_ONLY",
+        requires = "decision_log"
+    )]
     pub decision_log_denied_only: bool,
 
     /// The share of allowed decisions that go to the decision log, 0 to 1 (denials always do).

@@ -27,8 +27,8 @@ pub(crate) use denial::Denied;
 pub(crate) use headers::Digits;
 pub(crate) use headers::{Header, HeaderText, RequestHeaders, RouteContext, impersonates};
 use route_map::Installed;
-use stages::Trail;
 pub(crate) use route_map::{RouteFailure, RouteStatus};
+use stages::Trail;
 
 /// The prefix of the headers rolegate sets; a client's own are always removed.
 pub(crate) const HEADER_PREFIX: &str = "x-rolegate-";

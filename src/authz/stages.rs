@@ -167,7 +167,9 @@ impl Trail {
         };
         // A key that was not authenticated: its prefix, read again from the credential (never
         // its secret).
-        r.key_prefix = self.key_prefix.or_else(|| authz.presented_prefix(req.headers));
+        r.key_prefix = self
+            .key_prefix
+            .or_else(|| authz.presented_prefix(req.headers));
         r.entitlement = self.entitlement;
         if let Some(res) = self.resource {
             r.team_id = res.team;

@@ -348,11 +348,15 @@ impl Writer {
         };
         match result {
             Ok(()) => {
-                self.stats.written.fetch_add(self.pending, Ordering::Relaxed);
+                self.stats
+                    .written
+                    .fetch_add(self.pending, Ordering::Relaxed);
                 self.failing = false;
             }
             Err(e) => {
-                self.stats.dropped.fetch_add(self.pending, Ordering::Relaxed);
+                self.stats
+                    .dropped
+                    .fetch_add(self.pending, Ordering::Relaxed);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     tracing::warn!(error = %e, records = self.pending, "decision log write failed; records dropped");

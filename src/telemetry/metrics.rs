@@ -82,11 +82,14 @@ impl Collector for Decisions {
                     // the first decision); the others once they happen.
                     if v > 0 || (allowed && i == 0) {
                         let allowed = if allowed { "true" } else { "false" };
-                        series.push(([
-                            ("front_end", front.as_str()),
-                            ("allowed", allowed),
-                            ("reason", *reason),
-                        ], v));
+                        series.push((
+                            [
+                                ("front_end", front.as_str()),
+                                ("allowed", allowed),
+                                ("reason", *reason),
+                            ],
+                            v,
+                        ));
                     }
                 }
             }
@@ -221,12 +224,8 @@ impl Collector for Grpc {
                 .map(|(b, c)| (*b, *c))
                 .collect();
             let count = t.buckets.iter().sum();
-            h.encode_family(&labels(i))?.encode_histogram::<NoLabelSet>(
-                t.sum_seconds,
-                count,
-                &buckets,
-                None,
-            )?;
+            h.encode_family(&labels(i))?
+                .encode_histogram::<NoLabelSet>(t.sum_seconds, count, &buckets, None)?;
         }
         Ok(())
     }
@@ -262,7 +261,11 @@ impl Collector for StateGauges {
             ("rolegate_keys", "API keys in the state.", counts.keys),
             ("rolegate_users", "Users in the state.", counts.users),
             ("rolegate_teams", "Teams in the state.", counts.teams),
-            ("rolegate_projects", "Projects in the state.", counts.projects),
+            (
+                "rolegate_projects",
+                "Projects in the state.",
+                counts.projects,
+            ),
             ("rolegate_roles", "Roles in the state.", counts.roles),
         ] {
             gauge(&mut e, name, help, v as u64)?;
@@ -286,10 +289,7 @@ impl Collector for StateGauges {
             .encode_gauge(&1i64)?;
         let reload = &origin.reload;
         let last_change = match &origin.upstream {
-            Some(up) => up
-                .status
-                .last_event_unix_ms
-                .map(|ms| ms as f64 / 1000.0),
+            Some(up) => up.status.last_event_unix_ms.map(|ms| ms as f64 / 1000.0),
             None => reload.last_reload_unix.map(|s| s as f64),
         };
         if let Some(t) = last_change {

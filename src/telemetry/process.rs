@@ -92,7 +92,10 @@ mod tests {
     fn status_lines_are_read_in_bytes() {
         let s = "Name:\trolegate\nVmSize:\t  2048 kB\nVmRSS:\t    1024 kB\n";
         assert_eq!(status_kib(s, "VmRSS:"), Some(1024 * 1024));
-        assert_eq!(boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(
+            boot_time("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
     }
 
     #[cfg(target_os = "linux")]

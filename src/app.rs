@@ -169,9 +169,10 @@ pub async fn run(
         telemetry,
         grpc_metrics,
     ));
-    let mut servers = Servers::start(
-        &config, listeners, grpc, &health, &authz, metrics, tls, &stop,
-    )?;
+    // The HTTP port beside the probes: the auth endpoint and /metrics.
+    let routes =
+        http::auth::router(authz.clone()).merge(crate::telemetry::metrics::router(metrics));
+    let mut servers = Servers::start(&config, listeners, grpc, &health, routes, tls, &stop)?;
 
     tokio::select! {
         () = shutdown => {}
@@ -308,8 +309,7 @@ impl Servers {
         listeners: Listeners,
         grpc: GrpcRouter,
         health: &Arc<Health>,
-        authz: &Arc<Authz>,
-        metrics: Arc<prometheus_client::registry::Registry>,
+        routes: axum::Router,
         tls: Option<Arc<ServerTls>>,
         stop: &Stop,
     ) -> Result<Self, AppError> {
@@ -332,9 +332,7 @@ impl Servers {
                 stopped(stop.clone()),
             )),
         };
-        let http_router = http::router(health.clone())
-            .merge(http::auth::router(authz.clone()))
-            .merge(crate::telemetry::metrics::router(metrics));
+        let http_router = http::router(health.clone()).merge(routes);
         let http = crate::listen::serve_http(
             listeners.http,
             http_router,

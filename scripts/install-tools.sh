@@ -35,3 +35,15 @@ if [ -z "${ROLEGATE_NGINX_BIN:-}" ] || [ ! -x "${ROLEGATE_NGINX_BIN}" ]; then
     ROLEGATE_NGINX_BIN=/usr/sbin/nginx
 fi
 export ROLEGATE_NGINX_BIN
+
+# Prometheus and promtool (tests/telemetry.rs) from Debian.
+if [ -z "${ROLEGATE_PROMETHEUS_BIN:-}" ] || [ ! -x "${ROLEGATE_PROMETHEUS_BIN}" ] \
+    || [ -z "${ROLEGATE_PROMTOOL_BIN:-}" ] || [ ! -x "${ROLEGATE_PROMTOOL_BIN}" ]; then
+    if ! [ -x /usr/bin/prometheus ] || ! [ -x /usr/bin/promtool ]; then
+        echo "== installing prometheus (Debian)"
+        rolegate_apt_install prometheus
+    fi
+    ROLEGATE_PROMETHEUS_BIN=/usr/bin/prometheus
+    ROLEGATE_PROMTOOL_BIN=/usr/bin/promtool
+fi
+export ROLEGATE_PROMETHEUS_BIN ROLEGATE_PROMTOOL_BIN

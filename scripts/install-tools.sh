@@ -65,3 +65,15 @@ if [ -z "${ROLEGATE_ETCDCTL_BIN:-}" ] || [ ! -x "${ROLEGATE_ETCDCTL_BIN}" ]; the
     ROLEGATE_ETCDCTL_BIN="$(command -v etcdctl)"
 fi
 export ROLEGATE_ETCDCTL_BIN
+
+# Prometheus and promtool (tests/telemetry.rs) from Debian.
+if [ -z "${ROLEGATE_PROMETHEUS_BIN:-}" ] || [ ! -x "${ROLEGATE_PROMETHEUS_BIN}" ] \
+    || [ -z "${ROLEGATE_PROMTOOL_BIN:-}" ] || [ ! -x "${ROLEGATE_PROMTOOL_BIN}" ]; then
+    if ! [ -x /usr/bin/prometheus ] || ! [ -x /usr/bin/promtool ]; then
+        echo "== installing prometheus (Debian)"
+        rolegate_apt_install prometheus
+    fi
+    ROLEGATE_PROMETHEUS_BIN=/usr/bin/prometheus
+    ROLEGATE_PROMTOOL_BIN=/usr/bin/promtool
+fi
+export ROLEGATE_PROMETHEUS_BIN ROLEGATE_PROMTOOL_BIN

@@ -31,10 +31,17 @@ use crate::{
         upstream::UpstreamError,
     },
     state::State,
+    telemetry::{
+        DecisionLog, Telemetry,
+        grpc::{GrpcMetrics, GrpcMetricsLayer},
+    },
     tls::{TlsError, server::ServerTls},
 };
 
 pub use crate::listen::{ListenAddr, Listener};
+
+/// The gRPC port's router, with the gRPC metrics layer.
+type GrpcRouter = Router<tower_layer::Stack<GrpcMetricsLayer, tower_layer::Identity>>;
 
 /// The ports, bound before `run` so that tests can use port 0 and read the address back.
 pub struct Listeners {
@@ -115,6 +122,8 @@ pub enum AppError {
     Task(#[from] tokio::task::JoinError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    DecisionLog(std::io::Error),
 }
 
 impl From<StartError> for AppError {
@@ -150,12 +159,23 @@ pub async fn run(
             tls.watch(config.tls.tls_reload_interval, stop.clone()),
         ));
     }
+    let telemetry = Arc::new(match config.decision_log() {
+        Some(log) => Telemetry::with_log(DecisionLog::start(&log).map_err(AppError::DecisionLog)?),
+        None => Telemetry::new(),
+    });
+    if telemetry.log.is_some() {
+        background.push(tokio::spawn(reopen_on_sighup(
+            telemetry.clone(),
+            stop.clone(),
+        )));
+    }
     let origin = origin::start(config.origin(), state.clone(), GrpcHub::new).await?;
     background.push(tokio::spawn(origin.clone().run(stop.clone())));
     // Envoy ext_authz and the HTTP auth endpoint share one decision path and route map, which
     // follows the state's route table whatever the origin (a policy file's `routes:`, the
     // store's, the hub's).
-    let authz = Arc::new(Authz::new(state.clone(), config.authz.clone()));
+    let authz =
+        Arc::new(Authz::new(state.clone(), config.authz.clone()).with_telemetry(telemetry.clone()));
     background.push(tokio::spawn(authz.clone().follow_routes(stop.clone())));
     let health = Arc::new(Health::new(
         state.clone(),
@@ -163,8 +183,25 @@ pub async fn run(
         Some(authz.clone()),
     ));
     let (reporting, health_service) = Reporting::start(&health, &stop).await;
-    let grpc = grpc_services(&config, &state, origin, &authz, health_service)?;
-    let mut servers = Servers::start(&config, listeners, grpc, &health, &authz, tls, &stop)?;
+    let grpc_metrics = Arc::new(GrpcMetrics::for_rolegate());
+    let grpc = grpc_services(
+        &config,
+        &state,
+        origin,
+        &authz,
+        health_service,
+        &telemetry,
+        &grpc_metrics,
+    )?;
+    let metrics = Arc::new(crate::telemetry::metrics::registry(
+        health.clone(),
+        telemetry,
+        grpc_metrics,
+    ));
+    // The HTTP port beside the probes: the auth endpoint and /metrics.
+    let routes =
+        http::auth::router(authz.clone()).merge(crate::telemetry::metrics::router(metrics));
+    let mut servers = Servers::start(&config, listeners, grpc, &health, routes, tls, &stop)?;
 
     tokio::select! {
         () = shutdown => {}
@@ -191,6 +228,29 @@ fn unix_tls() -> AppError {
         std::io::ErrorKind::InvalidInput,
         "TLS is served on TCP only, not on a Unix socket",
     ))
+}
+
+/// Reopens the decision log's file on every SIGHUP (after logrotate moved it), until stopped.
+async fn reopen_on_sighup(telemetry: Arc<Telemetry>, stop: Stop) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP: the decision log is not reopened");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => {
+                if got.is_none() { return }
+                if let Some(log) = &telemetry.log {
+                    log.reopen();
+                }
+            }
+            () = stopped(stop.clone()) => return,
+        }
+    }
 }
 
 /// Resolves once the stop flag is raised.
@@ -235,7 +295,9 @@ fn grpc_services(
     origin: Arc<dyn Origin>,
     authz: &Arc<Authz>,
     health: HealthServer<HealthService>,
-) -> Result<Router, AppError> {
+    telemetry: &Arc<Telemetry>,
+    grpc_metrics: &Arc<GrpcMetrics>,
+) -> Result<GrpcRouter, AppError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -247,14 +309,17 @@ fn grpc_services(
         max_revision_wait: config.max_revision_wait,
     };
     let max = config.max_message_bytes;
-    let authorizer = AuthorizerServer::new(AuthorizerService::new(state.clone(), limits))
-        .max_decoding_message_size(max);
+    let authorizer = AuthorizerServer::new(
+        AuthorizerService::new(state.clone(), limits).with_telemetry(telemetry.clone()),
+    )
+    .max_decoding_message_size(max);
     let ext_authz =
         ExtAuthzServer::new(ExtAuthzService::new(authz.clone())).max_decoding_message_size(max);
     let admin =
         AdminServer::new(AdminService::new(state.clone(), origin)).max_decoding_message_size(max);
     let limits = &config.limits;
     Ok(Server::builder()
+        .layer(GrpcMetricsLayer(grpc_metrics.clone()))
         .tcp_nodelay(true)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(limits.keepalive_interval())
@@ -280,9 +345,9 @@ impl Servers {
     fn start(
         config: &ServeConfig,
         listeners: Listeners,
-        grpc: Router,
+        grpc: GrpcRouter,
         health: &Arc<Health>,
-        authz: &Arc<Authz>,
+        routes: axum::Router,
         tls: Option<Arc<ServerTls>>,
         stop: &Stop,
     ) -> Result<Self, AppError> {
@@ -313,7 +378,7 @@ impl Servers {
         if tls.is_some() && listeners.http.is_unix() {
             return Err(unix_tls());
         }
-        let http_router = http::router(health.clone()).merge(http::auth::router(authz.clone()));
+        let http_router = http::router(health.clone()).merge(routes);
         let http = crate::listen::serve_http(
             listeners.http,
             http_router,

@@ -153,6 +153,39 @@ pub struct ServeConfig {
     /// pod IP while --http-listen (the auth endpoint, /status) stays on loopback.
     #[arg(long, env = "ROLEGATE_PROBE_LISTEN")]
     pub(crate) probe_listen: Option<SocketAddr>,
+
+    /// Write one JSON object per decision (Check, CheckBatch, ext_authz, the HTTP auth endpoint)
+    /// to this file, appended to and reopened on SIGHUP, or to standard output with `stdout`.
+    /// Off by default. Never holds a secret: keys appear by their prefix only.
+    #[arg(long, env = "ROLEGATE_DECISION_LOG", value_name = "PATH|stdout")]
+    pub decision_log: Option<String>,
+
+    /// Only denied decisions go to the decision log.
+    #[arg(
+        long,
+        env = "ROLEGATE_DECISION_LOG_DENIED_ONLY",
+        requires = "decision_log"
+    )]
+    pub decision_log_denied_only: bool,
+
+    /// The share of allowed decisions that go to the decision log, 0 to 1 (denials always do).
+    #[arg(
+        long,
+        env = "ROLEGATE_DECISION_LOG_SAMPLE_ALLOWED",
+        value_name = "RATE",
+        default_value_t = 1.0,
+        requires = "decision_log",
+        value_parser = parse_rate
+    )]
+    pub decision_log_sample_allowed: f64,
+}
+
+/// A share between 0 and 1.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("a number from 0 to 1 (0.1: one in ten)".into()),
+    }
 }
 
 /// `--max-staleness`: a duration of at least [`MIN_MAX_STALENESS`].
@@ -201,6 +234,9 @@ impl ServeConfig {
             authz: crate::authz::AuthzConfig::default(),
             max_staleness: None,
             probe_listen: None,
+            decision_log: None,
+            decision_log_denied_only: false,
+            decision_log_sample_allowed: 1.0,
         }
     }
 
@@ -262,6 +298,17 @@ impl ServeConfig {
             max_staleness: self.max_staleness,
             etcd: self.etcd.config(self.max_staleness),
         }
+    }
+
+    /// The decision log's settings, when one is asked for.
+    pub(crate) fn decision_log(&self) -> Option<crate::telemetry::DecisionLogConfig> {
+        self.decision_log
+            .as_ref()
+            .map(|target| crate::telemetry::DecisionLogConfig {
+                target: target.clone(),
+                denied_only: self.decision_log_denied_only,
+                sample_allowed: self.decision_log_sample_allowed,
+            })
     }
 
     /// The Watch change log's bounds.

@@ -32,6 +32,7 @@ mod http;
 mod listen;
 pub mod origin;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 
 // The unit tests of the ext_authz front end decide the request the binary's load tool sends.

@@ -32,6 +32,19 @@ impl Authz {
         }
     }
 
+    /// The prefix of the key in the credential header, if one can be read, without logging
+    /// anything (for the decision log of a request whose key was refused).
+    pub(super) fn presented_prefix<H: RequestHeaders + ?Sized>(
+        &self,
+        headers: &H,
+    ) -> Option<compact_str::CompactString> {
+        let Header::One(value) = headers.header(&self.config.credential_header) else {
+            return None;
+        };
+        let (_, key) = value.split_once(' ')?;
+        ApiKey::parse(key).ok().map(|k| k.prefix.into())
+    }
+
     /// The key from the credential header: `<scheme> <prefix>.<secret>`, exactly one space.
     fn credential<'h, H: RequestHeaders + ?Sized>(
         &self,

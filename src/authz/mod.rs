@@ -16,7 +16,10 @@ mod stages;
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::state::{State, Unanswerable};
+use crate::{
+    state::{State, Unanswerable},
+    telemetry::{FrontEnd, Telemetry, TraceContext},
+};
 
 pub use config::AuthzConfig;
 pub(crate) use denial::Denied;
@@ -25,6 +28,7 @@ pub(crate) use headers::Digits;
 pub(crate) use headers::{Header, HeaderText, RequestHeaders, RouteContext, impersonates};
 use route_map::Installed;
 pub(crate) use route_map::{RouteFailure, RouteStatus};
+use stages::Trail;
 
 /// The prefix of the headers rolegate sets; a client's own are always removed.
 pub(crate) const HEADER_PREFIX: &str = "x-rolegate-";
@@ -89,6 +93,8 @@ pub struct Authz {
     compiling: Mutex<()>,
     /// The last table that did not compile, for `/status`.
     route_error: Mutex<Option<RouteFailure>>,
+    /// Decision counters and the decision log.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Authz {
@@ -105,9 +111,21 @@ impl Authz {
             }),
             compiling: Mutex::new(()),
             route_error: Mutex::new(None),
+            telemetry: Arc::default(),
         };
         authz.refresh_routes();
         authz
+    }
+
+    /// Counts decisions into `telemetry` (and logs them, when it has a decision log).
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub(crate) fn config(&self) -> &AuthzConfig {
@@ -115,15 +133,52 @@ impl Authz {
     }
 
     /// Decides one request. `Err` when rolegate cannot answer at all (not ready): the transport
-    /// reports it as a failure, so the proxy's failure mode decides.
+    /// reports it as a failure, so the proxy's failure mode decides. Counted as an ext_authz
+    /// decision.
     pub fn authorize<H: RequestHeaders + ?Sized>(
         &self,
         req: &AuthzRequest<'_, H>,
     ) -> Result<ProxyDecision, Unanswerable> {
+        self.authorize_as(FrontEnd::ExtAuthz, req, None)
+    }
+
+    /// [`Authz::authorize`] for the front end `front`, counted under its name and logged with
+    /// the caller's trace context.
+    pub(crate) fn authorize_as<H: RequestHeaders + ?Sized>(
+        &self,
+        front: FrontEnd,
+        req: &AuthzRequest<'_, H>,
+        trace: Option<TraceContext>,
+    ) -> Result<ProxyDecision, Unanswerable> {
         if !self.state.is_loaded() {
             return Err(Unanswerable::NotReady);
         }
-        Ok(self.decide(req).unwrap_or_else(ProxyDecision::Deny))
+        let _span = trace.map(|t| {
+            tracing::debug_span!(
+                "decision",
+                front_end = front.as_str(),
+                trace_id = t.trace_id(),
+                span_id = t.span_id()
+            )
+            .entered()
+        });
+        let telemetry = &*self.telemetry;
+        let mut trail = Trail::new(telemetry.logging());
+        let decision = self
+            .decide(req, &mut trail)
+            .unwrap_or_else(ProxyDecision::Deny);
+        let (allowed, reason) = match &decision {
+            ProxyDecision::Allow(a) if a.entitlement.is_empty() => {
+                (true, crate::telemetry::reason_index("unmatched"))
+            }
+            ProxyDecision::Allow(_) => (true, 0),
+            ProxyDecision::Deny(d) => (false, crate::telemetry::reason_index(d.reason)),
+        };
+        telemetry.decisions.count(front, allowed, reason);
+        if let Some(log) = telemetry.log_for(allowed) {
+            log.send(trail.record(self, front, req, allowed, reason, trace));
+        }
+        Ok(decision)
     }
 }
 

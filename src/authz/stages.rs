@@ -2,14 +2,17 @@
 //! line, the route, the credential, the entitlement, the resource, the rule, and the headers for
 //! the upstream. Each stage hands its result to the next or ends the request with a denial.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
+
+use compact_str::CompactString;
 
 use crate::{
     domain::{
-        KeyEntry, MAX_ID_LEN, ResourceRef, RouteSpec, ValueSource, decide_presented,
-        is_valid_entitlement,
+        KeyEntry, MAX_ID_LEN, RequestorId, ResourceRef, RouteSpec, Scope, ValueSource,
+        decide_presented, is_valid_entitlement,
     },
     state::unix_now,
+    telemetry::{FrontEnd, TraceContext, decision_log::DecisionRecord},
 };
 
 use super::{
@@ -26,6 +29,7 @@ impl Authz {
     pub(super) fn decide<H: RequestHeaders + ?Sized>(
         &self,
         req: &AuthzRequest<'_, H>,
+        trail: &mut Trail,
     ) -> Result<ProxyDecision, Denied> {
         check_method(req.method)?;
         let path = normalize_path(req.path).map_err(|e| bad("bad_path", &e.to_string()))?;
@@ -48,7 +52,14 @@ impl Authz {
         let revision = self.state.revision();
         let now = unix_now();
         let (key, entry) = self.authenticate(req.headers, now)?;
+        if trail.on {
+            trail.key_prefix = Some(key.prefix.into());
+            trail.requested_by = Some(entry.requestor.id.clone());
+        }
         let entitlement = target.entitlement()?;
+        if trail.on {
+            trail.entitlement = entitlement.to_owned();
+        }
         if !self.config.exact_upstream_paths {
             target.refuse_resembling()?;
         }
@@ -60,6 +71,11 @@ impl Authz {
             }
         }
         let decision = decide_presented(&entry, key.prefix, entitlement, resource.as_ref(), now);
+        if trail.on {
+            trail.scope = decision.scope;
+            trail.revision = revision;
+            trail.resource = Some(resource);
+        }
         tracing::debug!(
             key = key.prefix,
             method = req.method,
@@ -106,6 +122,69 @@ impl Authz {
             }
         });
         out
+    }
+}
+
+/// What the decision log records of a proxied decision beyond its outcome, filled by the stages
+/// only when a decision log is configured (`on`).
+#[derive(Default)]
+pub(crate) struct Trail {
+    pub(crate) on: bool,
+    started: Option<Instant>,
+    key_prefix: Option<CompactString>,
+    requested_by: Option<RequestorId>,
+    entitlement: String,
+    resource: Option<Resource>,
+    scope: Option<Scope>,
+    revision: u64,
+}
+
+impl Trail {
+    pub(crate) fn new(on: bool) -> Self {
+        Trail {
+            on,
+            started: on.then(Instant::now),
+            ..Trail::default()
+        }
+    }
+
+    /// The decision log record of a decision with this trail.
+    pub(crate) fn record<H: RequestHeaders + ?Sized>(
+        self,
+        authz: &Authz,
+        front: FrontEnd,
+        req: &AuthzRequest<'_, H>,
+        allowed: bool,
+        reason: usize,
+        trace: Option<TraceContext>,
+    ) -> DecisionRecord {
+        let mut r = DecisionRecord::new(front);
+        r.latency = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        r.revision = if self.revision > 0 {
+            self.revision
+        } else {
+            authz.state.revision()
+        };
+        // A key that was not authenticated: its prefix, read again from the credential (never
+        // its secret).
+        r.key_prefix = self
+            .key_prefix
+            .or_else(|| authz.presented_prefix(req.headers));
+        r.entitlement = self.entitlement;
+        if let Some(res) = self.resource {
+            r.team_id = res.team;
+            r.owner_key_prefix = res.owner_key;
+            r.owner_user_id = res.owner_user;
+        }
+        // The path without its query string, which may carry anything.
+        let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
+        r.route = Some((req.method.to_owned(), path.to_owned()));
+        r.allowed = allowed;
+        r.scope = self.scope;
+        r.reason = crate::telemetry::REASONS[reason].1;
+        r.requested_by = self.requested_by;
+        r.trace = trace;
+        r
     }
 }
 

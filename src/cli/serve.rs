@@ -39,7 +39,7 @@ pub(crate) fn run(config: ServeConfig) -> ExitCode {
         }
         // The store cannot be used as it is (damaged, unreadable, in use): an operator has to
         // act, as for a bad policy file.
-        Err(err @ AppError::Store(_)) => {
+        Err(err @ (AppError::Store(_) | AppError::DecisionLog(_))) => {
             tracing::error!("{err}");
             ExitCode::from(2)
         }

@@ -1,6 +1,9 @@
 //! `rolegate.v1.Authorizer`: Check and CheckBatch over the in-memory state.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
@@ -10,7 +13,8 @@ use crate::{
         pb::{self, authorizer_server::Authorizer},
         status::InvalidRequest,
     },
-    state::{State, Unanswerable, unix_now},
+    state::{CheckedDecision, State, Unanswerable, unix_now},
+    telemetry::{FrontEnd, Telemetry, TraceContext, decision_log::DecisionRecord},
 };
 
 /// Limits of the service, from the server's flags.
@@ -36,11 +40,23 @@ impl Default for AuthorizerLimits {
 pub struct AuthorizerService {
     state: Arc<State>,
     limits: AuthorizerLimits,
+    telemetry: Arc<Telemetry>,
 }
 
 impl AuthorizerService {
     pub fn new(state: Arc<State>, limits: AuthorizerLimits) -> Self {
-        AuthorizerService { state, limits }
+        AuthorizerService {
+            state,
+            limits,
+            telemetry: Arc::default(),
+        }
+    }
+
+    /// Counts decisions into `telemetry` (and logs them, when it has a decision log).
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Fails when no state is loaded; waits for `min_revision`, bounded by the call's deadline
@@ -71,6 +87,8 @@ impl AuthorizerService {
         &self,
         req: &pb::CheckRequest,
         default_key: &str,
+        front: FrontEnd,
+        trace: Option<TraceContext>,
     ) -> Result<pb::CheckResponse, InvalidRequest> {
         let resource = convert::resource(req)?;
         let key = if req.api_key.is_empty() {
@@ -78,9 +96,19 @@ impl AuthorizerService {
         } else {
             &req.api_key
         };
+        let started = self.telemetry.logging().then(Instant::now);
         let outcome = self
             .state
             .check(key, &req.entitlement, resource, unix_now());
+        let allowed = outcome.decision.is_allowed();
+        self.telemetry.decisions.count(
+            front,
+            allowed,
+            crate::telemetry::domain_reason_index(outcome.decision.reason),
+        );
+        if let Some(log) = self.telemetry.log_for(allowed) {
+            log.send(record(front, key, req, &outcome, started, trace));
+        }
         let principal = outcome.entry.as_ref().map(|e| &*e.spec.prefix);
         tracing::debug!(
             key = principal.unwrap_or("-"),
@@ -122,7 +150,13 @@ impl Authorizer for AuthorizerService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         self.ready_at(request.get_ref().min_revision, request.metadata())
             .await?;
-        let response = self.check_one(request.get_ref(), "")?;
+        let trace = self
+            .telemetry
+            .wants_trace()
+            .then(|| traceparent(request.metadata()))
+            .flatten();
+        let _span = trace.map(|t| span(FrontEnd::Check, t));
+        let response = self.check_one(request.get_ref(), "", FrontEnd::Check, trace)?;
         Ok(Response::new(response))
     }
 
@@ -144,13 +178,19 @@ impl Authorizer for AuthorizerService {
             .map(|c| c.min_revision)
             .fold(batch.min_revision, u64::max);
         self.ready_at(min, request.metadata()).await?;
+        let trace = self
+            .telemetry
+            .wants_trace()
+            .then(|| traceparent(request.metadata()))
+            .flatten();
+        let _span = trace.map(|t| span(FrontEnd::CheckBatch, t));
         let revision = self.state.revision();
         let results = batch
             .checks
             .iter()
             .enumerate()
             .map(|(index, check)| {
-                self.check_one(check, &batch.api_key)
+                self.check_one(check, &batch.api_key, FrontEnd::CheckBatch, trace)
                     .map_err(|e| InvalidRequest::InBatch {
                         index,
                         source: Box::new(e),
@@ -159,6 +199,54 @@ impl Authorizer for AuthorizerService {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::CheckBatchResponse { results, revision }))
     }
+}
+
+/// The W3C trace context of a call (its `traceparent` metadata), when valid.
+pub(crate) fn traceparent(metadata: &MetadataMap) -> Option<TraceContext> {
+    TraceContext::parse(metadata.get("traceparent")?.to_str().ok()?)
+}
+
+/// The span a traced decision runs in (debug level: free unless enabled).
+fn span(front: FrontEnd, t: TraceContext) -> tracing::span::EnteredSpan {
+    tracing::debug_span!(
+        "decision",
+        front_end = front.as_str(),
+        trace_id = t.trace_id(),
+        span_id = t.span_id()
+    )
+    .entered()
+}
+
+/// The decision log record of one check: the key only by its prefix.
+fn record(
+    front: FrontEnd,
+    key: &str,
+    req: &pb::CheckRequest,
+    outcome: &CheckedDecision,
+    started: Option<Instant>,
+    trace: Option<TraceContext>,
+) -> DecisionRecord {
+    let mut r = DecisionRecord::new(front);
+    r.latency = started.map(|s| s.elapsed()).unwrap_or_default();
+    r.revision = outcome.revision;
+    r.key_prefix = match &outcome.entry {
+        Some(e) => Some(e.spec.prefix.clone()),
+        None => crate::domain::ApiKey::parse(key)
+            .ok()
+            .map(|k| k.prefix.into()),
+    };
+    r.requested_by = outcome.entry.as_ref().map(|e| e.requestor.id.clone());
+    r.entitlement.clone_from(&req.entitlement);
+    if let Some(res) = &req.resource {
+        r.team_id.clone_from(&res.team_id);
+        r.owner_key_prefix.clone_from(&res.owner_key_prefix);
+        r.owner_user_id.clone_from(&res.owner_user_id);
+    }
+    r.allowed = outcome.decision.is_allowed();
+    r.scope = outcome.decision.scope;
+    r.reason = outcome.decision.reason.api_name();
+    r.trace = trace;
+    r
 }
 
 /// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).

@@ -21,8 +21,9 @@ use tonic::{
     server::{Grpc, NamedService, UnaryService},
 };
 
-use crate::authz::{
-    Authz, AuthzRequest, Denied, Header, ProxyDecision, RequestHeaders, RouteContext,
+use crate::{
+    authz::{Authz, AuthzRequest, Denied, Header, ProxyDecision, RequestHeaders, RouteContext},
+    telemetry::{FrontEnd, TraceContext},
 };
 
 pub(crate) use wire::{CheckRequest, WireResponse};
@@ -46,6 +47,16 @@ impl ExtAuthzService {
 
     /// Judges one CheckRequest (the RPC minus tonic's wrapping; also used by benches).
     pub fn answer(&self, req: &CheckRequest) -> Result<WireResponse, Status> {
+        self.answer_traced(req, None)
+    }
+
+    /// [`ExtAuthzService::answer`] with the call's own trace context (its gRPC metadata), used
+    /// when the checked HTTP request carries none.
+    pub(crate) fn answer_traced(
+        &self,
+        req: &CheckRequest,
+        call_trace: Option<TraceContext>,
+    ) -> Result<WireResponse, Status> {
         if !req.has_http() {
             return Ok(denied(Denied::bad_request(
                 "the CheckRequest carries no HTTP request attributes",
@@ -65,12 +76,25 @@ impl ExtAuthzService {
             p => p,
         };
         let context = EnvoyContext(req);
-        let verdict = self.authz.authorize(&AuthzRequest {
-            method,
-            path,
-            headers: &headers,
-            context: req.has_context().then_some(&context as &dyn RouteContext),
-        })?;
+        let trace = if self.authz.telemetry().wants_trace() {
+            match headers.header("traceparent") {
+                Header::One(v) => TraceContext::parse(v),
+                _ => None,
+            }
+            .or(call_trace)
+        } else {
+            None
+        };
+        let verdict = self.authz.authorize_as(
+            FrontEnd::ExtAuthz,
+            &AuthzRequest {
+                method,
+                path,
+                headers: &headers,
+                context: req.has_context().then_some(&context as &dyn RouteContext),
+            },
+            trace,
+        )?;
         Ok(match verdict {
             ProxyDecision::Allow(ok) => WireResponse::Allowed(ok),
             ProxyDecision::Deny(d) => denied(d),
@@ -141,7 +165,16 @@ impl UnaryService<CheckRequest> for CheckMethod {
     type Future = std::future::Ready<Result<tonic::Response<WireResponse>, Status>>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(self.0.answer(request.get_ref()).map(tonic::Response::new))
+        let trace = if self.0.authz.telemetry().wants_trace() {
+            crate::grpc::authorizer::traceparent(request.metadata())
+        } else {
+            None
+        };
+        std::future::ready(
+            self.0
+                .answer_traced(request.get_ref(), trace)
+                .map(tonic::Response::new),
+        )
     }
 }
 

@@ -28,8 +28,12 @@ use axum::{
     routing::any,
 };
 
-use crate::authz::{
-    Allowed, Authz, AuthzRequest, Denied, Header, IDENTITY_HEADERS, ProxyDecision, RequestHeaders,
+use crate::{
+    authz::{
+        Allowed, Authz, AuthzRequest, Denied, Header, IDENTITY_HEADERS, ProxyDecision,
+        RequestHeaders,
+    },
+    telemetry::{FrontEnd, TraceContext},
 };
 
 /// Where Envoy's `http_service` sends checks (its `path_prefix`).
@@ -76,6 +80,12 @@ enum Proxy {
 }
 
 async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
+    let res = nginx_answer(&authz, &req);
+    authz.telemetry().http_auth.count(0, res.status().as_u16());
+    res
+}
+
+fn nginx_answer(authz: &Authz, req: &Request) -> Response {
     let headers = Headers(req.headers());
     let original = |name| match headers.header(name) {
         Header::One(v) => Some(v),
@@ -90,7 +100,7 @@ async fn nginx(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
             Proxy::Nginx,
         );
     };
-    respond(&authz, method, path, &headers, Proxy::Nginx)
+    respond(authz, method, path, &headers, Proxy::Nginx)
 }
 
 /// The names nginx's config overwrites on every proxied request (`proxy_set_header`): the
@@ -100,6 +110,12 @@ fn nginx_overwrites(authz: &Authz, name: &str) -> bool {
     name == authz.config().credential_header || IDENTITY_HEADERS.contains(&name)
 }
 async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
+    let res = envoy_answer(&authz, &req);
+    authz.telemetry().http_auth.count(1, res.status().as_u16());
+    res
+}
+
+fn envoy_answer(authz: &Authz, req: &Request) -> Response {
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     let path = target.strip_prefix(ENVOY_PREFIX).unwrap_or(target);
     let path = if path.is_empty() || path.starts_with('?') {
@@ -109,7 +125,7 @@ async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
         path.to_owned()
     };
     respond(
-        &authz,
+        authz,
         req.method().as_str(),
         &path,
         &Headers(req.headers()),
@@ -124,12 +140,24 @@ fn respond(
     headers: &Headers<'_>,
     proxy: Proxy,
 ) -> Response {
-    let verdict = authz.authorize(&AuthzRequest {
-        method,
-        path,
-        headers,
-        context: None,
-    });
+    let trace = if authz.telemetry().wants_trace() {
+        match headers.header("traceparent") {
+            Header::One(v) => TraceContext::parse(v),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let verdict = authz.authorize_as(
+        FrontEnd::HttpAuth,
+        &AuthzRequest {
+            method,
+            path,
+            headers,
+            context: None,
+        },
+        trace,
+    );
     match verdict {
         Ok(ProxyDecision::Allow(Allowed { remove, .. }))
             if proxy == Proxy::Nginx && !remove.iter().all(|r| nginx_overwrites(authz, r)) =>

@@ -465,6 +465,19 @@ async fn etcd_killed_instances_answer_from_the_last_state_and_catch_up() {
         status["origin"]["etcd"]["staleness_ms"].as_u64() > Some(0),
         "{status}"
     );
+    // The same on /metrics, for alerts.
+    let (_, metrics) = a.http_get("/metrics").await;
+    assert!(
+        metrics.contains("\nrolegate_etcd_connected 0\n"),
+        "{metrics}"
+    );
+    let stale: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rolegate_etcd_staleness_seconds "))
+        .expect("the staleness gauge")
+        .parse()
+        .unwrap();
+    assert!(stale > 0.0, "{metrics}");
     let update = pb::UpdateKeyRequest {
         prefix: keys::prefix(keys::DEVIN_DEVELOPER).into(),
         status: Some("inactive".into()),
@@ -491,6 +504,11 @@ async fn etcd_killed_instances_answer_from_the_last_state_and_catch_up() {
         ))
         .await;
     assert_eq!(r.reason(), Reason::KeyInactive, "{r:?}");
+    let (_, metrics) = a.http_get("/metrics").await;
+    assert!(
+        metrics.contains("\nrolegate_etcd_connected 1\n"),
+        "{metrics}"
+    );
     // etcd still had the revisions: both resumed their watch, neither read everything again.
     for server in [&a, &b] {
         let status = server.status().await;

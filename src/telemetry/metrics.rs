@@ -341,6 +341,35 @@ impl Collector for StateGauges {
                 s.resets,
             )?;
         }
+        if let Some(etcd) = &origin.etcd {
+            let s = &etcd.status;
+            gauge(
+                &mut e,
+                "rolegate_etcd_connected",
+                "1 while the etcd origin's watch of etcd is connected.",
+                i64::from(s.connected),
+            )?;
+            if let Some(ms) = s.staleness_ms {
+                gauge(
+                    &mut e,
+                    "rolegate_etcd_staleness_seconds",
+                    "How long since the etcd origin was last known to be in sync with etcd.",
+                    ms as f64 / 1000.0,
+                )?;
+            }
+            counter(
+                &mut e,
+                "rolegate_etcd_resyncs",
+                "Full re-reads of the prefix after etcd compacted the revisions the watch needed.",
+                s.resyncs,
+            )?;
+            counter(
+                &mut e,
+                "rolegate_etcd_write_retries",
+                "Writes that lost the race against another instance and were judged again.",
+                s.write_retries,
+            )?;
+        }
         let w = state.change_log().status();
         gauge(
             &mut e,

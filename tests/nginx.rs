@@ -140,6 +140,14 @@ async fn nginx_with_underscores_in_headers_refuses_forged_identity() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["statusCode"], 400);
     assert_eq!(app.hits(), before, "the forged request reached the app");
+    // Counted as the denial it is.
+    let (_, metrics) = server.http_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"rolegate_decisions_total{front_end="http_auth",allowed="false",reason="FORGED_HEADER"} 1"#
+        ),
+        "{metrics}"
+    );
 
     // Without them, the same request is allowed: the refusal is for the forged headers.
     let devin = format!("ApiKey {}", keys::DEVIN_DEVELOPER);

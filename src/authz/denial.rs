@@ -23,6 +23,12 @@ impl Denied {
         Denied::new(400, "bad_request", message)
     }
 
+    /// A 400 for a request that carries headers the proxy in front cannot remove and that read
+    /// as rolegate's own.
+    pub(crate) fn forged_header(message: &str) -> Self {
+        Denied::new(400, "forged_header", message)
+    }
+
     pub(super) fn new(status: u16, reason: &'static str, message: &str) -> Self {
         let text = match status {
             400 => "Bad Request",

@@ -139,7 +139,7 @@ impl Authz {
         &self,
         req: &AuthzRequest<'_, H>,
     ) -> Result<ProxyDecision, Unanswerable> {
-        self.authorize_as(FrontEnd::ExtAuthz, req, None)
+        self.authorize_as(FrontEnd::ExtAuthz, req, None, |_| None)
     }
 
     /// [`Authz::authorize`] for the front end `front`, counted under its name and logged with
@@ -149,6 +149,7 @@ impl Authz {
         front: FrontEnd,
         req: &AuthzRequest<'_, H>,
         trace: Option<TraceContext>,
+        refuse: impl FnOnce(&Allowed) -> Option<Denied>,
     ) -> Result<ProxyDecision, Unanswerable> {
         if !self.state.is_loaded() {
             return Err(Unanswerable::NotReady);
@@ -164,9 +165,16 @@ impl Authz {
         });
         let telemetry = &*self.telemetry;
         let mut trail = Trail::new(telemetry.logging());
-        let decision = self
-            .decide(req, &mut trail)
-            .unwrap_or_else(ProxyDecision::Deny);
+        let decision = match self.decide(req, &mut trail) {
+            // The front end's own last word: what it cannot pass on safely is a denial, counted
+            // and logged as one.
+            Ok(ProxyDecision::Allow(ok)) => match refuse(&ok) {
+                Some(denied) => ProxyDecision::Deny(denied),
+                None => ProxyDecision::Allow(ok),
+            },
+            Ok(decision) => decision,
+            Err(denied) => ProxyDecision::Deny(denied),
+        };
         let (allowed, reason) = match &decision {
             ProxyDecision::Allow(a) if a.entitlement.is_empty() => {
                 (true, crate::telemetry::reason_index("unmatched"))

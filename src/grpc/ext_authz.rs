@@ -94,6 +94,7 @@ impl ExtAuthzService {
                 context: req.has_context().then_some(&context as &dyn RouteContext),
             },
             trace,
+            |_| None,
         )?;
         Ok(match verdict {
             ProxyDecision::Allow(ok) => WireResponse::Allowed(ok),

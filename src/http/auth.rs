@@ -109,6 +109,28 @@ fn nginx_answer(authz: &Authz, req: &Request) -> Response {
 fn nginx_overwrites(authz: &Authz, name: &str) -> bool {
     name == authz.config().credential_header || IDENTITY_HEADERS.contains(&name)
 }
+
+/// The refusal of an allowed request behind nginx that carries headers reading as rolegate's
+/// which nginx cannot remove (it only overwrites the names its configuration sets).
+fn nginx_forged(authz: &Authz, ok: &Allowed) -> Option<Denied> {
+    let forged: Vec<&str> = ok
+        .remove
+        .iter()
+        .map(String::as_str)
+        .filter(|r| !nginx_overwrites(authz, r))
+        .collect();
+    if forged.is_empty() {
+        return None;
+    }
+    tracing::info!(
+        headers = forged.join(","),
+        "refused: headers impersonating rolegate's that nginx cannot remove"
+    );
+    Some(Denied::forged_header(
+        "the request carries a header that reads as one of rolegate's identity headers or the \
+         credential header (ignoring case and '_' for '-')",
+    ))
+}
 async fn envoy(Extract(authz): Extract<Arc<Authz>>, req: Request) -> Response {
     let res = envoy_answer(&authz, &req);
     authz.telemetry().http_auth.count(1, res.status().as_u16());
@@ -157,28 +179,13 @@ fn respond(
             context: None,
         },
         trace,
+        |ok| {
+            (proxy == Proxy::Nginx)
+                .then(|| nginx_forged(authz, ok))
+                .flatten()
+        },
     );
     match verdict {
-        Ok(ProxyDecision::Allow(Allowed { remove, .. }))
-            if proxy == Proxy::Nginx && !remove.iter().all(|r| nginx_overwrites(authz, r)) =>
-        {
-            let forged: Vec<&str> = remove
-                .iter()
-                .map(String::as_str)
-                .filter(|r| !nginx_overwrites(authz, r))
-                .collect();
-            tracing::info!(
-                headers = forged.join(","),
-                "refused: headers impersonating rolegate's that nginx cannot remove"
-            );
-            denied(
-                &Denied::bad_request(
-                    "the request carries a header that reads as one of rolegate's identity \
-                     headers or the credential header (ignoring case and '_' for '-')",
-                ),
-                proxy,
-            )
-        }
         Ok(ProxyDecision::Allow(ok)) => {
             let mut res = Response::new(Body::empty());
             let h = res.headers_mut();

@@ -1,0 +1,279 @@
+//! Who can do what: the entitlements each requestor gains and loses between two models (from
+//! the escalation rule's effective grants), and every key that holds an entitlement.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use super::{
+    IndexedModel, KeyType, Model, RequestorId, Scope,
+    entry::{GrantInterner, skipped},
+    escalation::effective_grants,
+    model::Change,
+};
+
+/// An entitlement a requestor gains or loses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct PrivilegeChange {
+    /// `user dana`, `project fraud-detector`.
+    pub requestor: String,
+    /// Gained (true) or lost.
+    pub gained: bool,
+    pub entitlement: String,
+    pub scope: Scope,
+    /// The team a TEAM grant covers; empty for OWN and ALL.
+    pub team: String,
+    /// A grant at ALL gained.
+    pub widens_to_all: bool,
+}
+
+impl std::fmt::Display for PrivilegeChange {
+    /// `user dana: + keys.update TEAM over globex`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.gained { '+' } else { '-' };
+        write!(
+            f,
+            "{}: {sign} {} {}",
+            self.requestor, self.entitlement, self.scope
+        )?;
+        match self.scope {
+            Scope::Team => write!(f, " over {}", self.team)?,
+            Scope::Own => f.write_str(" over its own data")?,
+            Scope::All => f.write_str(" over every team")?,
+        }
+        if self.widens_to_all {
+            f.write_str("  [widens to ALL]")?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn describe(requestor: &RequestorId) -> String {
+    match requestor {
+        RequestorId::User(u) => format!("user {u}"),
+        RequestorId::Project(p) => format!("project {p}"),
+    }
+}
+
+/// Each grant of a requestor's effective grants: (entitlement, scope, team of a TEAM grant).
+type Flat = BTreeSet<(Arc<str>, Scope, Arc<str>)>;
+
+fn flat(view: &IndexedModel, requestor: &RequestorId, now: i64) -> Flat {
+    let empty: Arc<str> = Arc::from("");
+    let mut out = Flat::new();
+    for (ent, held) in effective_grants(view, requestor, now).iter() {
+        if held.all {
+            out.insert((ent.clone(), Scope::All, empty.clone()));
+        }
+        for team in held.teams.iter() {
+            out.insert((ent.clone(), Scope::Team, team.clone()));
+        }
+        if held.own {
+            out.insert((ent.clone(), Scope::Own, empty.clone()));
+        }
+    }
+    out
+}
+
+/// The requestors whose effective grants may differ between `old` and `new`: those the changes
+/// touch, or every one when a role, entitlement or team changed.
+fn touched(old: &IndexedModel, new: &IndexedModel) -> BTreeSet<RequestorId> {
+    let changes = old.model().diff(new.model());
+    let everyone = changes.iter().any(|c| {
+        matches!(
+            c,
+            Change::PutRole(_)
+                | Change::RemoveRole(_)
+                | Change::PutEntitlement(_)
+                | Change::RemoveEntitlement(_)
+                | Change::PutTeam(_)
+                | Change::RemoveTeam(_)
+        )
+    });
+    let mut out = BTreeSet::new();
+    if everyone {
+        for m in [old.model(), new.model()] {
+            out.extend(m.keys.values().map(|k| RequestorId::of(k)));
+        }
+        return out;
+    }
+    for c in &changes {
+        match c {
+            Change::PutKey(k) => {
+                out.insert(RequestorId::of(k));
+                if let Some(before) = old.model().keys.get(k.prefix.as_str()) {
+                    out.insert(RequestorId::of(before));
+                }
+            }
+            Change::RemoveKey(p) => {
+                if let Some(before) = old.model().keys.get(&**p) {
+                    out.insert(RequestorId::of(before));
+                }
+            }
+            Change::PutUser(u) => {
+                out.insert(RequestorId::User(u.id.clone()));
+            }
+            Change::RemoveUser(id) => {
+                out.insert(RequestorId::User(id.clone()));
+            }
+            Change::PutProject(p) => {
+                out.insert(RequestorId::Project(p.id.clone()));
+            }
+            Change::RemoveProject(id) => {
+                out.insert(RequestorId::Project(id.clone()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What each requestor gains and loses from `old` to `new` at `now`, sorted by requestor, losses
+/// before gains.
+pub fn privilege_diff(old: &IndexedModel, new: &IndexedModel, now: i64) -> Vec<PrivilegeChange> {
+    let mut out = Vec::new();
+    for requestor in touched(old, new) {
+        let before = flat(old, &requestor, now);
+        let after = flat(new, &requestor, now);
+        let who = describe(&requestor);
+        let change =
+            |(ent, scope, team): &(Arc<str>, Scope, Arc<str>), gained: bool| PrivilegeChange {
+                requestor: who.clone(),
+                gained,
+                entitlement: ent.to_string(),
+                scope: *scope,
+                team: team.to_string(),
+                widens_to_all: gained && *scope == Scope::All,
+            };
+        out.extend(before.difference(&after).map(|g| change(g, false)));
+        out.extend(after.difference(&before).map(|g| change(g, true)));
+    }
+    out.sort_by(|a, b| {
+        (&a.requestor, a.gained, &a.entitlement, a.scope, &a.team).cmp(&(
+            &b.requestor,
+            b.gained,
+            &b.entitlement,
+            b.scope,
+            &b.team,
+        ))
+    });
+    out
+}
+
+/// One key whose roles carry a grant of the entitlement asked about.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// `user dana`, `project fraud-detector`.
+    pub requestor: String,
+    pub key: String,
+    pub scope: Scope,
+    /// The team a TEAM grant covers (the key's team); empty otherwise.
+    pub team: String,
+    /// The role that grants it.
+    pub role: String,
+}
+
+/// The entitlement asked about is not in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the entitlement {0} is not in the catalog")]
+pub struct NotInCatalog(pub String);
+
+/// Every key of `model` that carries a grant of `entitlement` usable at `now` (the key active,
+/// unexpired, in an active team, of an active user or existing project: a member of its
+/// requestor, so every active key of that requestor acts with the grant), with the scope. With
+/// `team`, only the grants that reach that team's data: ALL, TEAM over it, OWN on its keys.
+/// Sorted by requestor, key and scope.
+pub fn who_can(
+    model: &Model,
+    entitlement: &str,
+    team: Option<&str>,
+    now: i64,
+) -> Result<Vec<Holder>, NotInCatalog> {
+    let catalog = &model.catalog;
+    let id = catalog
+        .entitlement_id(entitlement)
+        .ok_or_else(|| NotInCatalog(entitlement.to_owned()))?;
+    let mut interner = GrantInterner::default();
+    // The role granting the entitlement at each scope, per role list (few distinct lists).
+    let mut roles_at: HashMap<(usize, Scope), Arc<str>> = HashMap::new();
+    let mut out = Vec::new();
+    for spec in model.keys.values() {
+        let Some(key_team) = model.key_team(spec) else {
+            continue;
+        };
+        let team_active = model.teams.get(key_team).is_some_and(|t| t.active);
+        if skipped(spec, team_active, now).is_some() {
+            continue;
+        }
+        let requestor_active = match spec.key_type {
+            KeyType::Team => model.users.get(&spec.owner).is_some_and(|u| u.active),
+            KeyType::Project => model.projects.contains_key(&spec.owner),
+        };
+        if !requestor_active {
+            continue;
+        }
+        let grants = interner.intern(catalog, &spec.roles);
+        let bits = grants.scopes(id);
+        if bits == 0 {
+            continue;
+        }
+        for (bit, scope) in [
+            (super::entry::bits::ALL, Scope::All),
+            (super::entry::bits::TEAM, Scope::Team),
+            (super::entry::bits::OWN, Scope::Own),
+        ] {
+            if bits & bit == 0 {
+                continue;
+            }
+            if let Some(t) = team
+                && scope != Scope::All
+                && **key_team != *t
+            {
+                continue;
+            }
+            let role = roles_at
+                .entry((Arc::as_ptr(&grants) as *const u8 as usize, scope))
+                .or_insert_with(|| {
+                    let bound = spec.roles.iter().filter_map(|r| catalog.role(r));
+                    std::iter::once(catalog.team_role())
+                        .chain(bound)
+                        .find(|r| {
+                            r.grants
+                                .iter()
+                                .any(|g| *g.entitlement == *entitlement && g.scope == scope)
+                        })
+                        .map_or_else(|| Arc::from(""), |r| r.id.clone())
+                })
+                .clone();
+            out.push(Holder {
+                requestor: describe(&RequestorId::of(spec)),
+                key: spec.prefix.to_string(),
+                scope,
+                team: if scope == Scope::Team {
+                    key_team.to_string()
+                } else {
+                    String::new()
+                },
+                role: role.to_string(),
+            });
+        }
+    }
+    out.sort_unstable_by(|a, b| {
+        (&a.requestor, &a.key, std::cmp::Reverse(a.scope)).cmp(&(
+            &b.requestor,
+            &b.key,
+            std::cmp::Reverse(b.scope),
+        ))
+    });
+    Ok(out)
+}
+
+/// Holders grouped by requestor, for printing.
+pub fn by_requestor(holders: &[Holder]) -> BTreeMap<&str, Vec<&Holder>> {
+    let mut out: BTreeMap<&str, Vec<&Holder>> = BTreeMap::new();
+    for h in holders {
+        out.entry(h.requestor.as_str()).or_default().push(h);
+    }
+    out
+}

@@ -9,7 +9,7 @@ use std::{
 use super::{
     IndexedModel, KeyType, Model, RequestorId, Scope,
     entry::{GrantInterner, skipped},
-    escalation::effective_grants,
+    escalation::{effective_grants, usable},
     model::Change,
 };
 
@@ -24,14 +24,29 @@ pub struct PrivilegeChange {
     pub scope: Scope,
     /// The team a TEAM grant covers; empty for OWN and ALL.
     pub team: String,
-    /// A grant at ALL gained.
+    /// A grant at ALL gained, or a key gained by a requestor holding grants at ALL.
     pub widens_to_all: bool,
+    /// When set, the change is this key becoming usable (gained) or unusable (lost): it acts
+    /// with every grant of its requestor (rule 3), `scope` the widest of them, and
+    /// `entitlement` is empty.
+    pub key: String,
 }
 
 impl std::fmt::Display for PrivilegeChange {
     /// `user dana: + keys.update TEAM over globex`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sign = if self.gained { '+' } else { '-' };
+        if !self.key.is_empty() {
+            write!(
+                f,
+                "{}: {sign} key {} (acts with the requestor's grants, up to {})",
+                self.requestor, self.key, self.scope
+            )?;
+            if self.widens_to_all {
+                f.write_str("  [widens to ALL]")?;
+            }
+            return Ok(());
+        }
         write!(
             f,
             "{}: {sign} {} {}",
@@ -74,6 +89,14 @@ fn flat(view: &IndexedModel, requestor: &RequestorId, now: i64) -> Flat {
         }
     }
     out
+}
+
+/// The prefixes of the keys of `requestor` that can act at `now`.
+fn usable_keys(view: &IndexedModel, requestor: &RequestorId, now: i64) -> BTreeSet<String> {
+    view.keys_of(requestor)
+        .filter(|k| usable(view, k, now))
+        .map(|k| k.prefix.to_string())
+        .collect()
 }
 
 /// The requestors whose effective grants may differ between `old` and `new`: those the changes
@@ -137,6 +160,30 @@ pub fn privilege_diff(old: &IndexedModel, new: &IndexedModel, now: i64) -> Vec<P
         let before = flat(old, &requestor, now);
         let after = flat(new, &requestor, now);
         let who = describe(&requestor);
+        // A key that becomes usable is a credential acting with every grant of the requestor:
+        // one for a requestor holding ALL grants widens to ALL even when no grant changes.
+        let keys_before = usable_keys(old, &requestor, now);
+        let keys_after = usable_keys(new, &requestor, now);
+        let widest = |grants: &Flat| grants.iter().map(|(_, s, _)| *s).max();
+        for (keys, other, gained, grants) in [
+            (&keys_before, &keys_after, false, &before),
+            (&keys_after, &keys_before, true, &after),
+        ] {
+            for key in keys.difference(other) {
+                let Some(scope) = widest(grants) else {
+                    continue;
+                };
+                out.push(PrivilegeChange {
+                    requestor: who.clone(),
+                    gained,
+                    entitlement: String::new(),
+                    scope,
+                    team: String::new(),
+                    widens_to_all: gained && scope == Scope::All,
+                    key: key.clone(),
+                });
+            }
+        }
         let change =
             |(ent, scope, team): &(Arc<str>, Scope, Arc<str>), gained: bool| PrivilegeChange {
                 requestor: who.clone(),
@@ -145,18 +192,28 @@ pub fn privilege_diff(old: &IndexedModel, new: &IndexedModel, now: i64) -> Vec<P
                 scope: *scope,
                 team: team.to_string(),
                 widens_to_all: gained && *scope == Scope::All,
+                key: String::new(),
             };
         out.extend(before.difference(&after).map(|g| change(g, false)));
         out.extend(after.difference(&before).map(|g| change(g, true)));
     }
     out.sort_by(|a, b| {
-        (&a.requestor, a.gained, &a.entitlement, a.scope, &a.team).cmp(&(
-            &b.requestor,
-            b.gained,
-            &b.entitlement,
-            b.scope,
-            &b.team,
-        ))
+        (
+            &a.requestor,
+            a.gained,
+            &a.key,
+            &a.entitlement,
+            a.scope,
+            &a.team,
+        )
+            .cmp(&(
+                &b.requestor,
+                b.gained,
+                &b.key,
+                &b.entitlement,
+                b.scope,
+                &b.team,
+            ))
     });
     out
 }

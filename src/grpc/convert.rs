@@ -93,6 +93,7 @@ impl From<&crate::domain::privileges::PrivilegeChange> for pb::PrivilegeChange {
             scope: pb::Scope::from(c.scope).into(),
             team_id: c.team.clone(),
             widens_to_all: c.widens_to_all,
+            key_prefix: c.key.clone(),
         }
     }
 }

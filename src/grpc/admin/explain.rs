@@ -73,7 +73,7 @@ impl AdminService {
         let holders = self
             .state
             .read_model(|m| crate::domain::privileges::who_can(m, &r.entitlement, team, unix_now()))
-            .map_err(|e| bad_field("entitlement", &e.to_string()))?;
+            .map_err(|e| bad_field("entitlement", e.to_string()))?;
         let total = holders.len() as u64;
         Ok(Response::new(pb::WhoCanResponse {
             holders: holders

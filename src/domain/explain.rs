@@ -325,3 +325,75 @@ fn describe_owner(resource: &ResourceRef<'_>) -> String {
         (key, user) => format!("owner key {key} or owner user {user}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        domain::{Reason, ResourceRef, Scope},
+        origin::policy_file,
+        state::State,
+    };
+
+    const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    fn state() -> State {
+        let text = format!(
+            "teams: [{{ id: acme }}, {{ id: globex, status: inactive }}]\n\
+             users: [{{ id: dana }}]\n\
+             keys:\n\
+             - {{ prefix: DanaKey1, secret_sha256: {HASH}, type: team, user: dana, team: acme, roles: [DEVELOPER] }}\n\
+             - {{ prefix: DanaKey2, secret_sha256: {HASH}, type: team, user: dana, team: acme, roles: [ACCOUNT_ADMIN], expires_at: \"2090-01-01T00:00:00Z\" }}\n\
+             - {{ prefix: DanaKey3, secret_sha256: {HASH}, type: team, user: dana, team: globex, roles: [ACCOUNT_ADMIN] }}\n\
+             - {{ prefix: DanaKey4, secret_sha256: {HASH}, type: team, user: dana, team: acme, roles: [AUDITOR], status: inactive }}\n"
+        );
+        let policy = policy_file::parse(&text, "p.yaml").unwrap();
+        State::from_model(&policy.model, 1).unwrap()
+    }
+
+    fn team(team_id: &str) -> ResourceRef<'_> {
+        ResourceRef {
+            team_id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_deciding_grant_and_the_skipped_keys_are_named() {
+        // Before DanaKey2 expires: its ACCOUNT_ADMIN grant over acme decides.
+        let (_, e) = state().explain("DanaKey1", "keys.update", team("acme"), 1_800_000_000);
+        assert_eq!(e.decision.reason, Reason::Allowed);
+        let by = e.decided_by.unwrap();
+        assert_eq!(
+            (by.key.as_str(), by.role.as_str()),
+            ("DanaKey2", "ACCOUNT_ADMIN")
+        );
+        assert_eq!(by.scope, Scope::Team);
+        let skipped: Vec<(&str, &str)> = e
+            .keys
+            .iter()
+            .map(|k| (k.prefix.as_str(), k.skipped.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("DanaKey1", ""),
+                ("DanaKey2", ""),
+                ("DanaKey3", "team inactive"),
+                ("DanaKey4", "inactive"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_expired_since_the_entries_were_built_is_named_expired() {
+        // The state was built before 2090; asked after, DanaKey2 no longer counts.
+        let (checked, e) = state().explain("DanaKey1", "keys.update", team("acme"), 3_800_000_000);
+        assert_eq!(checked.decision.reason, Reason::OutOfScope);
+        let key2 = e.keys.iter().find(|k| k.prefix == "DanaKey2").unwrap();
+        assert_eq!(key2.skipped, "expired");
+        assert!(e.coverage.contains("not covered"), "{}", e.coverage);
+        // The same as a check.
+        let check = state().check_prefix("DanaKey1", "keys.update", team("acme"), 3_800_000_000);
+        assert_eq!(check.decision, checked.decision);
+    }
+}

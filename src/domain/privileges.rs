@@ -2,9 +2,11 @@
 //! the escalation rule's effective grants), and every key that holds an entitlement.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::Arc,
 };
+
+use compact_str::CompactString;
 
 use super::{
     IndexedModel, KeyType, Model, RequestorId, Scope,
@@ -218,17 +220,24 @@ pub fn privilege_diff(old: &IndexedModel, new: &IndexedModel, now: i64) -> Vec<P
     out
 }
 
-/// One key whose roles carry a grant of the entitlement asked about.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// One key whose roles carry a grant of the entitlement asked about. Shares its ids with the
+/// model: a million holders are a million small records, not four million strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
-    /// `user dana`, `project fraud-detector`.
-    pub requestor: String,
-    pub key: String,
+    pub requestor: RequestorId,
+    pub key: CompactString,
     pub scope: Scope,
-    /// The team a TEAM grant covers (the key's team); empty otherwise.
-    pub team: String,
+    /// The team a TEAM grant covers (the key's team).
+    pub team: Option<Arc<str>>,
     /// The role that grants it.
-    pub role: String,
+    pub role: Arc<str>,
+}
+
+impl Holder {
+    /// `user dana`, `project fraud-detector`.
+    pub fn requestor_name(&self) -> String {
+        describe(&self.requestor)
+    }
 }
 
 /// The entitlement asked about is not in the catalog.
@@ -236,11 +245,22 @@ pub struct Holder {
 #[error("the entitlement {0} is not in the catalog")]
 pub struct NotInCatalog(pub String);
 
+/// What one role list (by its shared allocation) grants of the entitlement: the scope bits, and
+/// the role granting each scope.
+struct ListGrants {
+    bits: u8,
+    roles: [Option<Arc<str>>; 3],
+}
+
 /// Every key of `model` that carries a grant of `entitlement` usable at `now` (the key active,
 /// unexpired, in an active team, of an active user or existing project: a member of its
 /// requestor, so every active key of that requestor acts with the grant), with the scope. With
 /// `team`, only the grants that reach that team's data: ALL, TEAM over it, OWN on its keys.
-/// Sorted by requestor, key and scope.
+/// Sorted by key, then scope, widest first.
+///
+/// One pass over the keys; what a role list grants is worked out once per distinct list (the
+/// parsers and the store share one allocation per list), and the team and requestor are looked
+/// up only for keys that carry a grant.
 pub fn who_can(
     model: &Model,
     entitlement: &str,
@@ -252,14 +272,47 @@ pub fn who_can(
         .entitlement_id(entitlement)
         .ok_or_else(|| NotInCatalog(entitlement.to_owned()))?;
     let mut interner = GrantInterner::default();
-    // The role granting the entitlement at each scope, per role list (few distinct lists).
-    let mut roles_at: HashMap<(usize, Scope), Arc<str>> = HashMap::new();
+    let mut lists: HashMap<*const [Arc<str>], ListGrants, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut teams: HashMap<*const str, bool, foldhash::fast::RandomState> = HashMap::default();
+    const SCOPES: [(u8, Scope); 3] = [
+        (super::entry::bits::ALL, Scope::All),
+        (super::entry::bits::TEAM, Scope::Team),
+        (super::entry::bits::OWN, Scope::Own),
+    ];
     let mut out = Vec::new();
     for spec in model.keys.values() {
+        let list = lists.entry(Arc::as_ptr(&spec.roles)).or_insert_with(|| {
+            let bits = interner.intern(catalog, &spec.roles).scopes(id);
+            let roles = SCOPES.map(|(bit, scope)| {
+                if bits & bit == 0 {
+                    return None;
+                }
+                let bound = spec.roles.iter().filter_map(|r| catalog.role(r));
+                std::iter::once(catalog.team_role())
+                    .chain(bound)
+                    .find(|r| {
+                        r.grants
+                            .iter()
+                            .any(|g| *g.entitlement == *entitlement && g.scope == scope)
+                    })
+                    .map(|r| r.id.clone())
+            });
+            ListGrants { bits, roles }
+        });
+        if list.bits == 0 {
+            continue;
+        }
         let Some(key_team) = model.key_team(spec) else {
             continue;
         };
-        let team_active = model.teams.get(key_team).is_some_and(|t| t.active);
+        let in_team = team.is_none_or(|t| **key_team == *t);
+        if !in_team && list.bits & super::entry::bits::ALL == 0 {
+            continue;
+        }
+        let team_active = *teams
+            .entry(Arc::as_ptr(key_team))
+            .or_insert_with(|| model.teams.get(&**key_team).is_some_and(|t| t.active));
         if skipped(spec, team_active, now).is_some() {
             continue;
         }
@@ -270,67 +323,23 @@ pub fn who_can(
         if !requestor_active {
             continue;
         }
-        let grants = interner.intern(catalog, &spec.roles);
-        let bits = grants.scopes(id);
-        if bits == 0 {
-            continue;
-        }
-        for (bit, scope) in [
-            (super::entry::bits::ALL, Scope::All),
-            (super::entry::bits::TEAM, Scope::Team),
-            (super::entry::bits::OWN, Scope::Own),
-        ] {
-            if bits & bit == 0 {
+        for (i, (bit, scope)) in SCOPES.into_iter().enumerate() {
+            if list.bits & bit == 0 || (!in_team && scope != Scope::All) {
                 continue;
             }
-            if let Some(t) = team
-                && scope != Scope::All
-                && **key_team != *t
-            {
-                continue;
-            }
-            let role = roles_at
-                .entry((Arc::as_ptr(&grants) as *const u8 as usize, scope))
-                .or_insert_with(|| {
-                    let bound = spec.roles.iter().filter_map(|r| catalog.role(r));
-                    std::iter::once(catalog.team_role())
-                        .chain(bound)
-                        .find(|r| {
-                            r.grants
-                                .iter()
-                                .any(|g| *g.entitlement == *entitlement && g.scope == scope)
-                        })
-                        .map_or_else(|| Arc::from(""), |r| r.id.clone())
-                })
-                .clone();
             out.push(Holder {
-                requestor: describe(&RequestorId::of(spec)),
-                key: spec.prefix.to_string(),
+                requestor: RequestorId::of(spec),
+                key: spec.prefix.clone(),
                 scope,
-                team: if scope == Scope::Team {
-                    key_team.to_string()
-                } else {
-                    String::new()
-                },
-                role: role.to_string(),
+                team: (scope == Scope::Team).then(|| key_team.clone()),
+                role: list.roles[i].clone().unwrap_or_else(|| Arc::from("")),
             });
         }
     }
+    // By key: prefixes are held inline, so a million holders sort without reading the ids
+    // behind them (sorting by requestor first took most of the time).
     out.sort_unstable_by(|a, b| {
-        (&a.requestor, &a.key, std::cmp::Reverse(a.scope)).cmp(&(
-            &b.requestor,
-            &b.key,
-            std::cmp::Reverse(b.scope),
-        ))
+        (&a.key, std::cmp::Reverse(a.scope)).cmp(&(&b.key, std::cmp::Reverse(b.scope)))
     });
     Ok(out)
-}
-
-/// Holders grouped by requestor, for printing.
-pub fn by_requestor(holders: &[Holder]) -> BTreeMap<&str, Vec<&Holder>> {
-    let mut out: BTreeMap<&str, Vec<&Holder>> = BTreeMap::new();
-    for h in holders {
-        out.entry(h.requestor.as_str()).or_default().push(h);
-    }
-    out
 }

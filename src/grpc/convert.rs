@@ -101,11 +101,11 @@ impl From<&crate::domain::privileges::PrivilegeChange> for pb::PrivilegeChange {
 impl From<&crate::domain::privileges::Holder> for pb::Holder {
     fn from(h: &crate::domain::privileges::Holder) -> Self {
         pb::Holder {
-            requestor: h.requestor.clone(),
-            key_prefix: h.key.clone(),
+            requestor: h.requestor_name(),
+            key_prefix: h.key.to_string(),
             scope: pb::Scope::from(h.scope).into(),
-            team_id: h.team.clone(),
-            role: h.role.clone(),
+            team_id: h.team.as_deref().unwrap_or_default().to_owned(),
+            role: h.role.to_string(),
         }
     }
 }

@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
+echo "== rolegate test (the example policy's test suite)"
+cargo run -q -- test deploy/examples/policy.test.yaml
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -63,6 +63,12 @@ enum Command {
     BenchWrites(bench::writes::BenchWritesArgs),
     /// Follow a sidecar's change feed: print one event per line. Exits 3 after a reset.
     Watch(cli::watch::WatchArgs),
+    /// Run a policy's test files offline. Exits 0 when every case passes, 1 when any fails.
+    Test(cli::policy_test::TestArgs),
+    /// Print the entitlements each requestor gains and loses between two policy files.
+    Diff(cli::diff::DiffArgs),
+    /// List every requestor and key that holds an entitlement, with the scope.
+    WhoCan(cli::who_can::WhoCanArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,5 +86,8 @@ fn main() -> ExitCode {
         Command::Apply(args) => finish(block_on(cli::apply::run(args))),
         Command::BenchWrites(args) => finish(block_on(bench::writes::run(args))),
         Command::Watch(args) => exit_on_error(block_on(cli::watch::run(args))),
+        Command::Test(args) => exit_on_error(cli::policy_test::run(&args)),
+        Command::Diff(args) => exit_on_error(cli::diff::run(&args)),
+        Command::WhoCan(args) => exit_on_error(block_on(cli::who_can::run(args))),
     }
 }

@@ -517,6 +517,9 @@ const GROUPS: [(&str, &[&str]); 7] = [
             "apply",
             "bench-writes",
             "watch",
+            "test",
+            "diff",
+            "who-can",
         ],
     ),
     (
@@ -571,6 +574,9 @@ fn help_names_every_command_group_and_its_commands() {
         "apply",
         "bench-writes",
         "watch",
+        "test",
+        "diff",
+        "who-can",
     ] {
         let (code, out, err) = rolegate(&[command, "--help"]);
         assert_eq!(code, 0, "rolegate {command} --help: {err}");

@@ -54,14 +54,22 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
         .map_err(failed)?
         .into_inner();
     if conn.output == Output::Json {
+        let privileges: Vec<_> = r
+            .privileges
+            .iter()
+            .map(super::diff::privilege_json)
+            .collect();
         say!(
             "{}",
-            json!({ "changes": r.changes, "kept": r.kept, "revision": r.revision, "dry_run": r.dry_run })
+            json!({ "changes": r.changes, "kept": r.kept, "revision": r.revision, "dry_run": r.dry_run, "privileges": privileges })
         );
         return Ok(());
     }
     for c in &r.changes {
         say!("{c}");
+    }
+    if r.dry_run {
+        super::diff::print_privileges(&r.privileges);
     }
     say!(
         "{} change(s){}; revision {}",

@@ -6,8 +6,10 @@ pub(crate) mod apply;
 pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod client;
+pub(crate) mod diff;
 pub(crate) mod keys;
 pub(crate) mod output;
+pub(crate) mod policy_test;
 pub(crate) mod projects;
 pub(crate) mod roles;
 pub(crate) mod routes;
@@ -16,6 +18,7 @@ pub(crate) mod teams;
 pub(crate) mod users;
 pub(crate) mod validate;
 pub(crate) mod watch;
+pub(crate) mod who_can;
 
 use std::process::ExitCode;
 

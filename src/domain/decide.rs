@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 
-use super::{ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope, entry::bits};
+use super::{
+    ApiKey, KeyEntry, KeyStatus, MalformedKey, Requestor, Scope,
+    entry::{Member, bits},
+};
 
 /// Why a request was allowed or denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -171,6 +174,15 @@ pub fn authenticate(entry: Option<&KeyEntry>, key: &ApiKey<'_>, now: i64) -> Res
     if !spec.secret_hash.matches(&presented) {
         return Err(Reason::WrongSecret);
     }
+    usable(entry, now)
+}
+
+/// The checks of [`authenticate`] after the secret: the key is active and unexpired, its team
+/// and its user active. Offline checks and explanations, given a prefix without a secret, make
+/// only these.
+#[inline]
+pub(crate) fn usable(entry: &KeyEntry, now: i64) -> Result<(), Reason> {
+    let spec = &*entry.spec;
     if spec.status != KeyStatus::Active {
         return Err(Reason::KeyInactive);
     }
@@ -211,6 +223,59 @@ pub fn decide_presented(
     resource: ResourceRef<'_>,
     now: i64,
 ) -> Decision {
+    decide_traced(entry, prefix, entitlement, resource, now, &mut NoTrace)
+}
+
+/// What [`decide_traced`] reports while it decides: each member (active key) of the requestor it
+/// considered, and how the resource was or was not covered. The hot path passes [`NoTrace`],
+/// whose empty methods compile away; an explanation records them ([`super::explain`]).
+pub(crate) trait Trace {
+    /// A member of the requestor: `live` false when its key expired since its entry was
+    /// built; `scopes` the scope bits it holds for the entitlement (0 when not live).
+    fn member(&mut self, member: &Member, live: bool, scopes: u8);
+    /// How the decision came out once some grant was found.
+    fn cover(&mut self, cover: Cover<'_>);
+}
+
+/// Records nothing: the trace of every served check.
+pub(crate) struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn member(&mut self, _: &Member, _: bool, _: u8) {}
+    #[inline(always)]
+    fn cover(&mut self, _: Cover<'_>) {}
+}
+
+/// How the requestor's grants met the resource (rules 5 and 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cover<'a> {
+    /// A collection call, allowed at the widest scope held.
+    Collection(Scope),
+    /// An ALL grant covers every resource.
+    All,
+    /// A TEAM grant of a member in the resource's team.
+    Team(&'a str),
+    /// An OWN grant, and the resource's owner key is one of the requestor's keys.
+    OwnKey(&'a str),
+    /// An OWN grant, and the resource's owner user is the requestor.
+    OwnUser(&'a str),
+    /// Nothing covers the resource: TEAM grants (if any) are over other teams, and an OWN grant
+    /// (if any) does not reach its owner.
+    Uncovered { team: bool, own: bool },
+}
+
+/// [`decide_presented`] reporting to `trace`: the one implementation of the decision rules,
+/// for served checks and explanations alike.
+#[inline]
+pub(crate) fn decide_traced<T: Trace>(
+    entry: &KeyEntry,
+    prefix: &str,
+    entitlement: &str,
+    resource: ResourceRef<'_>,
+    now: i64,
+    trace: &mut T,
+) -> Decision {
     let requestor = &*entry.requestor;
     // Rule 7: an entitlement outside the catalog is never allowed.
     let Some(id) = requestor.catalog.entitlement_id(entitlement) else {
@@ -220,8 +285,14 @@ pub fn decide_presented(
     // Rule 3: unite the grants of every live member (active key) of the requestor.
     let (mut all, mut own) = (false, false);
     let (mut team_grants, mut team_covers) = (0usize, false);
-    for member in requestor.members.iter().filter(|m| m.is_live(now)) {
+    for member in requestor.members.iter() {
+        let live = member.is_live(now);
+        if !live {
+            trace.member(member, false, 0);
+            continue;
+        }
         let scopes = member.grants.scopes(id);
+        trace.member(member, true, scopes);
         all |= scopes & bits::ALL != 0;
         own |= scopes & bits::OWN != 0;
         if scopes & bits::TEAM != 0 {
@@ -242,6 +313,7 @@ pub fn decide_presented(
         } else {
             Scope::Own
         };
+        trace.cover(Cover::Collection(widest));
         let mut decision = Decision::allowed(widest);
         if !all {
             if team_grants > 0 {
@@ -263,9 +335,11 @@ pub fn decide_presented(
 
     // Rule 5: the grant must cover the named resource; report the widest that does.
     if all {
+        trace.cover(Cover::All);
         return Decision::allowed(Scope::All);
     }
     if team_covers {
+        trace.cover(Cover::Team(resource.team_id));
         return Decision::allowed(Scope::Team);
     }
     if own {
@@ -276,10 +350,19 @@ pub fn decide_presented(
                 .id
                 .user()
                 .is_some_and(|u| **u == *resource.owner_user_id);
-        if owns_key || is_user {
+        if owns_key {
+            trace.cover(Cover::OwnKey(owner));
+            return Decision::allowed(Scope::Own);
+        }
+        if is_user {
+            trace.cover(Cover::OwnUser(resource.owner_user_id));
             return Decision::allowed(Scope::Own);
         }
     }
+    trace.cover(Cover::Uncovered {
+        team: team_grants > 0,
+        own,
+    });
     Decision::denied(Reason::OutOfScope)
 }
 

@@ -92,6 +92,11 @@ impl GrantSet {
         GrantSet { by_entitlement }
     }
 
+    /// Every entitlement held, with what is held for it.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &EntitlementGrants)> {
+        self.by_entitlement.iter()
+    }
+
     /// What is held for `entitlement`, if anything.
     pub(crate) fn get(&self, entitlement: &str) -> Option<&EntitlementGrants> {
         self.by_entitlement.get(entitlement)
@@ -324,6 +329,42 @@ pub struct KeyEntry {
     pub(crate) team: TeamRef,
 }
 
+/// Why a key of a requestor contributes no grants to it (rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Skipped {
+    /// Its status is not active.
+    Inactive(KeyStatus),
+    /// It is past its expiry.
+    Expired,
+    /// Its team is inactive.
+    TeamInactive,
+}
+
+impl Skipped {
+    /// How an explanation says it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Skipped::Inactive(_) => "inactive",
+            Skipped::Expired => "expired",
+            Skipped::TeamInactive => "team inactive",
+        }
+    }
+}
+
+/// Why the key `spec` (whose team is active or not) is not a member of its requestor at `now`,
+/// or `None` when it is: the filter that builds [`Requestor::members`].
+pub(crate) fn skipped(spec: &KeySpec, team_active: bool, now: i64) -> Option<Skipped> {
+    if spec.status != KeyStatus::Active {
+        Some(Skipped::Inactive(spec.status))
+    } else if spec.expired_at(now) {
+        Some(Skipped::Expired)
+    } else if !team_active {
+        Some(Skipped::TeamInactive)
+    } else {
+        None
+    }
+}
+
 /// The cache entries of one requestor's keys.
 pub(crate) type KeyEntries = SmallVec<[Arc<KeyEntry>; 2]>;
 
@@ -356,9 +397,7 @@ pub(crate) fn build_requestor(
         .collect();
     let members = keys
         .iter()
-        .filter(|(spec, team)| {
-            team.active && spec.status == KeyStatus::Active && !spec.expired_at(now)
-        })
+        .filter(|(spec, team)| skipped(spec, team.active, now).is_none())
         .map(|(spec, team)| Member {
             team: team.clone(),
             grants: interner.intern(catalog, &spec.roles),

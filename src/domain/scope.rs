@@ -3,7 +3,8 @@
 use std::{fmt, str::FromStr};
 
 /// How much data a grant covers. `Own < Team < All`, so `max` gives the wider one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Scope {
     /// Data owned by any key of the requestor (or the requestor's own user record).
     Own,

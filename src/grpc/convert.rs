@@ -53,6 +53,63 @@ impl From<Scope> for pb::Scope {
     }
 }
 
+impl From<&crate::domain::explain::Explanation> for pb::Explanation {
+    fn from(e: &crate::domain::explain::Explanation) -> Self {
+        let decided = e.decided_by.as_ref();
+        pb::Explanation {
+            requestor: e.requestor.clone(),
+            keys: e
+                .keys
+                .iter()
+                .map(|k| pb::ExplainedKey {
+                    prefix: k.prefix.clone(),
+                    team_id: k.team.clone(),
+                    roles: k.roles.clone(),
+                    skipped: k.skipped.clone(),
+                    scopes: k
+                        .scopes
+                        .iter()
+                        .map(|s| pb::Scope::from(*s).into())
+                        .collect(),
+                })
+                .collect(),
+            decided_by_key: decided.map(|d| d.key.clone()).unwrap_or_default(),
+            decided_by_role: decided.map(|d| d.role.clone()).unwrap_or_default(),
+            decided_scope: decided
+                .map_or(pb::Scope::Unspecified, |d| d.scope.into())
+                .into(),
+            covers: e.covers.clone(),
+            coverage: e.coverage.clone(),
+        }
+    }
+}
+
+impl From<&crate::domain::privileges::PrivilegeChange> for pb::PrivilegeChange {
+    fn from(c: &crate::domain::privileges::PrivilegeChange) -> Self {
+        pb::PrivilegeChange {
+            requestor: c.requestor.clone(),
+            gained: c.gained,
+            entitlement: c.entitlement.clone(),
+            scope: pb::Scope::from(c.scope).into(),
+            team_id: c.team.clone(),
+            widens_to_all: c.widens_to_all,
+            key_prefix: c.key.clone(),
+        }
+    }
+}
+
+impl From<&crate::domain::privileges::Holder> for pb::Holder {
+    fn from(h: &crate::domain::privileges::Holder) -> Self {
+        pb::Holder {
+            requestor: h.requestor_name(),
+            key_prefix: h.key.to_string(),
+            scope: pb::Scope::from(h.scope).into(),
+            team_id: h.team.as_deref().unwrap_or_default().to_owned(),
+            role: h.role.to_string(),
+        }
+    }
+}
+
 impl From<Reason> for pb::Reason {
     fn from(reason: Reason) -> Self {
         match reason {

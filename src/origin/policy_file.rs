@@ -3,6 +3,7 @@
 //! the source of truth, so the origin takes no writes.
 
 mod parse;
+mod suite;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +20,7 @@ use crate::{
 };
 
 pub use parse::{Policy, PolicyError, PolicyProblem, load, parse, parse_file};
+pub use suite::{Case, Suite, load_suite, parse_suite};
 
 /// The policy file origin while serving: the path, what was last loaded, and the status.
 pub(crate) struct PolicyFileOrigin {

@@ -25,6 +25,7 @@ use crate::domain::{
     ApiKey, Catalog, Decision, IdMap, KeyEntry, Model, Reason, Requestor, RequestorId, ResourceRef,
     RouteSpec, authenticate, decide_presented,
     entry::{GrantInterner, build_requestor},
+    explain::Explanation,
     model::Change,
 };
 
@@ -225,6 +226,88 @@ impl State {
             entry: Some(entry.clone()),
             revision,
         }
+    }
+
+    /// Decides one request for the key `key`, given whole (`<prefix>.<secret>`, judged as
+    /// [`State::check`] judges it) or as its prefix alone: then the secret is not checked, the
+    /// rest is (the key's status, expiry, team and user). For offline checks of a policy file,
+    /// whose tests know prefixes, never secrets.
+    pub fn check_prefix(
+        &self,
+        key: &str,
+        entitlement: &str,
+        resource: ResourceRef<'_>,
+        now: i64,
+    ) -> CheckedDecision {
+        if key.contains('.') {
+            return self.check(key, entitlement, resource, now);
+        }
+        let revision = self.revision();
+        let denied = |reason| CheckedDecision {
+            decision: Decision::denied(reason),
+            entry: None,
+            revision,
+        };
+        if !crate::domain::key::is_valid_prefix(key) {
+            return denied(Reason::MalformedKey);
+        }
+        let Some(entry) = self.lookup(key) else {
+            return denied(Reason::UnknownKey);
+        };
+        if let Err(reason) = crate::domain::decide::usable(&entry, now) {
+            return denied(reason);
+        }
+        CheckedDecision {
+            decision: decide_presented(&entry, key, entitlement, resource, now),
+            entry: Some(entry),
+            revision,
+        }
+    }
+
+    /// The check of the key `prefix` (no secret) with its explanation: the same decision as
+    /// [`State::check_prefix`], recorded as it is made.
+    pub fn explain(
+        &self,
+        prefix: &str,
+        entitlement: &str,
+        resource: ResourceRef<'_>,
+        now: i64,
+    ) -> (CheckedDecision, Explanation) {
+        let revision = self.revision();
+        let prefix = prefix.split_once('.').map_or(prefix, |(p, _)| p);
+        if !crate::domain::key::is_valid_prefix(prefix) {
+            let decision = Decision::denied(Reason::MalformedKey);
+            let explanation = Explanation {
+                decision: decision.clone(),
+                requestor: String::new(),
+                keys: Vec::new(),
+                decided_by: None,
+                covers: String::new(),
+                coverage: format!("{prefix:?} is not a key prefix"),
+            };
+            let checked = CheckedDecision {
+                decision,
+                entry: None,
+                revision,
+            };
+            return (checked, explanation);
+        }
+        let entry = self.lookup(prefix);
+        let explanation = crate::domain::explain::explain(
+            entry.as_deref(),
+            prefix,
+            entitlement,
+            resource,
+            now,
+            |p| self.lookup(p),
+        );
+        let authenticated = !explanation.decision.reason.is_unauthenticated();
+        let checked = CheckedDecision {
+            decision: explanation.decision.clone(),
+            entry: entry.filter(|_| authenticated),
+            revision,
+        };
+        (checked, explanation)
     }
 
     /// Waits until `min` is applied, at most `timeout`. Returns the applied revision, or, past

@@ -102,13 +102,7 @@ impl Actor {
                 ))
             })?;
         let requestor = RequestorId::of(key);
-        let keys = view.keys_of(&requestor);
-        let live: Vec<(Arc<str>, &Arc<KeySpec>)> = keys
-            .iter()
-            .filter(|k| usable(view, k, now))
-            .filter_map(|k| Some((view.key_team(k)?, k)))
-            .collect();
-        let grants = GrantSet::build(view.catalog(), live.iter().map(|(t, k)| (t, &k.roles[..])));
+        let grants = effective_grants(view, &requestor, now);
         Ok(Actor {
             prefix: key.prefix.clone(),
             requestor,
@@ -133,9 +127,21 @@ impl Actor {
     }
 }
 
+/// The effective grants of `requestor` in `view` at `now`: the union over its usable keys of
+/// their roles' grants and TEAM_ROLE, each TEAM grant over its key's team.
+pub(crate) fn effective_grants(view: &impl View, requestor: &RequestorId, now: i64) -> GrantSet {
+    let keys = view.keys_of(requestor);
+    let live: Vec<(Arc<str>, &Arc<KeySpec>)> = keys
+        .iter()
+        .filter(|k| usable(view, k, now))
+        .filter_map(|k| Some((view.key_team(k)?, k)))
+        .collect();
+    GrantSet::build(view.catalog(), live.iter().map(|(t, k)| (t, &k.roles[..])))
+}
+
 /// Whether a key can act at `now`: active, unexpired, its team active, its user active (or its
 /// project present).
-fn usable(view: &impl View, key: &KeySpec, now: i64) -> bool {
+pub(crate) fn usable(view: &impl View, key: &KeySpec, now: i64) -> bool {
     key.status == KeyStatus::Active
         && !key.expired_at(now)
         && view

@@ -14,6 +14,12 @@ pub(super) trait Revisioned {
     fn revision(&self) -> u64;
 }
 
+impl Revisioned for pb::ExplainResponse {
+    fn revision(&self) -> u64 {
+        self.check.as_ref().map_or(0, |c| c.revision)
+    }
+}
+
 macro_rules! revisioned {
     ($($t:ty),* $(,)?) => {
         $(impl Revisioned for $t {
@@ -25,6 +31,7 @@ macro_rules! revisioned {
 }
 
 revisioned!(
+    pb::WhoCanResponse,
     pb::TeamResponse,
     pb::ListTeamsResponse,
     pb::UserResponse,

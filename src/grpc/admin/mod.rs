@@ -6,6 +6,7 @@
 
 mod audit;
 mod convert;
+mod explain;
 mod page;
 mod reads;
 mod rpc;

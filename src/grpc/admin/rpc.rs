@@ -358,4 +358,20 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         audited!(request, "Apply", all("document"), self.apply_inner(request))
     }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let target = |r: &pb::ExplainRequest| format!("key {}", r.key_prefix);
+        audited!(request, "Explain", target, self.explain_inner(request))
+    }
+
+    async fn who_can(
+        &self,
+        request: Request<pb::WhoCanRequest>,
+    ) -> Result<Response<pb::WhoCanResponse>, Status> {
+        let target = |r: &pb::WhoCanRequest| format!("entitlement {}", r.entitlement);
+        audited!(request, "WhoCan", target, self.who_can_inner(request))
+    }
 }

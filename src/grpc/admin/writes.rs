@@ -396,14 +396,18 @@ impl AdminService {
                 .state
                 .read_model(|m| (m.clone(), self.state.revision()));
             let mut model = crate::domain::IndexedModel::from(model);
+            let before = model.clone();
+            let now = unix_now();
             let (changes, _) =
-                crate::domain::admin::execute(caller.prefix(), &command, &mut model, unix_now())
+                crate::domain::admin::execute(caller.prefix(), &command, &mut model, now)
                     .map_err(write_status)?;
+            let privileges = crate::domain::privileges::privilege_diff(&before, &model, now);
             return Ok(Response::new(pb::ApplyResponse {
                 changes: changes.iter().map(describe_change).collect(),
                 revision,
                 dry_run: true,
                 kept,
+                privileges: privileges.iter().map(pb::PrivilegeChange::from).collect(),
             }));
         }
         self.origin()?;
@@ -413,6 +417,7 @@ impl AdminService {
             revision: written.revision,
             dry_run: false,
             kept,
+            privileges: Vec::new(),
         }))
     }
 }

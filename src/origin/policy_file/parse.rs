@@ -33,6 +33,19 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
+    /// One problem at `line` of `file`.
+    pub(crate) fn at(file: &str, line: u64, message: impl Into<String>) -> Self {
+        PolicyError {
+            file: file.to_owned(),
+            problems: vec![PolicyProblem {
+                line,
+                column: 1,
+                object: String::new(),
+                message: message.into(),
+            }],
+        }
+    }
+
     /// A problem with the file as a whole (it cannot be read, it is empty, ...), located at
     /// line 0.
     pub(crate) fn whole_file(file: &str, message: impl Into<String>) -> Self {
@@ -242,18 +255,8 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
     budget.max_nodes = usize::MAX;
     budget.max_total_scalar_bytes = usize::MAX;
     options.budget = Some(budget);
-    let doc: PolicyDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        PolicyError {
-            file: file.to_owned(),
-            problems: vec![PolicyProblem {
-                line,
-                column,
-                object: String::new(),
-                message: without_position(&first_line(&e.to_string()), line, column),
-            }],
-        }
-    })?;
+    let doc: PolicyDoc =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| first_problem(&e, file))?;
     let mut builder = Builder::default();
     let policy = builder.build(doc);
     let mut problems = builder.problems;
@@ -273,6 +276,20 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
             file: file.to_owned(),
             problems,
         })
+    }
+}
+
+/// A YAML or shape error of `file` as its one problem, located.
+pub(crate) fn first_problem(e: &serde_saphyr::Error, file: &str) -> PolicyError {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    PolicyError {
+        file: file.to_owned(),
+        problems: vec![PolicyProblem {
+            line,
+            column,
+            object: String::new(),
+            message: without_position(&first_line(&e.to_string()), line, column),
+        }],
     }
 }
 

@@ -13,14 +13,6 @@ use common::{keys, repo_path};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Serving {
     child: Child,
     grpc: String,
@@ -28,7 +20,7 @@ struct Serving {
 }
 
 fn serve(policy: &std::path::Path, extra_env: &[(&str, &str)]) -> Serving {
-    let (g, h) = (free_port(), free_port());
+    let (g, h) = (common::free_port(), common::free_port());
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--policy"])
         .arg(policy)
@@ -747,7 +739,7 @@ fn until(rx: &std::sync::mpsc::Receiver<String>, needle: &str, within: Duration)
 async fn watch_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     let addr = format!("127.0.0.1:{grpc}");
     let mut server = serve_store(&data, grpc, http).await;
     let admin = |args: &[&str]| {

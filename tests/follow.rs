@@ -21,14 +21,6 @@ use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `rolegate serve` child process, stopped (SIGKILL) when dropped.
 struct Proc {
     child: Child,
@@ -151,13 +143,13 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
     let policy = dir.path().join("policy.yaml");
     let text = common::example_policy();
     write_atomically(&policy, &text);
-    let (hub_grpc, hub_http) = (free_port(), free_port());
+    let (hub_grpc, hub_http) = (common::free_port(), common::free_port());
     let hub = spawn(&["--policy", policy.to_str().unwrap()], hub_grpc, hub_http);
     wait_ready(&hub).await;
     let follower = spawn(
         &["--upstream", &hub.grpc, "--upstream-key", keys::FOLLOWER],
-        free_port(),
-        free_port(),
+        common::free_port(),
+        common::free_port(),
     );
     wait_ready(&follower).await;
     let mut fc = client(&follower.grpc).await;
@@ -264,8 +256,8 @@ async fn follower_catches_up_across_a_hub_restart_with_no_gap_and_no_duplicate()
             "--upstream-key",
             keys::FOLLOWER,
         ],
-        free_port(),
-        free_port(),
+        common::free_port(),
+        common::free_port(),
     );
     wait_ready(&chained).await;
     let mut cc = client(&chained.grpc).await;
@@ -464,14 +456,14 @@ async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
     let relay = Relay::start().await;
 
     // 1. A hub on the example policy; the follower (through the relay) takes its snapshot.
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
     let hub = spawn(&["--policy", small.to_str().unwrap()], grpc, http);
     wait_ready(&hub).await;
     let follower = spawn(
         &["--upstream", &relay.url(), "--upstream-key", keys::FOLLOWER],
-        free_port(),
-        free_port(),
+        common::free_port(),
+        common::free_port(),
     );
     wait_ready(&follower).await;
     let mut fc = client(&follower.grpc).await;
@@ -486,7 +478,7 @@ async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
     terminate(hub);
     let hub_gone_ms = unix_ms();
     *relay.budget.lock().unwrap() = Some(2 * 1024 * 1024);
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
     let hub = spawn(&["--policy", big.to_str().unwrap()], grpc, http);
     wait_ready(&hub).await;
@@ -551,7 +543,7 @@ async fn a_hub_killed_mid_snapshot_leaves_the_follower_on_its_previous_state() {
 
     // 4. The hub is back with the same policy and no relay budget: the follower converges.
     *relay.budget.lock().unwrap() = None;
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     *relay.hub.lock().unwrap() = ([127, 0, 0, 1], grpc).into();
     let hub = spawn(&["--policy", big.to_str().unwrap()], grpc, http);
     wait_ready(&hub).await;
@@ -623,7 +615,7 @@ async fn a_follower_serves_only_after_its_first_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     write_atomically(&policy, &common::example_policy());
-    let hub_port = free_port();
+    let hub_port = common::free_port();
 
     // No hub yet: not serving, and it says why.
     let follower = start_follower(hub_port).await;
@@ -665,7 +657,7 @@ async fn max_staleness_takes_a_follower_out_while_its_hub_is_gone_or_refuses() {
     let policy = dir.path().join("policy.yaml");
     let text = common::example_policy();
     write_atomically(&policy, &text);
-    let hub_port = free_port();
+    let hub_port = common::free_port();
     let hub = start_hub(&policy, hub_port).await;
     let follower = start_follower(hub_port).await;
     let (_, first) = until_health(&follower, ServingStatus::Serving).await;
@@ -740,7 +732,7 @@ async fn a_follower_of_two_hubs_fails_over_and_resumes_without_a_snapshot() {
     let policy = dir.path().join("policy.yaml");
     let text = common::example_policy();
     write_atomically(&policy, &text);
-    let root = start_hub(&policy, free_port()).await;
+    let root = start_hub(&policy, common::free_port()).await;
     let hub_a = TestServer::follower(&root).await;
     let hub_b = TestServer::follower(&root).await;
     let sidecar = TestServer::with(Origin::Upstream(format!("{},{}", hub_a.url(), hub_b.url())))

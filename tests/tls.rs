@@ -780,14 +780,6 @@ async fn upstream_status(http: SocketAddr) -> serde_json::Value {
 // ---------------------------------------------------------------------------------------------
 // The binary: serve, check, the Admin CLI and watch over https://
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -814,7 +806,7 @@ fn rolegate(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 async fn the_cli_speaks_https_with_a_client_certificate() {
     let pki = Pki::new();
     let policy = common::repo_path("deploy/examples/policy.yaml");
-    let (g, h) = (free_port(), free_port());
+    let (g, h) = (common::free_port(), common::free_port());
     let _server = KillOnDrop(
         Command::new(BIN)
             .args(["serve", "--policy"])
@@ -918,7 +910,7 @@ async fn the_cli_speaks_https_with_a_client_certificate() {
 fn serve_with_unusable_tls_files_exits_2_naming_the_file() {
     let pki = Pki::new();
     let policy = common::repo_path("deploy/examples/policy.yaml");
-    let (g, h) = (free_port(), free_port());
+    let (g, h) = (common::free_port(), common::free_port());
     let (code, _, err) = rolegate(
         &[
             "serve",

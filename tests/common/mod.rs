@@ -182,3 +182,23 @@ pub fn skip_without(what: &str, why: &str, test: &str) {
     );
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}: {why}");
 }
+
+/// A free loopback TCP port, never one this test process was given before: the system may hand
+/// a port it has just taken back to the next `bind(0)`, and two servers of one test told the same
+/// port would meet.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}

@@ -200,14 +200,7 @@ pub fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// A free loopback port (bound, then released for the proxy to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 /// A child process that is stopped when dropped.
 pub struct Proc {

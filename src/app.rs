@@ -23,7 +23,7 @@ use crate::{
         authorizer::AuthorizerLimits,
         ext_authz::{ExtAuthzServer, ExtAuthzService},
         follow::GrpcHub,
-        pb::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer},
+        pb::{admin_server::AdminServer, authorizer_server::AuthorizerServer},
     },
     http::{self, Health},
     origin::{
@@ -183,7 +183,7 @@ pub async fn run(
         Some(authz.clone()),
     ));
     let (reporting, health_service) = Reporting::start(&health, &stop).await;
-    let grpc_metrics = Arc::new(GrpcMetrics::for_rolegate());
+    let grpc_metrics = Arc::new(crate::grpc::port_metrics());
     let grpc = grpc_services(
         &config,
         &state,
@@ -193,14 +193,13 @@ pub async fn run(
         &telemetry,
         &grpc_metrics,
     )?;
-    let metrics = Arc::new(crate::telemetry::metrics::registry(
+    let metrics = Arc::new(http::metrics::registry(
         health.clone(),
         telemetry,
         grpc_metrics,
     ));
     // The HTTP port beside the probes: the auth endpoint and /metrics.
-    let routes =
-        http::auth::router(authz.clone()).merge(crate::telemetry::metrics::router(metrics));
+    let routes = http::auth::router(authz.clone()).merge(http::metrics::router(metrics));
     let mut servers = Servers::start(&config, listeners, grpc, &health, routes, tls, &stop)?;
 
     tokio::select! {
@@ -299,10 +298,10 @@ fn grpc_services(
     grpc_metrics: &Arc<GrpcMetrics>,
 ) -> Result<GrpcRouter, AppError> {
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(pb::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
+        crate::grpc::SERVED_DESCRIPTOR_SETS.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
     };
     let limits = AuthorizerLimits {
         max_batch: config.max_batch,

@@ -29,3 +29,72 @@ pub mod pb {
 }
 
 pub use authorizer::AuthorizerService;
+
+use crate::telemetry::grpc::GrpcMetrics;
+
+/// The encoded file descriptor sets of the services the gRPC port serves besides reflection:
+/// `rolegate.v1`, health and Envoy's `Authorization`. Reflection lists them.
+pub(crate) const SERVED_DESCRIPTOR_SETS: [&[u8]; 3] = [
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    pb::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
+];
+
+/// The gRPC metrics of the port: every method of the served services and of reflection (both
+/// versions).
+pub(crate) fn port_metrics() -> GrpcMetrics {
+    let mut sets = SERVED_DESCRIPTOR_SETS.to_vec();
+    sets.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+    sets.push(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    GrpcMetrics::new(&sets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_metrics;
+
+    #[test]
+    fn every_served_method_is_named_in_the_metrics() {
+        let m = port_metrics();
+        for (path, service, kind) in [
+            (
+                "/rolegate.v1.Authorizer/Check",
+                "rolegate.v1.Authorizer",
+                "unary",
+            ),
+            (
+                "/rolegate.v1.Authorizer/Watch",
+                "rolegate.v1.Authorizer",
+                "server_stream",
+            ),
+            ("/rolegate.v1.Admin/Apply", "rolegate.v1.Admin", "unary"),
+            (
+                "/envoy.service.auth.v3.Authorization/Check",
+                "envoy.service.auth.v3.Authorization",
+                "unary",
+            ),
+            (
+                "/grpc.health.v1.Health/Watch",
+                "grpc.health.v1.Health",
+                "server_stream",
+            ),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1.ServerReflection",
+                "bidi_stream",
+            ),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection",
+                "bidi_stream",
+            ),
+        ] {
+            let info = &m.methods[m.method(path)];
+            assert_eq!(
+                (info.service.as_str(), info.kind),
+                (service, kind),
+                "{path}"
+            );
+        }
+    }
+}

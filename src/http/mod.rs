@@ -1,7 +1,8 @@
-//! The HTTP front end: liveness (`/healthz`), readiness (`/readyz`) and `/status`; the first two
-//! also on a listener of their own for probes (`--probe-listen`).
+//! The HTTP front end: liveness (`/healthz`), readiness (`/readyz`), `/status` and `/metrics`;
+//! the first two also on a listener of their own for probes (`--probe-listen`).
 
 pub(crate) mod auth;
+pub(crate) mod metrics;
 
 use std::sync::{
     Arc,

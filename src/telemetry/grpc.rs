@@ -118,9 +118,9 @@ pub(crate) struct GrpcMetrics {
 }
 
 impl GrpcMetrics {
-    /// The methods of the services in these encoded file descriptor sets, plus those given as
-    /// `(path, kind)`; a last entry counts every other path.
-    pub(crate) fn new(descriptor_sets: &[&[u8]], extra: &[(&str, &'static str)]) -> Self {
+    /// The methods of the services in these encoded file descriptor sets; a last entry counts
+    /// every other path.
+    pub(crate) fn new(descriptor_sets: &[&[u8]]) -> Self {
         let mut methods = Vec::new();
         for set in descriptor_sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
@@ -148,17 +148,6 @@ impl GrpcMetrics {
                 }
             }
         }
-        for (path, kind) in extra {
-            let (service, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or((path, ""));
-            methods.push(MethodInfo {
-                service: service.to_owned(),
-                method: method.to_owned(),
-                kind,
-            });
-        }
         let mut index = HashMap::default();
         methods.retain(|m| {
             let path = format!("/{}/{}", m.service, m.method);
@@ -183,29 +172,9 @@ impl GrpcMetrics {
         }
     }
 
-    /// The methods of rolegate's gRPC port: `rolegate.v1`, health, reflection and Envoy's
-    /// `Authorization`.
-    pub(crate) fn for_rolegate() -> Self {
-        GrpcMetrics::new(
-            &[
-                crate::grpc::pb::FILE_DESCRIPTOR_SET,
-                tonic_health::pb::FILE_DESCRIPTOR_SET,
-            ],
-            &[
-                (
-                    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                    "bidi_stream",
-                ),
-                (
-                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                    "bidi_stream",
-                ),
-                ("/envoy.service.auth.v3.Authorization/Check", "unary"),
-            ],
-        )
-    }
-
-    fn method(&self, path: &str) -> usize {
+    /// The method `path` (`/package.Service/Method`) is counted under: the unknown method for a
+    /// path no service serves.
+    pub(crate) fn method(&self, path: &str) -> usize {
         self.index
             .get(path)
             .copied()
@@ -557,16 +526,14 @@ mod tests {
 
     #[test]
     fn methods_come_from_the_descriptors() {
-        let m = GrpcMetrics::for_rolegate();
-        let check = m.method("/rolegate.v1.Authorizer/Check");
+        let m = GrpcMetrics::new(&[tonic_health::pb::FILE_DESCRIPTOR_SET]);
+        let check = m.method("/grpc.health.v1.Health/Check");
         assert_eq!(m.methods[check].kind, "unary");
-        assert_eq!(m.methods[check].service, "rolegate.v1.Authorizer");
-        let watch = m.method("/rolegate.v1.Authorizer/Watch");
+        assert_eq!(m.methods[check].service, "grpc.health.v1.Health");
+        assert_eq!(m.methods[check].method, "Check");
+        let watch = m.method("/grpc.health.v1.Health/Watch");
         assert_eq!(m.methods[watch].kind, "server_stream");
-        let envoy = m.method("/envoy.service.auth.v3.Authorization/Check");
-        assert_eq!(m.methods[envoy].method, "Check");
-        let health = m.method("/grpc.health.v1.Health/Watch");
-        assert_eq!(m.methods[health].kind, "server_stream");
         assert_eq!(m.method("/x.Y/Z"), m.methods.len() - 1);
+        assert_eq!(m.methods[m.method("/x.Y/Z")].service, "unknown");
     }
 }

@@ -11,16 +11,23 @@
 //! - a three-member cluster loses a member: reads and writes go on;
 //! - an Apply beyond etcd's transaction limit is refused whole; an instance killed during a
 //!   large Apply leaves all of it or none;
-//! - etcd's authentication; a follower of two hubs fails over without a snapshot.
+//! - etcd's authentication, and etcd over mutual TLS; a follower of two hubs fails over without a
+//!   snapshot.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    BOOTSTRAP, Origin, TestServer, call, check_at, etcd::Etcd, example_with_bootstrap, keys,
+    BOOTSTRAP, Origin, TestServer, call, check_at,
+    etcd::{Etcd, MemberTls},
+    example_with_bootstrap, keys,
+    pki::Ca,
 };
-use rolegate::grpc::pb::{self, Reason, watch_event::Event};
+use rolegate::{
+    grpc::pb::{self, Reason, watch_event::Event},
+    tls::client::ClientTls,
+};
 use tokio::{
     io::copy_bidirectional,
     net::{TcpListener, TcpStream},
@@ -677,6 +684,73 @@ async fn etcd_with_authentication_takes_the_user_and_password() {
     let err = wrong.join().await.unwrap_err().to_string();
     assert!(err.contains("authentication"), "{err}");
     assert!(!err.contains("wrong"), "the password is not shown: {err}");
+}
+
+/// etcd serving its clients over mutual TLS: an instance given the CA and a client certificate
+/// signed by it reads and writes; one without a client certificate, or trusting another CA,
+/// does not start and says which member it could not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_mutual_tls_takes_the_ca_and_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca = Ca::new("etcd test CA");
+    let member = ca.server("etcd", 1);
+    let client = ca.client("rolegate");
+    let client = ClientTls {
+        ca: Some(file("ca.pem", &ca.pem)),
+        cert: Some(file("client.pem", &client.cert_pem)),
+        key: Some(file("client.key", &client.key_pem)),
+    };
+    let other_ca = file("other-ca.pem", &Ca::new("another CA").pem);
+    let tls = MemberTls {
+        cert: file("etcd.pem", &member.cert_pem),
+        key: file("etcd.key", &member.key_pem),
+        client_ca: dir.path().join("ca.pem"),
+        client: client.clone(),
+    };
+    let Some(etcd) = Etcd::with_tls(tls, "etcd::etcd_over_mutual_tls").await else {
+        return;
+    };
+    assert!(etcd.endpoints().starts_with("https://"));
+    let with_tls = |tls: ClientTls| {
+        TestServer::with(Origin::Etcd {
+            endpoints: etcd.endpoints(),
+            prefix: "/rolegate/".into(),
+        })
+        .config(move |c| {
+            c.etcd.etcd_ca = tls.ca;
+            c.etcd.etcd_cert = tls.cert;
+            c.etcd.etcd_key = tls.key;
+        })
+    };
+    let a = with_tls(client.clone()).start().await;
+    let base = seed(&a).await;
+    // The watch, over TLS too, brought the write back.
+    let r = a
+        .check(check_at(keys::DEVIN_DEVELOPER, "jobs.read", "", "", base))
+        .await;
+    assert_eq!((r.reason(), r.revision), (Reason::Allowed, base), "{r:?}");
+
+    let refused = [
+        ClientTls {
+            cert: None,
+            key: None,
+            ..client.clone()
+        },
+        ClientTls {
+            ca: Some(other_ca),
+            ..client
+        },
+    ];
+    for tls in refused {
+        let server = with_tls(tls.clone()).no_wait().start().await;
+        let err = server.join().await.unwrap_err().to_string();
+        assert!(err.contains(&etcd.url(0)), "{tls:?}: {err}");
+    }
 }
 
 /// A follower of two hubs on one etcd: the hub it uses stops; it resumes on the other from its

@@ -16,10 +16,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Origin, TestServer, example_policy, http_get, keys};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+use common::{
+    Origin, TestServer, example_policy, http_get, keys,
+    pki::{Ca, Leaf},
 };
 use rolegate::{
     app::AppError,
@@ -43,78 +42,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_rolegate");
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
-
-/// A certificate authority made for the test.
-struct Ca {
-    pem: String,
-    der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate with its key.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for `rolegate`, `localhost` and 127.0.0.1.
-    fn server(&self, common_name: &str, serial: u64) -> Leaf {
-        self.issue(
-            common_name,
-            &["rolegate", "localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            serial,
-        )
-    }
-
-    fn client(&self, common_name: &str) -> Leaf {
-        self.issue(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth, 7)
-    }
-
-    fn issue(
-        &self,
-        common_name: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        serial: u64,
-    ) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.serial_number = Some(SerialNumber::from(serial));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-}
 
 /// The certificates of a test, written to files: a CA with a server and a client certificate,
 /// and another CA with a client certificate of its own.

@@ -11,9 +11,12 @@ use std::{
     time::Duration,
 };
 
-use rolegate::origin::etcd::pb::etcdserverpb::{
-    CompactionRequest, PutRequest, StatusRequest, kv_client::KvClient,
-    maintenance_client::MaintenanceClient,
+use rolegate::{
+    origin::etcd::pb::etcdserverpb::{
+        CompactionRequest, PutRequest, StatusRequest, kv_client::KvClient,
+        maintenance_client::MaintenanceClient,
+    },
+    tls::client::{ClientTls, endpoint},
 };
 
 use super::require_tool;
@@ -44,6 +47,17 @@ pub struct Etcd {
     initial_cluster: String,
     /// `--max-txn-ops` of every member.
     max_txn_ops: u32,
+    /// Client TLS of every member, when it serves `https://`.
+    tls: Option<MemberTls>,
+}
+
+/// The files of members that serve their clients over TLS and require a client certificate
+/// signed by `client_ca`; `client` is what the test's own calls present.
+pub struct MemberTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub client: ClientTls,
 }
 
 impl Etcd {
@@ -63,7 +77,21 @@ impl Etcd {
         Self::cluster_with(1, max_txn_ops, test).await
     }
 
+    /// A single-member etcd serving its clients over mutual TLS.
+    pub async fn with_tls(tls: MemberTls, test: &str) -> Option<Etcd> {
+        Self::cluster_with_tls(1, 10_000, Some(tls), test).await
+    }
+
     async fn cluster_with(n: usize, max_txn_ops: u32, test: &str) -> Option<Etcd> {
+        Self::cluster_with_tls(n, max_txn_ops, None, test).await
+    }
+
+    async fn cluster_with_tls(
+        n: usize,
+        max_txn_ops: u32,
+        tls: Option<MemberTls>,
+        test: &str,
+    ) -> Option<Etcd> {
         let bin = require_tool("etcd", "ROLEGATE_ETCD_BIN", test)?;
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -84,6 +112,7 @@ impl Etcd {
             members,
             initial_cluster,
             max_txn_ops,
+            tls,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -96,10 +125,21 @@ impl Etcd {
 
     fn spawn(&mut self, i: usize) {
         let data = self.dir.path().join(&self.members[i].name);
+        let client = self.url(i);
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args([
@@ -131,22 +171,22 @@ impl Etcd {
         let url = self.url(i);
         let deadline = tokio::time::Instant::now() + UP_WITHIN;
         loop {
-            if let Ok(mut c) = MaintenanceClient::connect(url.clone()).await
-                && c.status(StatusRequest {}).await.is_ok()
-            {
+            if let Ok(channel) = self.channel(&url).await
+                && MaintenanceClient::new(channel.clone())
+                    .status(StatusRequest {})
+                    .await
+                    .is_ok()
                 // A member of a cluster answers Status before there is a leader: write once.
-                if let Ok(mut kv) = KvClient::connect(url.clone()).await
-                    && kv
-                        .put(PutRequest {
-                            key: b"/test/up".to_vec(),
-                            value: b"1".to_vec(),
-                            ..Default::default()
-                        })
-                        .await
-                        .is_ok()
-                {
-                    return;
-                }
+                && KvClient::new(channel)
+                    .put(PutRequest {
+                        key: b"/test/up".to_vec(),
+                        value: b"1".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -156,9 +196,21 @@ impl Etcd {
         }
     }
 
+    /// A connection to the member at `url`, over TLS when the members serve it.
+    async fn channel(&self, url: &str) -> Result<tonic::transport::Channel, String> {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.client.clone())
+            .unwrap_or_default();
+        let endpoint = endpoint(url, &tls).map_err(|e| e.to_string())?;
+        endpoint.connect().await.map_err(|e| e.to_string())
+    }
+
     /// The client URL of member `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client)
     }
 
     /// Every member's client URL, comma-separated (`--etcd-endpoints`).

@@ -5,7 +5,8 @@
 //!   any origin (a policy file, the embedded store, a follower of another server);
 //! - the Admin API's callers (admin.rs): `authorization: ApiKey` metadata, the bootstrap key,
 //!   the example policy seeded through `Apply`;
-//! - real etcd members on loopback (etcd.rs);
+//! - real etcd members on loopback (etcd.rs), over TLS with certificates made for the test
+//!   (pki.rs);
 //! - the real binary as a child process on the embedded store (process.rs);
 //! - the route table as the HTTP auth endpoint enforces it (`routes`);
 //! - here: the example policy and its development keys, Check requests, a raw HTTP GET, and the
@@ -17,6 +18,7 @@
 
 mod admin;
 pub mod etcd;
+pub mod pki;
 mod process;
 pub mod routes;
 mod server;

@@ -80,8 +80,14 @@ async fn a_failing_disk_refuses_the_write_with_nothing_half_done() {
     )
     .unwrap();
     let state = Arc::new(State::new());
-    let started =
-        EmbeddedOrigin::start_on(opened, dir.path(), state.clone(), &bootstrap()).unwrap();
+    let started = EmbeddedOrigin::start_on(
+        opened,
+        dir.path(),
+        state.clone(),
+        &bootstrap(),
+        crate::origin::DEFAULT_HISTORY_REVISIONS,
+    )
+    .unwrap();
     let team = |id: &str| {
         let id: Arc<str> = id.into();
         Box::new(move |_m: &Model| {

@@ -648,7 +648,11 @@ impl EtcdOrigin {
                 self.layout.history_key(marker),
                 history::encode(&made),
             ));
-            let bound = marker.saturating_sub(self.keep_history as i64);
+            // The keys are named by the revision each write followed: those below `bound` hold
+            // revisions older than the last `keep_history` (this write's key, `marker`, stays).
+            let bound = marker
+                .saturating_add(1)
+                .saturating_sub(i64::try_from(self.keep_history).unwrap_or(i64::MAX));
             if bound > 0 {
                 success.push(self.layout.history_below(bound));
             }

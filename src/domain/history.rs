@@ -14,7 +14,10 @@
 //! decides what an OWN-scoped reader sees. `beyond_teams` is true when the write changed
 //! something no single team owns (a role, an entitlement, the route table, a user in no team).
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -186,6 +189,7 @@ pub fn entry(
 ) -> HistoryEntry {
     let mut teams = BTreeSet::new();
     let mut beyond_teams = false;
+    let mut key_teams: Option<HashMap<&str, Vec<Arc<str>>>> = None;
     // A project key's team is its project's, which the same write may have removed.
     let project_team = |id: &str| -> Option<Arc<str>> {
         after.projects.get(id).map(|p| p.team.clone()).or_else(|| {
@@ -207,20 +211,28 @@ pub fn entry(
             Change::RemoveTeam(id) => {
                 teams.insert(id.clone());
             }
+            Change::PutUser(u) if !u.teams.is_empty() => {
+                // A user's keys are in its listed teams (a rule of the model).
+                teams.extend(u.teams.iter().cloned());
+            }
             Change::PutUser(u) => {
-                let mut of_user: BTreeSet<Arc<str>> = u.teams.iter().cloned().collect();
-                // A user in no listed team belongs to the teams of its keys.
-                of_user.extend(
-                    after
-                        .keys
-                        .values()
-                        .filter(|k| k.user().is_some_and(|o| *o == u.id))
-                        .filter_map(|k| key_team(k)),
-                );
-                if of_user.is_empty() {
-                    beyond_teams = true;
+                // A user in no listed team belongs to the teams of its keys: found in one pass
+                // over the keys for the whole write, however many users it changes.
+                let of_user = key_teams
+                    .get_or_insert_with(|| {
+                        let mut by_user: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
+                        for k in after.keys.values() {
+                            if let (Some(user), Some(team)) = (k.user(), key_team(k)) {
+                                by_user.entry(&**user).or_default().push(team);
+                            }
+                        }
+                        by_user
+                    })
+                    .get(&*u.id);
+                match of_user {
+                    Some(of_user) => teams.extend(of_user.iter().cloned()),
+                    None => beyond_teams = true,
                 }
-                teams.extend(of_user);
             }
             Change::PutProject(p) => {
                 teams.insert(p.team.clone());
@@ -364,6 +376,14 @@ mod tests {
         assert!(e.beyond_teams && e.teams.is_empty());
         let e = entry_of(&[Change::ResetRoutes], &[], &after);
         assert!(e.beyond_teams);
+        // A user in no listed team, with a key: the key's team.
+        let mut with_key = after.clone();
+        with_key.keys.insert(
+            "Key00003".into(),
+            Arc::new(team_key("Key00003", "erin", "gamma", &["DEVELOPER"])),
+        );
+        let e = entry_of(&[Change::PutUser(Arc::new(user("erin")))], &[], &with_key);
+        assert_eq!((names(&e), e.beyond_teams), (vec!["gamma"], false));
         // A user in a team: that team.
         let mut dana = user("dana");
         dana.teams = TeamList::from(vec![Arc::from("beta")]);

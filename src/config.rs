@@ -79,6 +79,12 @@ pub struct ServeConfig {
     #[arg(long, env = "ROLEGATE_WATCH_LOG_REVISIONS", default_value_t = 10_000)]
     pub(crate) watch_log_revisions: usize,
 
+    /// How many revisions the administration history keeps (who made each revision, listed
+    /// by `rolegate history`); older entries are pruned as new ones are written. The embedded
+    /// store and etcd keep it; in etcd the count is of etcd revisions.
+    #[arg(long, env = "ROLEGATE_HISTORY_REVISIONS", default_value_t = crate::origin::DEFAULT_HISTORY_REVISIONS, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub history_revisions: u64,
+
     /// How many bytes (estimated) the Watch change log keeps.
     #[arg(long, env = "ROLEGATE_WATCH_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub(crate) watch_log_bytes: usize,
@@ -218,6 +224,7 @@ impl ServeConfig {
             upstream_tls: Default::default(),
             etcd: Default::default(),
             watch_log_revisions: 10_000,
+            history_revisions: crate::origin::DEFAULT_HISTORY_REVISIONS,
             watch_log_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
             watch_max_subscribers: crate::state::changelog::DEFAULT_MAX_SUBSCRIBERS,
@@ -296,7 +303,8 @@ impl ServeConfig {
             upstream_key: self.upstream_key.clone(),
             upstream_tls: ClientTls::from(&self.upstream_tls),
             max_staleness: self.max_staleness,
-            etcd: self.etcd.config(self.max_staleness),
+            etcd: self.etcd.config(self.max_staleness, self.history_revisions),
+            history_revisions: self.history_revisions,
         }
     }
 
@@ -398,7 +406,11 @@ impl Default for EtcdArgs {
 
 impl EtcdArgs {
     /// The etcd origin's configuration, when `--etcd-endpoints` is given.
-    fn config(&self, max_staleness: Option<Duration>) -> Option<crate::origin::etcd::EtcdConfig> {
+    fn config(
+        &self,
+        max_staleness: Option<Duration>,
+        keep_history: u64,
+    ) -> Option<crate::origin::etcd::EtcdConfig> {
         let endpoints = self.etcd_endpoints.as_deref()?;
         Some(crate::origin::etcd::EtcdConfig {
             connect: crate::origin::etcd::EtcdConnect {
@@ -422,6 +434,7 @@ impl EtcdArgs {
             },
             prefix: self.etcd_prefix.clone(),
             max_staleness,
+            keep_history,
         })
     }
 }

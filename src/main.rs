@@ -69,6 +69,9 @@ enum Command {
     Diff(cli::diff::DiffArgs),
     /// List every requestor and key that holds an entitlement, with the scope.
     WhoCan(cli::who_can::WhoCanArgs),
+    /// Who made each committed revision: the caller's key prefix, the RPC or Apply, the time
+    /// (needs audit.read; shows what the scope held covers).
+    History(cli::history::HistoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,5 +92,6 @@ fn main() -> ExitCode {
         Command::Test(args) => exit_on_error(cli::policy_test::run(&args)),
         Command::Diff(args) => exit_on_error(cli::diff::run(&args)),
         Command::WhoCan(args) => exit_on_error(block_on(cli::who_can::run(args))),
+        Command::History(args) => finish(block_on(cli::history::run(args))),
     }
 }

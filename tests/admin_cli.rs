@@ -1,6 +1,6 @@
 //! The Admin CLI against the real binary serving the embedded store: the bootstrap key printed
 //! once, `keys create|list|get|update|revoke|replace-secret`, `teams|users|projects`, `roles`,
-//! `apply -f`, JSON output and field violations on bad input.
+//! `apply -f`, `history`, JSON output and field violations on bad input.
 
 use std::{
     io::{BufRead, BufReader},
@@ -487,6 +487,7 @@ fn every_command_prints_text_or_json_and_table_is_still_text() {
         &["keys", "list"],
         &["routes", "list"],
         &["apply", "-f", "p.yaml"],
+        &["history"],
     ] {
         let mut args = command.to_vec();
         args.extend(["--output", "nope"]);
@@ -498,4 +499,91 @@ fn every_command_prints_text_or_json_and_table_is_still_text() {
             "{command:?}: {err}"
         );
     }
+}
+
+/// `rolegate history`: who made each revision, as a table or JSON, `--since` a revision; a key
+/// without audit.read is refused with the reason.
+#[test]
+fn history_lists_who_made_each_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("data"));
+    let owner = server.bootstrap.clone();
+    let owner_prefix = owner.split_once('.').unwrap().0.to_owned();
+    ok(cli(&server, &owner, &["teams", "create", "acme"]));
+    ok(cli(
+        &server,
+        &owner,
+        &["users", "create", "alice", "--team", "acme"],
+    ));
+    let created: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--team",
+            "acme",
+            "--role",
+            "DEVELOPER",
+            "--prefix",
+            "AliceKey0001",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    let alice = created["api_key"].as_str().unwrap().to_owned();
+    ok(cli(
+        &server,
+        &owner,
+        &["teams", "update", "acme", "--name", "Acme Corp"],
+    ));
+
+    let table = ok(cli(&server, &owner, &["history"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("REVISION"), "{table}");
+    let actions: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "Bootstrap",
+            "CreateTeam",
+            "CreateUser",
+            "CreateKey",
+            "UpdateTeam"
+        ],
+        "{table}"
+    );
+    assert!(
+        lines[1..].iter().all(|l| l.contains(&owner_prefix)),
+        "{table}"
+    );
+    assert!(!table.contains(owner.split_once('.').unwrap().1), "{table}");
+
+    let json: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &owner,
+        &["history", "--since", "3", "--output", "json"],
+    )))
+    .unwrap();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{json}");
+    assert_eq!(entries[0]["revision"], 4);
+    assert_eq!(entries[0]["action"], "CreateKey");
+    assert_eq!(entries[0]["caller"], owner_prefix.as_str());
+    assert_eq!(entries[0]["teams"], serde_json::json!(["acme"]));
+    assert!(
+        entries[1]["time"].as_str().unwrap().ends_with('Z'),
+        "{json}"
+    );
+
+    let refused = cli(&server, &alice, &["history"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("audit.read"), "{err}");
 }

@@ -7,6 +7,7 @@ pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod client;
 pub(crate) mod diff;
+pub(crate) mod history;
 pub(crate) mod keys;
 pub(crate) mod output;
 pub(crate) mod policy_test;

@@ -11,6 +11,7 @@
 //! - [`KeyEntry`] / [`Requestor`]: what one decision needs, precomputed when bindings change.
 //! - [`decide`]: the pure decision function.
 //! - [`admin`]: administrative writes as commands, each judged by the [`escalation`] rule.
+//! - [`history`]: who made each revision, and which entries a reader of `audit.read` sees.
 //! - [`watch_access`]: whether a key may Watch, and receive secret hashes.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod decide;
 pub(crate) mod entry;
 pub(crate) mod escalation;
 pub mod explain;
+pub mod history;
 pub(crate) mod idmap;
 pub(crate) mod indexed;
 pub(crate) mod intern;

@@ -24,12 +24,13 @@ use crate::{
         Expiry, IndexedModel, KeySpec, KeyStatus, KeyType, Model, RequestorId, SecretHash, Team,
         TeamList, User,
         admin::{Command, WriteError},
+        history::HistoryEntry,
         key::generate_key,
         model::Change,
     },
     origin::{
-        BoxFuture, Origin, OriginKind, OriginStatus, ReadOnly, ReloadStatus, RouteSource,
-        WritableOrigin, Written,
+        BoxFuture, DEFAULT_HISTORY_REVISIONS, HistoryError, Origin, OriginKind, OriginStatus,
+        ReadOnly, ReloadStatus, RouteSource, WritableOrigin, Written,
     },
     state::{ChangeSet, State},
 };
@@ -56,8 +57,7 @@ pub struct Bootstrap {
 pub struct EmbeddedOrigin {
     /// `None` only while dropping.
     queue: Option<mpsc::Sender<WriteRequest>>,
-    /// The tests read the change log through it.
-    #[cfg(test)]
+    /// Read directly for the administration history (redb readers do not wait for the writer).
     store: Arc<Store>,
     data_dir: PathBuf,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -92,7 +92,18 @@ impl EmbeddedOrigin {
         state: Arc<State>,
         bootstrap: &Bootstrap,
     ) -> Result<Started, StoreError> {
-        Self::start_on(Store::open(dir)?, dir, state, bootstrap)
+        Self::start_keeping(dir, state, bootstrap, DEFAULT_HISTORY_REVISIONS)
+    }
+
+    /// [`EmbeddedOrigin::start`], keeping the administration history of the last
+    /// `keep_history` revisions (`--history-revisions`).
+    pub fn start_keeping(
+        dir: &Path,
+        state: Arc<State>,
+        bootstrap: &Bootstrap,
+        keep_history: u64,
+    ) -> Result<Started, StoreError> {
+        Self::start_on(Store::open(dir)?, dir, state, bootstrap, keep_history)
     }
 
     fn start_on(
@@ -100,6 +111,7 @@ impl EmbeddedOrigin {
         dir: &Path,
         state: Arc<State>,
         bootstrap: &Bootstrap,
+        keep_history: u64,
     ) -> Result<Started, StoreError> {
         let violations = model.validate();
         if !violations.is_empty() {
@@ -116,8 +128,18 @@ impl EmbeddedOrigin {
             bootstrap_key = key;
             let mut after = IndexedModel::from(model.clone());
             let undo = after.apply_with_undo(&changes);
+            // The first revision is the server's own: recorded as made by the bootstrap key.
+            let first = HistoryEntry {
+                revision: 1,
+                caller: bootstrap.prefix.as_str().into(),
+                caller_user: Some("bootstrap".into()),
+                action: BOOTSTRAP_ACTION.into(),
+                unix_ms: crate::origin::upstream::unix_now_ms(),
+                teams: vec!["system".into()],
+                beyond_teams: true,
+            };
             store
-                .commit(&[(1, &changes, &undo)], &[])
+                .commit(&[(1, &changes, &undo)], &[], &[first], keep_history)
                 .map_err(|e| StoreError::Open {
                     path: store.path.clone(),
                     message: e.to_string(),
@@ -145,6 +167,7 @@ impl EmbeddedOrigin {
             broken: false,
             unflushed,
             status: status.clone(),
+            keep_history,
         };
         let writer = std::thread::Builder::new()
             .name("rolegate-store-writer".into())
@@ -156,7 +179,6 @@ impl EmbeddedOrigin {
         Ok(Started {
             origin: Arc::new(EmbeddedOrigin {
                 queue: Some(queue),
-                #[cfg(test)]
                 store,
                 data_dir: dir.to_owned(),
                 writer: Some(writer),
@@ -212,7 +234,24 @@ impl WritableOrigin for EmbeddedOrigin {
             now: crate::state::unix_now(),
         }))
     }
+
+    /// Read from the store file, off the async runtime.
+    fn history(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<HistoryEntry>, HistoryError>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.history_after(after, limit))
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?
+        })
+    }
 }
+
+/// The action the history shows for the revision a new store starts with.
+pub(crate) const BOOTSTRAP_ACTION: &str = "Bootstrap";
 
 impl Origin for EmbeddedOrigin {
     fn kind(&self) -> OriginKind {

@@ -34,11 +34,12 @@ use crate::{
     domain::{
         IndexedModel, Interner, Model,
         admin::{self, Command, WriteError},
+        history::{self, Author, HistoryEntry},
         model::Change,
     },
     origin::{
-        BoxFuture, Origin, OriginKind, OriginStatus, ReadOnly, ReloadStatus, RouteSource,
-        WritableOrigin, Written,
+        BoxFuture, HistoryError, Origin, OriginKind, OriginStatus, ReadOnly, ReloadStatus,
+        RouteSource, WritableOrigin, Written,
         embedded::{Bootstrap, StoreError, bootstrap_changes, seed_changes},
         upstream::{Backoff, unix_now_ms},
     },
@@ -92,6 +93,9 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// `--max-staleness`.
     pub max_staleness: Option<Duration>,
+    /// `--history-revisions`: the administration history older than this many etcd revisions
+    /// is pruned by the writes.
+    pub keep_history: u64,
 }
 
 /// Why the etcd origin could not start.
@@ -134,6 +138,8 @@ pub struct EtcdOrigin {
     history: String,
     /// Written into the marker, to tell instances apart when debugging.
     instance: String,
+    /// `--history-revisions`.
+    keep_history: u64,
 }
 
 /// What starting the origin produced besides the origin.
@@ -236,6 +242,7 @@ impl EtcdOrigin {
             max_staleness: config.max_staleness,
             history,
             instance: format!("{:016x}", rand::random::<u64>()),
+            keep_history: config.keep_history.max(1),
         };
         let origin = Arc::new(origin);
         origin.with_status(EtcdStatus::contacted);
@@ -583,13 +590,28 @@ impl EtcdOrigin {
     /// one when together they exceed etcd's limits for one transaction.
     async fn commit_group(&self, mut group: Vec<Queued>) -> Option<Vec<Queued>> {
         for attempt in 1..=MAX_ATTEMPTS {
-            let (accepted, marker) = {
+            let (accepted, made, marker) = {
                 let mut mirror = self.mirror();
                 let mut accepted: Vec<(Queued, Vec<Change>)> = Vec::with_capacity(group.len());
                 let mut undos = Vec::with_capacity(group.len());
+                let mut made = Vec::with_capacity(group.len());
                 for q in group.drain(..) {
+                    // Taken before: the write may delete the caller's own key.
+                    let author =
+                        Author::of(mirror.model.model(), &q.caller, &q.command, unix_now_ms());
                     match admin::execute(&q.caller, &q.command, &mut mirror.model, q.now) {
                         Ok((changes, undo)) => {
+                            if !changes.is_empty() {
+                                // The revision is etcd's, known once committed: read back as
+                                // the history key's `mod_revision`.
+                                made.push(history::entry(
+                                    0,
+                                    author,
+                                    &changes,
+                                    &undo,
+                                    mirror.model.model(),
+                                ));
+                            }
                             undos.push(undo);
                             accepted.push((q, changes));
                         }
@@ -604,7 +626,7 @@ impl EtcdOrigin {
                         mirror.model.apply(c);
                     }
                 }
-                (accepted, mirror.marker)
+                (accepted, made, mirror.marker)
             };
             if accepted.iter().all(|(_, changes)| changes.is_empty()) {
                 let revision = self.state.revision();
@@ -620,6 +642,20 @@ impl EtcdOrigin {
             let marker_key = self.layout.marker();
             let mut success = self.layout.ops(&all);
             success.push(layout::put(marker_key.clone(), self.marker_value()));
+            // Who made it, in the same transaction; the oldest entries pruned (best effort: a
+            // delete of whatever lies below the bound, usually nothing or one key).
+            success.push(layout::put(
+                self.layout.history_key(marker),
+                history::encode(&made),
+            ));
+            // The keys are named by the revision each write followed: those below `bound` hold
+            // revisions older than the last `keep_history` (this write's key, `marker`, stays).
+            let bound = marker
+                .saturating_add(1)
+                .saturating_sub(i64::try_from(self.keep_history).unwrap_or(i64::MAX));
+            if bound > 0 {
+                success.push(self.layout.history_below(bound));
+            }
             let ops = success.len();
             let txn = TxnRequest {
                 compare: vec![layout::mod_revision_is(marker_key.clone(), marker)],
@@ -783,6 +819,18 @@ async fn bootstrap_prefix(
             format!("{{\"layout\":{}}}", layout::LAYOUT_VERSION).into_bytes(),
         ),
         layout::put(layout.marker(), b"{\"bootstrap\":true}".to_vec()),
+        layout::put(
+            layout.history_key(0),
+            history::encode(&[HistoryEntry {
+                revision: 0,
+                caller: bootstrap.prefix.as_str().into(),
+                caller_user: Some("bootstrap".into()),
+                action: crate::origin::embedded::BOOTSTRAP_ACTION.into(),
+                unix_ms: unix_now_ms(),
+                teams: vec!["system".into()],
+                beyond_teams: true,
+            }]),
+        ),
     ];
     success.extend(layout.ops(&changes));
     let ops = success.len();
@@ -832,9 +880,10 @@ fn check_meta(layout: &Layout, value: &[u8]) -> Result<(), EtcdStartError> {
     Ok(())
 }
 
-/// Reads every key of the prefix at one revision, page by page.
+/// Reads every key of the state under the prefix at one revision, page by page (not the
+/// administration history, which the state does not need).
 async fn read_all(client: &EtcdClient, layout: &Layout) -> Result<Read, EtcdStartError> {
-    let (start, end) = layout.range();
+    let (start, end) = layout.state_range();
     let mut key = start;
     let mut at = 0;
     let mut cluster_id = 0;
@@ -895,6 +944,36 @@ impl WritableOrigin for EtcdOrigin {
         command: Command,
     ) -> BoxFuture<'_, Result<Written, WriteError>> {
         Box::pin(self.write(caller.into(), command))
+    }
+
+    /// One range read of the history keys, filtered by etcd to the revisions after `after`.
+    fn history(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<HistoryEntry>, HistoryError>> {
+        Box::pin(async move {
+            let (key, range_end) = self.layout.history_range();
+            let page = self
+                .client
+                .range(RangeRequest {
+                    key,
+                    range_end,
+                    limit: limit.min(i64::MAX as usize) as i64,
+                    // Keys are named by the revision each write followed, so a key before
+                    // `after` may still hold a revision after it: etcd filters by the revision
+                    // the key was written at (the write's own).
+                    min_mod_revision: after.saturating_add(1).min(i64::MAX as u64) as i64,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let mut entries = Vec::new();
+            for kv in &page.kvs {
+                entries.extend(history::decode(kv.mod_revision as u64, &kv.value)?);
+            }
+            Ok(entries)
+        })
     }
 }
 

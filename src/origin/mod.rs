@@ -28,6 +28,7 @@ use tokio::{
 
 use crate::domain::{
     admin::{Command, WriteError},
+    history::HistoryEntry,
     model::Change,
 };
 
@@ -130,7 +131,31 @@ pub trait WritableOrigin: Send + Sync {
     /// call returns once the write is durably committed and applied to the state.
     fn execute(&self, caller: &str, command: Command)
     -> BoxFuture<'_, Result<Written, WriteError>>;
+
+    /// The administration history kept with the writes: the entries of revisions after
+    /// `after`, oldest first, those of at most `limit` revisions (the entries of one revision
+    /// are never split). Kept in the same commit as each write, pruned to the last
+    /// `--history-revisions`.
+    fn history(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<HistoryEntry>, HistoryError>>;
 }
+
+/// Why the administration history could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// The store or the cluster could not be read.
+    #[error("the administration history cannot be read: {0}")]
+    Unavailable(String),
+    /// A stored entry cannot be decoded.
+    #[error("{0}")]
+    Corrupt(#[from] crate::domain::history::CorruptHistory),
+}
+
+/// How many revisions the administration history keeps by default (`--history-revisions`).
+pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
 
 /// One origin of truth while serving.
 ///

@@ -36,6 +36,8 @@ pub(crate) struct OriginConfig {
     pub(crate) max_staleness: Option<Duration>,
     /// `--etcd-endpoints` and the other etcd flags: serve the state kept in etcd.
     pub(crate) etcd: Option<EtcdConfig>,
+    /// `--history-revisions`: how many revisions the administration history keeps.
+    pub(crate) history_revisions: u64,
 }
 
 /// Why the origin could not be started.
@@ -137,9 +139,11 @@ async fn open_store(
     state: Arc<State>,
 ) -> Result<Arc<dyn Origin>, StartError> {
     let (dir, bootstrap) = (config.data_dir.clone(), config.bootstrap.clone());
-    let started =
-        tokio::task::spawn_blocking(move || EmbeddedOrigin::start(&dir, state, &bootstrap))
-            .await??;
+    let keep_history = config.history_revisions;
+    let started = tokio::task::spawn_blocking(move || {
+        EmbeddedOrigin::start_keeping(&dir, state, &bootstrap, keep_history)
+    })
+    .await??;
     if let Some(key) = &started.bootstrap_key {
         // Printed once, to the terminal only (not through the log pipeline); only its SHA-256
         // is stored.

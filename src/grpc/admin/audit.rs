@@ -46,6 +46,7 @@ revisioned!(
     pb::ListRoutesResponse,
     pb::WriteResponse,
     pb::ApplyResponse,
+    pb::ListHistoryResponse,
 );
 
 /// One Admin call being audited.

@@ -7,6 +7,7 @@
 mod audit;
 mod convert;
 mod explain;
+mod history;
 mod page;
 mod reads;
 mod rpc;

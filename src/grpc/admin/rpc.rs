@@ -374,4 +374,16 @@ impl Admin for AdminService {
         let target = |r: &pb::WhoCanRequest| format!("entitlement {}", r.entitlement);
         audited!(request, "WhoCan", target, self.who_can_inner(request))
     }
+
+    async fn list_history(
+        &self,
+        request: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        audited!(
+            request,
+            "ListHistory",
+            all("history"),
+            self.list_history_inner(request)
+        )
+    }
 }

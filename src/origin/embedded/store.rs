@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record;
-use crate::domain::{Interner, Model, RequestorId, model::Change};
+use crate::{
+    domain::{
+        Interner, Model, RequestorId,
+        history::{self, HistoryEntry},
+        model::Change,
+    },
+    origin::HistoryError,
+};
 
 /// Singleton values: the last committed revision, the history id (made once, with the store, so
 /// that a Watch resumed after a restart continues the same revision sequence), and the revision
@@ -28,6 +35,11 @@ pub(super) const UNDO: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("c
 /// commit, or when the writer stops; a revision without one (the last group before a crash) gets
 /// the replay's.
 pub(super) const GRANTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changelog_grants");
+/// The administration history: revision → who made it ([`crate::domain::history`]'s encoding),
+/// written in the transaction that commits the revision, the oldest pruned past the kept number
+/// of revisions (`--history-revisions`).
+pub(super) const ADMIN_HISTORY: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("admin_history");
 
 /// Why the embedded store cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +289,7 @@ impl Store {
             txn.open_table(LOG).map_err(|e| open_err(&e))?;
             txn.open_table(UNDO).map_err(|e| open_err(&e))?;
             txn.open_table(GRANTS).map_err(|e| open_err(&e))?;
+            txn.open_table(ADMIN_HISTORY).map_err(|e| open_err(&e))?;
             let has_history = meta.get(HISTORY).map_err(|e| open_err(&e))?.is_some();
             if !has_history {
                 // Made once, in the transaction that creates the store (or, for a store from
@@ -356,22 +369,47 @@ impl Store {
 
     /// Commits several revisions in one transaction: the change log entries with their undo,
     /// the objects they put or remove, and the new last revision; with them, `grants` records
-    /// which requestors' grants earlier revisions changed. All or nothing; durable when it
-    /// returns Ok.
+    /// which requestors' grants earlier revisions changed, and `history` who made the
+    /// revisions (the history older than the last `keep_history` revisions is pruned). All or
+    /// nothing; durable when it returns Ok.
     pub(super) fn commit(
         &self,
         sets: &[(u64, &[Change], &[Change])],
         grants: &[(u64, Vec<RequestorId>)],
+        history: &[HistoryEntry],
+        keep_history: u64,
     ) -> Result<(), redb::Error> {
-        self.with_db(|db| Self::commit_in(db, sets, grants))
+        self.with_db(|db| Self::commit_in(db, sets, grants, history, keep_history))
     }
 
     fn commit_in(
         db: &Database,
         sets: &[(u64, &[Change], &[Change])],
         grants: &[(u64, Vec<RequestorId>)],
+        history: &[HistoryEntry],
+        keep_history: u64,
     ) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
+        if !history.is_empty() {
+            let mut table = txn.open_table(ADMIN_HISTORY)?;
+            for entry in history {
+                table.insert(
+                    entry.revision,
+                    history::encode(std::slice::from_ref(entry)).as_slice(),
+                )?;
+            }
+            let newest = history.iter().map(|e| e.revision).max().unwrap_or(0);
+            let cutoff = newest.saturating_sub(keep_history);
+            loop {
+                let first = table.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(rev) if rev <= cutoff => {
+                        table.remove(rev)?;
+                    }
+                    _ => break,
+                }
+            }
+        }
         {
             let mut log = txn.open_table(LOG)?;
             let mut undo_log = txn.open_table(UNDO)?;
@@ -431,6 +469,32 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The administration history of the revisions after `after`, oldest first, at most
+    /// `limit` revisions of it.
+    pub(crate) fn history_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let rows = self
+            .with_db(|db| {
+                let read = db.begin_read()?;
+                let table = read.open_table(ADMIN_HISTORY)?;
+                let mut rows = Vec::new();
+                for item in table.range(after.saturating_add(1)..)?.take(limit) {
+                    let (k, v) = item?;
+                    rows.push((k.value(), v.value().to_vec()));
+                }
+                Ok(rows)
+            })
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (revision, bytes) in rows {
+            entries.extend(history::decode(revision, &bytes)?);
+        }
+        Ok(entries)
     }
 
     #[cfg(test)]

@@ -80,8 +80,14 @@ async fn a_failing_disk_refuses_the_write_with_nothing_half_done() {
     )
     .unwrap();
     let state = Arc::new(State::new());
-    let started =
-        EmbeddedOrigin::start_on(opened, dir.path(), state.clone(), &bootstrap()).unwrap();
+    let started = EmbeddedOrigin::start_on(
+        opened,
+        dir.path(),
+        state.clone(),
+        &bootstrap(),
+        crate::origin::DEFAULT_HISTORY_REVISIONS,
+    )
+    .unwrap();
     let team = |id: &str| {
         let id: Arc<str> = id.into();
         Box::new(move |_m: &Model| {
@@ -662,4 +668,94 @@ async fn writes_are_durable_and_revisions_continue_after_reopening() {
     assert!(Arc::ptr_eq(&key.owner, &owner.id));
     let team = key.team.as_ref().unwrap();
     assert!(Arc::ptr_eq(team, &m.teams[&**team].id));
+}
+
+fn entry_at(revision: u64) -> crate::domain::history::HistoryEntry {
+    crate::domain::history::HistoryEntry {
+        revision,
+        caller: "BootstrapKey01".into(),
+        caller_user: Some("bootstrap".into()),
+        action: "UpdateTeam".into(),
+        unix_ms: 1_700_000_000_000,
+        teams: vec!["acme".into()],
+        beyond_teams: false,
+    }
+}
+
+/// The history is committed with its revision, read back a number of revisions at a time, and
+/// pruned past the kept number by the commit that goes beyond it.
+#[test]
+fn the_history_is_committed_with_its_revision_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, revision) = Store::open(dir.path()).unwrap();
+    assert_eq!(revision, 0);
+    for r in 1..=5u64 {
+        let team = Change::PutTeam(Team {
+            id: "acme".into(),
+            name: format!("Acme {r}"),
+            active: true,
+        });
+        store
+            .commit(&[(r, &[team], &[])], &[], &[entry_at(r)], 3)
+            .unwrap();
+    }
+    let revisions = |after, limit| -> Vec<u64> {
+        store
+            .history_after(after, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect()
+    };
+    assert_eq!(revisions(0, 100), [3, 4, 5], "the last 3 kept");
+    assert_eq!(revisions(3, 100), [4, 5]);
+    assert_eq!(revisions(0, 1), [3]);
+    assert_eq!(revisions(5, 100), Vec::<u64>::new());
+    assert_eq!(store.history_after(0, 1).unwrap()[0], entry_at(3));
+}
+
+/// What recording the history adds to a durable commit of one write: single-write commits with
+/// their history entry against the same commits without it, alternated, in one run. Prints the
+/// ratio (docs/performance.md has the measured figures); asserts only that both kinds commit.
+/// `ROLEGATE_HISTORY_COMMITS` sets the commits of each kind (default 200).
+#[test]
+fn recording_the_history_costs_a_durable_commit_little() {
+    let n: u64 = std::env::var("ROLEGATE_HISTORY_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = Store::open(dir.path()).unwrap();
+    let (mut with, mut without) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for r in 1..=2 * n {
+        let key = Change::PutKey(Arc::new(team_key(
+            &format!("Key{r:08}"),
+            "alice",
+            "acme",
+            &["DEVELOPER"],
+        )));
+        let history = if r % 2 == 0 {
+            vec![entry_at(r)]
+        } else {
+            Vec::new()
+        };
+        let t0 = std::time::Instant::now();
+        store
+            .commit(&[(r, &[key], &[])], &[], &history, 10_000)
+            .unwrap();
+        let took = t0.elapsed();
+        if history.is_empty() {
+            without += took;
+        } else {
+            with += took;
+        }
+    }
+    assert_eq!(store.history_after(0, usize::MAX).unwrap().len() as u64, n);
+    eprintln!(
+        "{n} durable single-write commits each: with the history entry {:?} per commit, without \
+         {:?}; ratio {:.3}",
+        with / n as u32,
+        without / n as u32,
+        with.as_secs_f64() / without.as_secs_f64()
+    );
 }

@@ -13,6 +13,7 @@ use crate::{
     domain::{
         IndexedModel, RequestorId,
         admin::{self, Command, WriteError},
+        history::{self, Author, HistoryEntry},
         model::Change,
     },
     origin::{ReloadStatus, Written},
@@ -72,6 +73,8 @@ pub(super) struct Writer {
     pub(super) unflushed: Vec<(u64, Vec<RequestorId>)>,
     /// Shared with `/status`. The writer is the only one to change it.
     pub(super) status: Arc<Mutex<ReloadStatus>>,
+    /// How many revisions the administration history keeps (`--history-revisions`).
+    pub(super) keep_history: u64,
 }
 
 struct Pending {
@@ -79,6 +82,8 @@ struct Pending {
     revision: Option<u64>,
     changes: Vec<Change>,
     undo: Vec<Change>,
+    /// Who made the revision (`None` for a trusted edit of the tests).
+    history: Option<HistoryEntry>,
     ack: oneshot::Sender<Result<Written, WriteError>>,
 }
 
@@ -98,7 +103,9 @@ impl Writer {
         // Stopping (the origin is dropped): record what the last group's revisions changed.
         if !self.unflushed.is_empty()
             && !self.broken
-            && let Err(err) = self.store.commit(&[], &self.unflushed)
+            && let Err(err) = self
+                .store
+                .commit(&[], &self.unflushed, &[], self.keep_history)
         {
             tracing::warn!(error = %err, "the last revisions' changed grants are not recorded");
         }
@@ -170,10 +177,12 @@ impl Writer {
             })
             .collect();
         let written = sets.len();
+        let history: Vec<HistoryEntry> = pending.iter().filter_map(|p| p.history.clone()).collect();
         let committed = if sets.is_empty() {
             Ok(())
         } else {
-            self.store.commit(&sets, &self.unflushed)
+            self.store
+                .commit(&sets, &self.unflushed, &history, self.keep_history)
         };
         if let Err(err) = committed {
             tracing::error!(error = %err, writes = written, "store commit failed; the writes are refused");
@@ -201,15 +210,19 @@ impl Writer {
             }))
             .unwrap_or_else(|_| Err(WriteError::Unavailable("internal error".into())));
             match outcome {
-                Ok((changes, undo)) => {
+                Ok((changes, undo, made)) => {
                     let revision = (!changes.is_empty()).then(|| {
                         self.revision += 1;
                         self.revision
+                    });
+                    let history = revision.zip(made).map(|(revision, author)| {
+                        history::entry(revision, author, &changes, &undo, self.model.model())
                     });
                     pending.push(Pending {
                         revision,
                         changes,
                         undo,
+                        history,
                         ack: req.ack,
                     });
                 }
@@ -263,23 +276,34 @@ impl Writer {
     }
 
     /// Performs one write on the writer's model: on success its changes stay applied (none
-    /// when it changes nothing) and their undo is returned; on failure the model is unchanged.
-    fn perform(
-        model: &mut IndexedModel,
-        work: Work,
-    ) -> Result<(Vec<Change>, Vec<Change>), WriteError> {
+    /// when it changes nothing) and their undo is returned, with who made it; on failure the
+    /// model is unchanged.
+    fn perform(model: &mut IndexedModel, work: Work) -> Result<Performed, WriteError> {
         match work {
             Work::Admin {
                 caller,
                 command,
                 now,
-            } => admin::execute(&caller, &command, model, now),
+            } => {
+                // Taken before: the write may delete the caller's own key.
+                let author = Author::of(
+                    model.model(),
+                    &caller,
+                    &command,
+                    crate::origin::upstream::unix_now_ms(),
+                );
+                let (changes, undo) = admin::execute(&caller, &command, model, now)?;
+                Ok((changes, undo, Some(author)))
+            }
             #[cfg(test)]
             Work::Edit(edit) => {
                 let changes = edit(model)?;
                 let undo = model.apply_valid(&changes).map_err(WriteError::Invalid)?;
-                Ok((changes, undo))
+                Ok((changes, undo, None))
             }
         }
     }
 }
+
+/// A performed write: its changes, their undo, and who made it (none for a trusted edit).
+type Performed = (Vec<Change>, Vec<Change>, Option<Author>);

@@ -7,6 +7,7 @@
 //! | `meta` | `{"layout":1}`: written once, by the instance that bootstraps the prefix |
 //! | `rev` | the write marker: every write of rolegate puts it in the same transaction, so its `mod_revision` is the revision of the last rolegate write |
 //! | `o/<kind>/<id>` | one object (`o/team/acme`, `o/key/<prefix>`, `o/role/<id>`, `o/routes`, …), its record as the embedded store keeps it ([`crate::origin::record`]) |
+//! | `h/<revision>` | the administration history of one write transaction ([`crate::domain::history`]'s encoding), put in that transaction. Named by the marker's revision the write followed (20 digits, zero-padded, so that key order is commit order; a transaction's own revision is not known before it commits): the entry's revision is the key's `mod_revision` |
 
 use std::collections::HashMap;
 
@@ -78,6 +79,38 @@ impl Layout {
 
     pub(crate) fn marker(&self) -> Vec<u8> {
         format!("{}rev", self.prefix).into_bytes()
+    }
+
+    /// The history key of the write that follows the marker's revision `marker`.
+    pub(crate) fn history_key(&self, marker: i64) -> Vec<u8> {
+        format!("{}h/{:020}", self.prefix, marker.max(0)).into_bytes()
+    }
+
+    /// The range of every history key.
+    pub(crate) fn history_range(&self) -> (Vec<u8>, Vec<u8>) {
+        let start = format!("{}h/", self.prefix).into_bytes();
+        let end = prefix_end(&start);
+        (start, end)
+    }
+
+    /// The range of the keys of the state: the whole prefix but the history keys, which sort
+    /// before every other key of it (`h/` < `meta` < `o/` < `rev`).
+    pub(crate) fn state_range(&self) -> (Vec<u8>, Vec<u8>) {
+        let (_, history_end) = self.history_range();
+        let (_, end) = self.range();
+        (history_end, end)
+    }
+
+    /// Deletes the history keys of the writes that followed a revision below `bound`.
+    pub(crate) fn history_below(&self, bound: i64) -> RequestOp {
+        let (start, _) = self.history_range();
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: start,
+                range_end: self.history_key(bound),
+                ..Default::default()
+            })),
+        }
     }
 
     fn object(&self, record_key: &str) -> Vec<u8> {
@@ -196,6 +229,16 @@ mod tests {
         assert_eq!(l.kind(b"/rolegate/o/team/a/b"), KeyKind::Object("team/a/b"));
         assert_eq!(l.kind(b"/rolegate/other"), KeyKind::Other);
         assert_eq!(l.kind(b"/elsewhere/o/team/a"), KeyKind::Other);
+        // History keys sort in commit order, outside the state's range.
+        assert_eq!(
+            l.history_key(42),
+            b"/rolegate/h/00000000000000000042".to_vec()
+        );
+        assert!(l.history_key(9) < l.history_key(10));
+        let (state_start, state_end) = l.state_range();
+        assert_eq!(state_end, l.range().1);
+        assert!(l.history_key(i64::MAX) < state_start && state_start < l.meta());
+        assert_eq!(l.kind(&l.history_key(3)), KeyKind::Other);
     }
 
     #[test]

@@ -164,6 +164,7 @@ async fn every_write_is_listed_with_its_caller_action_and_time() {
     // every write, in order, each at the revision its answer gave.
     let all = history(&mut admin, BOOTSTRAP, 0, 0).await.unwrap();
     assert_eq!(summary(&all[..1]), [(1, BOOTSTRAP_PREFIX, "Bootstrap")]);
+    assert_eq!(all[0].teams, ["system"], "{:?}", all[0]);
     assert_eq!(summary(&all[1..]), owned(&made));
     for e in &all[1..] {
         assert!(

@@ -1,8 +1,8 @@
 //! The administration history over real gRPC: on the embedded store and on a real etcd, every
 //! committed write is listed with its caller's key prefix, its RPC (or Apply) and its time;
 //! `since_revision` and paging; `audit.read` required, and each scope (ALL, TEAM, OWN) sees its
-//! entries only; retention prunes; the history survives a restart; a policy-file server keeps
-//! none and says so.
+//! entries only; retention prunes; the history survives a restart; a policy-file server and a
+//! follower keep none and say so.
 
 mod common;
 
@@ -164,6 +164,7 @@ async fn every_write_is_listed_with_its_caller_action_and_time() {
     // every write, in order, each at the revision its answer gave.
     let all = history(&mut admin, BOOTSTRAP, 0, 0).await.unwrap();
     assert_eq!(summary(&all[..1]), [(1, BOOTSTRAP_PREFIX, "Bootstrap")]);
+    assert_eq!(all[0].teams, ["system"], "{:?}", all[0]);
     assert_eq!(summary(&all[1..]), owned(&made));
     for e in &all[1..] {
         assert!(
@@ -344,7 +345,7 @@ async fn retention_prunes_and_the_history_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn a_policy_file_server_keeps_no_history_and_says_so() {
+async fn a_policy_file_server_or_a_follower_keeps_no_history_and_says_so() {
     let server = TestServer::policy(&common::example_policy()).await;
     let mut admin = server.admin().await;
     let refused = history(&mut admin, keys::OLIVIA_OWNER, 0, 0)
@@ -354,9 +355,23 @@ async fn a_policy_file_server_keeps_no_history_and_says_so() {
     assert!(
         refused
             .message()
-            .contains("keeps no administration history"),
+            .contains("(policy_file origin) keeps no administration history"),
         "{refused:?}"
     );
+
+    // A follower of a store hub: the hub lists it; the follower sends the caller there.
+    let hub = TestServer::store().await;
+    let mut hub_admin = hub.admin().await;
+    let made = write_some(&mut hub_admin).await;
+    let follower = TestServer::follower(&hub).await;
+    let mut follower_admin = follower.admin().await;
+    let refused = history(&mut follower_admin, BOOTSTRAP, 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("ask the hub"), "{refused:?}");
+    let listed = history(&mut hub_admin, BOOTSTRAP, 0, 0).await.unwrap();
+    assert_eq!(summary(&listed[1..]), owned(&made));
 }
 
 /// Two instances on one real etcd: a write through either is listed by both, at the revision

@@ -24,7 +24,7 @@ use crate::{
         Expiry, IndexedModel, KeySpec, KeyStatus, KeyType, Model, RequestorId, SecretHash, Team,
         TeamList, User,
         admin::{Command, WriteError},
-        history::HistoryEntry,
+        history::{self, Author, HistoryEntry},
         key::generate_key,
         model::Change,
     },
@@ -128,16 +128,7 @@ impl EmbeddedOrigin {
             bootstrap_key = key;
             let mut after = IndexedModel::from(model.clone());
             let undo = after.apply_with_undo(&changes);
-            // The first revision is the server's own: recorded as made by the bootstrap key.
-            let first = HistoryEntry {
-                revision: 1,
-                caller: bootstrap.prefix.as_str().into(),
-                caller_user: Some("bootstrap".into()),
-                action: BOOTSTRAP_ACTION.into(),
-                unix_ms: crate::origin::upstream::unix_now_ms(),
-                teams: vec!["system".into()],
-                beyond_teams: true,
-            };
+            let first = bootstrap_entry(1, bootstrap, &changes, after.model());
             store
                 .commit(&[(1, &changes, &undo)], &[], &[first], keep_history)
                 .map_err(|e| StoreError::Open {
@@ -250,8 +241,25 @@ impl WritableOrigin for EmbeddedOrigin {
     }
 }
 
-/// The action the history shows for the revision a new store starts with.
-pub(crate) const BOOTSTRAP_ACTION: &str = "Bootstrap";
+/// The history entry of the revision a new store (or etcd prefix) starts with, `changes` on the
+/// empty model giving `after`: recorded as made by the bootstrap key, action `Bootstrap`.
+pub(crate) fn bootstrap_entry(
+    revision: u64,
+    bootstrap: &Bootstrap,
+    changes: &[Change],
+    after: &Model,
+) -> HistoryEntry {
+    let author = Author {
+        caller: bootstrap.prefix.as_str().into(),
+        caller_user: Some(BOOTSTRAP_USER.into()),
+        action: "Bootstrap",
+        unix_ms: crate::origin::upstream::unix_now_ms(),
+    };
+    history::entry(revision, author, changes, &[], after)
+}
+
+/// The user of the bootstrap key.
+const BOOTSTRAP_USER: &str = "bootstrap";
 
 impl Origin for EmbeddedOrigin {
     fn kind(&self) -> OriginKind {
@@ -413,7 +421,7 @@ pub(crate) fn bootstrap_changes(
         ));
     }
     let team: Arc<str> = "system".into();
-    let user: Arc<str> = "bootstrap".into();
+    let user: Arc<str> = BOOTSTRAP_USER.into();
     let mut changes = Vec::new();
     if !model.teams.contains_key(&team) {
         changes.push(Change::PutTeam(Team {

@@ -40,7 +40,7 @@ use crate::{
     origin::{
         BoxFuture, HistoryError, Origin, OriginKind, OriginStatus, ReadOnly, ReloadStatus,
         RouteSource, WritableOrigin, Written,
-        embedded::{Bootstrap, StoreError, bootstrap_changes, seed_changes},
+        embedded::{Bootstrap, StoreError, bootstrap_changes, bootstrap_entry, seed_changes},
         upstream::{Backoff, unix_now_ms},
     },
     state::{ChangeSet, State},
@@ -819,20 +819,16 @@ async fn bootstrap_prefix(
             format!("{{\"layout\":{}}}", layout::LAYOUT_VERSION).into_bytes(),
         ),
         layout::put(layout.marker(), b"{\"bootstrap\":true}".to_vec()),
-        layout::put(
-            layout.history_key(0),
-            history::encode(&[HistoryEntry {
-                revision: 0,
-                caller: bootstrap.prefix.as_str().into(),
-                caller_user: Some("bootstrap".into()),
-                action: crate::origin::embedded::BOOTSTRAP_ACTION.into(),
-                unix_ms: unix_now_ms(),
-                teams: vec!["system".into()],
-                beyond_teams: true,
-            }]),
-        ),
     ];
     success.extend(layout.ops(&changes));
+    // Who made the first revision; its revision is the key's `mod_revision`, as for any write.
+    let mut after = IndexedModel::from(empty);
+    after.apply_with_undo(&changes);
+    let first = bootstrap_entry(0, bootstrap, &changes, after.model());
+    success.push(layout::put(
+        layout.history_key(0),
+        history::encode(&[first]),
+    ));
     let ops = success.len();
     let answer = client
         .txn(TxnRequest {

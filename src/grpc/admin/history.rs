@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     domain::history::{HistoryEntry, HistoryReader},
-    origin::HistoryError,
+    origin::{HistoryError, OriginKind},
 };
 
 const DEFAULT_PAGE: usize = 100;
@@ -81,11 +81,19 @@ impl AdminService {
         request: Request<pb::ListHistoryRequest>,
     ) -> Result<Response<pb::ListHistoryResponse>, Status> {
         let reader = HistoryReader::from(&self.visible(request.metadata(), "audit.read")?);
-        let origin = self.origin.writer().map_err(|read_only| {
+        // The history is kept where the writes are committed; a follower's hub keeps it.
+        let origin = self.origin.writer().map_err(|_| {
+            let kind = self.origin.kind();
+            let instead = match kind {
+                OriginKind::Upstream => "ask the hub this server follows",
+                _ => {
+                    "a policy file records no authors: its history is the file's own (e.g. in git)"
+                }
+            };
             Status::failed_precondition(format!(
-                "this server keeps no administration history (it is kept where writes are \
-                 committed: the embedded store or etcd): {}",
-                read_only.0
+                "this server ({} origin) keeps no administration history; it is kept where \
+                 writes are committed (the embedded store or etcd): {instead}",
+                kind.name()
             ))
         })?;
         let r = request.into_inner();

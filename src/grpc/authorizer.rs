@@ -155,8 +155,13 @@ impl Authorizer for AuthorizerService {
             .wants_trace()
             .then(|| traceparent(request.metadata()))
             .flatten();
-        let _span = trace.map(|t| span(FrontEnd::Check, t));
+        let span = trace.map(|t| self.telemetry.span(FrontEnd::Check, t));
         let response = self.check_one(request.get_ref(), "", FrontEnd::Check, trace)?;
+        if let Some(span) = &span {
+            let reason = response.reason().as_str_name();
+            let reason = reason.strip_prefix("REASON_").unwrap_or(reason);
+            crate::telemetry::otlp::record_outcome(span, response.allowed, reason);
+        }
         Ok(Response::new(response))
     }
 
@@ -183,7 +188,7 @@ impl Authorizer for AuthorizerService {
             .wants_trace()
             .then(|| traceparent(request.metadata()))
             .flatten();
-        let _span = trace.map(|t| span(FrontEnd::CheckBatch, t));
+        let _span = trace.map(|t| self.telemetry.span(FrontEnd::CheckBatch, t));
         let revision = self.state.revision();
         let results = batch
             .checks
@@ -204,17 +209,6 @@ impl Authorizer for AuthorizerService {
 /// The W3C trace context of a call (its `traceparent` metadata), when valid.
 pub(crate) fn traceparent(metadata: &MetadataMap) -> Option<TraceContext> {
     TraceContext::parse(metadata.get("traceparent")?.to_str().ok()?)
-}
-
-/// The span a traced decision runs in (debug level: free unless enabled).
-fn span(front: FrontEnd, t: TraceContext) -> tracing::span::EnteredSpan {
-    tracing::debug_span!(
-        "decision",
-        front_end = front.as_str(),
-        trace_id = t.trace_id(),
-        span_id = t.span_id()
-    )
-    .entered()
 }
 
 /// The decision log record of one check: the key only by its prefix.

@@ -230,11 +230,11 @@ fn record(
             .map(|k| k.prefix.into()),
     };
     r.requested_by = outcome.entry.as_ref().map(|e| e.requestor.id.clone());
-    r.entitlement.clone_from(&req.entitlement);
+    r.entitlement = req.entitlement.as_str().into();
     if let Some(res) = &req.resource {
-        r.team_id.clone_from(&res.team_id);
-        r.owner_key_prefix.clone_from(&res.owner_key_prefix);
-        r.owner_user_id.clone_from(&res.owner_user_id);
+        r.team_id = res.team_id.as_str().into();
+        r.owner_key_prefix = res.owner_key_prefix.as_str().into();
+        r.owner_user_id = res.owner_user_id.as_str().into();
     }
     r.allowed = outcome.decision.is_allowed();
     r.scope = outcome.decision.scope;

@@ -159,10 +159,12 @@ pub async fn run(
             tls.watch(config.tls.tls_reload_interval, stop.clone()),
         ));
     }
-    let telemetry = Arc::new(match config.decision_log() {
+    let telemetry = match config.decision_log() {
         Some(log) => Telemetry::with_log(DecisionLog::start(&log).map_err(AppError::DecisionLog)?),
         None => Telemetry::new(),
-    });
+    };
+    // The exporter itself is the binary's (it belongs to the process's `tracing` subscriber).
+    let telemetry = Arc::new(telemetry.exporting_spans(config.otlp_endpoint.is_some()));
     if telemetry.log.is_some() {
         background.push(tokio::spawn(reopen_on_sighup(
             telemetry.clone(),

@@ -184,6 +184,17 @@ pub struct ServeConfig {
         value_parser = parse_rate
     )]
     pub decision_log_sample_allowed: f64,
+
+    /// Export rolegate's own spans over OTLP/gRPC to this collector (`http://HOST:4317`, or
+    /// `https://` checked against the system's roots). Only a request whose W3C `traceparent`
+    /// is sampled gets a span, a child of the caller's; the others cost nothing. Off by default.
+    #[arg(
+        long,
+        env = "ROLEGATE_OTLP_ENDPOINT",
+        value_name = "URL",
+        value_parser = crate::telemetry::otlp::parse_endpoint
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A share between 0 and 1.
@@ -244,6 +255,7 @@ impl ServeConfig {
             decision_log: None,
             decision_log_denied_only: false,
             decision_log_sample_allowed: 1.0,
+            otlp_endpoint: None,
         }
     }
 

@@ -511,7 +511,7 @@ async fn a_pipe_nobody_reads_never_stalls_a_check() {
     }
     let decided = (batches * per_batch) as f64;
     let dropped = metric(&server, "rolegate_decision_log_dropped_total").await;
-    // The queue holds 16,384 records; the writer holds at most one buffer of 64 KiB (a few
+    // The queue holds 16,384 records; the writer holds at most one buffer of 128 KiB (a few
     // hundred records) while it waits for the FIFO's reader.
     assert!(
         dropped >= decided - 16.0 * 1024.0 - 1000.0,

@@ -154,16 +154,8 @@ impl Authz {
         if !self.state.is_loaded() {
             return Err(Unanswerable::NotReady);
         }
-        let _span = trace.map(|t| {
-            tracing::debug_span!(
-                "decision",
-                front_end = front.as_str(),
-                trace_id = t.trace_id(),
-                span_id = t.span_id()
-            )
-            .entered()
-        });
         let telemetry = &*self.telemetry;
+        let span = trace.map(|t| telemetry.span(front, t));
         let mut trail = Trail::new(telemetry.logging());
         let decision = match self.decide(req, &mut trail) {
             // The front end's own last word: what it cannot pass on safely is a denial, counted
@@ -183,6 +175,13 @@ impl Authz {
             ProxyDecision::Deny(d) => (false, crate::telemetry::reason_index(d.reason)),
         };
         telemetry.decisions.count(front, allowed, reason);
+        if let Some(span) = &span {
+            crate::telemetry::otlp::record_outcome(
+                span,
+                allowed,
+                crate::telemetry::REASONS[reason].1,
+            );
+        }
         if let Some(log) = telemetry.log_for(allowed) {
             log.send(trail.record(self, front, req, allowed, reason, trace));
         }

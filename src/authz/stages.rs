@@ -58,7 +58,7 @@ impl Authz {
         }
         let entitlement = target.entitlement()?;
         if trail.on {
-            trail.entitlement = entitlement.to_owned();
+            trail.entitlement = entitlement.into();
         }
         if !self.config.exact_upstream_paths {
             target.refuse_resembling()?;
@@ -133,7 +133,7 @@ pub(crate) struct Trail {
     started: Option<Instant>,
     key_prefix: Option<CompactString>,
     requested_by: Option<RequestorId>,
-    entitlement: String,
+    entitlement: CompactString,
     resource: Option<Resource>,
     scope: Option<Scope>,
     revision: u64,
@@ -172,13 +172,13 @@ impl Trail {
             .or_else(|| authz.presented_prefix(req.headers));
         r.entitlement = self.entitlement;
         if let Some(res) = self.resource {
-            r.team_id = res.team;
-            r.owner_key_prefix = res.owner_key;
-            r.owner_user_id = res.owner_user;
+            r.team_id = res.team.into();
+            r.owner_key_prefix = res.owner_key.into();
+            r.owner_user_id = res.owner_user.into();
         }
         // The path without its query string, which may carry anything.
         let path = req.path.split_once('?').map_or(req.path, |(p, _)| p);
-        r.route = Some((req.method.to_owned(), path.to_owned()));
+        r.route = Some((req.method.into(), path.into()));
         r.allowed = allowed;
         r.scope = self.scope;
         r.reason = crate::telemetry::REASONS[reason].1;

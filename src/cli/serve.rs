@@ -5,20 +5,44 @@ use std::process::ExitCode;
 use rolegate::{
     app::{self, AppError, Listeners},
     config::{LogFormat, ServeConfig},
+    telemetry::otlp::OtlpExport,
 };
 
 /// Serves `config`. Exit codes: 0 after a clean shutdown; 2 when an operator has to act first
-/// (a policy file that cannot be loaded, TLS that cannot be set up, a store that cannot be
-/// used); 1 when the server failed otherwise.
+/// (a policy file that cannot be loaded, TLS or span export that cannot be set up, a store that
+/// cannot be used); 1 when the server failed otherwise.
 pub(crate) fn run(config: ServeConfig) -> ExitCode {
-    init_logs(config.log_format);
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(err) => {
+            init_logs(config.log_format, None);
             tracing::error!(error = %err, "cannot start");
             return ExitCode::from(1);
         }
     };
+    // Within the runtime: the exporter's gRPC channel runs on it.
+    let otlp = match config.otlp_endpoint.as_deref().map(|endpoint| {
+        let _runtime = rt.enter();
+        OtlpExport::start(endpoint)
+    }) {
+        None => None,
+        Some(Ok(otlp)) => Some(otlp),
+        Some(Err(err)) => {
+            init_logs(config.log_format, None);
+            tracing::error!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format, otlp.as_ref());
+    let code = serve(&rt, config);
+    // After the drain, while the runtime still carries the exporter's connection.
+    if let Some(otlp) = otlp {
+        otlp.shutdown();
+    }
+    code
+}
+
+fn serve(rt: &tokio::runtime::Runtime, config: ServeConfig) -> ExitCode {
     let listeners = match rt.block_on(Listeners::bind(&config)) {
         Ok(listeners) => listeners,
         Err(err) => {
@@ -50,20 +74,26 @@ pub(crate) fn run(config: ServeConfig) -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
-fn init_logs(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines; with `otlp`,
+/// the spans it exports go to it too, whatever `RUST_LOG` says.
+fn init_logs(format: LogFormat, otlp: Option<&OtlpExport>) {
     use std::io::IsTerminal;
-    let builder = fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::{
+        EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, never into a file or a log collector.
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(otlp.map(OtlpExport::layer))
+        .with(logs.with_filter(filter))
+        .init();
 }
 
 /// Resolves on SIGTERM or SIGINT.

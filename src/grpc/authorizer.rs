@@ -155,8 +155,13 @@ impl Authorizer for AuthorizerService {
             .wants_trace()
             .then(|| traceparent(request.metadata()))
             .flatten();
-        let _span = trace.map(|t| span(FrontEnd::Check, t));
+        let span = trace.map(|t| self.telemetry.span(FrontEnd::Check, t));
         let response = self.check_one(request.get_ref(), "", FrontEnd::Check, trace)?;
+        if let Some(span) = &span {
+            let reason = response.reason().as_str_name();
+            let reason = reason.strip_prefix("REASON_").unwrap_or(reason);
+            crate::telemetry::otlp::record_outcome(span, response.allowed, reason);
+        }
         Ok(Response::new(response))
     }
 
@@ -183,7 +188,7 @@ impl Authorizer for AuthorizerService {
             .wants_trace()
             .then(|| traceparent(request.metadata()))
             .flatten();
-        let _span = trace.map(|t| span(FrontEnd::CheckBatch, t));
+        let _span = trace.map(|t| self.telemetry.span(FrontEnd::CheckBatch, t));
         let revision = self.state.revision();
         let results = batch
             .checks
@@ -206,17 +211,6 @@ pub(crate) fn traceparent(metadata: &MetadataMap) -> Option<TraceContext> {
     TraceContext::parse(metadata.get("traceparent")?.to_str().ok()?)
 }
 
-/// The span a traced decision runs in (debug level: free unless enabled).
-fn span(front: FrontEnd, t: TraceContext) -> tracing::span::EnteredSpan {
-    tracing::debug_span!(
-        "decision",
-        front_end = front.as_str(),
-        trace_id = t.trace_id(),
-        span_id = t.span_id()
-    )
-    .entered()
-}
-
 /// The decision log record of one check: the key only by its prefix.
 fn record(
     front: FrontEnd,
@@ -236,11 +230,11 @@ fn record(
             .map(|k| k.prefix.into()),
     };
     r.requested_by = outcome.entry.as_ref().map(|e| e.requestor.id.clone());
-    r.entitlement.clone_from(&req.entitlement);
+    r.entitlement = req.entitlement.as_str().into();
     if let Some(res) = &req.resource {
-        r.team_id.clone_from(&res.team_id);
-        r.owner_key_prefix.clone_from(&res.owner_key_prefix);
-        r.owner_user_id.clone_from(&res.owner_user_id);
+        r.team_id = res.team_id.as_str().into();
+        r.owner_key_prefix = res.owner_key_prefix.as_str().into();
+        r.owner_user_id = res.owner_user_id.as_str().into();
     }
     r.allowed = outcome.decision.is_allowed();
     r.scope = outcome.decision.scope;

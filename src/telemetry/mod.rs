@@ -9,6 +9,7 @@
 pub(crate) mod decision_log;
 pub(crate) mod grpc;
 pub(crate) mod metrics;
+pub mod otlp;
 pub(crate) mod process;
 pub(crate) mod trace;
 
@@ -201,6 +202,8 @@ pub struct Telemetry {
     pub(crate) decisions: DecisionCounters,
     pub(crate) http_auth: HttpAuthCounters,
     pub(crate) log: Option<DecisionLog>,
+    /// Spans of requests with a sampled `traceparent` are exported (`--otlp-endpoint`).
+    pub(crate) export_spans: bool,
 }
 
 impl Telemetry {
@@ -224,11 +227,24 @@ impl Telemetry {
         self.log.as_ref().filter(|log| log.wants(allowed))
     }
 
-    /// Whether a request's trace context is worth reading: for the decision log, or for
-    /// rolegate's own spans at debug level.
+    /// Exporting the spans of sampled requests (`--otlp-endpoint`).
+    #[must_use]
+    pub fn exporting_spans(mut self, on: bool) -> Self {
+        self.export_spans = on;
+        self
+    }
+
+    /// Whether a request's trace context is worth reading: for the decision log, for the
+    /// exported spans, or for rolegate's own spans at debug level.
     #[inline]
     pub(crate) fn wants_trace(&self) -> bool {
-        self.log.is_some() || tracing::enabled!(tracing::Level::DEBUG)
+        self.log.is_some() || self.export_spans || tracing::enabled!(tracing::Level::DEBUG)
+    }
+
+    /// The span a decision with the trace context `trace` runs in (see [`otlp::decision_span`]).
+    #[inline]
+    pub(crate) fn span(&self, front: FrontEnd, trace: TraceContext) -> tracing::span::EnteredSpan {
+        otlp::decision_span(front, trace, self.export_spans)
     }
 
     /// Whether a decision log is configured at all (records are then prepared).

@@ -3,11 +3,13 @@
 
 use std::fmt;
 
-/// A parsed `traceparent`: the trace id and the caller's span id, as lower-case hex.
+/// A parsed `traceparent`: the trace id and the caller's span id, as lower-case hex, and
+/// whether the caller sampled the trace (the flags' low bit).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TraceContext {
     trace_id: [u8; 32],
     span_id: [u8; 16],
+    sampled: bool,
 }
 
 impl TraceContext {
@@ -39,6 +41,11 @@ impl TraceContext {
         let mut out = TraceContext {
             trace_id: [0; 32],
             span_id: [0; 16],
+            // Two hex digits, checked above; only the low bit is defined.
+            sampled: matches!(
+                flags[1],
+                b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+            ),
         };
         out.trace_id.copy_from_slice(trace);
         out.span_id.copy_from_slice(span);
@@ -52,6 +59,12 @@ impl TraceContext {
 
     pub(crate) fn span_id(&self) -> &str {
         std::str::from_utf8(&self.span_id).unwrap_or_default()
+    }
+
+    /// Whether the caller records this trace (`sampled` flag): only then does rolegate export a
+    /// span of its own for the request (`--otlp-endpoint`).
+    pub(crate) fn sampled(&self) -> bool {
+        self.sampled
     }
 }
 
@@ -77,6 +90,11 @@ mod tests {
         let t = TraceContext::parse(GOOD).unwrap();
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.span_id(), "00f067aa0ba902b7");
+        assert!(t.sampled());
+        for (flags, sampled) in [("00", false), ("02", false), ("03", true), ("ff", true)] {
+            let t = TraceContext::parse(&format!("{}{flags}", &GOOD[..53])).unwrap();
+            assert_eq!(t.sampled(), sampled, "{flags}");
+        }
         // A later version may carry more fields.
         assert!(TraceContext::parse(&format!("01{}-extra", &GOOD[2..])).is_some());
     }

@@ -7,7 +7,7 @@
 //!   the example policy seeded through `Apply`;
 //! - real etcd members on loopback (etcd.rs), over TLS with certificates made for the test
 //!   (pki.rs);
-//! - the real binary as a child process on the embedded store (process.rs);
+//! - the real binary as a child process on the embedded store or a policy file (process.rs);
 //! - the route table as the HTTP auth endpoint enforces it (`routes`);
 //! - here: the example policy and its development keys, Check requests, a raw HTTP GET, and the
 //!   rule for tests that need outside tools.
@@ -33,7 +33,7 @@ use std::{
 pub use admin::{
     BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap, field_violations, seed_example,
 };
-pub use process::{spawn_on_etcd, spawn_store, store_command};
+pub use process::{spawn_on_etcd, spawn_policy, spawn_store, store_command};
 use rolegate::grpc::pb;
 pub use server::{Origin, READY_WITHIN, Start, TestServer};
 

@@ -73,6 +73,28 @@ pub fn spawn_on_etcd(endpoints: &str, prefix: &str) -> (Child, String) {
     spawn_logging(command)
 }
 
+/// The real binary serving the policy file `policy` on ephemeral ports with `extra` flags,
+/// started like [`spawn_store`]; returns the child and its gRPC address.
+pub fn spawn_policy(policy: &Path, extra: &[&str]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    command
+        .args(["serve", "--policy"])
+        .arg(policy)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    spawn_logging(command)
+}
+
 /// Starts `command` (JSON logs on a piped stderr) and reads its gRPC address from the log.
 fn spawn_logging(mut command: Command) -> (Child, String) {
     let mut child = command.spawn().expect("spawn rolegate");

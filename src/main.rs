@@ -69,6 +69,9 @@ enum Command {
     Diff(cli::diff::DiffArgs),
     /// List every requestor and key that holds an entitlement, with the scope.
     WhoCan(cli::who_can::WhoCanArgs),
+    /// Measure the etcd origin against etcd itself (propagation, writes, Apply, Check, start),
+    /// on an etcd of one's own: each figure a ratio, round after round (docs/etcd.md, Speed).
+    BenchEtcd(Box<bench::etcd::BenchEtcdArgs>),
 }
 
 fn main() -> ExitCode {
@@ -89,5 +92,6 @@ fn main() -> ExitCode {
         Command::Test(args) => exit_on_error(cli::policy_test::run(&args)),
         Command::Diff(args) => exit_on_error(cli::diff::run(&args)),
         Command::WhoCan(args) => exit_on_error(block_on(cli::who_can::run(args))),
+        Command::BenchEtcd(args) => finish(block_on(bench::etcd::run(*args))),
     }
 }

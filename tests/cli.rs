@@ -512,6 +512,7 @@ const GROUPS: [(&str, &[&str]); 7] = [
             "test",
             "diff",
             "who-can",
+            "bench-etcd",
         ],
     ),
     (
@@ -569,6 +570,7 @@ fn help_names_every_command_group_and_its_commands() {
         "test",
         "diff",
         "who-can",
+        "bench-etcd",
     ] {
         let (code, out, err) = rolegate(&[command, "--help"]);
         assert_eq!(code, 0, "rolegate {command} --help: {err}");

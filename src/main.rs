@@ -72,6 +72,9 @@ enum Command {
     /// Who made each committed revision: the caller's key prefix, the RPC or Apply, the time
     /// (needs audit.read; shows what the scope held covers).
     History(cli::history::HistoryArgs),
+    /// Measure the etcd origin against etcd itself (propagation, writes, Apply, Check, start),
+    /// on an etcd of one's own: each figure a ratio, round after round (docs/etcd.md, Speed).
+    BenchEtcd(Box<bench::etcd::BenchEtcdArgs>),
 }
 
 fn main() -> ExitCode {
@@ -93,5 +96,6 @@ fn main() -> ExitCode {
         Command::Diff(args) => exit_on_error(cli::diff::run(&args)),
         Command::WhoCan(args) => exit_on_error(block_on(cli::who_can::run(args))),
         Command::History(args) => finish(block_on(cli::history::run(args))),
+        Command::BenchEtcd(args) => finish(block_on(bench::etcd::run(*args))),
     }
 }

@@ -513,6 +513,7 @@ const GROUPS: [(&str, &[&str]); 7] = [
             "diff",
             "who-can",
             "history",
+            "bench-etcd",
         ],
     ),
     (
@@ -571,6 +572,7 @@ fn help_names_every_command_group_and_its_commands() {
         "diff",
         "who-can",
         "history",
+        "bench-etcd",
     ] {
         let (code, out, err) = rolegate(&[command, "--help"]);
         assert_eq!(code, 0, "rolegate {command} --help: {err}");

@@ -20,6 +20,7 @@ pub(crate) mod client;
 mod layout;
 #[doc(hidden)]
 pub mod pb;
+pub mod raw;
 pub(crate) mod status;
 
 use std::{
@@ -74,8 +75,13 @@ struct Queued {
     ack: oneshot::Sender<Result<Written, WriteError>>,
 }
 
-/// Keys per page of the start's read.
-const PAGE: i64 = 2_000;
+/// Keys per page of a full read (at start, after a compaction): large pages take fewer round
+/// trips; a page etcd or this client refuses as too large is asked for again at half the size,
+/// down to [`MIN_PAGE`].
+pub const PAGE: i64 = 20_000;
+
+/// The smallest page a full read falls back to.
+const MIN_PAGE: i64 = 1;
 
 /// How often the watch asks etcd for a progress notification: an idle but healthy etcd is
 /// heard from this often.
@@ -429,6 +435,7 @@ impl EtcdOrigin {
                 response.cancel_reason
             ));
         }
+        let created = response.created;
         fragments.extend(response.events);
         if response.fragment {
             self.contacted(false, etcd_revision);
@@ -446,7 +453,8 @@ impl EtcdOrigin {
             self.apply_revision(revision, &rest[..n])?;
             rest = &rest[n..];
         }
-        self.contacted(true, etcd_revision);
+        let next = self.mirror().next;
+        self.contacted(in_sync(created, etcd_revision, next), etcd_revision);
         Ok(None)
     }
 
@@ -887,16 +895,26 @@ async fn read_all(client: &EtcdClient, layout: &Layout) -> Result<Read, EtcdStar
     let mut ids = Interner::default();
     let mut marker = 0;
     let mut newest = 0;
+    let mut limit = PAGE;
     loop {
-        let page = client
+        let asked = client
             .range(RangeRequest {
                 key: key.clone(),
                 range_end: end.clone(),
-                limit: PAGE,
+                limit,
                 revision: at,
                 ..Default::default()
             })
-            .await?;
+            .await;
+        let page = match asked {
+            Ok(page) => page,
+            Err(e) if limit > MIN_PAGE && too_large(&e) => {
+                limit = (limit / 2).max(MIN_PAGE);
+                tracing::info!(error = %e, limit, "etcd: a page of the read was too large; asking for smaller pages");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if at == 0 {
             let header = page.header.unwrap_or_default();
             at = header.revision;
@@ -931,6 +949,22 @@ async fn read_all(client: &EtcdClient, layout: &Layout) -> Result<Read, EtcdStar
         at,
         cluster_id,
     })
+}
+
+/// Whether a watch answer says the instance is in sync with etcd. The answer that creates the
+/// watch carries etcd's current revision but comes before the events the watch catches up on
+/// (etcd 3.4 sends it, and may send progress notifications, before those): it says so only
+/// when the instance has applied every revision up to it (`next`, the next revision to apply,
+/// is past it). Any later answer comes after every event up to its revision.
+fn in_sync(created: bool, etcd_revision: i64, next: i64) -> bool {
+    !created || etcd_revision < next
+}
+
+/// Whether a read failed because its answer was larger than etcd sends or this client takes
+/// (a smaller page may pass).
+fn too_large(e: &EtcdError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("larger than max") || text.contains("message length too large")
 }
 
 impl WritableOrigin for EtcdOrigin {
@@ -1036,5 +1070,37 @@ impl Origin for EtcdOrigin {
 
     fn contact(&self) -> Option<Arc<Notify>> {
         Some(self.contact.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_watch_is_in_sync_only_when_nothing_is_left_to_catch_up() {
+        assert!(
+            !in_sync(true, 120, 100),
+            "events 100..=120 are still to come"
+        );
+        assert!(in_sync(true, 99, 100));
+        assert!(
+            in_sync(false, 120, 100),
+            "a later answer follows its events"
+        );
+    }
+
+    #[test]
+    fn pages_too_large_for_etcd_or_this_client_are_recognised() {
+        let server = EtcdError::Refused(
+            "http://127.0.0.1:2379: grpc: trying to send message larger than max (70000000 vs. 67108864)".into(),
+        );
+        let client = EtcdError::Refused(
+            "http://127.0.0.1:2379: Error, decoded message length too large: found 70000000 bytes, the limit is: 67108864 bytes".into(),
+        );
+        assert!(too_large(&server) && too_large(&client));
+        assert!(!too_large(&EtcdError::Unreachable(
+            "connection refused".into()
+        )));
     }
 }

@@ -4,6 +4,7 @@
 //! `Authorization/Check`. [`writes`] is `rolegate bench-writes`, the Admin API's durable writes.
 
 mod envoy_request;
+pub(crate) mod etcd;
 mod ext_authz;
 mod load;
 mod noop;

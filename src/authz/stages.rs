@@ -8,8 +8,8 @@ use compact_str::CompactString;
 
 use crate::{
     domain::{
-        KeyEntry, MAX_ID_LEN, RequestorId, ResourceRef, RouteSpec, Scope, ValueSource,
-        decide_presented, is_valid_entitlement,
+        KeyEntry, MAX_ID_LEN, ResourceRef, RouteSpec, Scope, ValueSource, decide_presented,
+        is_valid_entitlement,
     },
     state::unix_now,
     telemetry::{FrontEnd, TraceContext, decision_log::DecisionRecord},
@@ -54,7 +54,9 @@ impl Authz {
         let (key, entry) = self.authenticate(req.headers, now)?;
         if trail.on {
             trail.key_prefix = Some(key.prefix.into());
-            trail.requested_by = Some(entry.requestor.id.clone());
+            trail.requested_by = Some(crate::telemetry::decision_log::requestor_text(
+                &entry.requestor.id,
+            ));
         }
         let entitlement = target.entitlement()?;
         if trail.on {
@@ -132,7 +134,7 @@ pub(crate) struct Trail {
     pub(crate) on: bool,
     started: Option<Instant>,
     key_prefix: Option<CompactString>,
-    requested_by: Option<RequestorId>,
+    requested_by: Option<CompactString>,
     entitlement: CompactString,
     resource: Option<Resource>,
     scope: Option<Scope>,

@@ -229,7 +229,10 @@ fn record(
             .ok()
             .map(|k| k.prefix.into()),
     };
-    r.requested_by = outcome.entry.as_ref().map(|e| e.requestor.id.clone());
+    r.requested_by = outcome
+        .entry
+        .as_ref()
+        .map(|e| crate::telemetry::decision_log::requestor_text(&e.requestor.id));
     r.entitlement = req.entitlement.as_str().into();
     if let Some(res) = &req.resource {
         r.team_id = res.team_id.as_str().into();

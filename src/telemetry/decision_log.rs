@@ -94,7 +94,9 @@ pub(crate) struct DecisionRecord {
     pub(crate) scope: Option<Scope>,
     /// The API name (`NO_GRANT`).
     pub(crate) reason: &'static str,
-    pub(crate) requested_by: Option<RequestorId>,
+    /// `user:ID` or `project:ID`: copied (inline when short) rather than sharing the state's
+    /// `Arc`, whose count every core would otherwise write on every decision of that user.
+    pub(crate) requested_by: Option<CompactString>,
     pub(crate) trace: Option<TraceContext>,
     pub(crate) latency: Duration,
 }
@@ -156,8 +158,7 @@ impl DecisionRecord {
         );
         out.extend_from_slice(b",\"requested_by\":");
         match &self.requested_by {
-            Some(RequestorId::User(id)) => write_prefixed_str(out, "user:", id),
-            Some(RequestorId::Project(id)) => write_prefixed_str(out, "project:", id),
+            Some(r) => write_str(out, r),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"result\":{\"allowed\":");
@@ -276,12 +277,16 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// `prefix` and `s` as one JSON string (`prefix` needs no escaping).
-fn write_prefixed_str(out: &mut Vec<u8>, prefix: &str, s: &str) {
-    out.push(b'"');
-    out.extend_from_slice(prefix.as_bytes());
-    write_escaped(out, s);
-    out.push(b'"');
+/// The `requested_by` of a requestor: `user:ID` or `project:ID`.
+pub(crate) fn requestor_text(id: &RequestorId) -> CompactString {
+    let (kind, id) = match id {
+        RequestorId::User(id) => ("user:", id),
+        RequestorId::Project(id) => ("project:", id),
+    };
+    let mut text = CompactString::with_capacity(kind.len() + id.len());
+    text.push_str(kind);
+    text.push_str(id);
+    text
 }
 
 /// `s` escaped for a JSON string: `"`, `\\` and control characters; everything else (UTF-8
@@ -601,7 +606,7 @@ mod tests {
         r.key_prefix = Some("DanaKey".into());
         r.route = Some(("GET".into(), "/api/x".into()));
         r.trace = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        r.requested_by = Some(RequestorId::User("dana".into()));
+        r.requested_by = Some(requestor_text(&RequestorId::User("dana".into())));
         r.scope = Some(Scope::Team);
         r.revision = 12;
         r.latency = Duration::from_nanos(4120);
@@ -623,7 +628,7 @@ mod tests {
         // Keys in alphabetical order, nulls where nothing is known, every string escaped.
         let mut r = DecisionRecord::new(FrontEnd::Check);
         r.team_id = "quote\" back\\ slash\n\u{1}\u{7f} é".into();
-        r.requested_by = Some(RequestorId::Project("p\"1".into()));
+        r.requested_by = Some(requestor_text(&RequestorId::Project("p\"1".into())));
         r.time = UNIX_EPOCH + Duration::new(1_767_607_961, 278_411_647);
         let mut out = Vec::new();
         r.write_line(&mut out, 1, &mut Clock::default());

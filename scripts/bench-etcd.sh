@@ -66,7 +66,7 @@ if [ "$FIGURE" = all ] || [ "$FIGURE" = start ]; then
     POLICY=(--policy "$POLICY_FILE")
 fi
 
-"$ROLEGATE" bench-etcd --etcd "$URL" --figure "$FIGURE" --rounds "$ROUNDS" "${POLICY[@]}" \
+"$ROLEGATE" bench-etcd ${BENCH_ETCD_ARGS:-} --etcd "$URL" --figure "$FIGURE" --rounds "$ROUNDS" "${POLICY[@]}" \
     --seed deploy/examples/policy.yaml \
     --admin-key OliviaOwnerKey000001.dev-only-oliviaowner \
     --check-key GusDevKey00000000001.dev-only-gusdevkey00

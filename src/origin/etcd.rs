@@ -559,7 +559,7 @@ impl EtcdOrigin {
     /// queued beside it, and committed with them as one transaction on the condition that no
     /// other write of the state came in between ([`EtcdOrigin::commit_group`]).
     async fn write(&self, caller: CompactString, command: Command) -> Result<Written, WriteError> {
-        let (ack, done) = oneshot::channel();
+        let (ack, mut done) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -569,27 +569,44 @@ impl EtcdOrigin {
                 now: crate::state::unix_now(),
                 ack,
             });
-        {
-            // Whoever holds the lock commits what is queued, this write included unless an
-            // earlier holder took it already.
-            let _one = self.write_lock.lock().await;
-            let group: Vec<Queued> = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let n = queue.len().min(MAX_GROUP);
-                queue.drain(..n).collect()
-            };
-            let mut groups = vec![group];
-            while let Some(group) = groups.pop() {
-                if group.is_empty() {
-                    continue;
-                }
-                if let Some(alone) = self.commit_group(group).await {
-                    groups.extend(alone.into_iter().rev().map(|q| vec![q]));
-                }
+        // Whoever holds the lock commits what is queued, this write included unless an
+        // earlier holder took it already: then this write's answer comes while waiting for
+        // the lock, and the writer leaves the lock's queue. (A writer answered but still
+        // queued for the lock would take it only to commit the one write queued since, and
+        // concurrent writers would go to etcd one at a time.)
+        let taken = tokio::select! {
+            biased;
+            answer = &mut done => Some(answer),
+            one = self.write_lock.lock() => {
+                let _one = one;
+                self.commit_queued().await;
+                None
+            }
+        };
+        let answer = match taken {
+            Some(answer) => answer,
+            None => done.await,
+        };
+        answer.unwrap_or_else(|_| Err(WriteError::Unavailable("the write was dropped".into())))
+    }
+
+    /// Commits what is queued (the caller holds the write lock): up to [`MAX_GROUP`] writes
+    /// together, the ones too large together one at a time.
+    async fn commit_queued(&self) {
+        let group: Vec<Queued> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queue.len().min(MAX_GROUP);
+            queue.drain(..n).collect()
+        };
+        let mut groups = vec![group];
+        while let Some(group) = groups.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            if let Some(alone) = self.commit_group(group).await {
+                groups.extend(alone.into_iter().rev().map(|q| vec![q]));
             }
         }
-        done.await
-            .unwrap_or_else(|_| Err(WriteError::Unavailable("the write was dropped".into())))
     }
 
     /// Judges each write of `group` on the model, in order, each on the model the earlier ones

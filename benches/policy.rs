@@ -3,8 +3,11 @@
 //!
 //! - `who_can/keys.update`: every key holding `keys.update` (every key does, at OWN through
 //!   TEAM_ROLE: a million holders, sorted), as `rolegate who-can keys.update` answers it;
+//! - `who_can/keys.update first 50000`: the same, keeping the first 50,000 as the Admin
+//!   `WhoCan` RPC answers (with the total);
 //! - `who_can/keys.update --team`: the same narrowed to one team;
-//! - `who_can/models.approve`: an entitlement only ACCOUNT_ADMIN keys hold (about 15%);
+//! - `who_can/models.approve`: an entitlement only ACCOUNT_ADMIN keys hold (about 15%), all of
+//!   them and the first 50,000;
 //! - `privilege_diff/one key`: the gains and losses of adding one key to a user.
 //!
 //! Run: `cargo bench --bench policy` (setting the world up takes a few seconds and about a
@@ -40,15 +43,30 @@ fn bench(c: &mut Criterion) {
     let now = unix_now();
     let mut group = c.benchmark_group("who_can");
     group.sample_size(10);
-    for (name, entitlement, team) in [
-        ("keys.update", "keys.update", None),
-        ("keys.update --team", "keys.update", Some("team-0007")),
-        ("models.approve", "models.approve", None),
+    for (name, entitlement, team, limit) in [
+        ("keys.update", "keys.update", None, usize::MAX),
+        ("keys.update first 50000", "keys.update", None, 50_000),
+        (
+            "keys.update --team",
+            "keys.update",
+            Some("team-0007"),
+            usize::MAX,
+        ),
+        ("models.approve", "models.approve", None, usize::MAX),
+        ("models.approve first 50000", "models.approve", None, 50_000),
     ] {
-        let n = who_can(&model, entitlement, team, now).unwrap().len();
+        let n = who_can(&model, entitlement, team, now, limit)
+            .unwrap()
+            .total;
         assert!(n > 0, "{name}: some key holds it");
         group.bench_function(name, |b| {
-            b.iter(|| black_box(who_can(&model, entitlement, team, now).unwrap().len()))
+            b.iter(|| {
+                black_box(
+                    who_can(&model, entitlement, team, now, limit)
+                        .unwrap()
+                        .total,
+                )
+            })
         });
     }
     group.finish();

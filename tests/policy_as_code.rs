@@ -11,7 +11,7 @@ use common::{TestServer, call, keys, repo_path};
 use proptest::{prelude::*, test_runner::TestRunner};
 use rolegate::{
     domain::{
-        IndexedModel, ResourceRef, Scope, SecretHash,
+        IndexedModel, KeyStatus, KeyType, Model, ResourceRef, Role, Scope, SecretHash,
         privileges::{PrivilegeChange, privilege_diff, who_can},
     },
     grpc::pb,
@@ -405,6 +405,176 @@ fn explain_text_names_the_keys_the_grant_and_the_coverage() {
     assert!(out.contains("not owner key AdamAdminKey00000001"), "{out}");
 }
 
+// ---- who-can: the fast pass equals a plain reference --------------------------------------
+/// A holder as the reference lists it: prefix, scope, team of a TEAM grant, role.
+type Listed = (String, Scope, Option<String>, String);
+
+/// who-can the plain way: every key, every role of the key, every grant of the role.
+fn who_can_reference(
+    model: &Model,
+    entitlement: &str,
+    team: Option<&str>,
+    now: i64,
+) -> Vec<Listed> {
+    let catalog = &model.catalog;
+    let mut out = Vec::new();
+    for spec in model.keys.values() {
+        let key_team = match spec.key_type {
+            KeyType::Team => spec.team.clone(),
+            KeyType::Project => model.projects.get(&*spec.owner).map(|p| p.team.clone()),
+        };
+        let Some(key_team) = key_team else {
+            continue;
+        };
+        let requestor_active = match spec.key_type {
+            KeyType::Team => model.users.get(&*spec.owner).is_some_and(|u| u.active),
+            KeyType::Project => model.projects.contains_key(&*spec.owner),
+        };
+        let usable = spec.status == KeyStatus::Active
+            && !spec.expires_at.is_reached(now)
+            && model.teams.get(&*key_team).is_some_and(|t| t.active)
+            && requestor_active;
+        if !usable {
+            continue;
+        }
+        let roles: Vec<&Role> = std::iter::once(&**catalog.team_role())
+            .chain(
+                spec.roles
+                    .iter()
+                    .filter_map(|r| catalog.role(r).map(|r| &**r)),
+            )
+            .collect();
+        for scope in [Scope::All, Scope::Team, Scope::Own] {
+            if scope != Scope::All && team.is_some_and(|t| t != &*key_team) {
+                continue;
+            }
+            let granting = roles.iter().find(|r| {
+                r.grants
+                    .iter()
+                    .any(|g| &*g.entitlement == entitlement && g.scope == scope)
+            });
+            if let Some(role) = granting {
+                let over = (scope == Scope::Team).then(|| key_team.to_string());
+                out.push((spec.prefix.to_string(), scope, over, role.id.to_string()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    out
+}
+
+#[test]
+fn who_can_equals_a_plain_reference_over_random_policies() {
+    let cases = std::env::var("ROLEGATE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&world(), |w| {
+            let text = policy_text(&w);
+            let model = policy_file::parse(&text, "policy.yaml").unwrap().model;
+            let now = unix_now();
+            for entitlement in ENTITLEMENTS {
+                for team in [None, Some("t0"), Some("t1"), Some("t2"), Some("nope")] {
+                    let Ok(all) = who_can(&model, entitlement, team, now, usize::MAX) else {
+                        prop_assert_eq!(entitlement, "no.such");
+                        continue;
+                    };
+                    let expected = who_can_reference(&model, entitlement, team, now);
+                    for limit in [usize::MAX, 0, 1, 2, 3] {
+                        let answer = if limit == usize::MAX {
+                            all.clone()
+                        } else {
+                            who_can(&model, entitlement, team, now, limit).unwrap()
+                        };
+                        let listed: Vec<Listed> = answer
+                            .first
+                            .iter()
+                            .map(|h| {
+                                let over = h.team.map(str::to_owned);
+                                (h.prefix().to_owned(), h.scope, over, h.role.to_owned())
+                            })
+                            .collect();
+                        prop_assert_eq!(answer.total, expected.len());
+                        prop_assert_eq!(
+                            &listed[..],
+                            &expected[..limit.min(expected.len())],
+                            "{} {:?} first {}\n{}",
+                            entitlement,
+                            team,
+                            limit,
+                            text
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+// The binary blocks this test's thread while the server answers it on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_can_prints_the_same_online_and_offline() {
+    let example = repo_path("deploy/examples/policy.yaml");
+    let example = example.to_str().unwrap();
+    let server = TestServer::policy(&common::example_policy()).await;
+    let url = server.url();
+    let model = policy_file::parse(&common::example_policy(), "policy.yaml")
+        .unwrap()
+        .model;
+    for (entitlement, team) in [("keys.update", Some("globex")), ("jobs.read", None)] {
+        let answer = who_can(&model, entitlement, team, unix_now(), usize::MAX).unwrap();
+        assert!(answer.total > 1, "{entitlement}: several holders");
+        for output in ["json", "text"] {
+            let mut args = vec!["who-can", entitlement, "--output", output];
+            if let Some(team) = team {
+                args.extend(["--team", team]);
+            }
+            let (code, offline, err) = rolegate(&[&args[..], &["--policy", example]].concat());
+            assert_eq!(code, 0, "{offline}{err}");
+            let online_args = ["--addr", url.as_str(), "--api-key", keys::ARIA_AUDITOR];
+            let (code, online, err) = rolegate(&[&args[..], &online_args].concat());
+            assert_eq!(code, 0, "{online}{err}");
+            assert_eq!(online, offline, "{entitlement} {output}");
+            if output == "json" {
+                let v: serde_json::Value = serde_json::from_str(&offline).unwrap();
+                assert_eq!(v["total"], answer.total, "{offline}");
+                let listed = v["holders"].as_array().unwrap();
+                assert_eq!(listed.len(), answer.total);
+                for (h, want) in listed.iter().zip(&answer.first) {
+                    assert_eq!(h["key_prefix"], want.prefix());
+                    assert_eq!(h["requestor"], want.requestor_name());
+                    assert_eq!(h["role"], want.role);
+                    assert_eq!(h["team_id"], want.team.unwrap_or_default());
+                    let scope = serde_json::to_value(want.scope).unwrap();
+                    assert_eq!(h["scope"], scope);
+                }
+                continue;
+            }
+            // A header, a line per holder in order, padded to the columns, and the count.
+            let lines: Vec<&str> = offline.lines().collect();
+            assert_eq!(lines.len(), answer.total + 2, "{offline}");
+            assert!(lines[0].starts_with("REQUESTOR  "), "{offline}");
+            let key_column = lines[0].find("KEY").unwrap();
+            for (line, want) in lines[1..].iter().zip(&answer.first) {
+                assert!(line.starts_with(&want.requestor_name()), "{line}");
+                assert_eq!(&line[key_column..][..want.prefix().len()], want.prefix());
+                assert!(line.ends_with(want.role), "{line}");
+            }
+            assert_eq!(
+                lines[answer.total + 1],
+                format!("{} holder(s)", answer.total)
+            );
+        }
+    }
+    server.stop().await.unwrap();
+}
+
 // ---- the Explain and WhoCan RPCs -------------------------------------------------------------
 
 fn explain_request(prefix: &str, entitlement: &str, team: &str) -> pb::ExplainRequest {
@@ -490,8 +660,15 @@ async fn who_can_online_matches_offline_and_needs_reads_at_all() {
         .unwrap()
         .into_inner();
     let model = policy_file::parse(&text, "policy.yaml").unwrap().model;
-    let offline = who_can(&model, "keys.update", Some("globex"), unix_now()).unwrap();
-    let offline: Vec<pb::Holder> = offline.iter().map(pb::Holder::from).collect();
+    let offline = who_can(
+        &model,
+        "keys.update",
+        Some("globex"),
+        unix_now(),
+        usize::MAX,
+    )
+    .unwrap();
+    let offline: Vec<pb::Holder> = offline.first.iter().map(pb::Holder::from).collect();
     assert_eq!(online.holders, offline);
     assert_eq!(online.total as usize, offline.len());
     // Who can update keys in globex: Dana's globex admin key at TEAM, Olivia at ALL; Adam

@@ -2,14 +2,12 @@
 //! the escalation rule's effective grants), and every key that holds an entitlement.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
-use compact_str::CompactString;
-
 use super::{
-    IndexedModel, KeyType, Model, RequestorId, Scope,
+    IndexedModel, KeySpec, KeyType, Model, RequestorId, Scope,
     entry::{GrantInterner, skipped},
     escalation::{effective_grants, usable},
     model::Change,
@@ -220,24 +218,50 @@ pub fn privilege_diff(old: &IndexedModel, new: &IndexedModel, now: i64) -> Vec<P
     out
 }
 
-/// One key whose roles carry a grant of the entitlement asked about. Shares its ids with the
-/// model: a million holders are a million small records, not four million strings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub requestor: RequestorId,
-    pub key: CompactString,
+/// One key whose roles carry a grant of the entitlement asked about, borrowed from the model it
+/// was found in: listing a million holders copies no id and counts no reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder<'m> {
+    /// The key; its owner is the requestor.
+    pub key: &'m KeySpec,
     pub scope: Scope,
     /// The team a TEAM grant covers (the key's team).
-    pub team: Option<Arc<str>>,
+    pub team: Option<&'m str>,
     /// The role that grants it.
-    pub role: Arc<str>,
+    pub role: &'m str,
 }
 
-impl Holder {
+impl<'m> Holder<'m> {
+    /// The key's prefix.
+    pub fn prefix(&self) -> &'m str {
+        &self.key.prefix
+    }
+
+    /// `user` or `project`: what the requestor is.
+    pub fn requestor_kind(&self) -> &'static str {
+        match self.key.key_type {
+            KeyType::Team => "user",
+            KeyType::Project => "project",
+        }
+    }
+
+    /// The requestor's id: the key's user or project.
+    pub fn requestor_id(&self) -> &'m str {
+        &self.key.owner
+    }
+
     /// `user dana`, `project fraud-detector`.
     pub fn requestor_name(&self) -> String {
-        describe(&self.requestor)
+        format!("{} {}", self.requestor_kind(), self.requestor_id())
     }
+}
+
+/// The answer to who-can: the first holders in order (all of them when no limit cut the list),
+/// and how many there are in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holders<'m> {
+    pub first: Vec<Holder<'m>>,
+    pub total: usize,
 }
 
 /// The entitlement asked about is not in the catalog.
@@ -247,32 +271,63 @@ pub struct NotInCatalog(pub String);
 
 /// What one role list (by its shared allocation) grants of the entitlement: the scope bits, and
 /// the role granting each scope.
-struct ListGrants {
+struct ListGrants<'m> {
     bits: u8,
-    roles: [Option<Arc<str>>; 3],
+    roles: [&'m str; 3],
+}
+
+/// A holder with the first 16 bytes of its prefix as a number, big-endian and zero-padded: the
+/// sort compares numbers held in the record and reads the prefix behind the key only to break
+/// a tie. Zero is the smallest byte, so two heads that differ order as the prefixes do.
+struct Ranked<'m> {
+    head: u128,
+    holder: Holder<'m>,
+}
+
+impl<'m> Ranked<'m> {
+    fn new(holder: Holder<'m>) -> Self {
+        let mut head = [0u8; 16];
+        let prefix = holder.key.prefix.as_bytes();
+        let n = prefix.len().min(16);
+        head[..n].copy_from_slice(&prefix[..n]);
+        Ranked {
+            head: u128::from_be_bytes(head),
+            holder,
+        }
+    }
+}
+
+/// By prefix, then scope, widest first.
+fn in_order(a: &Ranked<'_>, b: &Ranked<'_>) -> std::cmp::Ordering {
+    a.head
+        .cmp(&b.head)
+        .then_with(|| a.holder.key.prefix.cmp(&b.holder.key.prefix))
+        .then_with(|| b.holder.scope.cmp(&a.holder.scope))
 }
 
 /// Every key of `model` that carries a grant of `entitlement` usable at `now` (the key active,
 /// unexpired, in an active team, of an active user or existing project: a member of its
 /// requestor, so every active key of that requestor acts with the grant), with the scope. With
 /// `team`, only the grants that reach that team's data: ALL, TEAM over it, OWN on its keys.
-/// Sorted by key, then scope, widest first.
+/// The first `limit` in order (by key prefix, then scope, widest first), and the total.
 ///
 /// One pass over the keys; what a role list grants is worked out once per distinct list (the
 /// parsers and the store share one allocation per list), and the team and requestor are looked
-/// up only for keys that carry a grant.
-pub fn who_can(
-    model: &Model,
+/// up only for keys that carry a grant. Holders borrow from the model, and a limit below the
+/// total sorts only the holders it keeps (after a linear selection of them).
+pub fn who_can<'m>(
+    model: &'m Model,
     entitlement: &str,
     team: Option<&str>,
     now: i64,
-) -> Result<Vec<Holder>, NotInCatalog> {
+    limit: usize,
+) -> Result<Holders<'m>, NotInCatalog> {
     let catalog = &model.catalog;
     let id = catalog
         .entitlement_id(entitlement)
         .ok_or_else(|| NotInCatalog(entitlement.to_owned()))?;
     let mut interner = GrantInterner::default();
-    let mut lists: HashMap<*const [Arc<str>], ListGrants, foldhash::fast::RandomState> =
+    let mut lists: HashMap<*const [Arc<str>], ListGrants<'m>, foldhash::fast::RandomState> =
         HashMap::default();
     let mut teams: HashMap<*const str, bool, foldhash::fast::RandomState> = HashMap::default();
     const SCOPES: [(u8, Scope); 3] = [
@@ -286,7 +341,7 @@ pub fn who_can(
             let bits = interner.intern(catalog, &spec.roles).scopes(id);
             let roles = SCOPES.map(|(bit, scope)| {
                 if bits & bit == 0 {
-                    return None;
+                    return "";
                 }
                 let bound = spec.roles.iter().filter_map(|r| catalog.role(r));
                 std::iter::once(catalog.team_role())
@@ -296,7 +351,7 @@ pub fn who_can(
                             .iter()
                             .any(|g| *g.entitlement == *entitlement && g.scope == scope)
                     })
-                    .map(|r| r.id.clone())
+                    .map_or("", |r| &*r.id)
             });
             ListGrants { bits, roles }
         });
@@ -316,30 +371,109 @@ pub fn who_can(
         if skipped(spec, team_active, now).is_some() {
             continue;
         }
-        let requestor_active = match spec.key_type {
-            KeyType::Team => model.users.get(&spec.owner).is_some_and(|u| u.active),
-            KeyType::Project => model.projects.contains_key(&spec.owner),
-        };
-        if !requestor_active {
-            continue;
-        }
         for (i, (bit, scope)) in SCOPES.into_iter().enumerate() {
             if list.bits & bit == 0 || (!in_team && scope != Scope::All) {
                 continue;
             }
-            out.push(Holder {
-                requestor: RequestorId::of(spec),
-                key: spec.prefix.clone(),
+            out.push(Ranked::new(Holder {
+                key: spec,
                 scope,
-                team: (scope == Scope::Team).then(|| key_team.clone()),
-                role: list.roles[i].clone().unwrap_or_else(|| Arc::from("")),
-            });
+                team: (scope == Scope::Team).then_some(&**key_team),
+                role: list.roles[i],
+            }));
         }
     }
-    // By key: prefixes are held inline, so a million holders sort without reading the ids
-    // behind them (sorting by requestor first took most of the time).
-    out.sort_unstable_by(|a, b| {
-        (&a.key, std::cmp::Reverse(a.scope)).cmp(&(&b.key, std::cmp::Reverse(b.scope)))
+    // The requestor is looked up last, for the holders only: following the user map's slot to
+    // each user took most of the pass. When the holders outnumber the users, a set of the
+    // active users' ids by address answers most of them from one table: where the origin
+    // shares one allocation per id (the policy file, the embedded store), a key's owner is its
+    // user's id. An owner not found there is looked up by its id.
+    let by_address: HashSet<*const u8, foldhash::fast::RandomState> =
+        if out.len() > model.users.len() / 2 {
+            let active = model.users.values().filter(|u| u.active);
+            active.map(|u| u.id.as_ptr()).collect()
+        } else {
+            HashSet::default()
+        };
+    out.retain(|r| {
+        let key = r.holder.key;
+        match key.key_type {
+            KeyType::Team => {
+                by_address.contains(&key.owner.as_ptr())
+                    || model.users.get(&key.owner).is_some_and(|u| u.active)
+            }
+            KeyType::Project => model.projects.contains_key(&key.owner),
+        }
     });
-    Ok(out)
+    let total = out.len();
+    if limit < total {
+        out.select_nth_unstable_by(limit, in_order);
+        out.truncate(limit);
+    }
+    out.sort_unstable_by(in_order);
+    Ok(Holders {
+        first: out.into_iter().map(|r| r.holder).collect(),
+        total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sort's numeric heads order holders as their prefixes and scopes do, past the 16
+    /// bytes the head holds and where one prefix begins another.
+    #[test]
+    fn heads_order_as_the_prefixes() {
+        let prefixes = [
+            "AdamAdminKey00000001",
+            "AdamAdminKey00000002",
+            "AdamAdminKey0000000",
+            "AdamAdminKey000000",
+            "AdamAdminKey000",
+            "Adam",
+            "A",
+            "B",
+            "a",
+            "AdamAdminKey0000000100000000000000000001",
+            "AdamAdminKey0000000100000000000000000000",
+            "zzzzzzzzzzzzzzzz",
+            "zzzzzzzzzzzzzzzzz",
+        ];
+        let specs: Vec<KeySpec> = prefixes
+            .iter()
+            .map(|p| KeySpec {
+                secret_hash: crate::domain::SecretHash::of_secret("secret"),
+                expires_at: crate::domain::Expiry::NEVER,
+                status: crate::domain::KeyStatus::Active,
+                key_type: KeyType::Team,
+                prefix: (*p).into(),
+                owner: Arc::from("u"),
+                team: None,
+                roles: Arc::from([]),
+            })
+            .collect();
+        let mut ranked: Vec<Ranked<'_>> = specs
+            .iter()
+            .flat_map(|key| {
+                [Scope::Own, Scope::All, Scope::Team].map(|scope| {
+                    Ranked::new(Holder {
+                        key,
+                        scope,
+                        team: None,
+                        role: "",
+                    })
+                })
+            })
+            .collect();
+        ranked.sort_unstable_by(in_order);
+        let got: Vec<(&str, Scope)> = ranked
+            .iter()
+            .map(|r| (r.holder.prefix(), r.holder.scope))
+            .collect();
+        let mut want: Vec<(&str, Scope)> = got.clone();
+        want.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+        assert_eq!(got, want);
+        assert_eq!(got.len(), prefixes.len() * 3);
+    }
 }

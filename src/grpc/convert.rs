@@ -98,14 +98,14 @@ impl From<&crate::domain::privileges::PrivilegeChange> for pb::PrivilegeChange {
     }
 }
 
-impl From<&crate::domain::privileges::Holder> for pb::Holder {
-    fn from(h: &crate::domain::privileges::Holder) -> Self {
+impl From<&crate::domain::privileges::Holder<'_>> for pb::Holder {
+    fn from(h: &crate::domain::privileges::Holder<'_>) -> Self {
         pb::Holder {
             requestor: h.requestor_name(),
-            key_prefix: h.key.to_string(),
+            key_prefix: h.prefix().to_owned(),
             scope: pb::Scope::from(h.scope).into(),
-            team_id: h.team.as_deref().unwrap_or_default().to_owned(),
-            role: h.role.to_string(),
+            team_id: h.team.unwrap_or_default().to_owned(),
+            role: h.role.to_owned(),
         }
     }
 }

@@ -70,17 +70,25 @@ impl AdminService {
         }
         let team = (!r.team_id.is_empty()).then_some(r.team_id.as_str());
         let revision = self.state.revision();
-        let holders = self
+        // Only the holders answered are encoded, inside the read: they borrow from the model.
+        let (holders, total) = self
             .state
-            .read_model(|m| crate::domain::privileges::who_can(m, &r.entitlement, team, unix_now()))
-            .map_err(|e| bad_field("entitlement", e.to_string()))?;
-        let total = holders.len() as u64;
+            .read_model(|m| {
+                let answer = crate::domain::privileges::who_can(
+                    m,
+                    &r.entitlement,
+                    team,
+                    unix_now(),
+                    MAX_HOLDERS,
+                )?;
+                let holders: Vec<pb::Holder> = answer.first.iter().map(pb::Holder::from).collect();
+                Ok((holders, answer.total as u64))
+            })
+            .map_err(|e: crate::domain::privileges::NotInCatalog| {
+                bad_field("entitlement", e.to_string())
+            })?;
         Ok(Response::new(pb::WhoCanResponse {
-            holders: holders
-                .iter()
-                .take(MAX_HOLDERS)
-                .map(pb::Holder::from)
-                .collect(),
+            holders,
             revision,
             total,
         }))

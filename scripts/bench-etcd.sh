@@ -4,7 +4,7 @@
 # figure is a ratio against etcd measured in the same run, round after round, with the median
 # and the range over the rounds.
 #
-#   scripts/bench-etcd.sh [ROUNDS] [KEYS] [FIGURE]      (default 5 1000000 all)
+#   scripts/bench-etcd.sh [ROUNDS] [KEYS] [FIGURE]      (default 5 1000000 all; KEYS 0: no start)
 #
 # - propagation: a write through one of 10 instances until a Check with its revision as
 #   min_revision has answered on all 10, p99, against etcd's put until its event reached 10
@@ -60,7 +60,7 @@ done
 echo "etcd $("$ETCD" --version | head -1) at $URL; rolegate $("$ROLEGATE" --version)"
 
 POLICY=()
-if [ "$FIGURE" = all ] || [ "$FIGURE" = start ]; then
+if [ "$KEYS" != 0 ] && { [ "$FIGURE" = all ] || [ "$FIGURE" = start ]; }; then
     POLICY_FILE="${TMPDIR:-/tmp}/policy-$KEYS.yaml"
     [ -s "$POLICY_FILE" ] || python3 scripts/policy-1m.py "$POLICY_FILE" "$KEYS"
     POLICY=(--policy "$POLICY_FILE")

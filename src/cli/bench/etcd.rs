@@ -77,11 +77,13 @@ pub(crate) struct BenchEtcdArgs {
     /// A key of --seed allowed the check below (check figure).
     #[arg(long, env = "ROLEGATE_CHECK_KEY", hide_env_values = true)]
     check_key: String,
-    /// check: the entitlement, the resource's team and owner key.
+    /// check: the entitlement checked.
     #[arg(long, default_value = "jobs.cancel")]
     entitlement: String,
+    /// check: the team the checked resource belongs to.
     #[arg(long, default_value = "globex")]
     team: String,
+    /// check: the key prefix that owns the checked resource.
     #[arg(long, default_value = "GusDevKey00000000001")]
     owner_key: String,
     /// propagation: instances that must all see a write (the first takes it).

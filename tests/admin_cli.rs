@@ -2,7 +2,10 @@
 //! once, `keys create|list|get|update|revoke|replace-secret`, `teams|users|projects`, `roles`,
 //! `apply -f`, `history`, JSON output and field violations on bad input.
 
+mod common;
+
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Output, Stdio},
@@ -27,19 +30,9 @@ impl Drop for Server {
 /// Starts `rolegate serve --data-dir` on ephemeral ports; reads the bootstrap key from stdout
 /// and the address from the JSON log.
 fn serve(dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
+    // No bootstrap key given: the store makes one and prints it on stdout.
+    let mut child = common::serve_command(&[OsStr::new("--data-dir"), dir.as_os_str()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -75,6 +68,31 @@ fn cli(server: &Server, key: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Creates the DEVELOPER key `AliceKey0001` of user alice in team acme (both made already) and
+/// returns its whole API key, as `keys create --output json` printed it.
+fn create_alice_key(server: &Server, owner: &str) -> String {
+    let created: Value = serde_json::from_str(&ok(cli(
+        server,
+        owner,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--team",
+            "acme",
+            "--role",
+            "DEVELOPER",
+            "--prefix",
+            "AliceKey0001",
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    created["api_key"].as_str().unwrap().to_owned()
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -103,26 +121,7 @@ fn the_admin_cli_drives_a_key_through_its_life() {
         &["users", "create", "alice", "--team", "acme"],
     ));
     ok(cli(&server, &owner, &["projects", "list"]));
-    let created: Value = serde_json::from_str(&ok(cli(
-        &server,
-        &owner,
-        &[
-            "keys",
-            "create",
-            "--user",
-            "alice",
-            "--team",
-            "acme",
-            "--role",
-            "DEVELOPER",
-            "--prefix",
-            "AliceKey0001",
-            "--output",
-            "json",
-        ],
-    )))
-    .unwrap();
-    let alice = created["api_key"].as_str().unwrap().to_owned();
+    let alice = create_alice_key(&server, &owner);
     assert!(alice.starts_with("AliceKey0001."));
 
     // The table lists it; JSON too; neither shows a secret.
@@ -515,26 +514,7 @@ fn history_lists_who_made_each_revision() {
         &owner,
         &["users", "create", "alice", "--team", "acme"],
     ));
-    let created: Value = serde_json::from_str(&ok(cli(
-        &server,
-        &owner,
-        &[
-            "keys",
-            "create",
-            "--user",
-            "alice",
-            "--team",
-            "acme",
-            "--role",
-            "DEVELOPER",
-            "--prefix",
-            "AliceKey0001",
-            "--output",
-            "json",
-        ],
-    )))
-    .unwrap();
-    let alice = created["api_key"].as_str().unwrap().to_owned();
+    let alice = create_alice_key(&server, &owner);
     ok(cli(
         &server,
         &owner,

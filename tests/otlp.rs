@@ -14,11 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{keys, repo_path, spawn_policy};
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context::HttpRequest, attribute_context::Request,
-    authorization_client::AuthorizationClient,
-};
+use common::{envoy_check, keys, repo_path, spawn_policy};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -104,27 +101,6 @@ impl Collector {
     }
 }
 
-/// An ext_authz request for `DELETE /api/jobs/job-1` with `headers`.
-fn envoy_check(headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "DELETE".into(),
-                    path: "/api/jobs/job-1".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 /// A Check of `jobs.cancel` on a `globex` job, with `traceparent` when given.
 fn check(traceparent: Option<&str>) -> tonic::Request<pb::CheckRequest> {
     let mut req = tonic::Request::new(common::check(
@@ -181,24 +157,24 @@ async fn sampled_requests_export_a_child_of_the_callers_span() {
     let dana = format!("ApiKey {}", keys::DANA_SCIENTIST);
     let envoy_trace = traceparent(ENVOY_TRACE);
     envoy
-        .check(envoy_check(&[
-            ("authorization", &dana),
-            ("traceparent", &envoy_trace),
-        ]))
+        .check(envoy_check(
+            "/api/jobs/job-1",
+            &[("authorization", &dana), ("traceparent", &envoy_trace)],
+        ))
         .await
         .unwrap();
     // Not sampled, or no trace context at all: nothing.
     authorizer.check(check(None)).await.unwrap();
     authorizer.check(check(Some(UNSAMPLED))).await.unwrap();
     envoy
-        .check(envoy_check(&[("authorization", &dana)]))
+        .check(envoy_check("/api/jobs/job-1", &[("authorization", &dana)]))
         .await
         .unwrap();
     envoy
-        .check(envoy_check(&[
-            ("authorization", &dana),
-            ("traceparent", UNSAMPLED),
-        ]))
+        .check(envoy_check(
+            "/api/jobs/job-1",
+            &[("authorization", &dana), ("traceparent", UNSAMPLED)],
+        ))
         .await
         .unwrap();
 

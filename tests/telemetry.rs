@@ -14,11 +14,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Origin, TestServer, example_policy, http_get, keys};
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context::HttpRequest, attribute_context::Request,
-    authorization_client::AuthorizationClient,
-};
+use common::{Origin, TestServer, envoy_check, example_policy, http_get, keys};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use rolegate::grpc::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,27 +25,6 @@ const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
 
 fn check(key: &str, team: &str) -> pb::CheckRequest {
     common::check(key, "jobs.cancel", team, "")
-}
-
-/// An ext_authz request for `DELETE /api/jobs/job-1` with `headers`.
-fn envoy_check(headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "DELETE".into(),
-                    path: "/api/jobs/job-1?token=hidden".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 /// A request to the HTTP auth endpoint for Envoy: (status, body).
@@ -114,7 +90,10 @@ async fn decide_some(server: &TestServer) -> (usize, usize) {
         vec![("authorization", dana.as_str())],
         vec![],
     ] {
-        envoy.check(envoy_check(&headers)).await.unwrap();
+        envoy
+            .check(envoy_check("/api/jobs/job-1?token=hidden", &headers))
+            .await
+            .unwrap();
     }
     let ok = http_auth(
         server.http_addr,

@@ -33,7 +33,7 @@ use std::{
 pub use admin::{
     BOOTSTRAP, bootstrap_hash, call, example_with_bootstrap, field_violations, seed_example,
 };
-pub use process::{spawn_on_etcd, spawn_policy, spawn_store, store_command};
+pub use process::{serve_command, spawn_on_etcd, spawn_policy, spawn_store, store_command};
 use rolegate::grpc::pb;
 pub use server::{Origin, READY_WITHIN, Start, TestServer};
 
@@ -202,5 +202,33 @@ pub fn free_port() -> u16 {
             given.push(port);
             return port;
         }
+    }
+}
+
+/// An Envoy ext_authz request for `DELETE path` carrying `headers`.
+pub fn envoy_check(
+    path: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest,
+        attribute_context::{HttpRequest, Request},
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "DELETE".into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     }
 }

@@ -2,6 +2,7 @@
 //! it (SIGKILL, a full disk) or read its logs; everything else uses [`super::TestServer`].
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
@@ -10,29 +11,32 @@ use std::{
 
 use super::admin::bootstrap_hash;
 
-/// The command that runs the real `rolegate` binary serving the embedded store in `dir` on
-/// ephemeral ports, with the bootstrap key of [`super::BOOTSTRAP`], logging JSON (info) to a
-/// piped stderr, where the gRPC address is read from.
-pub fn store_command(dir: &Path) -> Command {
+/// The real `rolegate` binary: `serve` with the `origin` flags on ephemeral ports, logging JSON
+/// (info) to a piped stderr, where the gRPC address is read from.
+pub fn serve_command<S: AsRef<OsStr>>(origin: &[S]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
     command
-        .args(["serve", "--data-dir"])
-        .arg(dir)
+        .arg("serve")
+        .args(origin)
         .args([
             "--grpc-listen",
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
-        ])
-        .args([
             "--log-format",
             "json",
-            "--bootstrap-key-sha256",
-            &bootstrap_hash(),
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    command
+}
+
+/// The real binary serving the embedded store in `dir` ([`serve_command`]), with the bootstrap
+/// key of [`super::BOOTSTRAP`].
+pub fn store_command(dir: &Path) -> Command {
+    let mut command = serve_command(&[OsStr::new("--data-dir"), dir.as_os_str()]);
+    command.args(["--bootstrap-key-sha256", &bootstrap_hash()]);
     command
 }
 
@@ -43,55 +47,19 @@ pub fn spawn_store(dir: &Path, extra: &[&str]) -> (Child, String) {
     spawn_logging(command)
 }
 
-/// The real binary on the etcd origin at `endpoints` under `prefix`, started like
-/// [`spawn_store`]; returns the child and its gRPC address.
+/// The real binary on the etcd origin at `endpoints` under `prefix`, with the bootstrap key of
+/// [`super::BOOTSTRAP`], started; returns the child and its gRPC address.
 pub fn spawn_on_etcd(endpoints: &str, prefix: &str) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
-    command
-        .args([
-            "serve",
-            "--etcd-endpoints",
-            endpoints,
-            "--etcd-prefix",
-            prefix,
-        ])
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--log-format",
-            "json",
-            "--bootstrap-key-sha256",
-            &bootstrap_hash(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut command = serve_command(&["--etcd-endpoints", endpoints, "--etcd-prefix", prefix]);
+    command.args(["--bootstrap-key-sha256", &bootstrap_hash()]);
     spawn_logging(command)
 }
 
-/// The real binary serving the policy file `policy` on ephemeral ports with `extra` flags,
-/// started like [`spawn_store`]; returns the child and its gRPC address.
+/// The real binary serving the policy file `policy` with `extra` flags, started; returns the
+/// child and its gRPC address.
 pub fn spawn_policy(policy: &Path, extra: &[&str]) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rolegate"));
-    command
-        .args(["serve", "--policy"])
-        .arg(policy)
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut command = serve_command(&[OsStr::new("--policy"), policy.as_os_str()]);
+    command.args(extra);
     spawn_logging(command)
 }
 

@@ -400,15 +400,7 @@ impl Store {
             }
             let newest = history.iter().map(|e| e.revision).max().unwrap_or(0);
             let cutoff = newest.saturating_sub(keep_history);
-            loop {
-                let first = table.first()?.map(|(k, _)| k.value());
-                match first {
-                    Some(rev) if rev <= cutoff => {
-                        table.remove(rev)?;
-                    }
-                    _ => break,
-                }
-            }
+            prune_through(&mut table, cutoff)?;
         }
         {
             let mut log = txn.open_table(LOG)?;
@@ -446,25 +438,8 @@ impl Store {
                 meta.insert("revision", last)?;
             }
             let cutoff = last.saturating_sub(KEPT_REVISIONS);
-            loop {
-                let first = log.first()?.map(|(k, _)| k.value());
-                match first {
-                    Some(rev) if rev <= cutoff => {
-                        log.remove(rev)?;
-                    }
-                    _ => break,
-                }
-            }
-            for table in [&mut undo_log, &mut grants_log] {
-                loop {
-                    let first = table.first()?.map(|(k, _)| k.value());
-                    match first {
-                        Some(rev) if rev <= cutoff => {
-                            table.remove(rev)?;
-                        }
-                        _ => break,
-                    }
-                }
+            for table in [&mut log, &mut undo_log, &mut grants_log] {
+                prune_through(table, cutoff)?;
             }
         }
         txn.commit()?;
@@ -585,6 +560,22 @@ const HISTORY: &str = "history";
 /// The `META` key of the revision that last changed the route table: after a restart the table
 /// is shown as installed then, even when the change log no longer keeps that revision.
 const ROUTES_REVISION: &str = "routes_revision";
+
+/// Removes the entries of a revision-keyed table up to and including revision `cutoff`.
+fn prune_through(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    cutoff: u64,
+) -> Result<(), redb::Error> {
+    loop {
+        let oldest = table.first()?.map(|(k, _)| k.value());
+        match oldest {
+            Some(revision) if revision <= cutoff => {
+                table.remove(revision)?;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
 
 /// The history id as the change log and Watch show it.
 fn history_text(id: u64) -> String {

@@ -44,6 +44,7 @@ use tonic::{
 };
 
 use super::{
+    CheckTarget,
     load::{self, LoadShape},
     rounds::{self, Labels},
 };
@@ -77,15 +78,8 @@ pub(crate) struct BenchEtcdArgs {
     /// A key of --seed allowed the check below (check figure).
     #[arg(long, env = "ROLEGATE_CHECK_KEY", hide_env_values = true)]
     check_key: String,
-    /// check: the entitlement checked.
-    #[arg(long, default_value = "jobs.cancel")]
-    entitlement: String,
-    /// check: the team the checked resource belongs to.
-    #[arg(long, default_value = "globex")]
-    team: String,
-    /// check: the key prefix that owns the checked resource.
-    #[arg(long, default_value = "GusDevKey00000000001")]
-    owner_key: String,
+    #[command(flatten)]
+    check: CheckTarget,
     /// propagation: instances that must all see a write (the first takes it).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=64))]
     instances: u64,
@@ -621,16 +615,7 @@ impl Bench<'_> {
     async fn check(&self, on_etcd: &Instance) -> anyhow::Result<()> {
         let (from_file, _) =
             Instance::start(&["--policy".to_owned(), self.args.seed.display().to_string()]).await?;
-        let request = pb::CheckRequest {
-            api_key: self.args.check_key.clone(),
-            entitlement: self.args.entitlement.clone(),
-            resource: Some(pb::Resource {
-                team_id: self.args.team.clone(),
-                owner_key_prefix: self.args.owner_key.clone(),
-                owner_user_id: String::new(),
-            }),
-            min_revision: 0,
-        };
+        let request = self.args.check.request(self.args.check_key.clone());
         let shape = |grpc: &str| -> anyhow::Result<LoadShape> {
             Ok(LoadShape {
                 endpoint: Target::tcp(Endpoint::from_shared(grpc.to_owned())?),
@@ -661,8 +646,8 @@ impl Bench<'_> {
         ensure!(
             done.iter().all(|r| r.target.allowed == r.target.requests),
             "checks on the etcd-backed instance were not all allowed: is --check-key allowed {} on team {}?",
-            self.args.entitlement,
-            self.args.team
+            self.args.check.entitlement,
+            self.args.check.team
         );
         say!(
             "Check requests/s on etcd / policy file: {}",

@@ -47,15 +47,8 @@ pub(crate) struct BenchArgs {
     /// being served).
     #[arg(long, env = "ROLEGATE_CHECK_KEY", hide_env_values = true)]
     key: Option<String>,
-    /// The entitlement to check.
-    #[arg(long, default_value = "jobs.cancel")]
-    entitlement: String,
-    /// The resource's team.
-    #[arg(long, default_value = "globex")]
-    team: String,
-    /// The resource's owner key.
-    #[arg(long, default_value = "GusDevKey00000000001")]
-    owner_key: String,
+    #[command(flatten)]
+    check: CheckTarget,
     /// First run the same load against a no-op tonic service in this process, and print the ratio.
     #[arg(long)]
     baseline: bool,
@@ -78,6 +71,36 @@ pub(crate) struct BenchArgs {
     /// compare the machine's load more than the servers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     rounds: u64,
+}
+
+/// What every benchmarked check asks: an entitlement on a resource of a team and owner key.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CheckTarget {
+    /// The entitlement to check.
+    #[arg(long, default_value = "jobs.cancel")]
+    pub(crate) entitlement: String,
+    /// The resource's team.
+    #[arg(long, default_value = "globex")]
+    pub(crate) team: String,
+    /// The resource's owner key.
+    #[arg(long, default_value = "GusDevKey00000000001")]
+    pub(crate) owner_key: String,
+}
+
+impl CheckTarget {
+    /// The Check request `key` sends.
+    pub(crate) fn request(&self, key: String) -> pb::CheckRequest {
+        pb::CheckRequest {
+            api_key: key,
+            entitlement: self.entitlement.clone(),
+            resource: Some(pb::Resource {
+                team_id: self.team.clone(),
+                owner_key_prefix: self.owner_key.clone(),
+                owner_user_id: String::new(),
+            }),
+            min_revision: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -112,16 +135,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_check(args: BenchArgs, key: String) -> anyhow::Result<ExitCode> {
-    let request = pb::CheckRequest {
-        api_key: key,
-        entitlement: args.entitlement.clone(),
-        resource: Some(pb::Resource {
-            team_id: args.team.clone(),
-            owner_key_prefix: args.owner_key.clone(),
-            owner_user_id: String::new(),
-        }),
-        min_revision: 0,
-    };
+    let request = args.check.request(key);
     let target = super::client::endpoint(&args.addr, &args.tls)?;
     println!(
         "load: {} callers on {} connections, {:?} warm-up, {:?} measured",

@@ -5,39 +5,14 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Origin, TestServer, example_policy, http_get, keys};
+use common::{Origin, TestServer, envoy_check, example_policy, http_get, keys};
 use envoy_types::{
     ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderValue, HttpResponse},
     pb::envoy::{
-        config::core::v3::HeaderMap,
-        service::auth::v3::{
-            AttributeContext, attribute_context::HttpRequest, attribute_context::Request,
-            authorization_client::AuthorizationClient,
-        },
+        config::core::v3::HeaderMap, service::auth::v3::authorization_client::AuthorizationClient,
     },
 };
 use rolegate::grpc::pb::Reason;
-
-fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    let http = HttpRequest {
-        method: method.into(),
-        path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
 
 /// (gRPC status code, HTTP status of the denied response or 200, the response).
 fn outcome(r: &CheckResponse) -> (i32, u16) {
@@ -58,7 +33,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
     let mut call = async |req: CheckRequest| client.check(req).await.unwrap().into_inner();
 
     // Allowed: OK status, headers for the upstream, the same facts as dynamic metadata.
-    let r = call(check(
+    let r = call(envoy_check(
         "GET",
         "/api/jobs",
         &[("authorization", &devin), ("x-rolegate-x", "1")],
@@ -91,7 +66,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
     }
 
     // The path may come only as the :path pseudo-header.
-    let r = call(check(
+    let r = call(envoy_check(
         "",
         "",
         &[
@@ -106,7 +81,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
     // No HTTP attributes, no path at all: 400 with the JSON body, as an OK RPC.
     let r = call(CheckRequest { attributes: None }).await;
     assert_eq!(outcome(&r), (3, 400));
-    let r = call(check("GET", "", &[("authorization", &devin)])).await;
+    let r = call(envoy_check("GET", "", &[("authorization", &devin)])).await;
     assert_eq!(outcome(&r), (3, 400));
     let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
         panic!()
@@ -120,7 +95,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
     }));
 
     // Raw headers (encode_raw_headers): a repeated credential is refused, not picked from.
-    let mut raw = check("GET", "/api/jobs", &[]);
+    let mut raw = envoy_check("GET", "/api/jobs", &[]);
     let http = raw
         .attributes
         .as_mut()
@@ -164,12 +139,12 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
         ("/api/jobs/STATISTICS", 400),
         ("/api/jobs/statistics.json", 400),
     ] {
-        let r = call(check("GET", path, &[("authorization", &devin)])).await;
+        let r = call(envoy_check("GET", path, &[("authorization", &devin)])).await;
         assert_eq!(outcome(&r).1, want, "{path}");
     }
 
     // Identity headers forged with '_' (or any case) are named for removal.
-    let r = call(check(
+    let r = call(envoy_check(
         "GET",
         "/api/jobs",
         &[
@@ -199,7 +174,7 @@ async fn ext_authz_check_over_grpc_judges_and_refuses_bad_requests() {
     let mut answers = Vec::new();
     let mut authorizer = server.authorizer().await;
     for (key, reason) in presented {
-        let r = call(check(
+        let r = call(envoy_check(
             "GET",
             "/api/jobs",
             &[("authorization", &format!("ApiKey {key}"))],
@@ -333,7 +308,7 @@ async fn exact_upstream_paths_lets_a_near_miss_parameter_through() {
     let judge = async |server: &TestServer, path: &str| {
         let mut client = AuthorizationClient::new(server.channel().await);
         let r = client
-            .check(check("GET", path, &[("authorization", &devin)]))
+            .check(envoy_check("GET", path, &[("authorization", &devin)]))
             .await
             .unwrap()
             .into_inner();

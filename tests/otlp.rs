@@ -158,6 +158,7 @@ async fn sampled_requests_export_a_child_of_the_callers_span() {
     let envoy_trace = traceparent(ENVOY_TRACE);
     envoy
         .check(envoy_check(
+            "DELETE",
             "/api/jobs/job-1",
             &[("authorization", &dana), ("traceparent", &envoy_trace)],
         ))
@@ -167,11 +168,16 @@ async fn sampled_requests_export_a_child_of_the_callers_span() {
     authorizer.check(check(None)).await.unwrap();
     authorizer.check(check(Some(UNSAMPLED))).await.unwrap();
     envoy
-        .check(envoy_check("/api/jobs/job-1", &[("authorization", &dana)]))
+        .check(envoy_check(
+            "DELETE",
+            "/api/jobs/job-1",
+            &[("authorization", &dana)],
+        ))
         .await
         .unwrap();
     envoy
         .check(envoy_check(
+            "DELETE",
             "/api/jobs/job-1",
             &[("authorization", &dana), ("traceparent", UNSAMPLED)],
         ))

@@ -91,7 +91,11 @@ async fn decide_some(server: &TestServer) -> (usize, usize) {
         vec![],
     ] {
         envoy
-            .check(envoy_check("/api/jobs/job-1?token=hidden", &headers))
+            .check(envoy_check(
+                "DELETE",
+                "/api/jobs/job-1?token=hidden",
+                &headers,
+            ))
             .await
             .unwrap();
     }

@@ -205,8 +205,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// An Envoy ext_authz request for `DELETE path` carrying `headers`.
+/// An Envoy ext_authz request for `method path` carrying `headers`.
 pub fn envoy_check(
+    method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
@@ -218,7 +219,7 @@ pub fn envoy_check(
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
-                    method: "DELETE".into(),
+                    method: method.into(),
                     path: path.into(),
                     headers: headers
                         .iter()
